@@ -1,0 +1,73 @@
+using Finetrace.Tensors;
+using Finetrace.Tests.Infrastructure;
+
+namespace Finetrace.Tests.Tensors;
+
+public class GemmTests
+{
+    public static IEnumerable<object[]> Shapes()
+    {
+        int[][] shapes = [[0, 3, 4], [1, 1, 1], [1, 7, 5], [3, 0, 2], [2, 3, 0], [7, 9, 17], [8, 8, 8], [9, 15, 33], [33, 65, 31], [64, 48, 129], [130, 70, 96]];
+        foreach (var s in shapes)
+            foreach (bool ta in new[] { false, true })
+                foreach (bool tb in new[] { false, true })
+                    yield return new object[] { s[0], s[1], s[2], ta, tb };
+    }
+
+    static float[] Random(int n, int seed)
+    {
+        var r = new Random(seed);
+        var a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = (float)(r.NextDouble() * 2 - 1);
+        return a;
+    }
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void ManagedMatchesReference(int m, int n, int k, bool ta, bool tb) => Check(GemmBackend.Managed, m, n, k, ta, tb);
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void OpenBlasMatchesReference(int m, int n, int k, bool ta, bool tb)
+    {
+        if (!OpenBlas.IsAvailable) return; // covered by the managed test; the backend is optional
+        Check(GemmBackend.OpenBlas, m, n, k, ta, tb);
+    }
+
+    static void Check(GemmBackend backend, int m, int n, int k, bool ta, bool tb)
+    {
+        // Padded leading dimensions exercise strides.
+        int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 1;
+        var a = Random(Math.Max(1, (ta ? k : m) * lda), 1);
+        var b = Random(Math.Max(1, (tb ? n : k) * ldb), 2);
+        var c0 = Random(Math.Max(1, m * ldc), 3);
+        var expected = (float[])c0.Clone();
+        var actual = (float[])c0.Clone();
+        Gemm.Reference(ta, tb, m, n, k, 0.75f, a, lda, b, ldb, 0.5f, expected, ldc);
+        var saved = Gemm.Backend;
+        try
+        {
+            Gemm.Backend = backend;
+            Gemm.Sgemm(ta, tb, m, n, k, 0.75f, a, lda, b, ldb, 0.5f, actual, ldc);
+        }
+        finally { Gemm.Backend = saved; }
+        Golden.AssertClose($"{backend} gemm m={m} n={n} k={k} ta={ta} tb={tb}", expected, actual, atol: 1e-5 * Math.Max(1, Math.Sqrt(k)), rtol: 1e-5);
+    }
+
+    [Fact]
+    public void BetaZeroIgnoresNaNInDestination()
+    {
+        var a = Random(4 * 3, 1); var b = Random(3 * 2, 2);
+        var c = new float[4 * 2];
+        Array.Fill(c, float.NaN);
+        Gemm.Sgemm(false, false, 4, 2, 3, 1f, a, 3, b, 2, 0f, c, 2);
+        Assert.All(c, v => Assert.False(float.IsNaN(v)));
+    }
+
+    [Fact]
+    public void TooShortBufferIsRejected()
+    {
+        var e = Assert.Throws<ArgumentException>(() => Gemm.Sgemm(false, false, 4, 4, 4, 1f, new float[15], 4, new float[16], 4, 0f, new float[16], 4));
+        Assert.Contains("A too short", e.Message);
+    }
+}
