@@ -27,16 +27,21 @@ public sealed class GemmBench : IBenchCommand
         var json = BenchOptions.Json();
         var large = new Option<bool>("--large") { Description = "Also time m=2048, k=2304, n=16384 (about 10 more seconds)" };
         var seconds = new Option<double>("--seconds") { Description = "Timing budget per shape and backend, in seconds", DefaultValueFactory = _ => 1.0 };
+        var threads = new Option<int>("--threads") { Description = "Threads for both backends (default: all cores)", DefaultValueFactory = _ => Environment.ProcessorCount };
         var cmd = new Command("gemm", "Time sgemm (GFLOP/s) through OpenBLAS and the managed fallback on square and transformer shapes, with their ratio");
         cmd.Options.Add(json);
         cmd.Options.Add(large);
         cmd.Options.Add(seconds);
-        cmd.SetAction(r => Run(r.GetValue(json), r.GetValue(large), r.GetValue(seconds)));
+        cmd.Options.Add(threads);
+        cmd.SetAction(r => Run(r.GetValue(json), r.GetValue(large), r.GetValue(seconds), r.GetValue(threads)));
         return cmd;
     }
 
-    static int Run(bool json, bool large, double seconds)
+    static int Run(bool json, bool large, double seconds, int threads)
     {
+        if (threads < 1) throw new ArgumentException($"--threads must be at least 1, got {threads}");
+        OpenBlas.Threads = threads;
+        ManagedGemm.MaxThreads = threads;
         var shapes = new List<Shape>
         {
             new("256³", 256, 256, 256, false),
@@ -120,7 +125,7 @@ public sealed class GemmBench : IBenchCommand
     {
         AnsiConsole.MarkupLine($"OpenBLAS: {(haveBlas ? $"{Markup.Escape(OpenBlas.Config)}, {OpenBlas.Threads} threads" : "[yellow]not available[/]")}");
         AnsiConsole.MarkupLine($"managed:  {ManagedGemm.Describe}, {ManagedGemm.MaxThreads} threads");
-        AnsiConsole.MarkupLine($"[grey]median GFLOP/s after warm-up; x·Wᵀ = PyTorch Linear (W stored [n, k]); load average {Markup.Escape(LoadAverage())}[/]");
+        AnsiConsole.MarkupLine($"[grey]median GFLOP/s after warm-up; x·Wᵀ = PyTorch Linear (W stored n×k); load average {Markup.Escape(LoadAverage())}[/]");
         var t = new Table().AddColumns("shape (GFLOP/s)", "OpenBLAS", "managed", "ratio", "max |Δ|");
         for (int i = 1; i < 5; i++) t.Columns[i].RightAligned();
         foreach (var r in results)
@@ -138,12 +143,12 @@ public sealed class GemmBench : IBenchCommand
     static void PrintJson(List<Result> results, Result main, bool haveBlas)
     {
         using var stream = Console.OpenStandardOutput();
-        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = false }))
+        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = false, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             w.WriteStartObject();
             WriteNumber(w, "blas_gflops", main.Blas);
             WriteNumber(w, "managed_gflops", main.Managed);
-            WriteNumber(w, "ratio", main.Ratio);
+            WriteNumber(w, "ratio", main.Ratio, 3);
             w.WriteNumber("target_ratio", 0.4);
             w.WriteString("blas", haveBlas ? OpenBlas.Config : "not available");
             w.WriteNumber("blas_threads", haveBlas ? OpenBlas.Threads : 0);
@@ -161,8 +166,8 @@ public sealed class GemmBench : IBenchCommand
                 w.WriteBoolean("trans_b", r.Shape.TransB);
                 WriteNumber(w, "blas_gflops", r.Blas);
                 WriteNumber(w, "managed_gflops", r.Managed);
-                WriteNumber(w, "ratio", r.Ratio);
-                WriteNumber(w, "max_abs_diff", r.MaxAbsDiff);
+                WriteNumber(w, "ratio", r.Ratio, 3);
+                if (r.MaxAbsDiff is { } d) w.WriteNumber("max_abs_diff", (float)d); else w.WriteNull("max_abs_diff");
                 w.WriteEndObject();
             }
             w.WriteEndArray();
@@ -179,9 +184,9 @@ public sealed class GemmBench : IBenchCommand
         catch (UnauthorizedAccessException) { return "unknown"; }
     }
 
-    static void WriteNumber(Utf8JsonWriter w, string name, double? v)
+    static void WriteNumber(Utf8JsonWriter w, string name, double? v, int digits = 2)
     {
-        if (v is { } x) w.WriteNumber(name, Math.Round(x, x < 1 ? 4 : 2));
+        if (v is { } x) w.WriteNumber(name, Math.Round(x, digits));
         else w.WriteNull(name);
     }
 }

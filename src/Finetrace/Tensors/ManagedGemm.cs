@@ -38,7 +38,19 @@ public static unsafe class ManagedGemm
 
     /// <summary>Cache blocking: an A block (MC×KC) stays in L2, a B sliver (KC×NR) in L1, the B panel (KC×NC) in L3.
     /// Settable so tests can force many blocks on small shapes; each call reads them once.</summary>
-    internal static (int KC, int MCMax, int NC) Blocking { get; set; } = (256, 120, 4096);
+    internal static (int KC, int MCMax, int NC) Blocking { get; set; } = DefaultBlocking();
+
+    // FINETRACE_GEMM_BLOCKING="KC,MC,NC" overrides the blocking, for tuning on a new machine with `finetrace bench gemm`.
+    static (int, int, int) DefaultBlocking()
+    {
+        var env = Environment.GetEnvironmentVariable("FINETRACE_GEMM_BLOCKING");
+        if (env is null) return (256, 120, 4096);
+        var parts = env.Split(',');
+        if (parts.Length != 3 || !int.TryParse(parts[0], out int kc) || !int.TryParse(parts[1], out int mc) || !int.TryParse(parts[2], out int nc)
+            || kc < 1 || mc < 1 || nc < 1)
+            throw new ArgumentException($"FINETRACE_GEMM_BLOCKING must be three positive integers KC,MC,NC, got '{env}'");
+        return (kc, mc, nc);
+    }
 
     public static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)
