@@ -9,12 +9,13 @@ namespace Finetrace.Tensors;
 /// Managed fallback GEMM, row-major with cblas semantics: C = alpha · op(A) · op(B) + beta · C.
 /// A GEBP design after Goto and van de Geijn ("Anatomy of high-performance matrix multiplication", 2008) and BLIS:
 /// <list type="number">
-/// <item>loop jc over NC-wide column panels of C, pc over KC-deep slices of k;</item>
-/// <item>pack the KC×NC panel of op(B) once into NR-wide slivers (k-major; pads with zeros), shared by all threads;</item>
-/// <item>in parallel over disjoint MC-tall row blocks of C (and, for short m, column ranges): pack the MC×KC block of
-///   op(A) into MR-tall slivers in a per-thread buffer;</item>
+/// <item>loop jc over column panels of C (as wide as NC and a 16 MiB packed-panel budget allow);</item>
+/// <item>pack the panel's op(B), all of k, once into KC-deep blocks of NR-wide slivers (k-major, zero-padded), in
+///   parallel over slivers;</item>
+/// <item>in parallel over disjoint MC-tall row blocks of C (and, for short m, column ranges), loop pc over the k
+///   blocks: pack the MC×KC block of op(A) into MR-tall slivers in a per-thread buffer;</item>
 /// <item>for every (B sliver, A sliver) pair, a register-tiled micro-kernel accumulates the MR×NR tile of C over KC
-///   with broadcast-A × vector-B fused multiply-adds, then applies alpha and beta on store.</item>
+///   with broadcast-A × vector-B fused multiply-adds, then applies alpha and beta (beta on the first k block only).</item>
 /// </list>
 /// Packing absorbs every transpose and leading dimension, so one micro-kernel serves all four layouts. The k order of
 /// the accumulation is fixed by KC alone, so results do not depend on the thread count or schedule. Short products
@@ -36,7 +37,8 @@ public static unsafe class ManagedGemm
 
     public static string Describe => UseVector512 ? "packed GEBP, 8×32 Vector512 FMA micro-kernel" : "packed GEBP, 6×16 Vector256 FMA micro-kernel";
 
-    /// <summary>Cache blocking: an A block (MC×KC) stays in L2, a B sliver (KC×NR) in L1, the B panel (KC×NC) in L3.
+    /// <summary>Cache blocking: an A block (MC×KC) stays in L2, a B sliver (KC×NR) in L1, a k block of the B panel
+    /// (KC×NC) in L3. NC is an upper bound: the packed panel spans all of k and is capped at 16 MiB.
     /// Settable so tests can force many blocks on small shapes; each call reads them once.</summary>
     internal static (int KC, int MCMax, int NC) Blocking { get; set; } = DefaultBlocking();
 
@@ -96,99 +98,127 @@ public static unsafe class ManagedGemm
         static abstract void Run(int kc, float* a, float* b, float* c, int ldc, float alpha, float beta);
     }
 
+    // Floats of packed B held at once: the panel is all of k by as many columns as fit (16 MiB).
+    const int PanelBudget = 1 << 22;
+
     static void Blocked<TK>(Problem g) where TK : IMicroKernel
     {
         int mr = TK.MR, nr = TK.NR;
         int threads = Math.Max(1, MaxThreads);
         var (KC, MCMax, NC) = Blocking;
-        NC = RoundUp(NC, nr);
         // Row blocks: at most MCMax tall, and at least two per thread when m allows, so work balances.
         int mBlocks = Math.Max(CeilDiv(g.M, MCMax), Math.Min(2 * threads, CeilDiv(g.M, mr)));
         int mc = RoundUp(CeilDiv(g.M, mBlocks), mr);
         mBlocks = CeilDiv(g.M, mc);
-        int kcMax = Math.Min(KC, g.K);
-        int ncMax = Math.Min(NC, RoundUp(g.N, nr));
+        // The B panel covers all of k, so each panel costs two parallel sections (pack, compute) and no more.
+        int kBlocks = CeilDiv(g.K, KC);
+        long kRows = (long)kBlocks * Math.Min(KC, g.K);
+        int panelCols = (int)Math.Clamp(PanelBudget / kRows / nr * nr, nr, RoundUp(Math.Max(NC, nr), nr));
+        panelCols = Math.Min(panelCols, RoundUp(g.N, nr));
 
-        float[] bPanel = Rent(kcMax * ncMax);
+        float[] bPanel = Rent((int)(kRows * panelCols));
         try
         {
             fixed (float* bp = bPanel)
             {
                 nint bpp = (nint)bp;
-                for (int jc = 0; jc < g.N; jc += NC)
+                for (int jc = 0; jc < g.N; jc += panelCols)
                 {
-                    int nc = Math.Min(NC, g.N - jc);
-                    int slivers = CeilDiv(nc, nr);
-                    // Split columns too when there are too few row blocks to keep every thread busy.
-                    int nParts = Math.Min(slivers, Math.Max(1, CeilDiv(2 * threads, mBlocks)));
-                    for (int pc = 0; pc < g.K; pc += KC)
-                    {
-                        int kc = Math.Min(KC, g.K - pc);
-                        float betaEff = pc == 0 ? g.Beta : 1f;
-                        int packParts = Math.Min(slivers, threads);
-                        int jcc = jc, pcc = pc;
-                        var gg = g;
-                        if (packParts > 1 && (long)kc * nc >= 16384)
-                            Parallel.For(0, packParts, t =>
-                            {
-                                var (s0, s1) = Split(slivers, packParts, t);
-                                PackB<TK>(gg, pcc, kc, jcc, nc, s0, s1, (float*)bpp);
-                            });
-                        else PackB<TK>(g, pc, kc, jc, nc, 0, slivers, bp);
+                    var job = new PanelJob(g, jc, Math.Min(panelCols, g.N - jc), KC, kBlocks, mc, mBlocks, threads, bpp, nr);
+                    int packParts = Math.Min(job.Slivers, threads);
+                    if (packParts > 1 && (long)g.K * job.Nc >= 32768)
+                        Parallel.For(0, packParts, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+                        {
+                            var (s0, s1) = Split(job.Slivers, packParts, t);
+                            PackPanel<TK>(job, s0, s1);
+                        });
+                    else PackPanel<TK>(job, 0, job.Slivers);
 
-                        int items = mBlocks * nParts;
-                        if (items == 1 || threads == 1)
-                            for (int it = 0; it < items; it++) Item<TK>(g, it, nParts, mc, pc, kc, jc, nc, slivers, betaEff, bp);
-                        else
-                            Parallel.For(0, items, new ParallelOptions { MaxDegreeOfParallelism = threads },
-                                it => Item<TK>(gg, it, nParts, mc, pcc, kc, jcc, nc, slivers, betaEff, (float*)bpp));
-                    }
+                    int items = job.MBlocks * job.NParts;
+                    if (items == 1 || threads == 1)
+                        for (int it = 0; it < items; it++) Item<TK>(job, it);
+                    else
+                        Parallel.For(0, items, new ParallelOptions { MaxDegreeOfParallelism = threads }, it => Item<TK>(job, it));
                 }
             }
         }
         finally { Return(bPanel); }
     }
 
-    // One work item: row block `it / nParts`, sliver range `it % nParts`: pack that A block, run the macro-kernel.
-    static void Item<TK>(in Problem g, int it, int nParts, int mc, int pc, int kc, int jc, int nc, int slivers, float betaEff, float* bPanel)
-        where TK : IMicroKernel
+    /// <summary>One column panel of C: its packed B (every k block, slivers of NR columns) and how work splits.</summary>
+    sealed class PanelJob
+    {
+        public readonly Problem G;
+        public readonly int Jc, Nc, KC, KBlocks, Mc, MBlocks, Slivers, NParts;
+        public readonly nint BPanel;
+        public readonly long BlockStride; // floats between the packed B of consecutive k blocks
+
+        public PanelJob(in Problem g, int jc, int nc, int kc, int kBlocks, int mc, int mBlocks, int threads, nint bPanel, int nr)
+        {
+            G = g; Jc = jc; Nc = nc; KC = kc; KBlocks = kBlocks; Mc = mc; MBlocks = mBlocks; BPanel = bPanel;
+            Slivers = CeilDiv(nc, nr);
+            BlockStride = (long)Math.Min(kc, g.K) * Slivers * nr;
+            // Split columns too when there are too few row blocks to keep every thread busy.
+            NParts = Math.Min(Slivers, Math.Max(1, CeilDiv(2 * threads, mBlocks)));
+        }
+
+        public (int Pc, int Kc) Block(int q) => (q * KC, Math.Min(KC, G.K - q * KC));
+    }
+
+    static void PackPanel<TK>(PanelJob job, int s0, int s1) where TK : IMicroKernel
+    {
+        for (int q = 0; q < job.KBlocks; q++)
+        {
+            var (pc, kc) = job.Block(q);
+            PackB<TK>(job.G, pc, kc, job.Jc, job.Nc, s0, s1, (float*)job.BPanel + q * job.BlockStride);
+        }
+    }
+
+    // One work item: row block `it / NParts`, sliver range `it % NParts`; for each k block, pack that A block and run
+    // the macro-kernel over the item's B slivers.
+    static void Item<TK>(PanelJob job, int it) where TK : IMicroKernel
     {
         int mr = TK.MR, nr = TK.NR;
-        int ic = it / nParts * mc;
-        int mcb = Math.Min(mc, g.M - ic);
-        var (s0, s1) = Split(slivers, nParts, it % nParts);
-        float[] aBuf = ThreadABuffer(RoundUp(mc, mr) * kc);
+        ref readonly Problem g = ref job.G;
+        int ic = it / job.NParts * job.Mc;
+        int mcb = Math.Min(job.Mc, g.M - ic);
+        var (s0, s1) = Split(job.Slivers, job.NParts, it % job.NParts);
+        float[] aBuf = ThreadABuffer(RoundUp(job.Mc, mr) * Math.Min(job.KC, g.K));
+        float* c = (float*)g.C;
+        float* tile = stackalloc float[mr * nr];
         fixed (float* ap = aBuf)
-        {
-            PackA<TK>(g, ic, mcb, pc, kc, ap);
-            float* c = (float*)g.C;
-            float* tile = stackalloc float[mr * nr];
-            for (int s = s0; s < s1; s++)
+            for (int q = 0; q < job.KBlocks; q++)
             {
-                int j = s * nr;
-                int nrb = Math.Min(nr, nc - j);
-                float* bs = bPanel + (long)s * kc * nr;
-                for (int i = 0; i < mcb; i += mr)
+                var (pc, kc) = job.Block(q);
+                float betaEff = q == 0 ? g.Beta : 1f;
+                float* bPanel = (float*)job.BPanel + q * job.BlockStride;
+                PackA<TK>(g, ic, mcb, pc, kc, ap);
+                for (int s = s0; s < s1; s++)
                 {
-                    int mrb = Math.Min(mr, mcb - i);
-                    float* asl = ap + (long)i * kc;
-                    float* cij = c + (long)(ic + i) * g.Ldc + jc + j;
-                    if (mrb == mr && nrb == nr)
-                        TK.Run(kc, asl, bs, cij, g.Ldc, g.Alpha, betaEff);
-                    else
+                    int j = s * nr;
+                    int nrb = Math.Min(nr, job.Nc - j);
+                    float* bs = bPanel + (long)s * kc * nr;
+                    for (int i = 0; i < mcb; i += mr)
                     {
-                        // Edge tile: compute the full padded tile aside, then merge the valid part.
-                        TK.Run(kc, asl, bs, tile, nr, g.Alpha, 0f);
-                        for (int ii = 0; ii < mrb; ii++)
-                            for (int jj = 0; jj < nrb; jj++)
-                            {
-                                float* cp = cij + (long)ii * g.Ldc + jj;
-                                *cp = betaEff == 0f ? tile[ii * nr + jj] : tile[ii * nr + jj] + betaEff * *cp;
-                            }
+                        int mrb = Math.Min(mr, mcb - i);
+                        float* asl = ap + (long)i * kc;
+                        float* cij = c + (long)(ic + i) * g.Ldc + job.Jc + j;
+                        if (mrb == mr && nrb == nr)
+                            TK.Run(kc, asl, bs, cij, g.Ldc, g.Alpha, betaEff);
+                        else
+                        {
+                            // Edge tile: compute the full padded tile aside, then merge the valid part.
+                            TK.Run(kc, asl, bs, tile, nr, g.Alpha, 0f);
+                            for (int ii = 0; ii < mrb; ii++)
+                                for (int jj = 0; jj < nrb; jj++)
+                                {
+                                    float* cp = cij + (long)ii * g.Ldc + jj;
+                                    *cp = betaEff == 0f ? tile[ii * nr + jj] : tile[ii * nr + jj] + betaEff * *cp;
+                                }
+                        }
                     }
                 }
             }
-        }
     }
 
     // B panel op(B)[pc..pc+kc, jc..jc+nc] → slivers s0..s1, each kc×NR, k-major, zero-padded past nc.
