@@ -467,38 +467,44 @@ public static unsafe class ManagedGemm
     {
         int threads = Math.Max(1, MaxThreads);
         int parts = (long)g.N * g.K < (1 << 16) ? 1 : Math.Min(4 * threads, CeilDiv(g.N, 64));
-        if (parts <= 1) SmallRowsRange(g, 0, g.N);
-        else
-            Parallel.For(0, parts, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
-            {
-                var (j0, j1) = Split(CeilDiv(g.N, 8), parts, t);
-                SmallRowsRange(g, j0 * 8, Math.Min(g.N, j1 * 8));
-            });
-    }
-
-    static void SmallRowsRange(in Problem g, int j0, int j1)
-    {
-        float* a = (float*)g.A, b = (float*)g.B, c = (float*)g.C;
-        int m = g.M, k = g.K;
-        // op(A) rows gathered contiguously (m·k floats at most 7·k; stack for typical k, else pooled)
-        float[]? rented = null;
-        Span<float> rowsBuf = (long)m * k <= 16384 ? stackalloc float[m * k] : (rented = Rent(m * k));
+        // Rows of op(A): A's own rows (stride lda), or gathered once from its columns when A is stored transposed.
+        float[]? gathered = g.TransA ? Rent(g.M * g.K) : null;
         try
         {
-            for (int i = 0; i < m; i++)
-                for (int p = 0; p < k; p++)
-                    rowsBuf[i * k + p] = g.TransA ? a[(long)p * g.Lda + i] : a[(long)i * g.Lda + p];
-            fixed (float* x = rowsBuf)
+            fixed (float* gp = gathered)
             {
-                if (g.TransB) SmallRowsDot(g, x, j0, j1);
-                else SmallRowsAxpy(g, x, j0, j1);
+                float* x = (float*)g.A;
+                int ldx = g.Lda;
+                if (gp != null)
+                {
+                    for (int i = 0; i < g.M; i++)
+                        for (int p = 0; p < g.K; p++) gp[(long)i * g.K + p] = x[(long)p * g.Lda + i];
+                    x = gp;
+                    ldx = g.K;
+                }
+                nint xp = (nint)x;
+                if (parts <= 1) SmallRowsRange(g, x, ldx, 0, g.N);
+                else
+                    Parallel.For(0, parts, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+                    {
+                        var (j0, j1) = Split(CeilDiv(g.N, 8), parts, t);
+                        SmallRowsRange(g, (float*)xp, ldx, j0 * 8, Math.Min(g.N, j1 * 8));
+                    });
             }
         }
-        finally { if (rented != null) Return(rented); }
+        finally { if (gathered != null) Return(gathered); }
     }
 
-    // op(B) = Bᵀ with B [n, k]: C[i, j] = x_i · B[j, :], four B rows at a time sharing each x load.
-    static void SmallRowsDot(in Problem g, float* x, int j0, int j1)
+    // x: [m, k] rows of op(A) with row stride ldx; writes C[:, j0..j1]
+    static void SmallRowsRange(in Problem g, float* x, int ldx, int j0, int j1)
+    {
+        if (g.TransB) SmallRowsDot(g, x, ldx, j0, j1);
+        else SmallRowsAxpy(g, x, ldx, j0, j1);
+    }
+
+    // op(B) = Bᵀ with B [n, k]: C[i, j] = x_i · B[j, :]; each B row is read from memory once and stays in L1
+    // while all m rows of x use it.
+    static void SmallRowsDot(in Problem g, float* x, int ldx, int j0, int j1)
     {
         float* b = (float*)g.B, c = (float*)g.C;
         int m = g.M, k = g.K;
@@ -508,7 +514,7 @@ public static unsafe class ManagedGemm
             float* bj = b + (long)j * g.Ldb;
             for (int i = 0; i < m; i++)
             {
-                float* xi = x + (long)i * k;
+                float* xi = x + (long)i * ldx;
                 var s0 = Vector256<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0;
                 int p = 0;
                 for (; p + 32 <= k; p += 32)
@@ -532,7 +538,7 @@ public static unsafe class ManagedGemm
     }
 
     // op(B) = B with B [k, n]: C[i, j0..j1] = Σ_p x_i[p] · B[p, j0..j1], 64 columns at a time kept in registers.
-    static void SmallRowsAxpy(in Problem g, float* x, int j0, int j1)
+    static void SmallRowsAxpy(in Problem g, float* x, int ldx, int j0, int j1)
     {
         float* b = (float*)g.B, c = (float*)g.C;
         int m = g.M, k = g.K;
@@ -542,7 +548,7 @@ public static unsafe class ManagedGemm
             int w = Math.Min(64, j1 - j);
             for (int i = 0; i < m; i++)
             {
-                float* xi = x + (long)i * k;
+                float* xi = x + (long)i * ldx;
                 if (w == 64)
                 {
                     var s0 = Vector256<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0; var s4 = s0; var s5 = s0; var s6 = s0; var s7 = s0;
@@ -607,9 +613,10 @@ public static unsafe class ManagedGemm
         return GC.AllocateUninitializedArray<float>(Math.Max(length, 1), pinned: true);
     }
 
+    // Keeps a couple of buffers (the packed B panel is up to 16 MiB); more concurrent callers allocate.
     static void Return(float[] buf)
     {
-        if (Pool.Count < 8) Pool.Add(buf);
+        if (Pool.Count < 2) Pool.Add(buf);
     }
 
     static int CeilDiv(int a, int b) => (a + b - 1) / b;

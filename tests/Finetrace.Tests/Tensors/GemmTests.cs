@@ -8,7 +8,7 @@ public class GemmTests
     public static IEnumerable<object[]> Shapes()
     {
         int[][] shapes = [[0, 3, 4], [1, 1, 1], [1, 7, 5], [3, 0, 2], [2, 3, 0], [7, 9, 17], [8, 8, 8], [9, 15, 33], [33, 65, 31], [64, 48, 129], [130, 70, 96],
-            [1, 300, 70], [5, 131, 257], [7, 64, 9], [6, 16, 3], [8, 32, 1], [17, 1, 40], [300, 3, 20]];
+            [1, 300, 70], [3, 700, 100], [5, 131, 257], [7, 64, 9], [6, 16, 3], [8, 32, 1], [17, 1, 40], [300, 3, 20]];
         foreach (var s in shapes)
             foreach (bool ta in new[] { false, true })
                 foreach (bool tb in new[] { false, true })
