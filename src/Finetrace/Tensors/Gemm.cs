@@ -95,7 +95,7 @@ public static class Gemm
     public static void MatMulTN(ReadOnlySpan<float> xKM, ReadOnlySpan<float> wKN, int m, int k, int n, Span<float> yMN, bool accumulate = false)
         => Sgemm(true, false, m, n, k, 1f, xKM, m, wKN, n, accumulate ? 1f : 0f, yMN, n);
 
-    static void CheckShapes(bool transA, bool transB, int m, int n, int k, int aLen, int lda, int bLen, int ldb, int cLen, int ldc)
+    internal static void CheckShapes(bool transA, bool transB, int m, int n, int k, int aLen, int lda, int bLen, int ldb, int cLen, int ldc)
     {
         if (m < 0 || n < 0 || k < 0) throw new ArgumentException($"negative gemm size m={m} n={n} k={k}");
         int aRows = transA ? k : m, aCols = transA ? m : k;

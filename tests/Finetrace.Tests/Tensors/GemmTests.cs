@@ -127,6 +127,13 @@ public class GemmTests
     }
 
     [Fact]
+    public void ManagedEntryPointRejectsTooShortBuffers()
+    {
+        var e = Assert.Throws<ArgumentException>(() => ManagedGemm.Sgemm(false, true, 16, 16, 16, 1f, new float[256], 16, new float[255], 16, 0f, new float[256], 16));
+        Assert.Contains("B too short", e.Message);
+    }
+
+    [Fact]
     public void TooShortBufferIsRejected()
     {
         var e = Assert.Throws<ArgumentException>(() => Gemm.Sgemm(false, false, 4, 4, 4, 1f, new float[15], 4, new float[16], 4, 0f, new float[16], 4));
