@@ -209,13 +209,16 @@ public static unsafe class ManagedGemm
                             TK.Run(kc, asl, bs, cij, g.Ldc, g.Alpha, betaEff);
                         else
                         {
-                            // Edge tile: compute the full padded tile aside, then merge the valid part.
-                            TK.Run(kc, asl, bs, tile, nr, g.Alpha, 0f);
+                            // Edge tile: compute the full padded tile aside, then merge the valid part with the
+                            // micro-kernel's own rounding (alpha·acc fused with beta·c), so every element of C gets
+                            // the same arithmetic whichever tile it falls in.
+                            TK.Run(kc, asl, bs, tile, nr, 1f, 0f);
                             for (int ii = 0; ii < mrb; ii++)
                                 for (int jj = 0; jj < nrb; jj++)
                                 {
                                     float* cp = cij + (long)ii * g.Ldc + jj;
-                                    *cp = betaEff == 0f ? tile[ii * nr + jj] : tile[ii * nr + jj] + betaEff * *cp;
+                                    float acc = tile[ii * nr + jj];
+                                    *cp = betaEff == 0f ? acc * g.Alpha : MathF.FusedMultiplyAdd(acc, g.Alpha, *cp * betaEff);
                                 }
                         }
                     }

@@ -80,6 +80,30 @@ public class GemmTests
     }
 
     [Fact]
+    public void ManagedKernelsAndRowBlockingGiveIdenticalBits()
+    {
+        // The k order is fixed by KC alone: the 6×16 and 8×32 kernels, any MC and NC, edge tiles or not, same bits.
+        int m = 77, n = 93, k = 300;
+        var a = Random(m * k, 1); var b = Random(n * k, 2); var c0 = Random(m * n, 3);
+        var saved = (ManagedGemm.Blocking, ManagedGemm.UseVector512);
+        var results = new List<float[]>();
+        try
+        {
+            foreach (var (v512, mc, nc) in new[] { (false, 120, 4096), (false, 12, 48), (true, 120, 4096), (true, 16, 64) })
+            {
+                if (v512 && !System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated) continue;
+                ManagedGemm.UseVector512 = v512;
+                ManagedGemm.Blocking = (KC: 128, MCMax: mc, NC: nc);
+                var c = (float[])c0.Clone();
+                ManagedGemm.Sgemm(false, true, m, n, k, 0.7f, a, k, b, k, 0.3f, c, n);
+                results.Add(c);
+            }
+        }
+        finally { (ManagedGemm.Blocking, ManagedGemm.UseVector512) = saved; }
+        foreach (var r in results.Skip(1)) Assert.Equal(results[0], r);
+    }
+
+    [Fact]
     public void ManagedIsIndependentOfThreadCount()
     {
         var a = Random(150 * 300, 1); var b = Random(300 * 170, 2);
