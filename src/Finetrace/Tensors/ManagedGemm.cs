@@ -17,8 +17,10 @@ namespace Finetrace.Tensors;
 /// <item>for every (B sliver, A sliver) pair, a register-tiled micro-kernel accumulates the MR×NR tile of C over KC
 ///   with broadcast-A × vector-B fused multiply-adds, then applies alpha and beta (beta on the first k block only).</item>
 /// </list>
-/// Packing absorbs every transpose and leading dimension, so one micro-kernel serves all four layouts. The k order of
-/// the accumulation is fixed by KC alone, so results do not depend on the thread count or schedule. Short products
+/// Packing absorbs every transpose and leading dimension, so one micro-kernel serves all four layouts. Every element
+/// of C is one FMA chain over p within each KC block, blocks in k order, alpha and beta applied with the same fused
+/// rounding in full and edge tiles: the bits depend on KC alone, not on the thread count, schedule, MC, NC or which
+/// micro-kernel ran. Short products
 /// (m &lt; <see cref="SmallM"/>) are memory-bound and take a row-streaming path instead.
 /// Two micro-kernels: 6×16 on Vector256 (AVX2: 12 accumulators in the 16 ymm registers) and 8×32 on Vector512 where
 /// AVX-512 is accelerated (16 accumulators of the 32 zmm registers).
@@ -185,7 +187,7 @@ public static unsafe class ManagedGemm
         int ic = it / job.NParts * job.Mc;
         int mcb = Math.Min(job.Mc, g.M - ic);
         var (s0, s1) = Split(job.Slivers, job.NParts, it % job.NParts);
-        float[] aBuf = ThreadABuffer(RoundUp(job.Mc, mr) * Math.Min(job.KC, g.K));
+        float[] aBuf = ThreadABuffer(RoundUp(job.Mc, mr) * Math.Min(job.KC, g.K) + 8); // + slack for Transpose8's 6-row spill
         float* c = (float*)g.C;
         float* tile = stackalloc float[mr * nr];
         fixed (float* ap = aBuf)
@@ -290,6 +292,7 @@ public static unsafe class ManagedGemm
                 // op(A)[i, p] = a[i·lda + p]: rows are contiguous; transpose them into the sliver
                 if (h < mr) new Span<float>(dst, kc * mr).Clear();
                 int ii = 0;
+                if (h == 6 && mr == 6) { Transpose8(a + (long)(ic + i) * g.Lda + pc, g.Lda, kc, dst, 6, rows: 6); ii = 6; }
                 for (; ii + 8 <= h; ii += 8) Transpose8(a + (long)(ic + i + ii) * g.Lda + pc, g.Lda, kc, dst + ii, mr);
                 for (; ii < h; ii++)
                 {
@@ -300,10 +303,14 @@ public static unsafe class ManagedGemm
         }
     }
 
-    // dst[p·dstStride + r] = src[r·srcStride + p] for 8 rows r and p in [0, len): 8×8 register transposes.
-    static void Transpose8(float* src, int srcStride, int len, float* dst, int dstStride)
+    // dst[p·dstStride + r] = src[r·srcStride + p] for `rows` (8, or 6 with dstStride 6) rows r and p in [0, len):
+    // 8×8 register transposes. With 6 rows the two missing rows repeat row 0 and each 8-float store spills 2 floats
+    // into the next k-step's slot, which the next (ascending) store overwrites; the very last spill lands past
+    // len·dstStride, so the destination needs 2 floats of slack there.
+    static void Transpose8(float* src, int srcStride, int len, float* dst, int dstStride, int rows = 8)
     {
         int p = 0;
+        long s6 = rows == 8 ? 6L * srcStride : 0, s7 = rows == 8 ? 7L * srcStride : 0;
         if (Vector256.IsHardwareAccelerated && Avx.IsSupported)
             for (; p + 8 <= len; p += 8)
             {
@@ -311,7 +318,7 @@ public static unsafe class ManagedGemm
                 var r0 = Vector256.Load(s); var r1 = Vector256.Load(s + srcStride);
                 var r2 = Vector256.Load(s + 2 * srcStride); var r3 = Vector256.Load(s + 3 * srcStride);
                 var r4 = Vector256.Load(s + 4 * srcStride); var r5 = Vector256.Load(s + 5 * srcStride);
-                var r6 = Vector256.Load(s + 6 * srcStride); var r7 = Vector256.Load(s + 7 * srcStride);
+                var r6 = Vector256.Load(s + s6); var r7 = Vector256.Load(s + s7);
                 Transpose8x8(ref r0, ref r1, ref r2, ref r3, ref r4, ref r5, ref r6, ref r7);
                 float* d = dst + (long)p * dstStride;
                 Vector256.Store(r0, d); Vector256.Store(r1, d + dstStride);
@@ -320,7 +327,7 @@ public static unsafe class ManagedGemm
                 Vector256.Store(r6, d + 6 * dstStride); Vector256.Store(r7, d + 7 * dstStride);
             }
         for (; p < len; p++)
-            for (int r = 0; r < 8; r++) dst[(long)p * dstStride + r] = src[(long)r * srcStride + p];
+            for (int r = 0; r < rows; r++) dst[(long)p * dstStride + r] = src[(long)r * srcStride + p];
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
