@@ -50,7 +50,7 @@ public sealed class GemmBench : IBenchCommand
             new("2048³", 2048, 2048, 2048, false),
             new("x·Wᵀ m=1 k=2304 n=9216", 1, 9216, 2304, true),
             new("x·Wᵀ m=512 k=2304 n=9216", 512, 9216, 2304, true),
-            new("x·Wᵀ m=2048 k=9216 n=2304", 2048, 2304, 9216, true),
+            new("x·Wᵀ m=512 k=9216 n=2304", 512, 2304, 9216, true),
         };
         if (large) shapes.Add(new("x·Wᵀ m=2048 k=2304 n=16384", 2048, 16384, 2304, true));
 
