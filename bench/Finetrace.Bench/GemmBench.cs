@@ -125,7 +125,8 @@ public sealed class GemmBench : IBenchCommand
     {
         AnsiConsole.MarkupLine($"OpenBLAS: {(haveBlas ? $"{Markup.Escape(OpenBlas.Config)}, {OpenBlas.Threads} threads" : "[yellow]not available[/]")}");
         AnsiConsole.MarkupLine($"managed:  {ManagedGemm.Describe}, {ManagedGemm.MaxThreads} threads");
-        AnsiConsole.MarkupLine($"[grey]median GFLOP/s after warm-up; x·Wᵀ = PyTorch Linear (W stored n×k); load average {Markup.Escape(LoadAverage())}[/]");
+        AnsiConsole.MarkupLine("[grey]median GFLOP/s after warm-up; x·Wᵀ = PyTorch Linear (W stored n×k)[/]");
+        AnsiConsole.MarkupLine($"[grey]load average {Markup.Escape(LoadAverage())} (figures swing on a busy machine)[/]");
         var t = new Table().AddColumns("shape (GFLOP/s)", "OpenBLAS", "managed", "ratio", "max |Δ|");
         for (int i = 1; i < 5; i++) t.Columns[i].RightAligned();
         foreach (var r in results)
