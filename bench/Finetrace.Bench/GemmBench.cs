@@ -56,6 +56,7 @@ public sealed class GemmBench : IBenchCommand
 
         bool haveBlas = OpenBlas.IsAvailable;
         var saved = Gemm.Backend;
+        DefaultBackend = $"{saved}: {Gemm.BackendReason}";
         var results = new List<Result>();
         try
         {
@@ -121,10 +122,13 @@ public sealed class GemmBench : IBenchCommand
         return flops / median / 1e9;
     }
 
+    static string DefaultBackend = "";
+
     static void PrintTable(List<Result> results, Result main, bool haveBlas)
     {
         AnsiConsole.MarkupLine($"OpenBLAS: {(haveBlas ? $"{Markup.Escape(OpenBlas.Config)}, {OpenBlas.Threads} threads" : "[yellow]not available[/]")}");
         AnsiConsole.MarkupLine($"managed:  {ManagedGemm.Describe}, {ManagedGemm.MaxThreads} threads");
+        AnsiConsole.MarkupLine($"default backend: {Markup.Escape(DefaultBackend)}");
         AnsiConsole.MarkupLine("[grey]median GFLOP/s after warm-up; x·Wᵀ = PyTorch Linear (W stored n×k)[/]");
         AnsiConsole.MarkupLine($"[grey]load average {Markup.Escape(LoadAverage())} (figures swing on a busy machine)[/]");
         var t = new Table().AddColumns("shape (GFLOP/s)", "OpenBLAS", "managed", "ratio", "max |Δ|");
@@ -154,6 +158,7 @@ public sealed class GemmBench : IBenchCommand
             w.WriteString("blas", haveBlas ? OpenBlas.Config : "not available");
             w.WriteNumber("blas_threads", haveBlas ? OpenBlas.Threads : 0);
             w.WriteString("managed", ManagedGemm.Describe);
+            w.WriteString("default_backend", DefaultBackend);
             w.WriteNumber("managed_threads", ManagedGemm.MaxThreads);
             w.WriteString("load_average", LoadAverage());
             w.WriteStartArray("shapes");

@@ -77,4 +77,20 @@ public static unsafe partial class OpenBlas
     [LibraryImport(Lib)] private static partial int openblas_get_num_threads();
     [LibraryImport(Lib)] private static partial void openblas_set_num_threads(int n);
     [LibraryImport(Lib)] private static partial byte* openblas_get_config();
+    [LibraryImport(Lib)] private static partial byte* openblas_get_corename();
+
+    /// <summary>The kernel family OpenBLAS chose for this CPU (e.g. "Haswell", "SkylakeX", "Zen").</summary>
+    public static string CoreName
+    {
+        get
+        {
+            if (!IsAvailable) return "not available";
+            try { return Marshal.PtrToStringAnsi((nint)openblas_get_corename()) ?? "?"; }
+            catch (EntryPointNotFoundException) { return "?"; }
+        }
+    }
+
+    /// <summary>Whether OpenBLAS runs AVX-512 kernels here (its core names for AVX-512 targets).</summary>
+    public static bool UsesAvx512 => CoreName.ToLowerInvariant() is var c &&
+        (c.Contains("skylakex") || c.Contains("cooperlake") || c.Contains("sapphirerapids") || c.Contains("zen5") || c.Contains("neoversev1"));
 }
