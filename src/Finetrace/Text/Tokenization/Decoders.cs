@@ -10,7 +10,7 @@ internal abstract class Decoder
 
     public static Decoder? FromJson(JsonElement e, string where)
     {
-        if (e.ValueKind == JsonValueKind.Null) return null;
+        if (e.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return null;
         string type = e.GetProperty("type").GetString() ?? "";
         string at = $"{where} ({type})";
         switch (type)
