@@ -53,6 +53,7 @@ internal sealed class BpeModel
         _suffix = Json.Str(model, "end_of_word_suffix");
         if (string.IsNullOrEmpty(_prefix)) _prefix = null;
         if (string.IsNullOrEmpty(_suffix)) _suffix = null;
+        int prefixLen = _prefix?.Length ?? 0;
 
         for (int b = 0; b < 256; b++) _byteIds[b] = Vocab.GetValueOrDefault($"<0x{b:X2}>", -1);
         _bmpCharIds = new int[0x10000];
@@ -63,32 +64,41 @@ internal sealed class BpeModel
             else if (k.Length == 2 && char.IsSurrogatePair(k[0], k[1])) _astralCharIds[char.ConvertToUtf32(k[0], k[1])] = v;
         }
 
-        var mergesEl = model.GetProperty("merges");
-        _merges = new PairTable(mergesEl.GetArrayLength());
-        int rank = 0;
-        int prefixLen = _prefix?.Length ?? 0;
-        foreach (var m in mergesEl.EnumerateArray())
+        // Merges: resolve ids in parallel (read-only lookups), insert in order so a repeated pair keeps its last rank as in Rust.
+        var mergeEls = model.GetProperty("merges").EnumerateArray().ToArray();
+        var keys = new long[mergeEls.Length];
+        var values = new long[mergeEls.Length];
+        string? error = null;
+        Parallel.For(0, mergeEls.Length, () => new char[256], (rank, _, buf) =>
         {
-            string a, b;
+            var m = mergeEls[rank];
+            string? a = null, b = null;
             if (m.ValueKind == JsonValueKind.String)
             {
                 string s = m.GetString()!;
                 int sp = s.IndexOf(' ');
-                if (sp < 0) throw new FormatException($"{where}: merge #{rank} \"{s}\" has no space (expected \"a b\")");
+                if (sp < 0) { error ??= $"{where}: merge #{rank} \"{s}\" has no space (expected \"a b\")"; return buf; }
                 a = s[..sp]; b = s[(sp + 1)..];
             }
             else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2)
             {
-                a = m[0].GetString()!; b = m[1].GetString()!;
+                a = m[0].GetString(); b = m[1].GetString();
             }
-            else throw new FormatException($"{where}: merge #{rank} must be \"a b\" or [\"a\", \"b\"], got {m.GetRawText()}");
-            if (!Vocab.TryGetValue(a, out int aId)) throw new FormatException($"{where}: merge #{rank} token '{a}' is not in the vocab");
-            if (!Vocab.TryGetValue(b, out int bId)) throw new FormatException($"{where}: merge #{rank} token '{b}' is not in the vocab");
-            string merged = a + b.Substring(Math.Min(prefixLen, b.Length));
-            if (!Vocab.TryGetValue(merged, out int newId)) throw new FormatException($"{where}: merge #{rank} result '{merged}' is not in the vocab");
-            _merges.Set(((long)aId << 32) | (uint)bId, ((long)rank << 32) | (uint)newId);
-            rank++;
-        }
+            if (a is null || b is null) { error ??= $"{where}: merge #{rank} must be \"a b\" or [\"a\", \"b\"], got {m.GetRawText()}"; return buf; }
+            if (!Vocab.TryGetValue(a, out int aId)) { error ??= $"{where}: merge #{rank} token '{a}' is not in the vocab"; return buf; }
+            if (!Vocab.TryGetValue(b, out int bId)) { error ??= $"{where}: merge #{rank} token '{b}' is not in the vocab"; return buf; }
+            var bTail = b.AsSpan(Math.Min(prefixLen, b.Length));
+            int len = a.Length + bTail.Length;
+            if (buf.Length < len) buf = new char[len * 2];
+            a.CopyTo(buf); bTail.CopyTo(buf.AsSpan(a.Length));
+            if (!_vocabSpan.TryGetValue(buf.AsSpan(0, len), out int newId)) { error ??= $"{where}: merge #{rank} result '{new string(buf, 0, len)}' is not in the vocab"; return buf; }
+            keys[rank] = ((long)aId << 32) | (uint)bId;
+            values[rank] = ((long)rank << 32) | (uint)newId;
+            return buf;
+        }, _ => { });
+        if (error is not null) throw new FormatException(error);
+        _merges = new PairTable(mergeEls.Length);
+        for (int rank = 0; rank < keys.Length; rank++) _merges.Set(keys[rank], values[rank]);
         _cacheSpan = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
     }
 
