@@ -241,15 +241,16 @@ internal sealed class BpeModel
     /// <summary>Open-addressing map from a pair key to a value (Dictionary&lt;long,long&gt; hashes lo ^ hi, which collides badly here).</summary>
     sealed class PairTable
     {
-        readonly long[] _keys, _values;
+        struct Entry { public long Key, Value; }   // key and value side by side: one cache miss per probe
+        readonly Entry[] _entries;
         readonly int _mask, _shift;
 
         public PairTable(int count)
         {
             int cap = 16, bits = 4;
             while (cap < count * 2) { cap <<= 1; bits++; }
-            _keys = new long[cap]; _values = new long[cap];
-            Array.Fill(_keys, -1L);
+            _entries = new Entry[cap];
+            for (int i = 0; i < cap; i++) _entries[i].Key = -1L;
             _mask = cap - 1; _shift = 64 - bits;
         }
 
@@ -258,8 +259,8 @@ internal sealed class BpeModel
         public void Set(long key, long value)
         {
             int i = Slot(key);
-            while (_keys[i] != -1L && _keys[i] != key) i = (i + 1) & _mask;
-            _keys[i] = key; _values[i] = value;
+            while (_entries[i].Key != -1L && _entries[i].Key != key) i = (i + 1) & _mask;
+            _entries[i].Key = key; _entries[i].Value = value;
         }
 
         public bool TryGetValue(long key, out long value)
@@ -267,9 +268,9 @@ internal sealed class BpeModel
             int i = Slot(key);
             while (true)
             {
-                long k = _keys[i];
-                if (k == key) { value = _values[i]; return true; }
-                if (k == -1L) { value = 0; return false; }
+                ref var e = ref _entries[i];
+                if (e.Key == key) { value = e.Value; return true; }
+                if (e.Key == -1L) { value = 0; return false; }
                 i = (i + 1) & _mask;
             }
         }

@@ -89,6 +89,27 @@ public sealed class TokenizerApiTests
         Assert.Equal(14, t.VocabSize);
     }
 
+    [Fact]
+    public void Config_SpecialTokensAsStringsOrContentObjects()
+    {
+        using var dir = new TempDir();
+        string added = """[{"id":8,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}]""";
+        string post = """{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],"special_tokens":{"<s>":{"id":"<s>","ids":[8],"tokens":["<s>"]}}}""";
+        File.WriteAllText(dir.File("tokenizer_config.json"),
+            """{"bos_token":{"__type":"AddedToken","content":"<s>","lstrip":false},"eos_token":"c","unk_token":"<unk>","pad_token":null,"add_bos_token":false}""");
+        var t = Tiny(dir, Vocab, "[]", addedTokens: added, postProcessor: post);
+        Assert.Equal(("<s>", 8), (t.BosToken, t.BosId!.Value));
+        Assert.Equal(("c", 3), (t.EosToken, t.EosId!.Value));
+        Assert.Equal(0, t.UnkId);
+        Assert.Null(t.PadToken);
+        Assert.Null(t.PadId);
+        Assert.False(t.AddBosToken);               // the config's flag wins over the post-processor
+        Assert.Equal([8], t.PrefixIds);
+        Assert.Equal([8, 1], t.Encode("a").Ids);
+        Assert.Equal([1], t.Encode("a", addSpecialTokens: false).Ids);
+        Assert.Equal([1, 8], t.Encode("a<s>", addSpecialTokens: false).Ids);   // added tokens in the text are matched either way
+    }
+
     [SharedFact]
     public void Offsets_AreHfCharacterSpans()
     {
