@@ -131,6 +131,29 @@ public sealed class TokenizerApiTests
         }
     }
 
+    /// <summary>
+    /// The non-legacy Llama/Mistral layout (transformers' legacy=false): no normaliser, Metaspace(prepend_scheme "first",
+    /// split false) and a Metaspace decoder. "first" prepends ▁ only to the segment at offset 0, so after a literal
+    /// &lt;s&gt; the next word gets no ▁ (where the legacy Prepend normaliser gives "▁ Hello" pieces).
+    /// </summary>
+    [SharedFact]
+    public void Metaspace_FirstScheme_PrependsOnlyAtTextStart()
+    {
+        using var dir = new TempDir();
+        var root = JsonNode.Parse(File.ReadAllText(Shared.Path("fixtures", "tokenizers", "llama2", "tokenizer.json")))!.AsObject();
+        root["normalizer"] = null;
+        root["pre_tokenizer"] = JsonNode.Parse("""{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":false}""");
+        root["decoder"] = JsonNode.Parse("""{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":false}""");
+        File.WriteAllText(dir.File("tokenizer.json"), root.ToJsonString());
+        var meta = Tokenizer.FromFolder(dir.Path);
+        var legacy = FixtureTests.Load("llama2");
+        Assert.Equal(legacy.Encode("Hello world").Ids, meta.Encode("Hello world").Ids);
+        var e = meta.Encode("<s>Hello world", addSpecialTokens: false);
+        Assert.Equal(["<s>", "Hello", "▁world"], e.Tokens);
+        Assert.Equal([new TokenSpan(0, 3), new TokenSpan(3, 8), new TokenSpan(8, 14)], e.Offsets);
+        Assert.Equal("Hello world", meta.Decode(meta.Encode("Hello world", addSpecialTokens: false).Ids));
+    }
+
     [SharedFact]
     public void EncodeBatch_EqualsEncode()
     {
