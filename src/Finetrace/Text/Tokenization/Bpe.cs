@@ -150,7 +150,7 @@ internal sealed class BpeModel
             if (_byteFallback)
             {
                 string? affixed = AffixedOrNull(w.Slice(s, width), isFirst, isLast);
-                byte[] bytes = affixed is null ? utf8[..r.EncodeToUtf8(utf8)].ToArray() : System.Text.Encoding.UTF8.GetBytes(affixed);
+                ReadOnlySpan<byte> bytes = affixed is null ? utf8[..r.EncodeToUtf8(utf8)] : System.Text.Encoding.UTF8.GetBytes(affixed);
                 bool all = true;
                 foreach (byte b in bytes) if (_byteIds[b] < 0) { all = false; break; }
                 if (all)

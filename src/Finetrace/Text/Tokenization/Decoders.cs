@@ -125,21 +125,15 @@ internal sealed class StripDecoder(int content, int start, int stop) : Decoder
     public override List<string> DecodeChain(List<string> tokens)
     {
         var result = new List<string>(tokens.Count);
+        string c = char.ConvertFromUtf32(content);
         foreach (var t in tokens)
         {
-            var runes = t.EnumerateRunes().Select(r => r.Value).ToArray();
-            int startCut = 0;
-            for (int i = 0; i < Math.Min(start, runes.Length); i++)
-                if (runes[i] == content) startCut = i + 1; else break;
-            int stopCut = runes.Length;
-            for (int i = 0; i < stop && i < runes.Length; i++)
-            {
-                int index = runes.Length - i - 1;
-                if (runes[index] == content) stopCut = index; else break;
-            }
-            var sb = new StringBuilder();
-            for (int i = startCut; i < Math.Max(startCut, stopCut); i++) sb.Append(char.ConvertFromUtf32(runes[i]));
-            result.Add(sb.ToString());
+            // Up to `start` leading and `stop` trailing copies of the content char, never overlapping.
+            int from = 0;
+            for (int i = 0; i < start && t.AsSpan(from).StartsWith(c, StringComparison.Ordinal); i++) from += c.Length;
+            int to = t.Length;
+            for (int i = 0; i < stop && to - c.Length >= from && t.AsSpan(0, to).EndsWith(c, StringComparison.Ordinal); i++) to -= c.Length;
+            result.Add(from == 0 && to == t.Length ? t : t[from..to]);
         }
         return result;
     }
