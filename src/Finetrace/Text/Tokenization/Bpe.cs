@@ -12,7 +12,7 @@ namespace Finetrace.Text.Tokenization;
 internal sealed class BpeModel
 {
     const int MaxCachedLength = 256;   // Rust caches words shorter than 256 bytes; the cache never changes results
-    const int MaxCacheEntries = 500_000;
+    const int MaxCacheEntries = 100_000;   // bounded memory on long runs (Rust stops caching at 10k)
 
     public readonly Dictionary<string, int> Vocab;
     readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _vocabSpan;
