@@ -27,6 +27,15 @@ internal sealed class BpeModel
     readonly ConcurrentDictionary<string, int[]> _cache = new();
     readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheSpan;
     int _cacheCount;
+    const char Meta = '\u2581';
+    /// <summary>Code points p such that "p▁" occurs inside some merge result: a word must not be cut before such a ▁.</summary>
+    readonly HashSet<int> _joinsMeta = new();
+    /// <summary>
+    /// Cut long words before a ▁ whose left neighbour can never merge with it, and BPE (and cache) the parts separately.
+    /// Exact: no pair straddling such a cut has a merge, so both sides evolve independently and their merges commute.
+    /// This makes SentencePiece-style tokenizers (no pre-tokenizer: a whole segment is one word) cacheable.
+    /// </summary>
+    internal bool ChunkOnMetaspace { get; set; }
 
     public BpeModel(JsonElement model, string where)
     {
@@ -100,6 +109,17 @@ internal sealed class BpeModel
         _merges = new PairTable(mergeEls.Length);
         for (int rank = 0; rank < keys.Length; rank++) _merges.Set(keys[rank], values[rank]);
         _cacheSpan = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+
+        foreach (long v in values)
+        {
+            string merged = IdToToken[(int)v]!;
+            for (int j = merged.IndexOf(Meta, 1); j > 0; j = j + 1 < merged.Length ? merged.IndexOf(Meta, j + 1) : -1)
+            {
+                int p = char.IsLowSurrogate(merged[j - 1]) && j >= 2 ? char.ConvertToUtf32(merged[j - 2], merged[j - 1]) : merged[j - 1];
+                _joinsMeta.Add(p);
+            }
+        }
+        ChunkOnMetaspace = !_ignoreMerges && _prefix is null && _suffix is null && Vocab.ContainsKey(Meta.ToString());
     }
 
     public int TokenToId(ReadOnlySpan<char> token) => _vocabSpan.TryGetValue(token, out int id) ? id : -1;
@@ -116,6 +136,43 @@ internal sealed class BpeModel
             output.Add(whole); output.Add(0); output.Add(word.Length);
             return;
         }
+        if (ChunkOnMetaspace && word.Length > 16)
+        {
+            int start = 0;
+            for (int k = 1; k < word.Length; k++)
+            {
+                int d = word[k..].IndexOf(Meta);
+                if (d < 0) break;
+                k += d;
+                if (!CanCutBefore(word, k)) continue;
+                TokenizeWord(word[start..k], start, output);
+                start = k;
+            }
+            TokenizeWord(word[start..], start, output);
+            return;
+        }
+        TokenizeWord(word, 0, output);
+    }
+
+    /// <summary>A cut before the ▁ at k is safe when its left neighbour is a vocabulary char (not unk or byte fallback) never merged with ▁.</summary>
+    bool CanCutBefore(ReadOnlySpan<char> word, int k)
+    {
+        int p = char.IsLowSurrogate(word[k - 1]) && k >= 2 && char.IsHighSurrogate(word[k - 2]) ? char.ConvertToUtf32(word[k - 2], word[k - 1]) : word[k - 1];
+        if (p is >= 0xD800 and <= 0xDFFF) return false;   // lone surrogate
+        return !_joinsMeta.Contains(p) && (p < 0x10000 ? _bmpCharIds[p] : _astralCharIds.GetValueOrDefault(p, -1)) >= 0;
+    }
+
+    /// <summary>BPE of one word (cached), appending triples with positions shifted by <paramref name="offset"/>.</summary>
+    void TokenizeWord(ReadOnlySpan<char> word, int offset, List<int> output)
+    {
+        int at = output.Count;
+        TokenizeWordAt0(word, output);
+        if (offset != 0)
+            for (int i = at; i < output.Count; i += 3) { output[i + 1] += offset; output[i + 2] += offset; }
+    }
+
+    void TokenizeWordAt0(ReadOnlySpan<char> word, List<int> output)
+    {
         bool cacheable = word.Length < MaxCachedLength;
         if (cacheable && _cacheSpan.TryGetValue(word, out var hit)) { output.AddRange(hit); return; }
         var result = MergeWord(word);

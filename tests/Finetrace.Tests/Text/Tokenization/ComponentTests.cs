@@ -159,4 +159,31 @@ public sealed class ComponentTests(ITestOutputHelper output)
             Assert.Equal(slow.End.AsSpan(0, slow.Length).ToArray(), fast.End.AsSpan(0, fast.Length).ToArray());
         }
     }
+
+    /// <summary>Cutting SentencePiece-style words before safe ▁s (to cache the parts) gives exactly the uncut BPE.</summary>
+    [SharedFact]
+    public void Bpe_MetaspaceChunking_EqualsWholeWordBpe()
+    {
+        foreach (var family in new[] { "llama2", "gemma3" })
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Shared.Path("fixtures", "tokenizers", family, "tokenizer.json")));
+            var model = new BpeModel(doc.RootElement.GetProperty("model"), family);
+            Assert.True(model.ChunkOnMetaspace);
+            var texts = FixtureTests.ReadCases(Shared.Path("fixtures", "tokenizers", family, "encode_cases.jsonl")).Select(c => c.Text)
+                .Concat(TrickyStrings(300, bmpOnly: false, withLongS: false)).Concat(Finetrace.Bench.TokenizeBench.MixedText(200_000))
+                .Select(t => "\u2581" + t.Replace(' ', '\u2581')).ToList();
+            var chunked = new List<int>();
+            var whole = new List<int>();
+            foreach (var w in texts)
+            {
+                chunked.Clear(); whole.Clear();
+                model.ChunkOnMetaspace = true;
+                model.Tokenize(w, chunked);
+                model.ChunkOnMetaspace = false;
+                model.Tokenize(w, whole);
+                Assert.True(whole.SequenceEqual(chunked), $"{family}: {System.Text.Json.JsonSerializer.Serialize(w)}");
+            }
+            output.WriteLine($"{family}: {texts.Count} words agree");
+        }
+    }
 }
