@@ -110,6 +110,17 @@ public sealed class TokenizerApiTests
         Assert.Equal([1, 8], t.Encode("a<s>", addSpecialTokens: false).Ids);   // added tokens in the text are matched either way
     }
 
+    [Fact]
+    public void PostProcessor_TokensBeforeAndAfterTheSequence()
+    {
+        using var dir = new TempDir();
+        var t = Tiny(dir, Vocab, """["a b"]""", postProcessor: """{"type":"BertProcessing","sep":["c",3],"cls":["b",2]}""");
+        var e = t.Encode("ab a");
+        Assert.Equal([2, 4, 1, 3], e.Ids);
+        Assert.Equal([new TokenSpan(0, 0), new TokenSpan(0, 2), new TokenSpan(3, 4), new TokenSpan(0, 0)], e.Offsets);
+        Assert.Equal([4, 1], t.Encode("ab a", addSpecialTokens: false).Ids);
+    }
+
     [SharedFact]
     public void Offsets_AreHfCharacterSpans()
     {
