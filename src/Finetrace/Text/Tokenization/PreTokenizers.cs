@@ -154,11 +154,17 @@ internal sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) 
         Transform(p);
     }
 
-    /// <summary>Rewrites every piece as byte chars.</summary>
+    [ThreadStatic] static NormalizedText? t_bytes;
+
+    /// <summary>Rewrites every piece as byte chars (into a per-thread buffer: the caller consumes the pieces before the next call).</summary>
     internal static void Transform(PreTokenizedString p)
     {
         var src = p.Text;
-        var dst = new NormalizedText(src.Length * 3 / 2 + 8);
+        int need = 0;
+        foreach (var (s, e) in p.Pieces) need += System.Text.Encoding.UTF8.GetByteCount(src.Chars.AsSpan(s, e - s));
+        var dst = t_bytes is { } buffer && buffer != src ? buffer : new NormalizedText(need);
+        t_bytes = dst;
+        dst.EnsureCapacity(need);
         p.Spare.Clear();
         Span<byte> utf8 = stackalloc byte[4];
         var map = ByteLevelMap.ByteToChar;
