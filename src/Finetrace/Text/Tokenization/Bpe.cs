@@ -41,14 +41,17 @@ internal sealed class BpeModel
     {
         string type = Json.Str(model, "type") ?? "BPE";
         if (type != "BPE") throw new NotSupportedException($"{where}: model type '{type}' is not supported (only BPE)");
-        var vocabEl = model.GetProperty("vocab");
-        Vocab = new Dictionary<string, int>(vocabEl.EnumerateObject().Count(), StringComparer.Ordinal);
+        // Vocab: decode the names in parallel (the transcoding dominates), insert in file order.
+        var props = model.GetProperty("vocab").EnumerateObject().ToArray();
+        var names = new string[props.Length];
+        var ids = new int[props.Length];
+        Parallel.For(0, props.Length, i => { names[i] = props[i].Name; ids[i] = props[i].Value.GetInt32(); });
+        Vocab = new Dictionary<string, int>(props.Length, StringComparer.Ordinal);
         int maxId = -1;
-        foreach (var p in vocabEl.EnumerateObject())
+        for (int i = 0; i < names.Length; i++)
         {
-            int id = p.Value.GetInt32();
-            Vocab[p.Name] = id;
-            if (id > maxId) maxId = id;
+            Vocab[names[i]] = ids[i];
+            if (ids[i] > maxId) maxId = ids[i];
         }
         _vocabSpan = Vocab.GetAlternateLookup<ReadOnlySpan<char>>();
         IdToToken = new string?[maxId + 1];
