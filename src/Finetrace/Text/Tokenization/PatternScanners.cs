@@ -31,7 +31,7 @@ internal static class PatternScanners
     {
         var k = new byte[128];
         for (int c = 0; c < 128; c++)
-            k[c] = Unicode.IsWhiteSpace(c) ? Space : char.IsAsciiLetter((char)c) ? Letter : char.IsAsciiDigit((char)c) ? Number : Other;
+            k[c] = CodePoints.IsWhiteSpace(c) ? Space : char.IsAsciiLetter((char)c) ? Letter : char.IsAsciiDigit((char)c) ? Number : Other;
         return k;
     }
 
@@ -44,9 +44,9 @@ internal static class PatternScanners
         int cp = c;
         width = 1;
         if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1])) { cp = char.ConvertToUtf32(c, s[i + 1]); width = 2; }
-        if (Unicode.IsWhiteSpace(cp)) return Space;
-        if (Unicode.IsLetter(cp)) return Letter;
-        if (Unicode.IsNumber(cp)) return Number;
+        if (CodePoints.IsWhiteSpace(cp)) return Space;
+        if (CodePoints.IsLetter(cp)) return Letter;
+        if (CodePoints.IsNumber(cp)) return Number;
         return Other;
     }
 
@@ -147,7 +147,7 @@ internal static class PatternScanners
         if (c < 128) return c is >= 'A' and <= 'Z' ? InU : c is >= 'a' and <= 'z' ? InW : 0;
         int cp = c;
         if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1])) { cp = char.ConvertToUtf32(c, s[i + 1]); width = 2; }
-        return Unicode.Category(cp) switch
+        return CodePoints.Category(cp) switch
         {
             System.Globalization.UnicodeCategory.UppercaseLetter or System.Globalization.UnicodeCategory.TitlecaseLetter => InU,
             System.Globalization.UnicodeCategory.LowercaseLetter => InW,
