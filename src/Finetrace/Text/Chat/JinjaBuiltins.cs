@@ -670,6 +670,7 @@ static class JinjaBuiltins
     static object? Round(object? v, object? precision, string method)
     {
         if (v is Undefined u) throw u.Fail();
+        if (method == "common" && v is long or bool) return v is bool bv ? (bv ? 1L : 0L) : v; // Python round(int, n) stays int
         double x = v switch { long l => l, double d => d, bool b => b ? 1 : 0, _ => throw new TemplateException("TypeError", $"type {PyOps.TypeName(v)} doesn't define __round__ method") };
         int p = precision is long pl ? (int)pl : 0;
         double scale = Math.Pow(10, p);

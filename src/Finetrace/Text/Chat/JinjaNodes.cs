@@ -88,8 +88,9 @@ sealed class ForStmt(Expr target, Expr iter, Expr? test, List<Stmt> body, List<S
             }
             items = kept;
         }
-        if (items.Count == 0) return ExecAll(elseBody, new Frame(f.State, f), o) == Flow.Break ? Flow.Normal : Flow.Normal;
-        var loop = new LoopContext(items, f.Lookup("loop") is LoopContext outer ? outer.Depth0 + 1 : 0);
+        if (items.Count == 0) { ExecAll(elseBody, new Frame(f.State, f), o); return Flow.Normal; }
+        // depth counts recursion of recursive loops only; a nested loop starts at depth 1 again.
+        var loop = new LoopContext(items, 0);
         for (int i = 0; i < items.Count; i++)
         {
             loop.Index0 = i;
@@ -190,7 +191,7 @@ sealed class MacroDef(string name, List<string> pars, List<Expr> defaults, List<
                 else v = Undefined.WithHint($"parameter '{pars[i]}' was not provided");
                 f.Set(pars[i], v);
             }
-            f.Set("varargs", args.Count > pars.Count ? args.Skip(pars.Count).ToList() : new List<object?>());
+            f.Set("varargs", args.Skip(pars.Count).ToArray());
             var kwd = new PyDict();
             foreach (var (k, v) in kw) kwd[k] = v;
             f.Set("kwargs", kwd);

@@ -26,11 +26,11 @@ public sealed class Undefined
 
     Undefined(string? message, bool _, object? __, string kind) { _message = message; Kind = kind; }
 
-    public static Undefined Named(string name) => new($"'{name}' is undefined", false, null, "UndefinedError");
+    public static Undefined Named(string name) => new($"{PyOps.Repr(name)} is undefined", false, null, "UndefinedError");
 
     public static Undefined Missing(object? obj, object? key) => new(key is string s
-        ? $"'{PyOps.TypeReprForUndefined(obj)}' has no attribute '{s}'"
-        : $"'{PyOps.TypeReprForUndefined(obj)}' has no element {PyOps.Repr(key)}", false, null, "UndefinedError");
+        ? $"{PyOps.Repr(PyOps.TypeReprForUndefined(obj))} has no attribute {PyOps.Repr(s)}"
+        : $"{PyOps.TypeReprForUndefined(obj)} has no element {PyOps.Repr(key)}", false, null, "UndefinedError");
 
     public static Undefined Unsafe(object? obj, string attr) =>
         new($"access to attribute '{attr}' of '{PyOps.TypeName(obj)}' object is unsafe.", false, null, "SecurityError");
@@ -416,7 +416,7 @@ public static class PyOps
         if (IsIntLike(a) && IsIntLike(b))
         {
             long x = ToLong(a), y = ToLong(b);
-            if (y == 0) throw new TemplateException("ZeroDivisionError", "integer division or modulo by zero");
+            if (y == 0) throw new TemplateException("ZeroDivisionError", "integer modulo by zero");
             long m = x % y;
             if (m != 0 && ((m < 0) != (y < 0))) m += y;
             return m;
@@ -576,7 +576,7 @@ public static class PyStr
         foreach (var r in s.EnumerateRunes())
         {
             bool cased = Rune.IsUpper(r) || Rune.IsLower(r) || Rune.GetUnicodeCategory(r) == UnicodeCategory.TitlecaseLetter;
-            if (cased) sb.Append(prevCased ? Lower(r.ToString()) : Upper(r.ToString()));
+            if (cased) sb.Append(prevCased ? Lower(r.ToString()) : TitleCase(r));
             else sb.Append(r.ToString());
             prevCased = cased;
         }
@@ -587,6 +587,23 @@ public static class PyStr
     {
         if (s.Length == 0) return s;
         var first = Rune.GetRuneAt(s, 0);
-        return Upper(first.ToString()) + Lower(s[first.Utf16SequenceLength..]);
+        return TitleCase(first) + Lower(s[first.Utf16SequenceLength..]);
     }
+
+    /// <summary>Python's title-case mapping of one character (differs from upper for digraphs and ligatures).</summary>
+    public static string TitleCase(Rune r) => r.Value switch
+    {
+        0x1C4 or 0x1C5 or 0x1C6 => "\u01C5",
+        0x1C7 or 0x1C8 or 0x1C9 => "\u01C8",
+        0x1CA or 0x1CB or 0x1CC => "\u01CB",
+        0x1F1 or 0x1F2 or 0x1F3 => "\u01F2",
+        0xDF => "Ss",
+        0xFB00 => "Ff",
+        0xFB01 => "Fi",
+        0xFB02 => "Fl",
+        0xFB03 => "Ffi",
+        0xFB04 => "Ffl",
+        0xFB05 or 0xFB06 => "St",
+        _ => Upper(r.ToString()),
+    };
 }
