@@ -33,7 +33,7 @@ public class ChatFormatterTests(ITestOutputHelper log)
     public void MasksSeparateContentFromTemplate(string family, string[] markers)
     {
         string dir = Shared.Path("fixtures", "tokenizers", family);
-        var f = ChatFormatter.FromFolder(dir);
+        var f = Load(dir);
         var enc = f.Format(Conversation, addGenerationPrompt: false);
         log.WriteLine($"{family}: {enc.Count} tokens; roles {string.Join("", enc.Roles.Select(r => "TBSUAO"[(int)r]))}");
 
@@ -66,7 +66,7 @@ public class ChatFormatterTests(ITestOutputHelper log)
     public void GenerationPromptIsTemplate(string family, string[] markers)
     {
         _ = markers;
-        var f = ChatFormatter.FromFolder(Shared.Path("fixtures", "tokenizers", family));
+        var f = Load(Shared.Path("fixtures", "tokenizers", family));
         var msgs = Conversation.Skip(1).Take(1).ToArray();
         var with = f.Format(msgs, addGenerationPrompt: true);
         var without = f.Format(msgs, addGenerationPrompt: false);
@@ -80,7 +80,7 @@ public class ChatFormatterTests(ITestOutputHelper log)
     public void GemmaContentPartsAndContentThatLooksLikeTemplate()
     {
         // "user" and "model" as content also occur in Gemma's role headers; the diff-based location must not take the header.
-        var f = ChatFormatter.FromFolder(Shared.Path("fixtures", "tokenizers", "gemma3"));
+        var f = Load(Shared.Path("fixtures", "tokenizers", "gemma3"));
         var enc = f.Format([new("user", "user"), new("assistant", "model")]);
         Assert.Equal(["user"], Runs(enc, TokenRole.User).Select(r => f.Tokenizer.Decode(r)));
         Assert.Equal(["model"], Runs(enc, TokenRole.Assistant).Select(r => f.Tokenizer.Decode(r)));
@@ -99,7 +99,7 @@ public class ChatFormatterTests(ITestOutputHelper log)
     [SharedFact]
     public void QwenThinkingAssistantIsAllAssistant()
     {
-        var f = ChatFormatter.FromFolder(Shared.Path("fixtures", "tokenizers", "qwen3"));
+        var f = Load(Shared.Path("fixtures", "tokenizers", "qwen3"));
         var enc = f.Format([new("user", "Q?"), new("assistant", "<think>\nlet me see\n</think>\n\nThe answer.")]);
         string assistant = f.Tokenizer.Decode(enc.Ids.Where((_, i) => enc.Roles[i] == TokenRole.Assistant).ToArray());
         Assert.Contains("let me see", assistant);
@@ -112,7 +112,7 @@ public class ChatFormatterTests(ITestOutputHelper log)
     {
         // models/README.md §3: the training tokenization of "User: Can Tom play with fire?\nAssistant:" with BOS.
         int[] expected = [1, 410, 471, 419, 285, 467, 410, 457, 303, 274, 287, 337, 335, 272, 417, 276, 450, 13, 447, 419, 419, 293, 413, 303, 413, 467];
-        var f = ChatFormatter.FromFolder(Shared.Path("models", "stories260K-chat"));
+        var f = Load(Shared.Path("models", "stories260K-chat"));
         var enc = f.Format([new("user", "Can Tom play with fire?")], addGenerationPrompt: true);
         Assert.Equal("<s>User: Can Tom play with fire?\nAssistant:", enc.Text);
         Assert.Equal(expected, enc.Ids);
@@ -134,6 +134,10 @@ public class ChatFormatterTests(ITestOutputHelper log)
         Assert.Equal(2, enc2.Ids.Where((id, i) => id == 2 && enc2.Roles[i] == TokenRole.Template).Count());
         Assert.Throws<TemplateException>(() => f.Format([new("system", "x"), new("user", "y")]));
     }
+
+    // Loading a tokenizer.json takes up to a second (gemma3: 14 MB); each folder is loaded once for all tests.
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<ChatFormatter>> Cache = new();
+    static ChatFormatter Load(string dir) => Cache.GetOrAdd(dir, d => new Lazy<ChatFormatter>(() => ChatFormatter.FromFolder(d))).Value;
 
     static void AssertSingleLeadingBos(Tokenizer tok, ChatEncoding enc, string family)
     {
