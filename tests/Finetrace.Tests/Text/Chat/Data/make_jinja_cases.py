@@ -337,6 +337,87 @@ P = [
 for name, t, ctx in P:
     case(name, t, ctx)
 
+GEMMA2 = """{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"""
+
+QWEN25 = """{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+for i, msgs in enumerate([M1, M2, M3, M4, M2[1:]]):
+    case(f"gemma2_{i}", GEMMA2, GEN(msgs, True))
+    case(f"qwen25_{i}", QWEN25, GEN(msgs, i % 2 == 0))
+    case(f"qwen25_tools_{i}", QWEN25, GEN(msgs, True, tools=TOOLS))
+
+W = [
+    ("ws_start_of_template", "   {% if true %}x{% endif %}", {}),
+    ("ws_after_var_same_line", "{{ 'a' }}  {% if true %}x{% endif %}", {}),
+    ("ws_tabs", "\t\t{% if true %}\n\tx\n\t{% endif %}\n", {}),
+    ("ws_comment_then_block", "a\n  {# c #}  {% if true %}\nb\n  {% endif %}\n", {}),
+    ("ws_minus_no_newline", "{% if true -%}   x{%- endif %}|", {}),
+    ("ws_minus_eats_newlines", "a\n\n  {%- if true %}b{% endif -%}\n\n  c", {}),
+    ("ws_var_minus_then_block", "{{- 'a' -}}\n  {% if true %}b{% endif %}", {}),
+    ("ws_raw_lstrip", "x\n    {% raw %}\n  {{ y }}\n    {% endraw %}\nz", {}),
+    ("ws_set_block_trim", "{% set s %}\n  line\n{% endset %}[{{ s }}]", {}),
+    ("ws_macro_body", "{% macro m() %}\n  body\n{% endmacro %}\n[{{ m() }}]", {}),
+    ("ws_unicode_space_before_block", "a\n\u3000{% if true %}b{% endif %}", {}),
+    ("ws_cr_only", "a\r{% if true %}\rb{% endif %}\r", {}),
+    ("ws_double_trailing", "x\n\n\n", {}),
+    ("ws_plus_minus_mix", "a  {%+ if true -%}  b  {%- endif +%}\n  c", {}),
+]
+for name, t, ctx in W:
+    case(name, t, ctx)
+
 for name, template, context in cases:
     row = {"name": name, "template": template, "context": context}
     try:
