@@ -61,6 +61,54 @@ public class ChatFormatterTests(ITestOutputHelper log)
         AssertSingleLeadingBos(f.Tokenizer, enc, family);
     }
 
+    /// <summary>Every rendering chat case of the family: each message's located span holds its content (as is, or
+    /// stripped as the template strips it), no token inside a content span is labelled template, and the ids are the
+    /// tokenizer's ids of the render.</summary>
+    [SharedTheory]
+    [MemberData(nameof(Families))]
+    public void EveryChatCaseLocatesEveryContent(string family, string[] markers)
+    {
+        _ = markers;
+        string dir = Shared.Path("fixtures", "tokenizers", family);
+        var f = Load(dir);
+        int cases = 0, messages = 0;
+        var mismatches = new List<string>();
+        foreach (var line in File.ReadLines(Path.Combine(dir, "chat_cases.jsonl")))
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(line);
+            var c = doc.RootElement;
+            if (!c.TryGetProperty("rendered", out var rendered)) continue;
+            cases++;
+            string name = c.GetProperty("name").GetString()!;
+            var msgs = (List<object?>)PyJson.FromJson(c.GetProperty("messages"))!;
+            var extra = c.GetProperty("template_vars").EnumerateObject().ToDictionary(p => p.Name, p => PyJson.FromJson(p.Value));
+            var enc = f.Format(msgs, c.GetProperty("add_generation_prompt").GetBoolean(), extra);
+            if (enc.Text != rendered.GetString()) { mismatches.Add($"{name}: render differs"); continue; }
+            for (int i = 0; i < msgs.Count; i++)
+            {
+                var m = (PyDict)msgs[i]!;
+                if (m["content"] is not string content || content.Trim().Length == 0) continue;
+                // Some templates drop messages (Gemma and Llama 2 print a system message only before a first user turn).
+                if (!enc.Text.Contains(content.Trim())) continue;
+                messages++;
+                var spans = enc.Spans.Where(s => s.Message == i).ToList();
+                if (spans.Count == 0) { mismatches.Add($"{name}: message {i} not located"); continue; }
+                string found = string.Concat(spans.Select(s => enc.Text[s.Start..s.End]));
+                string reasoning = m.TryGetValue("reasoning_content", out var rc) && rc is string rs ? rs.Trim('\n') : "";
+                bool ok = found == content || found == content.Trim() || found == content.Trim('\n') || found == reasoning + content
+                          || (content.Contains("</think>") && found.Contains(content.Split("</think>")[^1].Trim()));
+                if (!ok) mismatches.Add($"{name}: message {i} located as {System.Text.Json.JsonSerializer.Serialize(found)}, content {System.Text.Json.JsonSerializer.Serialize(content)}");
+                foreach (var s in spans)
+                    for (int t = 0; t < enc.Count; t++)
+                        if (enc.Offsets[t].Start >= s.Start && enc.Offsets[t].End <= s.End && enc.Offsets[t].End > enc.Offsets[t].Start && enc.Roles[t] != ChatFormatter.RoleOf(m["role"] as string))
+                        { mismatches.Add($"{name}: token {t} inside message {i} is {enc.Roles[t]}"); break; }
+            }
+        }
+        log.WriteLine($"{family}: {cases} cases, {messages} messages, {mismatches.Count} mismatches");
+        foreach (var m in mismatches) log.WriteLine(m);
+        Assert.True(mismatches.Count == 0, string.Join("\n", mismatches));
+    }
+
     [SharedTheory]
     [MemberData(nameof(Families))]
     public void GenerationPromptIsTemplate(string family, string[] markers)
