@@ -162,6 +162,7 @@ static class JinjaBuiltins
     public static object? Call(object? fn, List<object?> args, KwArgs kwargs) => fn switch
     {
         JinjaCallable c => c.Invoke(args, kwargs),
+        LoopContext loop => loop.Recurse(args.Count > 0 ? args[0] : null),
         Undefined u => throw u.Fail(),
         _ => throw new TemplateException("TypeError", $"'{PyOps.TypeName(fn)}' object is not callable"),
     };

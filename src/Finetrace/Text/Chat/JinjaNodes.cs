@@ -72,11 +72,14 @@ sealed class LoopControlStmt(bool isBreak) : Stmt
     public override Flow Exec(Frame f, StringBuilder o) => isBreak ? Flow.Break : Flow.Continue;
 }
 
-sealed class ForStmt(Expr target, Expr iter, Expr? test, List<Stmt> body, List<Stmt> elseBody) : Stmt
+sealed class ForStmt(Expr target, Expr iter, Expr? test, List<Stmt> body, List<Stmt> elseBody, bool recursive) : Stmt
 {
-    public override Flow Exec(Frame f, StringBuilder o)
+    public override Flow Exec(Frame f, StringBuilder o) => Run(f, iter.Eval(f), 0, o);
+
+    /// <summary>One loop over <paramref name="iterable"/>; a recursive loop's `loop(children)` runs it again one level deeper.</summary>
+    Flow Run(Frame f, object? iterable, int depth0, StringBuilder o)
     {
-        var items = PyOps.Iterate(iter.Eval(f));
+        var items = PyOps.Iterate(iterable);
         if (test is not null)
         {
             var kept = new List<object?>();
@@ -90,7 +93,13 @@ sealed class ForStmt(Expr target, Expr iter, Expr? test, List<Stmt> body, List<S
         }
         if (items.Count == 0) { ExecAll(elseBody, new Frame(f.State, f), o); return Flow.Normal; }
         // depth counts recursion of recursive loops only; a nested loop starts at depth 1 again.
-        var loop = new LoopContext(items, 0);
+        Func<object?, string>? recurse = recursive ? children =>
+        {
+            if (f.State.Depth++ > 200) throw new TemplateException("RecursionError", "maximum recursion depth exceeded");
+            try { var sb = new StringBuilder(); Run(f, children, depth0 + 1, sb); return sb.ToString(); }
+            finally { f.State.Depth--; }
+        } : null;
+        var loop = new LoopContext(items, depth0, recurse);
         for (int i = 0; i < items.Count; i++)
         {
             loop.Index0 = i;
@@ -238,12 +247,15 @@ static class Assign
 }
 
 /// <summary>Jinja's `loop` object.</summary>
-public sealed class LoopContext(List<object?> items, int depth0)
+public sealed class LoopContext(List<object?> items, int depth0, Func<object?, string>? recurse = null)
 {
     public int Index0;
-    public int Depth0 => depth0;
-    int _cycleBase => Index0;
     object? _lastChanged = Undefined.Plain;
+
+    /// <summary>`loop(children)` in a loop marked recursive.</summary>
+    public string Recurse(object? children) => recurse is null
+        ? throw new TemplateException("TypeError", "The loop must have the 'recursive' marker to be called recursively.")
+        : recurse(children);
 
     public object? Get(string name) => name switch
     {
@@ -259,7 +271,7 @@ public sealed class LoopContext(List<object?> items, int depth0)
         "previtem" => Index0 > 0 ? items[Index0 - 1] : Undefined.WithHint("there is no previous item"),
         "nextitem" => Index0 + 1 < items.Count ? items[Index0 + 1] : Undefined.WithHint("there is no next item"),
         "cycle" => new JinjaCallable("cycle", (args, _) =>
-            args.Count == 0 ? throw new TemplateException("TypeError", "no items for cycling given") : args[_cycleBase % args.Count]),
+            args.Count == 0 ? throw new TemplateException("TypeError", "no items for cycling given") : args[Index0 % args.Count]),
         "changed" => new JinjaCallable("changed", (args, _) =>
         {
             object? v = args.Count == 1 ? args[0] : args.ToArray();

@@ -20,22 +20,22 @@ public sealed class TemplateException(string kind, string message) : Exception(m
 /// calls and arithmetic with the message Jinja would give.</summary>
 public sealed class Undefined
 {
-    public static readonly Undefined Plain = new(null, false, null, "UndefinedError");
+    public static readonly Undefined Plain = new(null, "UndefinedError");
     readonly string? _message;
     public string Kind { get; }
 
-    Undefined(string? message, bool _, object? __, string kind) { _message = message; Kind = kind; }
+    Undefined(string? message, string kind) { _message = message; Kind = kind; }
 
-    public static Undefined Named(string name) => new($"{PyOps.Repr(name)} is undefined", false, null, "UndefinedError");
+    public static Undefined Named(string name) => new($"{PyOps.Repr(name)} is undefined", "UndefinedError");
 
     public static Undefined Missing(object? obj, object? key) => new(key is string s
         ? $"{PyOps.Repr(PyOps.TypeReprForUndefined(obj))} has no attribute {PyOps.Repr(s)}"
-        : $"{PyOps.TypeReprForUndefined(obj)} has no element {PyOps.Repr(key)}", false, null, "UndefinedError");
+        : $"{PyOps.TypeReprForUndefined(obj)} has no element {PyOps.Repr(key)}", "UndefinedError");
 
     public static Undefined Unsafe(object? obj, string attr) =>
-        new($"access to attribute '{attr}' of '{PyOps.TypeName(obj)}' object is unsafe.", false, null, "SecurityError");
+        new($"access to attribute '{attr}' of '{PyOps.TypeName(obj)}' object is unsafe.", "SecurityError");
 
-    public static Undefined WithHint(string hint) => new(hint, false, null, "UndefinedError");
+    public static Undefined WithHint(string hint) => new(hint, "UndefinedError");
 
     public string Message => _message ?? "undefined value";
 

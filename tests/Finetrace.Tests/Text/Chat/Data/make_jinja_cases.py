@@ -418,6 +418,11 @@ W = [
 for name, t, ctx in W:
     case(name, t, ctx)
 
+TREE = [{"name": "a", "children": [{"name": "b", "children": []}, {"name": "c", "children": [{"name": "d", "children": []}]}]}, {"name": "e", "children": []}]
+case("loop_recursive", "{% for n in tree recursive %}[{{ loop.depth }}{{ n.name }}{% if n.children %}{{ loop(n.children) }}{% endif %}]{% endfor %}", {"tree": TREE})
+case("loop_recursive_depth0_filter", "{% for n in tree if n.name != 'c' recursive %}{{ loop.depth0 }}{{ n.name }}{{ loop(n.children) }}{% endfor %}", {"tree": TREE})
+case("loop_call_nonrecursive_error", "{% for n in [1] %}{{ loop([]) }}{% endfor %}", {})
+
 for name, template, context in cases:
     row = {"name": name, "template": template, "context": context}
     try:
