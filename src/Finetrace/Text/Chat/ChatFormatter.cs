@@ -85,6 +85,48 @@ public sealed class ChatFormatter(Tokenizer tokenizer, ChatTemplate template)
         return new ChatEncoding(text, ids, offsets, roles, spans);
     }
 
+    /// <summary>Formats, or gives the template's error (e.g. Gemma 2 raising on non-alternating roles) so callers can skip the sample.</summary>
+    public bool TryFormat(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, out ChatEncoding? encoding, out string? error,
+        IReadOnlyDictionary<string, object?>? extra = null)
+    {
+        try
+        {
+            encoding = Format(messages, addGenerationPrompt, extra);
+            error = null;
+            return true;
+        }
+        catch (TemplateException e)
+        {
+            encoding = null;
+            error = e.Message;
+            return false;
+        }
+    }
+
+    /// <summary>Formats many conversations in parallel (results in input order); a conversation whose template
+    /// raises gives null and its message in <paramref name="errors"/>.</summary>
+    public ChatEncoding?[] FormatMany(IReadOnlyList<IReadOnlyList<ChatMessage>> conversations, bool addGenerationPrompt, out string?[] errors)
+    {
+        var result = new ChatEncoding?[conversations.Count];
+        var errs = new string?[conversations.Count];
+        Parallel.For(0, conversations.Count, i => TryFormat(conversations[i], addGenerationPrompt, out result[i], out errs[i]));
+        errors = errs;
+        return result;
+    }
+
+    /// <summary>For templates without a system role (Gemma 2 raises on one): the system prompt joined to the first
+    /// user turn with a blank line, as Gemma 3's own template does.</summary>
+    public static List<ChatMessage> FoldSystemIntoFirstUser(IReadOnlyList<ChatMessage> messages)
+    {
+        var result = messages.ToList();
+        if (result.Count >= 2 && result[0].Role == "system" && result[1].Role == "user")
+        {
+            result[1] = result[1] with { Content = result[0].Content + "\n\n" + result[1].Content };
+            result.RemoveAt(0);
+        }
+        return result;
+    }
+
     public static TokenRole RoleOf(string? role) => role switch
     {
         "user" => TokenRole.User,

@@ -145,6 +145,28 @@ public class ChatFormatterTests(ITestOutputHelper log)
     }
 
     [SharedFact]
+    public void TryFormatAndFormatManyReportTemplateErrors()
+    {
+        var f = Load(Shared.Path("fixtures", "tokenizers", "gemma3"));
+        var bad = new ChatMessage[] { new("user", "a"), new("user", "b") };
+        Assert.False(f.TryFormat(bad, false, out var none, out string? error));
+        Assert.Null(none);
+        Assert.Equal("Conversation roles must alternate user/assistant/user/assistant/...", error);
+
+        var many = f.FormatMany([Conversation, bad, Conversation.Skip(1).ToArray()], true, out var errors);
+        Assert.NotNull(many[0]);
+        Assert.Null(many[1]);
+        Assert.NotNull(errors[1]);
+        Assert.Equal(f.Format(Conversation, true).Ids, many[0]!.Ids);
+        Assert.Equal(f.Format(Conversation.Skip(1).ToArray(), true).Ids, many[2]!.Ids);
+
+        // Gemma 3 folds the system prompt into the first user turn itself; the helper does the same for templates that cannot.
+        var folded = ChatFormatter.FoldSystemIntoFirstUser(Conversation);
+        Assert.Equal(Conversation.Length - 1, folded.Count);
+        Assert.Equal(f.Format(Conversation).Text, f.Format(folded).Text);
+    }
+
+    [SharedFact]
     public void QwenThinkingAssistantIsAllAssistant()
     {
         var f = Load(Shared.Path("fixtures", "tokenizers", "qwen3"));
