@@ -59,7 +59,7 @@ public sealed class TokenizeBench : IBenchCommand
     }
 
     /// <summary>Deterministic documents of about 4 KB mixing prose, code, numbers, scripts, emoji and whitespace.</summary>
-    internal static List<string> MixedText(long targetBytes)
+    public static List<string> MixedText(long targetBytes)
     {
         string[] words = ["the", "of", "and", "to", "in", "model", "fine-tuning", "latent", "activation", "residual", "stream",
             "It's", "they'll", "we've", "Hello", "World", "transformer", "tokenizer", "naïve", "café", "über", "don't", "I'm",

@@ -10,7 +10,7 @@ internal abstract class Decoder
 
     public static Decoder? FromJson(JsonElement e, string where)
     {
-        if (e.ValueKind == JsonValueKind.Null) return null;
+        if (e.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return null;
         string type = e.GetProperty("type").GetString() ?? "";
         string at = $"{where} ({type})";
         switch (type)
@@ -62,19 +62,18 @@ internal sealed class ByteLevelDecoder : Decoder
 
 internal sealed class ReplaceDecoder(SplitPattern pattern, string content) : Decoder
 {
-    readonly List<(int Start, int End)> _m = [];
-
     public override List<string> DecodeChain(List<string> tokens)
     {
         var result = new List<string>(tokens.Count);
+        var matches = new List<(int Start, int End)>();
         foreach (var t in tokens)
         {
             if (pattern is LiteralPattern lp) { result.Add(lp.Literal.Length == 0 ? t : t.Replace(lp.Literal, content, StringComparison.Ordinal)); continue; }
-            _m.Clear();
-            pattern.FindMatches(t, _m);
+            matches.Clear();
+            pattern.FindMatches(t, matches);
             var sb = new StringBuilder();
             int prev = 0;
-            foreach (var (s, e) in _m) { sb.Append(t, prev, s - prev).Append(content); prev = e; }
+            foreach (var (s, e) in matches) { sb.Append(t, prev, s - prev).Append(content); prev = e; }
             sb.Append(t, prev, t.Length - prev);
             result.Add(sb.ToString());
         }

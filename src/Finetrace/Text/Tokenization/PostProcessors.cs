@@ -13,7 +13,7 @@ internal abstract class PostProcessor
 
     public static PostProcessor? FromJson(JsonElement e, string where)
     {
-        if (e.ValueKind == JsonValueKind.Null) return null;
+        if (e.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return null;
         string type = e.GetProperty("type").GetString() ?? "";
         string at = $"{where} ({type})";
         switch (type)

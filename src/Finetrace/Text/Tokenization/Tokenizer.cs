@@ -149,8 +149,9 @@ public sealed class Tokenizer
         var offsets = new List<(int Start, int End)>(ids.Capacity);
         // 1. Added tokens that match the raw text.
         AddedVocabulary.Split(text, _added.Raw, sc.Raw);
-        foreach (var (tok, s, e) in sc.Raw.ToArray())
+        for (int r = 0; r < sc.Raw.Count; r++)
         {
+            var (tok, s, e) = sc.Raw[r];
             if (tok is not null) { ids.Add(tok.Id); offsets.Add((s, e)); continue; }
             // 2. Normalise the segment, then split out the normalized added tokens.
             var nt = NormalizedText.FromOriginal(text, s, e);
