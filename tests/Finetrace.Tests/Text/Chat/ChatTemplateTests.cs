@@ -112,4 +112,26 @@ public class ChatTemplateTests
         File.WriteAllLines(input, ["""{"add_generation_prompt": true}"""]);
         Assert.Equal(1, Finetrace.Cli.Program.Main(["chat-template", "--tokenizer", tmp.Path, "--in", input, "--out", output]));
     }
+
+    /// <summary>Run over a family's chat_cases.jsonl, the command reproduces the reference file object for object
+    /// (the input keys kept, "rendered" or "error" as Python Jinja2 gave them).</summary>
+    [SharedTheory]
+    [InlineData("gemma3")]
+    [InlineData("llama2")]
+    [InlineData("qwen3")]
+    [InlineData("deepseek_v3")]
+    [InlineData("llama3_1")]
+    public void ChatTemplateCommandReproducesReferenceFile(string family)
+    {
+        using var tmp = new TempDir();
+        string dir = Shared.Path("fixtures", "tokenizers", family), reference = Path.Combine(dir, "chat_cases.jsonl"), output = tmp.File("out.jsonl");
+        Assert.Equal(0, Finetrace.Cli.Program.Main(["chat-template", "--tokenizer", dir, "--in", reference, "--out", output]));
+        var expected = File.ReadAllLines(reference);
+        var got = File.ReadAllLines(output);
+        Assert.Equal(expected.Length, got.Length);
+        int mismatches = 0;
+        for (int i = 0; i < expected.Length; i++)
+            if (!System.Text.Json.Nodes.JsonNode.DeepEquals(System.Text.Json.Nodes.JsonNode.Parse(expected[i]), System.Text.Json.Nodes.JsonNode.Parse(got[i]))) mismatches++;
+        Assert.True(mismatches == 0, $"{family}: {expected.Length} lines, {mismatches} differ from the reference");
+    }
 }
