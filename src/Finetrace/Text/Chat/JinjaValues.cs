@@ -370,6 +370,8 @@ public static class PyOps
             return IsIntLike(a) && IsIntLike(b) ? (object)(ToLong(a) * ToLong(b)) : ToDouble(a) * ToDouble(b);
         if (IsIntLike(b) && a is string or List<object?>) return Repeat(a, ToLong(b));
         if (IsIntLike(a) && b is string or List<object?>) return Repeat(b, ToLong(a));
+        if (a is string or List<object?> or object?[]) throw new TemplateException("TypeError", $"can't multiply sequence by non-int of type '{TypeName(b)}'");
+        if (b is string or List<object?> or object?[]) throw new TemplateException("TypeError", $"can't multiply sequence by non-int of type '{TypeName(a)}'");
         throw Unsupported("*", a, b);
     }
 
@@ -403,15 +405,25 @@ public static class PyOps
             if ((x % y != 0) && ((x < 0) != (y < 0))) q--;
             return q;
         }
-        double dy = ToDouble(b);
+        double dx = ToDouble(a), dy = ToDouble(b);
         if (dy == 0) throw new TemplateException("ZeroDivisionError", "float floor division by zero");
-        return Math.Floor(ToDouble(a) / dy);
+        // CPython float_floor_div: from fmod, so 1 // 0.1 == 9.0 (0.1 is slightly above one tenth).
+        double mod = dx % dy;
+        double div = (dx - mod) / dy;
+        if (mod != 0 && ((dy < 0) != (mod < 0))) div -= 1.0;
+        if (div == 0) return Math.CopySign(0.0, dx / dy);
+        double floor = Math.Floor(div);
+        if (div - floor > 0.5) floor += 1.0;
+        return floor;
     }
 
     public static object? Mod(object? a, object? b)
     {
+        if (a is string && b is Undefined) return PyFormat.Percent((string)a, [b], strictCount: false); // Undefined acts as a mapping
         FailIfUndefined(a, b);
-        if (a is string fmt) return PyFormat.Percent(fmt, b is object?[] t ? [.. t] : [b]);
+        // A tuple gives the arguments; any other value is one argument, and a list or dict (which Python treats as a
+        // mapping) does not make unused arguments an error.
+        if (a is string fmt) return PyFormat.Percent(fmt, b is object?[] t ? [.. t] : [b], strictCount: b is not (List<object?> or PyDict));
         if (!IsNumber(a) || !IsNumber(b)) throw Unsupported("%", a, b);
         if (IsIntLike(a) && IsIntLike(b))
         {
@@ -457,14 +469,17 @@ public static class PyOps
         {
             case string s:
                 if (needle is string n) return s.Contains(n, StringComparison.Ordinal);
-                if (needle is Undefined u) throw u.Fail();
                 throw new TemplateException("TypeError", $"'in <string>' requires string as left operand, not {TypeName(needle)}");
-            case PyDict d: return needle is not null && d.ContainsKey(needle);
+            case PyDict d:
+                if (needle is List<object?> or PyDict) throw new TemplateException("TypeError", $"unhashable type: '{TypeName(needle)}'");
+                return needle is not null && d.ContainsKey(needle);
             case Undefined: return false;
             case null: throw new TemplateException("TypeError", "argument of type 'NoneType' is not iterable");
-            default:
+            case List<object?> or object?[]:
                 foreach (var x in Iterate(haystack)) if (Eq(x, needle)) return true;
                 return false;
+            default:
+                throw new TemplateException("TypeError", $"argument of type '{TypeName(haystack)}' is not iterable");
         }
     }
 

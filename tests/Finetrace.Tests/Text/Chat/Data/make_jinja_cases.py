@@ -421,6 +421,17 @@ for name, t, ctx in W:
 TREE = [{"name": "a", "children": [{"name": "b", "children": []}, {"name": "c", "children": [{"name": "d", "children": []}]}]}, {"name": "e", "children": []}]
 case("loop_recursive", "{% for n in tree recursive %}[{{ loop.depth }}{{ n.name }}{% if n.children %}{{ loop(n.children) }}{% endif %}]{% endfor %}", {"tree": TREE})
 case("loop_recursive_depth0_filter", "{% for n in tree if n.name != 'c' recursive %}{{ loop.depth0 }}{{ n.name }}{{ loop(n.children) }}{% endfor %}", {"tree": TREE})
+case("float_floordiv_fmod", "{{ 1 // 0.1 }} {{ -1 // 0.1 }} {{ 7.5 // -2 }} {{ 5.0 % -3 }} {{ -0.0 // 1 }}", {})
+case("percent_list_arg", "[{{ '' % [1, 2] }}] [{{ '%s' % [1, 2] }}] [{{ 'x' % missing }}]", {})
+case("falsy_map_select", "{{ none|map('upper')|list }} {{ 0|select|list }} {{ ''|rejectattr('x')|list }}", {})
+case("truncate_list", "{{ [1, 2]|truncate(3) }}", {})
+case("in_undefined_str_error", "{{ missing in 'abc' }}", {})
+case("dictsort_non_mapping_error", "{{ [1]|dictsort }}", {})
+case("mul_seq_error", "{{ 'ab' * 'c' }}", {})
+case("in_non_iterable_error", "{{ 1 in 5 }}", {})
+case("in_unhashable_error", "{{ [1] in {'a': 1} }}", {})
+case("slice_variable_non_sequence_error", "{{ x[1:] }}", {"x": 5})
+case("int_float_undefined_error", "{{ missing|int }}", {})
 case("loop_call_nonrecursive_error", "{% for n in [1] %}{{ loop([]) }}{% endfor %}", {})
 
 for name, template, context in cases:
