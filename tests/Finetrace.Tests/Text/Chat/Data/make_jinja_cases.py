@@ -434,6 +434,39 @@ case("slice_variable_non_sequence_error", "{{ x[1:] }}", {"x": 5})
 case("int_float_undefined_error", "{{ missing|int }}", {})
 case("loop_call_nonrecursive_error", "{% for n in [1] %}{{ loop([]) }}{% endfor %}", {})
 
+# Random whitespace-control templates (text with spaces, tabs, newlines between tags with -, + or no modifier).
+import random
+_rnd = random.Random(7)
+_texts = ["", " ", "  ", "\n", "\n\n", " \n", "\n  ", "\t", "a", " a ", "\r\n", "\u00a0", "x\n  ", "\n \t"]
+
+
+def _sign():
+    return _rnd.choice(["", "", "-", "+"])
+
+
+def _tag():
+    r = _rnd.random()
+    if r < 0.3:
+        return "{{" + _sign().replace("+", "") + " 'v' " + _sign().replace("+", "") + "}}"
+    if r < 0.45:
+        return "{#" + _sign() + " c " + _sign() + "#}"
+    if r < 0.6:
+        return "{%" + _sign() + " set z = 1 " + _sign() + "%}"
+    if r < 0.8:
+        return "{%" + _sign() + " if true " + _sign() + "%}" + _body(2) + "{%" + _sign() + " endif " + _sign() + "%}"
+    return "{%" + _sign() + " for i in [1, 2] " + _sign() + "%}" + _body(2) + "{%" + _sign() + " endfor " + _sign() + "%}"
+
+
+def _body(d):
+    out = _rnd.choice(_texts)
+    for _ in range(_rnd.randint(0, 3 if d > 1 else 2)):
+        out += (_tag() if d > 1 else "{{ 'w' }}") + _rnd.choice(_texts)
+    return out
+
+
+for i in range(150):
+    case(f"ws_random_{i}", _body(3) + _rnd.choice(["", "\n", "\n\n"]), {})
+
 for name, template, context in cases:
     row = {"name": name, "template": template, "context": context}
     try:
