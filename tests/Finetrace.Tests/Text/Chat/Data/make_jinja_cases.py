@@ -467,6 +467,43 @@ def _body(d):
 for i in range(150):
     case(f"ws_random_{i}", _body(3) + _rnd.choice(["", "\n", "\n\n"]), {})
 
+# Random scoping templates: set / namespace / if / for with break and continue / with / macro / block set, nested,
+# reading names before and after assignment (Jinja's compile-time symbol rules decide what is visible where).
+_srnd = random.Random(11)
+_names = ["x", "y", "i"]
+
+
+def _val():
+    return _srnd.choice(["1", "x", "y", "i", "x ~ 'a'", "ns.v", "loop.index if loop is defined else 0", "m()", "(x|string) ~ (y|string)"])
+
+
+def _stmt(d):
+    r = _srnd.random()
+    if d > 3 or r < 0.25:
+        return "{{ " + _srnd.choice(_names) + " }};"
+    if r < 0.4:
+        return "{% set " + _srnd.choice(_names) + " = " + _val() + " %}"
+    if r < 0.5:
+        return "{% set ns.v = " + _val() + " %}"
+    if r < 0.6:
+        return "{% if " + _srnd.choice(["true", "false", "x is defined", "i is defined"]) + " %}" + _sblock(d + 1) + "{% else %}" + _sblock(d + 1) + "{% endif %}"
+    if r < 0.75:
+        return "{% for i in [1, 2] %}" + _sblock(d + 1) + "{% if i == 1 %}{% " + _srnd.choice(["continue", "break", "set y = 9"]) + " %}{% endif %}{% endfor %}"
+    if r < 0.85:
+        return "{% with y = " + _val() + " %}" + _sblock(d + 1) + "{% endwith %}"
+    if r < 0.92:
+        return "{% macro m() %}" + _sblock(d + 1) + "{% endmacro %}"
+    return "{% set blk %}" + _sblock(d + 1) + "{% endset %}[{{ blk }}]"
+
+
+def _sblock(d):
+    return "".join(_stmt(d) for _ in range(_srnd.randint(1, 3)))
+
+
+for i in range(200):
+    t = "{% set ns = namespace(v=0) %}{% macro m() %}M{% endmacro %}" + _sblock(0) + "|{{ x }}{{ y }}{{ i }}{{ ns.v }}"
+    case(f"scope_random_{i}", t, {"x": 5})
+
 for name, template, context in cases:
     row = {"name": name, "template": template, "context": context}
     try:
