@@ -203,7 +203,7 @@ static class JinjaBuiltins
                     long max = Arg(a, kw, 1, "maxsplit", -1L) is long m2 ? m2 : -1;
                     if (max < 0) return Split(s, sep, -1);
                     // rsplit: split the reversed problem
-                    var parts = (List<object?>)Split(s, sep, -1);
+                    var parts = Split(s, sep, -1);
                     if (parts.Count <= max + 1) return parts;
                     string joiner = sep is string js ? js : " ";
                     var head = string.Join(joiner, parts.Take(parts.Count - (int)max).Cast<string>());
@@ -305,7 +305,7 @@ static class JinjaBuiltins
 
     static string InsertBetweenAll(string s, string nw) => nw + string.Concat(PyStr.Chars(s).Select(c => c + nw));
 
-    static object? Split(string s, object? sep, long max)
+    static List<object?> Split(string s, object? sep, long max)
     {
         var r = new List<object?>();
         if (sep is null or Undefined)

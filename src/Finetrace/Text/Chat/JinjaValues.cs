@@ -223,7 +223,7 @@ public static class PyOps
         if (d == 0) return double.IsNegative(d) ? "-0.0" : "0.0";
         // Shortest round-trip digits: "R" gives them, possibly in exponent form.
         string sh = Math.Abs(d).ToString("R", Inv);
-        string digits; int exp10;
+        string digits;
         int ePos = sh.IndexOfAny(['E', 'e']);
         string mant = ePos >= 0 ? sh[..ePos] : sh;
         int expPart = ePos >= 0 ? int.Parse(sh[(ePos + 1)..], Inv) : 0;
