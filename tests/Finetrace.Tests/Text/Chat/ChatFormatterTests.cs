@@ -209,6 +209,24 @@ public class ChatFormatterTests(ITestOutputHelper log)
     static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<ChatFormatter>> Cache = new();
     static ChatFormatter Load(string dir) => Cache.GetOrAdd(dir, d => new Lazy<ChatFormatter>(() => ChatFormatter.FromFolder(d))).Value;
 
+    [SharedFact]
+    public void GenerationBlocksGiveTransformersAssistantMask()
+    {
+        // The stories260K-chat template with {% generation %} around the answer and EOS, as assistant-mask templates write it.
+        var tok = Load(Shared.Path("models", "stories260K-chat")).Tokenizer;
+        var template = new ChatTemplate("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n' }}{% else %}{{ 'Assistant: ' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{% endif %}{% endfor %}",
+            new Dictionary<string, string> { ["bos_token"] = "<s>", ["eos_token"] = "</s>" });
+        var f = new ChatFormatter(tok, template);
+        var enc = f.Format([new("user", "Hi?"), new("assistant", "Bye bye, little friend!")]);
+        Assert.Equal("<s>User: Hi?\nAssistant: Bye bye, little friend!</s>", enc.Text);
+        var gen = enc.GenerationMask!;
+        Assert.Equal("Bye bye, little friend!</s>", tok.Decode(enc.Ids.Where((_, i) => gen[i]).ToArray()).Trim());
+        // The content mask is the same tokens without the EOS.
+        Assert.Equal(enc.Ids.Where((_, i) => gen[i] && enc.Ids[i] != 2), enc.Ids.Where((_, i) => enc.Roles[i] == TokenRole.Assistant));
+        // No generation block rendered (no assistant turn): no mask.
+        Assert.Null(f.Format([new("user", "x")]).GenerationMask);
+    }
+
     static void AssertSingleLeadingBos(Tokenizer tok, ChatEncoding enc, string family)
     {
         int nBos = enc.Roles.Count(r => r == TokenRole.Bos);
