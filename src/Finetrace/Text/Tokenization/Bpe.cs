@@ -12,7 +12,7 @@ namespace Finetrace.Text.Tokenization;
 internal sealed class BpeModel
 {
     const int MaxCachedLength = 256;   // Rust caches words shorter than 256 bytes; the cache never changes results
-    const int MaxCacheEntries = 500_000;
+    const int MaxCacheEntries = 100_000;   // bounded memory on long runs (Rust stops caching at 10k)
 
     public readonly Dictionary<string, int> Vocab;
     readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _vocabSpan;
@@ -27,30 +27,42 @@ internal sealed class BpeModel
     readonly ConcurrentDictionary<string, int[]> _cache = new();
     readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheSpan;
     int _cacheCount;
+    const char Meta = '\u2581';
+    /// <summary>Code points p such that "p▁" occurs inside some merge result: a word must not be cut before such a ▁.</summary>
+    readonly HashSet<int> _joinsMeta = new();
+    /// <summary>
+    /// Cut long words before a ▁ whose left neighbour can never merge with it, and BPE (and cache) the parts separately.
+    /// Exact: no pair straddling such a cut has a merge, so both sides evolve independently and their merges commute.
+    /// This makes SentencePiece-style tokenizers (no pre-tokenizer: a whole segment is one word) cacheable.
+    /// </summary>
+    internal bool ChunkOnMetaspace { get; set; }
 
     public BpeModel(JsonElement model, string where)
     {
-        string type = Json.Str(model, "type") ?? "BPE";
+        string type = JsonFields.Str(model, "type") ?? "BPE";
         if (type != "BPE") throw new NotSupportedException($"{where}: model type '{type}' is not supported (only BPE)");
-        var vocabEl = model.GetProperty("vocab");
-        Vocab = new Dictionary<string, int>(vocabEl.EnumerateObject().Count(), StringComparer.Ordinal);
+        // Vocab: decode the names in parallel (the transcoding dominates), insert in file order.
+        var props = model.GetProperty("vocab").EnumerateObject().ToArray();
+        var names = new string[props.Length];
+        var ids = new int[props.Length];
+        Parallel.For(0, props.Length, i => { names[i] = props[i].Name; ids[i] = props[i].Value.GetInt32(); });
+        Vocab = new Dictionary<string, int>(props.Length, StringComparer.Ordinal);
         int maxId = -1;
-        foreach (var p in vocabEl.EnumerateObject())
+        for (int i = 0; i < names.Length; i++)
         {
-            int id = p.Value.GetInt32();
-            Vocab[p.Name] = id;
-            if (id > maxId) maxId = id;
+            Vocab[names[i]] = ids[i];
+            if (ids[i] > maxId) maxId = ids[i];
         }
         _vocabSpan = Vocab.GetAlternateLookup<ReadOnlySpan<char>>();
         IdToToken = new string?[maxId + 1];
         foreach (var (k, v) in Vocab) IdToToken[v] = k;
 
-        _unkToken = Json.Str(model, "unk_token");
-        _fuseUnk = Json.Bool(model, "fuse_unk", false);
-        _byteFallback = Json.Bool(model, "byte_fallback", false);
-        _ignoreMerges = Json.Bool(model, "ignore_merges", false);
-        _prefix = Json.Str(model, "continuing_subword_prefix");
-        _suffix = Json.Str(model, "end_of_word_suffix");
+        _unkToken = JsonFields.Str(model, "unk_token");
+        _fuseUnk = JsonFields.Bool(model, "fuse_unk", false);
+        _byteFallback = JsonFields.Bool(model, "byte_fallback", false);
+        _ignoreMerges = JsonFields.Bool(model, "ignore_merges", false);
+        _prefix = JsonFields.Str(model, "continuing_subword_prefix");
+        _suffix = JsonFields.Str(model, "end_of_word_suffix");
         if (string.IsNullOrEmpty(_prefix)) _prefix = null;
         if (string.IsNullOrEmpty(_suffix)) _suffix = null;
         int prefixLen = _prefix?.Length ?? 0;
@@ -100,6 +112,17 @@ internal sealed class BpeModel
         _merges = new PairTable(mergeEls.Length);
         for (int rank = 0; rank < keys.Length; rank++) _merges.Set(keys[rank], values[rank]);
         _cacheSpan = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+
+        foreach (long v in values)
+        {
+            string merged = IdToToken[(int)v]!;
+            for (int j = merged.IndexOf(Meta, 1); j > 0; j = j + 1 < merged.Length ? merged.IndexOf(Meta, j + 1) : -1)
+            {
+                int p = char.IsLowSurrogate(merged[j - 1]) && j >= 2 ? char.ConvertToUtf32(merged[j - 2], merged[j - 1]) : merged[j - 1];
+                _joinsMeta.Add(p);
+            }
+        }
+        ChunkOnMetaspace = !_ignoreMerges && _prefix is null && _suffix is null && Vocab.ContainsKey(Meta.ToString());
     }
 
     public int TokenToId(ReadOnlySpan<char> token) => _vocabSpan.TryGetValue(token, out int id) ? id : -1;
@@ -116,6 +139,43 @@ internal sealed class BpeModel
             output.Add(whole); output.Add(0); output.Add(word.Length);
             return;
         }
+        if (ChunkOnMetaspace && word.Length > 16)
+        {
+            int start = 0;
+            for (int k = 1; k < word.Length; k++)
+            {
+                int d = word[k..].IndexOf(Meta);
+                if (d < 0) break;
+                k += d;
+                if (!CanCutBefore(word, k)) continue;
+                TokenizeWord(word[start..k], start, output);
+                start = k;
+            }
+            TokenizeWord(word[start..], start, output);
+            return;
+        }
+        TokenizeWord(word, 0, output);
+    }
+
+    /// <summary>A cut before the ▁ at k is safe when its left neighbour is a vocabulary char (not unk or byte fallback) never merged with ▁.</summary>
+    bool CanCutBefore(ReadOnlySpan<char> word, int k)
+    {
+        int p = char.IsLowSurrogate(word[k - 1]) && k >= 2 && char.IsHighSurrogate(word[k - 2]) ? char.ConvertToUtf32(word[k - 2], word[k - 1]) : word[k - 1];
+        if (p is >= 0xD800 and <= 0xDFFF) return false;   // lone surrogate
+        return !_joinsMeta.Contains(p) && (p < 0x10000 ? _bmpCharIds[p] : _astralCharIds.GetValueOrDefault(p, -1)) >= 0;
+    }
+
+    /// <summary>BPE of one word (cached), appending triples with positions shifted by <paramref name="offset"/>.</summary>
+    void TokenizeWord(ReadOnlySpan<char> word, int offset, List<int> output)
+    {
+        int at = output.Count;
+        TokenizeWordAt0(word, output);
+        if (offset != 0)
+            for (int i = at; i < output.Count; i += 3) { output[i + 1] += offset; output[i + 2] += offset; }
+    }
+
+    void TokenizeWordAt0(ReadOnlySpan<char> word, List<int> output)
+    {
         bool cacheable = word.Length < MaxCachedLength;
         if (cacheable && _cacheSpan.TryGetValue(word, out var hit)) { output.AddRange(hit); return; }
         var result = MergeWord(word);
@@ -150,7 +210,7 @@ internal sealed class BpeModel
             if (_byteFallback)
             {
                 string? affixed = AffixedOrNull(w.Slice(s, width), isFirst, isLast);
-                byte[] bytes = affixed is null ? utf8[..r.EncodeToUtf8(utf8)].ToArray() : System.Text.Encoding.UTF8.GetBytes(affixed);
+                ReadOnlySpan<byte> bytes = affixed is null ? utf8[..r.EncodeToUtf8(utf8)] : System.Text.Encoding.UTF8.GetBytes(affixed);
                 bool all = true;
                 foreach (byte b in bytes) if (_byteIds[b] < 0) { all = false; break; }
                 if (all)
@@ -241,15 +301,16 @@ internal sealed class BpeModel
     /// <summary>Open-addressing map from a pair key to a value (Dictionary&lt;long,long&gt; hashes lo ^ hi, which collides badly here).</summary>
     sealed class PairTable
     {
-        readonly long[] _keys, _values;
+        struct Entry { public long Key, Value; }   // key and value side by side: one cache miss per probe
+        readonly Entry[] _entries;
         readonly int _mask, _shift;
 
         public PairTable(int count)
         {
             int cap = 16, bits = 4;
             while (cap < count * 2) { cap <<= 1; bits++; }
-            _keys = new long[cap]; _values = new long[cap];
-            Array.Fill(_keys, -1L);
+            _entries = new Entry[cap];
+            for (int i = 0; i < cap; i++) _entries[i].Key = -1L;
             _mask = cap - 1; _shift = 64 - bits;
         }
 
@@ -258,8 +319,8 @@ internal sealed class BpeModel
         public void Set(long key, long value)
         {
             int i = Slot(key);
-            while (_keys[i] != -1L && _keys[i] != key) i = (i + 1) & _mask;
-            _keys[i] = key; _values[i] = value;
+            while (_entries[i].Key != -1L && _entries[i].Key != key) i = (i + 1) & _mask;
+            _entries[i].Key = key; _entries[i].Value = value;
         }
 
         public bool TryGetValue(long key, out long value)
@@ -267,9 +328,9 @@ internal sealed class BpeModel
             int i = Slot(key);
             while (true)
             {
-                long k = _keys[i];
-                if (k == key) { value = _values[i]; return true; }
-                if (k == -1L) { value = 0; return false; }
+                ref var e = ref _entries[i];
+                if (e.Key == key) { value = e.Value; return true; }
+                if (e.Key == -1L) { value = 0; return false; }
                 i = (i + 1) & _mask;
             }
         }

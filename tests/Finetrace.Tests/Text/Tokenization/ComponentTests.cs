@@ -9,12 +9,12 @@ namespace Finetrace.Tests.Text.Tokenization;
 /// <summary>The pieces of the pipeline against slow references and hand-checkable cases.</summary>
 public sealed class ComponentTests(ITestOutputHelper output)
 {
-    static readonly string[] ScannerPatterns = [ByteLevelPreTokenizer.Gpt2Pattern, PatternScanners.Llama3Pattern, PatternScanners.QwenPattern];
+    static readonly string[] ScannerPatterns = [ByteLevelPreTokenizer.Gpt2Pattern, PatternScanners.Llama3Pattern, PatternScanners.QwenPattern, PatternScanners.O200kPattern];
 
     /// <summary>Random strings over characters that stress the patterns: cases, contractions, astral letters, digits of several scripts, every kind of space.</summary>
     static IEnumerable<string> TrickyStrings(int count, bool bmpOnly, bool withLongS)
     {
-        string[] atoms = ["a", "Z", "é", "ß", "Ж", "中", "ا", "'", "'s", "'S", "'Re", "'ll", "'LL", "'d", "'x", "1", "23", "4567", "٣", "Ⅻ", "½",
+        string[] atoms = ["a", "Z", "é", "HELLO", "Camel", "ǅ", "ʰ", "\u0301", "a\u0301", "\u0903", "ab/", "//\n", "ß", "Ж", "中", "ا", "'", "'s", "'S", "'Re", "'ll", "'LL", "'d", "'x", "1", "23", "4567", "٣", "Ⅻ", "½",
             " ", "  ", "\t", "\n", "\r\n", "\n\n", "\u00A0", "\u3000", "\u0085", "\uFEFF", "\u2028", ".", ",", "!?", "(", "-", "_", "…", "€", "\u0301",
             "🤗", "𝐀", "𝐀𝐁", "𦕒", "\U00010400", "😀😃", "/", "\r", "\v", "\f"];
         var rng = new Random(42);
@@ -157,6 +157,33 @@ public sealed class ComponentTests(ITestOutputHelper output)
             Assert.Equal(slow.ToString(), fast.ToString());
             Assert.Equal(slow.Start.AsSpan(0, slow.Length).ToArray(), fast.Start.AsSpan(0, fast.Length).ToArray());
             Assert.Equal(slow.End.AsSpan(0, slow.Length).ToArray(), fast.End.AsSpan(0, fast.Length).ToArray());
+        }
+    }
+
+    /// <summary>Cutting SentencePiece-style words before safe ▁s (to cache the parts) gives exactly the uncut BPE.</summary>
+    [SharedFact]
+    public void Bpe_MetaspaceChunking_EqualsWholeWordBpe()
+    {
+        foreach (var family in new[] { "llama2", "gemma3" })
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Shared.Path("fixtures", "tokenizers", family, "tokenizer.json")));
+            var model = new BpeModel(doc.RootElement.GetProperty("model"), family);
+            Assert.True(model.ChunkOnMetaspace);
+            var texts = FixtureTests.ReadCases(Shared.Path("fixtures", "tokenizers", family, "encode_cases.jsonl")).Select(c => c.Text)
+                .Concat(TrickyStrings(300, bmpOnly: false, withLongS: false)).Concat(Finetrace.Bench.TokenizeBench.MixedText(200_000))
+                .Select(t => "\u2581" + t.Replace(' ', '\u2581')).ToList();
+            var chunked = new List<int>();
+            var whole = new List<int>();
+            foreach (var w in texts)
+            {
+                chunked.Clear(); whole.Clear();
+                model.ChunkOnMetaspace = true;
+                model.Tokenize(w, chunked);
+                model.ChunkOnMetaspace = false;
+                model.Tokenize(w, whole);
+                Assert.True(whole.SequenceEqual(chunked), $"{family}: {System.Text.Json.JsonSerializer.Serialize(w)}");
+            }
+            output.WriteLine($"{family}: {texts.Count} words agree");
         }
     }
 }

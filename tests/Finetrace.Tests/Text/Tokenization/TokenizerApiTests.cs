@@ -89,6 +89,38 @@ public sealed class TokenizerApiTests
         Assert.Equal(14, t.VocabSize);
     }
 
+    [Fact]
+    public void Config_SpecialTokensAsStringsOrContentObjects()
+    {
+        using var dir = new TempDir();
+        string added = """[{"id":8,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}]""";
+        string post = """{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],"special_tokens":{"<s>":{"id":"<s>","ids":[8],"tokens":["<s>"]}}}""";
+        File.WriteAllText(dir.File("tokenizer_config.json"),
+            """{"bos_token":{"__type":"AddedToken","content":"<s>","lstrip":false},"eos_token":"c","unk_token":"<unk>","pad_token":null,"add_bos_token":false}""");
+        var t = Tiny(dir, Vocab, "[]", addedTokens: added, postProcessor: post);
+        Assert.Equal(("<s>", 8), (t.BosToken, t.BosId!.Value));
+        Assert.Equal(("c", 3), (t.EosToken, t.EosId!.Value));
+        Assert.Equal(0, t.UnkId);
+        Assert.Null(t.PadToken);
+        Assert.Null(t.PadId);
+        Assert.False(t.AddBosToken);               // the config's flag wins over the post-processor
+        Assert.Equal([8], t.PrefixIds);
+        Assert.Equal([8, 1], t.Encode("a").Ids);
+        Assert.Equal([1], t.Encode("a", addSpecialTokens: false).Ids);
+        Assert.Equal([1, 8], t.Encode("a<s>", addSpecialTokens: false).Ids);   // added tokens in the text are matched either way
+    }
+
+    [Fact]
+    public void PostProcessor_TokensBeforeAndAfterTheSequence()
+    {
+        using var dir = new TempDir();
+        var t = Tiny(dir, Vocab, """["a b"]""", postProcessor: """{"type":"BertProcessing","sep":["c",3],"cls":["b",2]}""");
+        var e = t.Encode("ab a");
+        Assert.Equal([2, 4, 1, 3], e.Ids);
+        Assert.Equal([new TokenSpan(0, 0), new TokenSpan(0, 2), new TokenSpan(3, 4), new TokenSpan(0, 0)], e.Offsets);
+        Assert.Equal([4, 1], t.Encode("ab a", addSpecialTokens: false).Ids);
+    }
+
     [SharedFact]
     public void Offsets_AreHfCharacterSpans()
     {
@@ -108,6 +140,50 @@ public sealed class TokenizerApiTests
             if (!decoded.Contains('\uFFFD')) Assert.Equal(text[s..end], decoded);
             else Assert.Contains("🤗", text[s..end]);   // a token holding part of the emoji's bytes spans the whole emoji
         }
+    }
+
+    /// <summary>
+    /// The non-legacy Llama/Mistral layout (transformers' legacy=false): no normaliser, Metaspace(prepend_scheme "first",
+    /// split false) and a Metaspace decoder. "first" prepends ▁ only to the segment at offset 0, so after a literal
+    /// &lt;s&gt; the next word gets no ▁ (where the legacy Prepend normaliser gives "▁ Hello" pieces).
+    /// </summary>
+    [SharedFact]
+    public void Metaspace_FirstScheme_PrependsOnlyAtTextStart()
+    {
+        using var dir = new TempDir();
+        var root = JsonNode.Parse(File.ReadAllText(Shared.Path("fixtures", "tokenizers", "llama2", "tokenizer.json")))!.AsObject();
+        root["normalizer"] = null;
+        root["pre_tokenizer"] = JsonNode.Parse("""{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":false}""");
+        root["decoder"] = JsonNode.Parse("""{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":false}""");
+        File.WriteAllText(dir.File("tokenizer.json"), root.ToJsonString());
+        var meta = Tokenizer.FromFolder(dir.Path);
+        var legacy = FixtureTests.Load("llama2");
+        Assert.Equal(legacy.Encode("Hello world").Ids, meta.Encode("Hello world").Ids);
+        var e = meta.Encode("<s>Hello world", addSpecialTokens: false);
+        Assert.Equal(["<s>", "Hello", "▁world"], e.Tokens);
+        Assert.Equal([new TokenSpan(0, 3), new TokenSpan(3, 8), new TokenSpan(8, 14)], e.Offsets);
+        Assert.Equal("Hello world", meta.Decode(meta.Encode("Hello world", addSpecialTokens: false).Ids));
+    }
+
+    /// <summary>
+    /// ByteLevel with add_prefix_space (GPT-2/RoBERTa layout): a space is prefixed, and the post-processor's
+    /// trim_offsets takes the Ġ out of the spans except on the first token (as in HF's RoBERTa offsets).
+    /// </summary>
+    [SharedFact]
+    public void ByteLevel_AddPrefixSpace_AndTrimOffsets()
+    {
+        using var dir = new TempDir();
+        var root = JsonNode.Parse(File.ReadAllText(Shared.Path("fixtures", "tokenizers", "gpt2", "tokenizer.json")))!.AsObject();
+        root["pre_tokenizer"] = JsonNode.Parse("""{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true}""");
+        root["post_processor"] = JsonNode.Parse("""{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true}""");
+        File.WriteAllText(dir.File("tokenizer.json"), root.ToJsonString());
+        var t = Tokenizer.FromFolder(dir.Path);
+        var gpt2 = FixtureTests.Load("gpt2");
+        var e = t.Encode("Hello world");
+        Assert.Equal(["ĠHello", "Ġworld"], e.Tokens);
+        Assert.Equal(gpt2.Encode(" Hello world").Ids, e.Ids);
+        Assert.Equal([new TokenSpan(0, 5), new TokenSpan(6, 11)], e.Offsets);
+        Assert.Equal(gpt2.Encode(" already spaced").Ids, t.Encode(" already spaced").Ids);   // no second space
     }
 
     [SharedFact]
