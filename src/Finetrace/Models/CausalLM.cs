@@ -268,9 +268,10 @@ public sealed class CausalLM : IDisposable
         public readonly float[] X, Q, K, V, Attn, Proj, MlpA, MlpB, MlpOut, Scores;
         public readonly float[]? Fused;
 
-        public Workspace(ModelConfig c, TokenBatch b)
+        public Workspace(ModelConfig c, TokenBatch b) : this(c, b.Count, (long)b.Seq * b.Seq) { }
+
+        public Workspace(ModelConfig c, int m, long scores)
         {
-            int m = b.Count;
             X = Tensor.Allocate((long)m * c.Hidden, false);
             Q = Tensor.Allocate((long)m * c.Heads * c.HeadDim, false);
             K = Tensor.Allocate((long)m * c.KvHeads * c.HeadDim, false);
@@ -280,7 +281,7 @@ public sealed class CausalLM : IDisposable
             MlpA = Tensor.Allocate((long)m * c.Intermediate, false);
             MlpB = c.Arch is Architecture.Gpt2 or Architecture.GptNeox ? [] : Tensor.Allocate((long)m * c.Intermediate, false);
             MlpOut = Tensor.Allocate((long)m * c.Hidden, false);
-            Scores = Tensor.Allocate((long)b.Seq * b.Seq, false);
+            Scores = Tensor.Allocate(scores, false);
             if (c.Arch is Architecture.Gpt2 or Architecture.GptNeox) Fused = Tensor.Allocate((long)m * 3 * c.Hidden, false);
         }
     }
@@ -296,14 +297,18 @@ public sealed class CausalLM : IDisposable
     void Layer(int i, Span<float> h, TokenBatch batch, Workspace ws)
     {
         var blk = _blocks[i];
-        var c = Config;
-        int m = batch.Count, d = Hidden;
-
-        ApplyNorm(blk.AttnIn, h, m, ws.X);
+        ApplyNorm(blk.AttnIn, h, batch.Count, ws.X);
         Attention(i, blk, batch, ws); // ws.X → ws.Proj [m, d]
-        if (blk.AttnOut is { } ao) ApplyNorm(ao, ws.Proj, m, ws.Proj);
+        FinishBlock(blk, h, batch.Count, ws);
+    }
 
-        if (c.ParallelResidual)
+    /// <summary>Everything of a block after the attention output projection (in ws.Proj): residual adds, MLP, Gemma's output norms.</summary>
+    // h: [m, Hidden] residual, updated in place
+    void FinishBlock(Block blk, Span<float> h, int m, Workspace ws)
+    {
+        int d = Hidden;
+        if (blk.AttnOut is { } ao) ApplyNorm(ao, ws.Proj, m, ws.Proj);
+        if (Config.ParallelResidual)
         {
             // NeoX: h ← mlp(ln2(h)) + attn(ln1(h)) + h, both norms reading the block input
             ApplyNorm(blk.MlpIn, h, m, ws.X);
@@ -343,9 +348,20 @@ public sealed class CausalLM : IDisposable
     void Attention(int layer, Block blk, TokenBatch batch, Workspace ws)
     {
         var c = Config;
-        int m = batch.Count, hd = c.HeadDim, nh = c.Heads, nkv = c.KvHeads;
-        int qW = nh * hd, kvW = nkv * hd;
+        int m = batch.Count, T = batch.Seq;
+        int qW = c.Heads * c.HeadDim, kvW = c.KvHeads * c.HeadDim;
+        ProjectQkv(blk, m, batch.Positions, ws);
+        for (int b = 0; b < batch.Batch; b++)
+            Attend(layer, ws.Q.AsSpan(b * T * qW), T, 0, ws.K.AsSpan(b * T * kvW), ws.V.AsSpan(b * T * kvW), T,
+                batch.Mask.AsSpan(b * T, T), ws.Scores, ws.Attn.AsSpan(b * T * qW));
+        blk.O.Apply(ws.Attn, m, ws.Proj, _tile);
+    }
 
+    /// <summary>q [m, heads·hd], k and v [m, kv·hd] of the normalised input ws.X: projections, Qwen3 q/k norms, RoPE.</summary>
+    void ProjectQkv(Block blk, int m, ReadOnlySpan<int> positions, Workspace ws)
+    {
+        var c = Config;
+        int hd = c.HeadDim, nh = c.Heads, nkv = c.KvHeads;
         if (blk.Qkv is { } qkv)
         {
             qkv.Apply(ws.X, m, ws.Fused, _tile);
@@ -385,48 +401,108 @@ public sealed class CausalLM : IDisposable
         }
         if (_rope is not null)
         {
-            _rope.Apply(ws.Q, m, nh, hd, batch.Positions);
-            _rope.Apply(ws.K, m, nkv, hd, batch.Positions);
+            _rope.Apply(ws.Q, m, nh, hd, positions);
+            _rope.Apply(ws.K, m, nkv, hd, positions);
         }
+    }
 
-        int T = batch.Seq, rep = nh / nkv;
+    /// <summary>Eager attention of one sequence: query i (absolute index qOffset + i) sees key j iff j ≤ qOffset + i, the key is
+    /// not padding, and on sliding layers qOffset + i − j &lt; W. Scores are scaled, soft-capped (Gemma 2), masked and
+    /// softmaxed in f32, then multiplied by V; heads share KV heads consecutively (repeat_kv).</summary>
+    // q: [nq, heads·hd] (row stride heads·hd); k, v: [nk, kv·hd]; keyMask: [nk] (1 = visible); scores: ≥ nq·nk; o: [nq, heads·hd]
+    void Attend(int layer, ReadOnlySpan<float> q, int nq, int qOffset, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int nk,
+        ReadOnlySpan<byte> keyMask, Span<float> scores, Span<float> o)
+    {
+        var c = Config;
+        int hd = c.HeadDim, nh = c.Heads, nkv = c.KvHeads, rep = nh / nkv;
+        int qW = nh * hd, kvW = nkv * hd;
         bool sliding = c.SlidingLayers[layer];
         int window = c.SlidingWindow;
-        var s = ws.Scores.AsSpan(0, T * T);
-        for (int b = 0; b < batch.Batch; b++)
+        var s = scores[..(nq * nk)];
+        for (int h = 0; h < nh; h++)
         {
-            var mask = batch.Mask.AsSpan(b * T, T);
-            for (int h = 0; h < nh; h++)
+            int g = h / rep; // query head h reads kv head h / n_rep
+            // scores[nq, nk] = (q_h · k_gᵀ) · scale
+            Gemm.Sgemm(false, true, nq, nk, hd, c.AttnScale, q[(h * hd)..], qW, k[(g * hd)..], kvW, 0f, s, nk);
+            for (int qi = 0; qi < nq; qi++)
             {
-                int g = h / rep; // repeat_kv: query head h reads kv head h / n_rep
-                var q = ws.Q.AsSpan(b * T * qW + h * hd);
-                var k = ws.K.AsSpan(b * T * kvW + g * hd);
-                var v = ws.V.AsSpan(b * T * kvW + g * hd);
-                // scores[T, T] = (q · kᵀ) · scale
-                Gemm.Sgemm(false, true, T, T, hd, c.AttnScale, q, qW, k, kvW, 0f, s, T);
-                for (int qi = 0; qi < T; qi++)
+                var row = s.Slice(qi * nk, nk);
+                int abs = qOffset + qi;
+                int hi = Math.Min(abs, nk - 1);
+                int lo = sliding ? Math.Max(0, abs - window + 1) : 0;
+                if (c.AttnSoftcap is { } cap && lo <= hi) ModelMath.SoftCap(row[lo..(hi + 1)], cap);
+                float max = float.NegativeInfinity;
+                for (int kj = lo; kj <= hi; kj++) if (keyMask[kj] != 0 && row[kj] > max) max = row[kj];
+                if (float.IsNegativeInfinity(max)) { row.Clear(); continue; } // every key masked: a discarded padding row
+                float sum = 0f;
+                for (int kj = 0; kj < nk; kj++)
                 {
-                    var row = s.Slice(qi * T, T);
-                    int lo = sliding ? Math.Max(0, qi - window + 1) : 0;
-                    if (c.AttnSoftcap is { } cap) ModelMath.SoftCap(row[lo..(qi + 1)], cap);
-                    float max = float.NegativeInfinity;
-                    for (int kj = lo; kj <= qi; kj++) if (mask[kj] != 0 && row[kj] > max) max = row[kj];
-                    if (float.IsNegativeInfinity(max)) { row.Clear(); continue; } // every key masked
-                    float sum = 0f;
-                    for (int kj = 0; kj < T; kj++)
-                    {
-                        bool visible = kj >= lo && kj <= qi && mask[kj] != 0;
-                        float e = visible ? MathF.Exp(row[kj] - max) : 0f;
-                        row[kj] = e;
-                        sum += e;
-                    }
-                    float inv = 1f / sum;
-                    for (int kj = lo; kj <= qi; kj++) row[kj] *= inv;
+                    bool visible = kj >= lo && kj <= hi && keyMask[kj] != 0;
+                    float e = visible ? MathF.Exp(row[kj] - max) : 0f;
+                    row[kj] = e;
+                    sum += e;
                 }
-                // out[T, hd] = p[T, T] · v[T, hd], written into head h's columns
-                Gemm.Sgemm(false, false, T, hd, T, 1f, s, T, v, kvW, 0f, ws.Attn.AsSpan(b * T * qW + h * hd), qW);
+                float inv = 1f / sum;
+                for (int kj = lo; kj <= hi; kj++) row[kj] *= inv;
             }
+            // o_h[nq, hd] = p[nq, nk] · v_g[nk, hd], written into head h's columns
+            Gemm.Sgemm(false, false, nq, hd, nk, 1f, s, nk, v[(g * hd)..], kvW, 0f, o[(h * hd)..], qW);
         }
-        blk.O.Apply(ws.Attn, m, ws.Proj, _tile);
+    }
+
+    // ---------------------------------------------------------------- key/value cache (generation, one sequence)
+
+    /// <summary>Keys and values (after norms and RoPE) of every block for the tokens seen so far, one sequence.</summary>
+    public sealed class KvCache : IDisposable
+    {
+        internal readonly float[][] K, V; // per layer [capacity, kv·hd]
+        internal int Length;
+        internal int Capacity;
+        internal KvCache(int layers) { K = new float[layers][]; V = new float[layers][]; for (int i = 0; i < layers; i++) { K[i] = []; V[i] = []; } }
+        public int Tokens => Length;
+        public void Dispose() { }
+    }
+
+    public KvCache NewCache() => new(Layers);
+
+    /// <summary>Feeds <paramref name="ids"/> (positions continue after the cached tokens) and returns the logits [Vocab] of the last one.</summary>
+    public float[] StepWithCache(int[] ids, KvCache cache)
+    {
+        var c = Config;
+        int n = ids.Length, start = cache.Length, total = start + n;
+        int kvW = c.KvHeads * c.HeadDim;
+        if (total > cache.Capacity)
+        {
+            int cap = Math.Max(total, Math.Max(64, cache.Capacity * 2));
+            for (int i = 0; i < Layers; i++)
+            {
+                Array.Resize(ref cache.K[i], cap * kvW);
+                Array.Resize(ref cache.V[i], cap * kvW);
+            }
+            cache.Capacity = cap;
+        }
+        // positions start..total-1 via a one-row batch whose mask covers the cached prefix
+        var positions = new int[n];
+        for (int t = 0; t < n; t++) positions[t] = start + t;
+        var batch = new TokenBatch(ids, 1, n);
+        Array.Copy(positions, batch.Positions, n);
+        var h = Embed(batch);
+        var ws = new Workspace(c, n, n * total);
+        var allVisible = new byte[total];
+        Array.Fill(allVisible, (byte)1);
+        int d = Hidden;
+        for (int i = 0; i < Layers; i++)
+        {
+            var blk = _blocks[i];
+            ApplyNorm(blk.AttnIn, h.Data, n, ws.X);
+            ProjectQkv(blk, n, positions, ws);
+            ws.K.AsSpan(0, n * kvW).CopyTo(cache.K[i].AsSpan(start * kvW));
+            ws.V.AsSpan(0, n * kvW).CopyTo(cache.V[i].AsSpan(start * kvW));
+            Attend(i, ws.Q, n, start, cache.K[i], cache.V[i], total, allVisible, ws.Scores, ws.Attn);
+            blk.O.Apply(ws.Attn, n, ws.Proj, _tile);
+            FinishBlock(blk, h.Data, n, ws);
+        }
+        cache.Length = total;
+        return LogitsAt(h, 0, n - 1);
     }
 }
