@@ -226,7 +226,7 @@ public sealed class CausalLM : IDisposable
         int m = normedBTD.Length / Hidden;
         var logits = new Tensor(normedBTD.Dim(0), normedBTD.Dim(1), Config.Vocab);
         _unembed.Apply(normedBTD.Data, m, logits.Data, _tile);
-        if (Config.FinalSoftcap is { } cap) ModelMath.SoftCap(logits.Data, cap);
+        if (Config.FinalSoftcap is { } cap) Kernels.SoftCap(logits.Data, cap);
         hooks?.Fire(HookNames.Logits, logits, batch);
         return logits;
     }
@@ -243,7 +243,7 @@ public sealed class CausalLM : IDisposable
         ApplyNorm(_finalNorm, x, 1, normed);
         var logits = new float[Config.Vocab];
         _unembed.Apply(normed, 1, logits, _tile);
-        if (Config.FinalSoftcap is { } cap) ModelMath.SoftCap(logits, cap);
+        if (Config.FinalSoftcap is { } cap) Kernels.SoftCap(logits, cap);
         return logits;
     }
 
@@ -289,8 +289,8 @@ public sealed class CausalLM : IDisposable
     void ApplyNorm(Norm n, ReadOnlySpan<float> x, int m, Span<float> y)
     {
         int d = n.W.Length;
-        if (n.Kind == NormKind.LayerNorm) ModelMath.LayerNorm(x, m, d, n.W, n.B, n.Eps, y);
-        else ModelMath.RmsNorm(x, m, d, n.W, n.Eps, n.Kind == NormKind.GemmaRmsNorm, y);
+        if (n.Kind == NormKind.LayerNorm) Kernels.LayerNorm(x[..(m * d)], n.W, n.B, m, n.Eps, y);
+        else Kernels.RmsNorm(x[..(m * d)], n.W, m, n.Eps, n.Kind == NormKind.GemmaRmsNorm, y);
     }
 
     // h: [m, Hidden] residual, updated in place
@@ -334,13 +334,24 @@ public sealed class CausalLM : IDisposable
             gate.Apply(ws.X, m, ws.MlpA, _tile);
             blk.Up.Apply(ws.X, m, ws.MlpB, _tile);
             var a = ws.MlpA.AsSpan(0, m * inter);
-            ModelMath.Activate(a, Config.Act);
-            System.Numerics.Tensors.TensorPrimitives.Multiply(a, ws.MlpB.AsSpan(0, m * inter), a);
+            var up = ws.MlpB.AsSpan(0, m * inter);
+            switch (Config.Act)
+            {
+                case Activation.Silu: Kernels.SiluMul(a, up, a); break;
+                case Activation.GeluTanh: Kernels.GeluTanhMul(a, up, a); break;
+                case Activation.GeluErf: Kernels.GeluErfMul(a, up, a); break;
+            }
         }
         else
         {
             blk.Up.Apply(ws.X, m, ws.MlpA, _tile);
-            ModelMath.Activate(ws.MlpA.AsSpan(0, m * inter), Config.Act);
+            var a = ws.MlpA.AsSpan(0, m * inter);
+            switch (Config.Act)
+            {
+                case Activation.Silu: Kernels.Silu(a, a); break;
+                case Activation.GeluTanh: Kernels.GeluTanh(a, a); break;
+                case Activation.GeluErf: Kernels.GeluErf(a, a); break;
+            }
         }
         blk.Down.Apply(ws.MlpA, m, ws.MlpOut, _tile);
     }
@@ -353,7 +364,7 @@ public sealed class CausalLM : IDisposable
         ProjectQkv(blk, m, batch.Positions, ws);
         for (int b = 0; b < batch.Batch; b++)
             Attend(layer, ws.Q.AsSpan(b * T * qW), T, 0, ws.K.AsSpan(b * T * kvW), ws.V.AsSpan(b * T * kvW), T,
-                batch.Mask.AsSpan(b * T, T), ws.Scores, ws.Attn.AsSpan(b * T * qW));
+                batch.FirstReal[b], batch.LastReal[b], ws.Scores, ws.Attn.AsSpan(b * T * qW));
         blk.O.Apply(ws.Attn, m, ws.Proj, _tile);
     }
 
@@ -396,8 +407,8 @@ public sealed class CausalLM : IDisposable
         }
         if (blk.QNorm is { } qn)
         {
-            ModelMath.RmsNorm(ws.Q, m * nh, hd, qn, c.NormEps, false, ws.Q);
-            ModelMath.RmsNorm(ws.K, m * nkv, hd, blk.KNorm!, c.NormEps, false, ws.K);
+            Kernels.RmsNorm(ws.Q.AsSpan(0, m * nh * hd), qn, m * nh, c.NormEps, false, ws.Q);
+            Kernels.RmsNorm(ws.K.AsSpan(0, m * nkv * hd), blk.KNorm!, m * nkv, c.NormEps, false, ws.K);
         }
         if (_rope is not null)
         {
@@ -407,11 +418,12 @@ public sealed class CausalLM : IDisposable
     }
 
     /// <summary>Eager attention of one sequence: query i (absolute index qOffset + i) sees key j iff j ≤ qOffset + i, the key is
-    /// not padding, and on sliding layers qOffset + i − j &lt; W. Scores are scaled, soft-capped (Gemma 2), masked and
-    /// softmaxed in f32, then multiplied by V; heads share KV heads consecutively (repeat_kv).</summary>
-    // q: [nq, heads·hd] (row stride heads·hd); k, v: [nk, kv·hd]; keyMask: [nk] (1 = visible); scores: ≥ nq·nk; o: [nq, heads·hd]
+    /// a real token (keyFirst ≤ j ≤ keyLast) and, on sliding layers, qOffset + i − j &lt; W. Scores are scaled, soft-capped
+    /// (Gemma 2) and softmaxed in f32 over the visible keys (masked keys get weight 0, as HF's additive finfo.min mask),
+    /// then multiplied by V; query heads share KV heads consecutively (repeat_kv).</summary>
+    // q: [nq, heads·hd] (row stride heads·hd); k, v: [nk, kv·hd]; scores: ≥ nq·nk; o: [nq, heads·hd]
     void Attend(int layer, ReadOnlySpan<float> q, int nq, int qOffset, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int nk,
-        ReadOnlySpan<byte> keyMask, Span<float> scores, Span<float> o)
+        int keyFirst, int keyLast, Span<float> scores, Span<float> o)
     {
         var c = Config;
         int hd = c.HeadDim, nh = c.Heads, nkv = c.KvHeads, rep = nh / nkv;
@@ -428,22 +440,14 @@ public sealed class CausalLM : IDisposable
             {
                 var row = s.Slice(qi * nk, nk);
                 int abs = qOffset + qi;
-                int hi = Math.Min(abs, nk - 1);
-                int lo = sliding ? Math.Max(0, abs - window + 1) : 0;
-                if (c.AttnSoftcap is { } cap && lo <= hi) ModelMath.SoftCap(row[lo..(hi + 1)], cap);
-                float max = float.NegativeInfinity;
-                for (int kj = lo; kj <= hi; kj++) if (keyMask[kj] != 0 && row[kj] > max) max = row[kj];
-                if (float.IsNegativeInfinity(max)) { row.Clear(); continue; } // every key masked: a discarded padding row
-                float sum = 0f;
-                for (int kj = 0; kj < nk; kj++)
-                {
-                    bool visible = kj >= lo && kj <= hi && keyMask[kj] != 0;
-                    float e = visible ? MathF.Exp(row[kj] - max) : 0f;
-                    row[kj] = e;
-                    sum += e;
-                }
-                float inv = 1f / sum;
-                for (int kj = lo; kj <= hi; kj++) row[kj] *= inv;
+                int first = Math.Max(keyFirst, sliding ? abs - window + 1 : 0);
+                int last = Math.Min(Math.Min(abs, nk - 1), keyLast);
+                if (first > last) { row.Clear(); continue; } // no visible key: a discarded padding row
+                var visible = row[first..(last + 1)];
+                if (c.AttnSoftcap is { } cap) Kernels.SoftCap(visible, cap);
+                Kernels.Softmax(visible);
+                row[..first].Clear();
+                row[(last + 1)..].Clear();
             }
             // o_h[nq, hd] = p[nq, nk] · v_g[nk, hd], written into head h's columns
             Gemm.Sgemm(false, false, nq, hd, nk, 1f, s, nk, v[(g * hd)..], kvW, 0f, o[(h * hd)..], qW);
@@ -488,8 +492,6 @@ public sealed class CausalLM : IDisposable
         Array.Copy(positions, batch.Positions, n);
         var h = Embed(batch);
         var ws = new Workspace(c, n, n * total);
-        var allVisible = new byte[total];
-        Array.Fill(allVisible, (byte)1);
         int d = Hidden;
         for (int i = 0; i < Layers; i++)
         {
@@ -498,7 +500,7 @@ public sealed class CausalLM : IDisposable
             ProjectQkv(blk, n, positions, ws);
             ws.K.AsSpan(0, n * kvW).CopyTo(cache.K[i].AsSpan(start * kvW));
             ws.V.AsSpan(0, n * kvW).CopyTo(cache.V[i].AsSpan(start * kvW));
-            Attend(i, ws.Q, n, start, cache.K[i], cache.V[i], total, allVisible, ws.Scores, ws.Attn);
+            Attend(i, ws.Q, n, start, cache.K[i], cache.V[i], total, 0, total - 1, ws.Scores, ws.Attn);
             blk.O.Apply(ws.Attn, n, ws.Proj, _tile);
             FinishBlock(blk, h.Data, n, ws);
         }

@@ -1,3 +1,5 @@
+using Finetrace.Tensors;
+
 namespace Finetrace.Models;
 
 /// <summary>
@@ -8,7 +10,7 @@ public sealed class Rope
 {
     public int RotaryDim { get; }
     public float[] InvFreq { get; }
-    float[] _cos = [], _sin = []; // [positions, RotaryDim / 2]
+    float[] _cos = [], _sin = []; // [positions, RotaryDim]: HF's emb = cat(freqs, freqs)
     int _positions;
 
     public Rope(ModelConfig c)
@@ -59,15 +61,15 @@ public sealed class Rope
     {
         if (positions <= _positions) return;
         int n = Math.Max(positions, Math.Max(64, _positions * 2));
-        int half = RotaryDim / 2;
-        var cos = new float[n * half];
-        var sin = new float[n * half];
+        int half = RotaryDim / 2, dim = RotaryDim;
+        var cos = new float[n * dim];
+        var sin = new float[n * dim];
         for (int p = 0; p < n; p++)
             for (int i = 0; i < half; i++)
             {
                 float angle = p * InvFreq[i]; // f32 product, as the f32 matmul of position and inv_freq
-                cos[p * half + i] = (float)Math.Cos(angle);
-                sin[p * half + i] = (float)Math.Sin(angle);
+                cos[p * dim + i] = cos[p * dim + half + i] = (float)Math.Cos(angle);
+                sin[p * dim + i] = sin[p * dim + half + i] = (float)Math.Sin(angle);
             }
         _cos = cos; _sin = sin; _positions = n;
     }
@@ -79,24 +81,9 @@ public sealed class Rope
         int maxPos = 0;
         for (int r = 0; r < m; r++) maxPos = Math.Max(maxPos, positions[r]);
         Ensure(maxPos + 1);
-        int half = RotaryDim / 2;
-        int width = heads * headDim;
+        int width = heads * headDim, dim = RotaryDim;
         for (int r = 0; r < m; r++)
-        {
-            var cos = _cos.AsSpan(positions[r] * half, half);
-            var sin = _sin.AsSpan(positions[r] * half, half);
-            var row = xMHd.Slice(r * width, width);
-            for (int h = 0; h < heads; h++)
-            {
-                var x = row.Slice(h * headDim, RotaryDim);
-                for (int i = 0; i < half; i++)
-                {
-                    float a = x[i], b = x[i + half];
-                    // (x · cos) + (rotate_half(x) · sin), with rotate_half(x) = [-x2, x1]
-                    x[i] = a * cos[i] + (-b) * sin[i];
-                    x[i + half] = b * cos[i] + a * sin[i];
-                }
-            }
-        }
+            Kernels.ApplyRope(xMHd.Slice(r * width, width), heads, headDim, dim,
+                _cos.AsSpan(positions[r] * dim, dim), _sin.AsSpan(positions[r] * dim, dim));
     }
 }

@@ -16,6 +16,9 @@ public sealed class TokenBatch
     public byte[] Mask { get; }
     /// <summary>[Batch · Seq] RoPE / learned-position index of each token.</summary>
     public int[] Positions { get; }
+    /// <summary>[Batch] index of the first and last real token of each row (real tokens are contiguous: left or right padding).</summary>
+    public int[] FirstReal { get; }
+    public int[] LastReal { get; }
 
     public TokenBatch(int[] ids, int batch, int seq, byte[]? mask = null)
     {
@@ -25,15 +28,26 @@ public sealed class TokenBatch
         Batch = batch; Seq = seq; Ids = ids;
         Mask = mask ?? Enumerable.Repeat((byte)1, ids.Length).ToArray();
         Positions = new int[ids.Length];
+        FirstReal = new int[batch];
+        LastReal = new int[batch];
         for (int b = 0; b < batch; b++)
         {
-            int count = 0;
+            int count = 0, first = -1, last = -2;
             for (int t = 0; t < seq; t++)
             {
                 int i = b * seq + t;
-                if (Mask[i] != 0) count++;
+                if (Mask[i] != 0)
+                {
+                    if (first >= 0 && last != t - 1)
+                        throw new ArgumentException($"attention mask row {b} has padding between real tokens (position {t}); only left or right padding is supported");
+                    if (first < 0) first = t;
+                    last = t;
+                    count++;
+                }
                 Positions[i] = Math.Max(count - 1, 0);
             }
+            FirstReal[b] = first < 0 ? 0 : first;
+            LastReal[b] = first < 0 ? -1 : last;
         }
     }
 

@@ -88,7 +88,7 @@ public sealed unsafe class Weight
         switch (DType)
         {
             case DType.F32: new ReadOnlySpan<float>(_ptr + start * 4, n).CopyTo(dst); break;
-            case DType.BF16: Widen.BF16ToF32(new ReadOnlySpan<ushort>(_ptr + start * 2, n), dst); break;
+            case DType.BF16: Precision.BF16ToF32(new ReadOnlySpan<ushort>(_ptr + start * 2, n), dst); break;
             case DType.F16: System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(_ptr + start * 2, n), dst); break;
         }
     }
@@ -101,24 +101,3 @@ public sealed unsafe class Weight
     }
 }
 
-/// <summary>Vectorised bf16 → f32 widening (bits &lt;&lt; 16).</summary>
-static class Widen
-{
-    // src: [n] bf16 bits; dst: [n]
-    public static void BF16ToF32(ReadOnlySpan<ushort> src, Span<float> dst)
-    {
-        var d = MemoryMarshal.Cast<float, uint>(dst);
-        int i = 0;
-        if (System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated)
-        {
-            for (; i + 16 <= src.Length; i += 16)
-            {
-                var v = System.Runtime.Intrinsics.Vector256.Create(src.Slice(i, 16));
-                var (lo, hi) = System.Runtime.Intrinsics.Vector256.Widen(v);
-                System.Runtime.Intrinsics.Vector256.ShiftLeft(lo, 16).CopyTo(d.Slice(i, 8));
-                System.Runtime.Intrinsics.Vector256.ShiftLeft(hi, 16).CopyTo(d.Slice(i + 8, 8));
-            }
-        }
-        for (; i < src.Length; i++) d[i] = (uint)src[i] << 16;
-    }
-}
