@@ -26,6 +26,15 @@ public sealed class CausalLM : IDisposable
     public long MatmulParameters { get; }
 
     public int Layers => Config.Layers;
+
+    /// <summary>Where forward time goes (seconds), for <c>bench forward</c>; off unless enabled.</summary>
+    internal sealed class Profile
+    {
+        public double Projections, Attention, Unembed, Other;
+        public static Profile? Current;
+        public static long Now() => Current is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
+        public static double Since(long t0) => (System.Diagnostics.Stopwatch.GetTimestamp() - t0) / (double)System.Diagnostics.Stopwatch.Frequency;
+    }
     public int Hidden => Config.Hidden;
 
     sealed record Norm(NormKind Kind, float[] W, float[]? B, float Eps);
@@ -225,8 +234,10 @@ public sealed class CausalLM : IDisposable
     {
         int m = normedBTD.Length / Hidden;
         var logits = new Tensor(normedBTD.Dim(0), normedBTD.Dim(1), Config.Vocab);
+        long t0 = Profile.Now();
         _unembed.Apply(normedBTD.Data, m, logits.Data, _tile);
         if (Config.FinalSoftcap is { } cap) Kernels.SoftCap(logits.Data, cap);
+        if (Profile.Current is { } p) { double dt = Profile.Since(t0); p.Unembed += dt; p.Projections -= dt; }
         hooks?.Fire(HookNames.Logits, logits, batch);
         return logits;
     }
@@ -265,12 +276,12 @@ public sealed class CausalLM : IDisposable
     /// <summary>Activation buffers for one forward, sized by batch × seq.</summary>
     sealed class Workspace
     {
-        public readonly float[] X, Q, K, V, Attn, Proj, MlpA, MlpB, MlpOut, Scores;
+        public readonly float[] X, Q, K, V, Attn, Proj, MlpA, MlpB, MlpOut;
         public readonly float[]? Fused;
 
-        public Workspace(ModelConfig c, TokenBatch b) : this(c, b.Count, (long)b.Seq * b.Seq) { }
+        public Workspace(ModelConfig c, TokenBatch b) : this(c, b.Count) { }
 
-        public Workspace(ModelConfig c, int m, long scores)
+        public Workspace(ModelConfig c, int m)
         {
             X = Tensor.Allocate((long)m * c.Hidden, false);
             Q = Tensor.Allocate((long)m * c.Heads * c.HeadDim, false);
@@ -281,7 +292,6 @@ public sealed class CausalLM : IDisposable
             MlpA = Tensor.Allocate((long)m * c.Intermediate, false);
             MlpB = c.Arch is Architecture.Gpt2 or Architecture.GptNeox ? [] : Tensor.Allocate((long)m * c.Intermediate, false);
             MlpOut = Tensor.Allocate((long)m * c.Hidden, false);
-            Scores = Tensor.Allocate(scores, false);
             if (c.Arch is Architecture.Gpt2 or Architecture.GptNeox) Fused = Tensor.Allocate((long)m * 3 * c.Hidden, false);
         }
     }
@@ -362,9 +372,10 @@ public sealed class CausalLM : IDisposable
         int m = batch.Count, T = batch.Seq;
         int qW = c.Heads * c.HeadDim, kvW = c.KvHeads * c.HeadDim;
         ProjectQkv(blk, m, batch.Positions, ws);
+        long t0 = Profile.Now();
         for (int b = 0; b < batch.Batch; b++)
-            Attend(layer, ws.Q.AsSpan(b * T * qW), T, 0, ws.K.AsSpan(b * T * kvW), ws.V.AsSpan(b * T * kvW), T,
-                batch.FirstReal[b], batch.LastReal[b], ws.Scores, ws.Attn.AsSpan(b * T * qW));
+            Attend(layer, ws.Q, b * T * qW, T, 0, ws.K, ws.V, b * T * kvW, T, batch.FirstReal[b], batch.LastReal[b], ws.Attn, b * T * qW);
+        if (Profile.Current is { } p) p.Attention += Profile.Since(t0);
         blk.O.Apply(ws.Attn, m, ws.Proj, _tile);
     }
 
@@ -418,40 +429,47 @@ public sealed class CausalLM : IDisposable
     }
 
     /// <summary>Eager attention of one sequence: query i (absolute index qOffset + i) sees key j iff j ≤ qOffset + i, the key is
-    /// a real token (keyFirst ≤ j ≤ keyLast) and, on sliding layers, qOffset + i − j &lt; W. Scores are scaled, soft-capped
-    /// (Gemma 2) and softmaxed in f32 over the visible keys (masked keys get weight 0, as HF's additive finfo.min mask),
-    /// then multiplied by V; query heads share KV heads consecutively (repeat_kv).</summary>
-    // q: [nq, heads·hd] (row stride heads·hd); k, v: [nk, kv·hd]; scores: ≥ nq·nk; o: [nq, heads·hd]
-    void Attend(int layer, ReadOnlySpan<float> q, int nq, int qOffset, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int nk,
-        int keyFirst, int keyLast, Span<float> scores, Span<float> o)
+    /// a real token (keyFirst ≤ j ≤ keyLast) and, on sliding layers, qOffset + i − j &lt; W. Scores (q·k)·scale are soft-capped
+    /// (Gemma 2) and softmaxed in f32 over the visible keys only (masked keys get weight 0, as with HF's additive finfo.min
+    /// mask), then weight V; query head h reads KV head h / n_rep (repeat_kv). Only visible keys are computed, so causal
+    /// attention costs half of the full square; heads run in parallel (no sgemm inside, style.md §2.6).</summary>
+    // q: [nq, heads·hd] (row stride heads·hd); k, v: [nk, kv·hd]; o: [nq, heads·hd]
+    void Attend(int layer, float[] q, int qStart, int nq, int qOffset, float[] k, float[] v, int kvStart, int nk,
+        int keyFirst, int keyLast, float[] o, int oStart)
     {
         var c = Config;
         int hd = c.HeadDim, nh = c.Heads, nkv = c.KvHeads, rep = nh / nkv;
         int qW = nh * hd, kvW = nkv * hd;
         bool sliding = c.SlidingLayers[layer];
         int window = c.SlidingWindow;
-        var s = scores[..(nq * nk)];
-        for (int h = 0; h < nh; h++)
+        float scale = c.AttnScale;
+        float? softcap = c.AttnSoftcap;
+        Parallel.For(0, nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, h =>
         {
-            int g = h / rep; // query head h reads kv head h / n_rep
-            // scores[nq, nk] = (q_h · k_gᵀ) · scale
-            Gemm.Sgemm(false, true, nq, nk, hd, c.AttnScale, q[(h * hd)..], qW, k[(g * hd)..], kvW, 0f, s, nk);
-            for (int qi = 0; qi < nq; qi++)
+            int g = h / rep;
+            var p = System.Buffers.ArrayPool<float>.Shared.Rent(nk);
+            try
             {
-                var row = s.Slice(qi * nk, nk);
-                int abs = qOffset + qi;
-                int first = Math.Max(keyFirst, sliding ? abs - window + 1 : 0);
-                int last = Math.Min(Math.Min(abs, nk - 1), keyLast);
-                if (first > last) { row.Clear(); continue; } // no visible key: a discarded padding row
-                var visible = row[first..(last + 1)];
-                if (c.AttnSoftcap is { } cap) Kernels.SoftCap(visible, cap);
-                Kernels.Softmax(visible);
-                row[..first].Clear();
-                row[(last + 1)..].Clear();
+                for (int qi = 0; qi < nq; qi++)
+                {
+                    var qRow = q.AsSpan(qStart + qi * qW + h * hd, hd);
+                    var oRow = o.AsSpan(oStart + qi * qW + h * hd, hd);
+                    int abs = qOffset + qi;
+                    int first = Math.Max(keyFirst, sliding ? abs - window + 1 : 0);
+                    int last = Math.Min(Math.Min(abs, nk - 1), keyLast);
+                    oRow.Clear();
+                    if (first > last) continue; // no visible key: a discarded padding row
+                    var scores = p.AsSpan(0, last - first + 1);
+                    for (int j = first; j <= last; j++)
+                        scores[j - first] = System.Numerics.Tensors.TensorPrimitives.Dot(qRow, k.AsSpan(kvStart + j * kvW + g * hd, hd)) * scale;
+                    if (softcap is { } cap) Kernels.SoftCap(scores, cap);
+                    Kernels.Softmax(scores);
+                    for (int j = first; j <= last; j++)
+                        System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(v.AsSpan(kvStart + j * kvW + g * hd, hd), scores[j - first], oRow, oRow);
+                }
             }
-            // o_h[nq, hd] = p[nq, nk] · v_g[nk, hd], written into head h's columns
-            Gemm.Sgemm(false, false, nq, hd, nk, 1f, s, nk, v[(g * hd)..], kvW, 0f, o[(h * hd)..], qW);
-        }
+            finally { System.Buffers.ArrayPool<float>.Shared.Return(p); }
+        });
     }
 
     // ---------------------------------------------------------------- key/value cache (generation, one sequence)
@@ -491,7 +509,7 @@ public sealed class CausalLM : IDisposable
         var batch = new TokenBatch(ids, 1, n);
         Array.Copy(positions, batch.Positions, n);
         var h = Embed(batch);
-        var ws = new Workspace(c, n, n * total);
+        var ws = new Workspace(c, n);
         int d = Hidden;
         for (int i = 0; i < Layers; i++)
         {
@@ -500,7 +518,7 @@ public sealed class CausalLM : IDisposable
             ProjectQkv(blk, n, positions, ws);
             ws.K.AsSpan(0, n * kvW).CopyTo(cache.K[i].AsSpan(start * kvW));
             ws.V.AsSpan(0, n * kvW).CopyTo(cache.V[i].AsSpan(start * kvW));
-            Attend(i, ws.Q, n, start, cache.K[i], cache.V[i], total, 0, total - 1, ws.Scores, ws.Attn);
+            Attend(i, ws.Q, 0, n, start, cache.K[i], cache.V[i], 0, total, 0, total - 1, ws.Attn, 0);
             blk.O.Apply(ws.Attn, n, ws.Proj, _tile);
             FinishBlock(blk, h.Data, n, ws);
         }

@@ -29,6 +29,7 @@ sealed class Linear
     // xMIn: [m, In]; yMOut: [m, Out]; tile: scratch of any size ≥ one weight row
     public void Apply(ReadOnlySpan<float> xMIn, int m, Span<float> yMOut, TileBuffer tile)
     {
+        long t0 = CausalLM.Profile.Now();
         if (W.DType == Safetensors.DType.F32)
         {
             var w = W.F32Span;
@@ -62,6 +63,7 @@ sealed class Linear
         if (Bias is { } b)
             for (int r = 0; r < m; r++)
                 System.Numerics.Tensors.TensorPrimitives.Add(yMOut.Slice(r * Out, Out), b, yMOut.Slice(r * Out, Out));
+        if (CausalLM.Profile.Current is { } p) p.Projections += CausalLM.Profile.Since(t0);
     }
 }
 
