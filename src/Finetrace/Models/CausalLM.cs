@@ -475,14 +475,13 @@ public sealed class CausalLM : IDisposable
     // ---------------------------------------------------------------- key/value cache (generation, one sequence)
 
     /// <summary>Keys and values (after norms and RoPE) of every block for the tokens seen so far, one sequence.</summary>
-    public sealed class KvCache : IDisposable
+    public sealed class KvCache
     {
         internal readonly float[][] K, V; // per layer [capacity, kv·hd]
         internal int Length;
         internal int Capacity;
         internal KvCache(int layers) { K = new float[layers][]; V = new float[layers][]; for (int i = 0; i < layers; i++) { K[i] = []; V[i] = []; } }
         public int Tokens => Length;
-        public void Dispose() { }
     }
 
     public KvCache NewCache() => new(Layers);
@@ -503,14 +502,10 @@ public sealed class CausalLM : IDisposable
             }
             cache.Capacity = cap;
         }
-        // positions start..total-1 via a one-row batch whose mask covers the cached prefix
-        var positions = new int[n];
-        for (int t = 0; t < n; t++) positions[t] = start + t;
-        var batch = new TokenBatch(ids, 1, n);
-        Array.Copy(positions, batch.Positions, n);
+        var batch = TokenBatch.Continuation(ids, start);
+        var positions = batch.Positions;
         var h = Embed(batch);
         var ws = new Workspace(c, n);
-        int d = Hidden;
         for (int i = 0; i < Layers; i++)
         {
             var blk = _blocks[i];
