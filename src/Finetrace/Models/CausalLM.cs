@@ -211,7 +211,7 @@ public sealed class CausalLM : IDisposable
     {
         if (from < 0 || to >= Layers || from > to + 1) throw new ArgumentOutOfRangeException(nameof(from), $"layers {from}..{to} of {Layers}");
         if (hBTD.Length != batch.Count * Hidden) throw new ArgumentException($"residual {hBTD} does not match batch [{batch.Batch}, {batch.Seq}] × hidden {Hidden}");
-        var ws = new Workspace(Config, batch);
+        var ws = WorkspaceFor(batch.Count);
         for (int i = from; i <= to; i++)
         {
             if (i > 0) hooks?.Fire(HookNames.ResidPre(i), hBTD, batch);
@@ -279,10 +279,11 @@ public sealed class CausalLM : IDisposable
         public readonly float[] X, Q, K, V, Attn, Proj, MlpA, MlpB, MlpOut;
         public readonly float[]? Fused;
 
-        public Workspace(ModelConfig c, TokenBatch b) : this(c, b.Count) { }
+        public readonly int Rows;
 
         public Workspace(ModelConfig c, int m)
         {
+            Rows = m;
             X = Tensor.Allocate((long)m * c.Hidden, false);
             Q = Tensor.Allocate((long)m * c.Heads * c.HeadDim, false);
             K = Tensor.Allocate((long)m * c.KvHeads * c.HeadDim, false);
@@ -294,6 +295,16 @@ public sealed class CausalLM : IDisposable
             MlpOut = Tensor.Allocate((long)m * c.Hidden, false);
             if (c.Arch is Architecture.Gpt2 or Architecture.GptNeox) Fused = Tensor.Allocate((long)m * 3 * c.Hidden, false);
         }
+    }
+
+    Workspace? _ws;
+
+    /// <summary>Activation buffers for at least <paramref name="m"/> rows, reused across calls (so a model instance is not
+    /// safe to run from two threads at once).</summary>
+    Workspace WorkspaceFor(int m)
+    {
+        if (_ws is null || _ws.Rows < m) _ws = new Workspace(Config, m);
+        return _ws;
     }
 
     void ApplyNorm(Norm n, ReadOnlySpan<float> x, int m, Span<float> y)
@@ -505,7 +516,7 @@ public sealed class CausalLM : IDisposable
         var batch = TokenBatch.Continuation(ids, start);
         var positions = batch.Positions;
         var h = Embed(batch);
-        var ws = new Workspace(c, n);
+        var ws = WorkspaceFor(n);
         for (int i = 0; i < Layers; i++)
         {
             var blk = _blocks[i];
