@@ -24,6 +24,9 @@ public sealed class CausalLM : IDisposable
 
     /// <summary>Parameters that take part in matrix products per token (all projections and the unembedding).</summary>
     public long MatmulParameters { get; }
+    public long UnembedParameters => _unembed.MatmulParameters;
+    /// <summary>Bytes of all parameters in their stored dtypes (what stays mapped in memory).</summary>
+    public long WeightBytes { get; }
 
     public int Layers => Config.Layers;
 
@@ -121,6 +124,7 @@ public sealed class CausalLM : IDisposable
             foreach (var l in new[] { b.Q, b.K, b.V, b.Qkv, b.O, b.Gate, b.Up, b.Down })
                 if (l is not null) mp += l.MatmulParameters;
         MatmulParameters = mp;
+        WeightBytes = w.Values.Sum(x => x.Count * (x.DType == DType.F32 ? 4 : 2));
     }
 
     /// <summary>Loads config.json and the safetensors weights of <paramref name="folder"/>, checking every tensor's presence and
