@@ -29,6 +29,7 @@ public sealed class CausalLM : IDisposable
     public long WeightBytes { get; }
 
     public int Layers => Config.Layers;
+    public int Hidden => Config.Hidden;
 
     /// <summary>Where forward time goes (seconds), for <c>bench forward</c>; off unless enabled.</summary>
     internal sealed class Profile
@@ -38,7 +39,6 @@ public sealed class CausalLM : IDisposable
         public static long Now() => Current is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
         public static double Since(long t0) => (System.Diagnostics.Stopwatch.GetTimestamp() - t0) / (double)System.Diagnostics.Stopwatch.Frequency;
     }
-    public int Hidden => Config.Hidden;
 
     sealed record Norm(NormKind Kind, float[] W, float[]? B, float Eps);
 
