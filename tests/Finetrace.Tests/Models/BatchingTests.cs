@@ -36,6 +36,36 @@ public sealed class BatchingTests(ITestOutputHelper log)
         }
     }
 
+    [SharedTheory]
+    [InlineData("gemma2")]
+    [InlineData("gpt2")]
+    [InlineData("qwen3")]
+    public void LeftPaddedBatchEqualsOneByOne(string folder)
+    {
+        using var model = CausalLM.Load(Shared.Path("fixtures", "arch", folder));
+        int seq = Rows.Max(r => r.Length);
+        var ids = new int[Rows.Length * seq];
+        var mask = new byte[ids.Length];
+        for (int b = 0; b < Rows.Length; b++)
+            for (int t = 0; t < Rows[b].Length; t++)
+            {
+                int at = b * seq + seq - Rows[b].Length + t;
+                ids[at] = Rows[b][t];
+                mask[at] = 1;
+            }
+        var batch = new TokenBatch(ids, Rows.Length, seq, mask);
+        var (_, together) = model.Forward(batch);
+        int v = model.Config.Vocab;
+        for (int b = 0; b < Rows.Length; b++)
+        {
+            var (_, alone) = model.Forward(new TokenBatch(Rows[b], 1, Rows[b].Length));
+            int n = Rows[b].Length;
+            Golden.AssertClose($"{folder} left-padded row {b}", alone!.Span, together!.Data.AsSpan((b * seq + seq - n) * v, n * v), atol: 1e-5);
+        }
+        var holes = new byte[] { 1, 0, 1 };
+        Assert.Throws<ArgumentException>(() => new TokenBatch([1, 2, 3], 1, 3, holes));
+    }
+
     [SharedFact]
     public void StopAfterLayerThenContinueEqualsFullForward()
     {
