@@ -102,7 +102,7 @@ public sealed class ForwardBench : IBenchCommand
         {
             Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, double>
             {
-                ["tokens_per_s"] = tokens / seconds, ["gflops"] = gflops, ["sgemm_gflops"] = sgemm, ["ratio"] = ratio, ["peak_rss_gib"] = peakGiB,
+                ["tokens_per_s"] = tokens / seconds, ["gflops"] = gflops, ["sgemm_gflops"] = sgemm, ["ratio"] = ratio,
             }));
             return 0;
         }

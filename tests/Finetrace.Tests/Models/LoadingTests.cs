@@ -164,6 +164,30 @@ public sealed class LoadingTests(ITestOutputHelper log)
     }
 
     [SharedFact]
+    public void F16WeightsWidenExactly()
+    {
+        // the same f16-rounded values stored as F16 and as F32 give identical logits
+        using var tmp = new TempDir();
+        static float Round(float v) => (float)(Half)v;
+        string f16 = CopyFixture(tmp, "qwen3", editTensors: ts => ts.Select(t =>
+        {
+            var f = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.Bytes);
+            var h = new Half[f.Length];
+            for (int i = 0; i < f.Length; i++) h[i] = (Half)f[i];
+            return new TensorData(t.Name, DType.F16, t.Shape, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h.AsSpan()).ToArray());
+        }).ToList());
+        string f32 = CopyFixture(tmp, "qwen3", editTensors: ts => ts.Select(t =>
+        {
+            var f = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.Bytes).ToArray();
+            for (int i = 0; i < f.Length; i++) f[i] = Round(f[i]);
+            return TensorData.F32(t.Name, f, t.Shape);
+        }).ToList());
+        var a = Logits(f16);
+        Golden.AssertClose("f16 vs f16-rounded f32", Logits(f32).Span, a.Span, atol: 0);
+        Assert.True(Golden.MaxAbsDiff(ExpectedLogits("qwen3").Span, a.Span, out _) > 1e-5, "f16 rounding should move the logits");
+    }
+
+    [SharedFact]
     public void MissingMisshapenAndUnexpectedTensorsAreClearErrors()
     {
         using var tmp = new TempDir();
