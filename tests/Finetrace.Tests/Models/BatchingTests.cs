@@ -66,6 +66,24 @@ public sealed class BatchingTests(ITestOutputHelper log)
         Assert.Throws<ArgumentException>(() => new TokenBatch([1, 2, 3], 1, 3, holes));
     }
 
+    [SharedTheory]
+    [MemberData(nameof(ArchParityTests.Folders), MemberType = typeof(ArchParityTests))]
+    public void CachedStepsEqualTheFullForward(string folder)
+    {
+        // one token at a time, then a chunk of three: the key/value cache must reproduce the full forward at every
+        // position (sliding windows of 4 are crossed at these lengths)
+        using var model = CausalLM.Load(Shared.Path("fixtures", "arch", folder));
+        int[] ids = Rows[0];
+        var (_, full) = model.Forward(new TokenBatch(ids, 1, ids.Length));
+        int v = model.Config.Vocab;
+        var cache = model.NewCache();
+        for (int t = 0; t < 9; t++)
+            Golden.AssertClose($"{folder} cached step {t}", full!.Data.AsSpan(t * v, v), model.StepWithCache([ids[t]], cache), atol: 1e-5);
+        var last = model.StepWithCache(ids[9..12], cache);
+        Golden.AssertClose($"{folder} cached chunk", full!.Data.AsSpan(11 * v, v), last, atol: 1e-5);
+        Assert.Equal(12, cache.Tokens);
+    }
+
     [SharedFact]
     public void StopAfterLayerThenContinueEqualsFullForward()
     {
