@@ -11,7 +11,7 @@ internal abstract class Normalizer
 
     public static Normalizer? FromJson(JsonElement e, string where)
     {
-        if (e.ValueKind == JsonValueKind.Null) return null;
+        if (e.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return null;
         string type = e.GetProperty("type").GetString() ?? "";
         string at = $"{where} ({type})";
         return type switch

@@ -37,7 +37,7 @@ internal abstract class PreTokenizer
 
     public static PreTokenizer? FromJson(JsonElement e, string where)
     {
-        if (e.ValueKind == JsonValueKind.Null) return null;
+        if (e.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return null;
         string type = e.GetProperty("type").GetString() ?? "";
         string at = $"{where} ({type})";
         switch (type)

@@ -561,7 +561,4 @@ internal static class Unicode
         var c = Category(cp);
         return c is UnicodeCategory.DecimalDigitNumber or UnicodeCategory.LetterNumber or UnicodeCategory.OtherNumber;
     }
-
-    /// <summary>Rust <c>char::is_alphanumeric</c>: Alphabetic or Numeric (approximated by letter/number/mark-free categories).</summary>
-    public static bool IsAlphanumeric(int cp) => IsLetter(cp) || IsNumber(cp);
 }

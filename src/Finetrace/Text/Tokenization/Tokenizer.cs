@@ -20,8 +20,11 @@ public sealed class Encoding(int[] ids, TokenSpan[] offsets, Tokenizer tokenizer
 /// A Hugging Face tokenizer read from <c>tokenizer.json</c> (and <c>tokenizer_config.json</c> for bos/eos/unk/pad),
 /// reproducing the Rust <c>tokenizers</c> pipeline: added tokens split out (raw, then in normalised segments),
 /// normaliser per segment, pre-tokenizer, BPE model, post-processor; decoding through the decoder chain.
-/// Offsets are UTF-16 spans of the input (HF reports code-point spans; they coincide on BMP text).
-/// Thread-safe: <see cref="EncodeBatch"/> encodes in parallel.
+/// Offsets are UTF-16 spans of the input (HF reports code-point spans; they coincide on BMP text); a token holding
+/// some of a character's bytes spans the whole character. Decoding is the tokenizers-level decode (no transformers
+/// <c>clean_up_tokenization_spaces</c>). <c>truncation</c>/<c>padding</c> in tokenizer.json are ignored, as transformers
+/// does by default. Supported: BPE models with the normalisers, pre-tokenizers, post-processors and decoders listed
+/// in the error raised for any other type. Thread-safe: <see cref="EncodeBatch"/> encodes in parallel.
 /// </summary>
 public sealed class Tokenizer
 {
@@ -149,8 +152,9 @@ public sealed class Tokenizer
         var offsets = new List<(int Start, int End)>(ids.Capacity);
         // 1. Added tokens that match the raw text.
         AddedVocabulary.Split(text, _added.Raw, sc.Raw);
-        foreach (var (tok, s, e) in sc.Raw.ToArray())
+        for (int r = 0; r < sc.Raw.Count; r++)
         {
+            var (tok, s, e) = sc.Raw[r];
             if (tok is not null) { ids.Add(tok.Id); offsets.Add((s, e)); continue; }
             // 2. Normalise the segment, then split out the normalized added tokens.
             var nt = NormalizedText.FromOriginal(text, s, e);

@@ -142,4 +142,48 @@ public sealed class ComponentTests(ITestOutputHelper output)
         Assert.Equal((1, 3), (t.Start[1], t.End[1]));   // é covers e + combining acute
         Assert.Equal((3, 4), (t.Start[2], t.End[2]));
     }
+
+    [SharedFact]
+    public void UnicodeNormalization_ChunkedNfcEqualsFullAlgorithm()
+    {
+        var texts = TrickyStrings(2000, bmpOnly: false, withLongS: false)
+            .Concat(["e\u0301\u0323x", "\u1100\u1161\u11A8\uAC00\u11A8", "\u212B\u0301", "\u0301start", "ạ́ Tiếng Việt", "क़ि"])
+            .Concat(FixtureTests.ReadCases(Shared.Path("fixtures", "tokenizers", "qwen3", "encode_cases.jsonl")).Select(c => c.Text));
+        foreach (var s in texts)
+        {
+            var src = NormalizedText.FromOriginal(s, 0, s.Length);
+            var fast = UnicodeNormalization.Normalize(src, NormalizationKind.NFC);
+            var slow = UnicodeNormalization.NormalizeSlow(src, NormalizationKind.NFC);
+            Assert.Equal(slow.ToString(), fast.ToString());
+            Assert.Equal(slow.Start.AsSpan(0, slow.Length).ToArray(), fast.Start.AsSpan(0, fast.Length).ToArray());
+            Assert.Equal(slow.End.AsSpan(0, slow.Length).ToArray(), fast.End.AsSpan(0, fast.Length).ToArray());
+        }
+    }
+
+    /// <summary>Cutting SentencePiece-style words before safe ▁s (to cache the parts) gives exactly the uncut BPE.</summary>
+    [SharedFact]
+    public void Bpe_MetaspaceChunking_EqualsWholeWordBpe()
+    {
+        foreach (var family in new[] { "llama2", "gemma3" })
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Shared.Path("fixtures", "tokenizers", family, "tokenizer.json")));
+            var model = new BpeModel(doc.RootElement.GetProperty("model"), family);
+            Assert.True(model.ChunkOnMetaspace);
+            var texts = FixtureTests.ReadCases(Shared.Path("fixtures", "tokenizers", family, "encode_cases.jsonl")).Select(c => c.Text)
+                .Concat(TrickyStrings(300, bmpOnly: false, withLongS: false)).Concat(Finetrace.Bench.TokenizeBench.MixedText(200_000))
+                .Select(t => "\u2581" + t.Replace(' ', '\u2581')).ToList();
+            var chunked = new List<int>();
+            var whole = new List<int>();
+            foreach (var w in texts)
+            {
+                chunked.Clear(); whole.Clear();
+                model.ChunkOnMetaspace = true;
+                model.Tokenize(w, chunked);
+                model.ChunkOnMetaspace = false;
+                model.Tokenize(w, whole);
+                Assert.True(whole.SequenceEqual(chunked), $"{family}: {System.Text.Json.JsonSerializer.Serialize(w)}");
+            }
+            output.WriteLine($"{family}: {texts.Count} words agree");
+        }
+    }
 }
