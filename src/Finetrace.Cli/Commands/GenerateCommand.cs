@@ -25,6 +25,24 @@ public sealed class GenerateCommand : ICliCommand
         return cmd;
     }
 
+    /// <summary>EOS ids of config.json plus those of generation_config.json (chat models often list extra end-of-turn ids there).</summary>
+    static HashSet<int> StopIds(string modelDir, ModelConfig config)
+    {
+        var ids = new HashSet<int>(config.EosTokenIds);
+        string gen = Path.Combine(modelDir, "generation_config.json");
+        if (File.Exists(gen))
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(gen));
+            if (doc.RootElement.TryGetProperty("eos_token_id", out var e))
+            {
+                if (e.ValueKind == System.Text.Json.JsonValueKind.Number) ids.Add(e.GetInt32());
+                else if (e.ValueKind == System.Text.Json.JsonValueKind.Array)
+                    foreach (var x in e.EnumerateArray()) if (x.ValueKind == System.Text.Json.JsonValueKind.Number) ids.Add(x.GetInt32());
+            }
+        }
+        return ids;
+    }
+
     static int Run(string modelDir, string? adapterDir, string? prompt, string? idsText, int maxNew, float temperature, int seed)
     {
         if ((prompt is null) == (idsText is null)) throw new ArgumentException("give exactly one of --prompt TEXT or --ids 1,2,3");
@@ -41,7 +59,7 @@ public sealed class GenerateCommand : ICliCommand
                 .Encode(prompt!, addSpecialTokens: true).Ids;
         if (promptIds.Length == 0) throw new ArgumentException("the prompt encodes to no tokens (this tokenizer adds no BOS); give some text or --ids");
 
-        var output = new Generator(lm).Generate(promptIds, maxNew, temperature, seed, lm.Config.EosTokenIds);
+        var output = new Generator(lm).Generate(promptIds, maxNew, temperature, seed, StopIds(modelDir, lm.Config));
         Console.Error.WriteLine($"prompt ids: {string.Join(",", promptIds)}");
         Console.Error.WriteLine($"generated ids: {string.Join(",", output)}");
         Console.WriteLine(tokenizer is null ? string.Join(",", output) : tokenizer.Decode(output.ToArray(), skipSpecialTokens: true));
