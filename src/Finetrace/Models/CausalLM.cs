@@ -8,6 +8,7 @@ namespace Finetrace.Models;
 /// kept in their stored dtype. The forward is split at the residual stream so that callers can run part of one model,
 /// edit the residual, and continue with another: <see cref="Embed"/>, <see cref="RunLayers"/>,
 /// <see cref="FinalNorm"/>, <see cref="Unembed"/>. <see cref="Forward"/> chains them with hooks.
+/// An instance reuses its activation buffers between calls: run one forward at a time per instance.
 /// </summary>
 public sealed class CausalLM : IDisposable
 {
