@@ -1,3 +1,7 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
 namespace Finetrace.Activations;
 
 /// <summary>
@@ -33,13 +37,38 @@ public sealed class RunningStats
         double inv = 1.0 / Count;
         var mean = Mean.AsSpan();
         var m2 = M2.AsSpan();
-        for (int d = 0; d < mean.Length; d++)
+        int d = 0;
+        // Element-wise only (no reductions), so the vector and scalar paths give identical bits.
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var vinv = Vector256.Create(inv);
+            ref double mr = ref MemoryMarshal.GetReference(mean);
+            ref double qr = ref MemoryMarshal.GetReference(m2);
+            ref float xr = ref MemoryMarshal.GetReference(xD);
+            for (; d + 8 <= mean.Length; d += 8)
+            {
+                var (x0, x1) = Vector256.Widen(Vector256.LoadUnsafe(ref xr, (nuint)d));
+                Step(x0, ref mr, ref qr, d, vinv);
+                Step(x1, ref mr, ref qr, d + 4, vinv);
+            }
+        }
+        for (; d < mean.Length; d++)
         {
             double x = xD[d];
             double delta = x - mean[d];
             mean[d] += delta * inv;
             m2[d] += delta * (x - mean[d]);
         }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Step(Vector256<double> x, ref double mr, ref double qr, int d, Vector256<double> inv)
+    {
+        var mean = Vector256.LoadUnsafe(ref mr, (nuint)d);
+        var delta = x - mean;
+        mean += delta * inv;
+        mean.StoreUnsafe(ref mr, (nuint)d);
+        (Vector256.LoadUnsafe(ref qr, (nuint)d) + delta * (x - mean)).StoreUnsafe(ref qr, (nuint)d);
     }
 
     /// <summary>Chan et al. merge: this ← this ∪ other.</summary>
