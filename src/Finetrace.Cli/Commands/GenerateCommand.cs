@@ -1,0 +1,43 @@
+using System.CommandLine;
+using Finetrace.Models;
+
+namespace Finetrace.Cli.Commands;
+
+/// <summary><c>finetrace generate --model DIR [--adapter DIR] --prompt TEXT | --ids 1,2,3 [--max-new-tokens N]
+/// [--temperature T] [--seed S]</c>: greedy (T = 0) or temperature sampling with a key/value cache.</summary>
+public sealed class GenerateCommand : ICliCommand
+{
+    public Command Build()
+    {
+        var model = new Option<string>("--model") { Description = "Hugging Face checkpoint folder", Required = true };
+        var adapter = new Option<string?>("--adapter") { Description = "PEFT LoRA adapter folder merged at load" };
+        var prompt = new Option<string?>("--prompt") { Description = "Prompt text (tokenized with the model's tokenizer.json)" };
+        var ids = new Option<string?>("--ids") { Description = "Prompt token ids, comma-separated (e.g. 1,403,407)" };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate at most", DefaultValueFactory = _ => 60 };
+        var temperature = new Option<float>("--temperature") { Description = "0 = greedy; > 0 samples from softmax(logits / T)", DefaultValueFactory = _ => 0f };
+        var seed = new Option<int>("--seed") { Description = "Sampling seed", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("generate", "Generate text from a prompt (greedy or temperature sampling)");
+        foreach (var o in new Option[] { model, adapter, prompt, ids, maxNew, temperature, seed }) cmd.Options.Add(o);
+        cmd.SetAction(r => Run(r.GetValue(model)!, r.GetValue(adapter), r.GetValue(prompt), r.GetValue(ids),
+            r.GetValue(maxNew), r.GetValue(temperature), r.GetValue(seed)));
+        return cmd;
+    }
+
+    static int Run(string modelDir, string? adapterDir, string? prompt, string? idsText, int maxNew, float temperature, int seed)
+    {
+        if ((prompt is null) == (idsText is null)) throw new ArgumentException("give exactly one of --prompt TEXT or --ids 1,2,3");
+        if (maxNew < 0) throw new ArgumentException("--max-new-tokens must be ≥ 0");
+        using var lm = CausalLM.Load(modelDir, adapterDir);
+        int[] promptIds;
+        if (idsText is not null)
+            promptIds = idsText.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(s => int.TryParse(s, out int v) ? v : throw new ArgumentException($"--ids: '{s}' is not an integer")).ToArray();
+        else
+            throw new NotSupportedException("--prompt needs the tokenizer, which this build does not include yet; pass token ids with --ids");
+
+        var stop = lm.Config.EosTokenIds;
+        var output = new Generator(lm).Generate(promptIds, maxNew, temperature, seed, stop);
+        Console.WriteLine(string.Join(",", output));
+        return 0;
+    }
+}

@@ -1,0 +1,528 @@
+using Finetrace.Models.Safetensors;
+using Finetrace.Tensors;
+
+namespace Finetrace.Models;
+
+/// <summary>
+/// A Hugging Face causal LM (llama, mistral, qwen2, qwen3, gemma2, gpt2, gpt_neox) run in float32 with its weights
+/// kept in their stored dtype. The forward is split at the residual stream so that callers can run part of one model,
+/// edit the residual, and continue with another: <see cref="Embed"/>, <see cref="RunLayers"/>,
+/// <see cref="FinalNorm"/>, <see cref="Unembed"/>. <see cref="Forward"/> chains them with hooks.
+/// </summary>
+public sealed class CausalLM : IDisposable
+{
+    public ModelConfig Config { get; }
+    public string Folder { get; }
+    readonly Checkpoint _ckpt;
+    readonly Weight _embed;
+    readonly Weight? _wpe;
+    readonly Block[] _blocks;
+    readonly Norm _finalNorm;
+    readonly Linear _unembed;
+    readonly Rope? _rope;
+    readonly TileBuffer _tile = new();
+
+    /// <summary>Parameters that take part in matrix products per token (all projections and the unembedding).</summary>
+    public long MatmulParameters { get; }
+
+    public int Layers => Config.Layers;
+
+    /// <summary>Where forward time goes (seconds), for <c>bench forward</c>; off unless enabled.</summary>
+    internal sealed class Profile
+    {
+        public double Projections, Attention, Unembed, Other;
+        public static Profile? Current;
+        public static long Now() => Current is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
+        public static double Since(long t0) => (System.Diagnostics.Stopwatch.GetTimestamp() - t0) / (double)System.Diagnostics.Stopwatch.Frequency;
+    }
+    public int Hidden => Config.Hidden;
+
+    sealed record Norm(NormKind Kind, float[] W, float[]? B, float Eps);
+
+    sealed class Block
+    {
+        public required Norm AttnIn;
+        public Norm? AttnOut;          // gemma2 post_attention_layernorm
+        public required Norm MlpIn;
+        public Norm? MlpOut;           // gemma2 post_feedforward_layernorm
+        public Linear? Q, K, V;        // separate projections
+        public Linear? Qkv;            // fused: GPT-2 [Q|K|V] columns, NeoX per-head [q_h|k_h|v_h]
+        public required Linear O;
+        public float[]? QNorm, KNorm;  // qwen3
+        public Linear? Gate;
+        public required Linear Up, Down;
+    }
+
+    CausalLM(string folder, ModelConfig config, Checkpoint ckpt, Dictionary<string, Weight> w)
+    {
+        Folder = folder; Config = config; _ckpt = ckpt;
+        var c = config;
+        float[] Vec(string name) => w[name].ToArray();
+        Norm MakeNorm(string prefix) => new(c.Norm, Vec(prefix + ".weight"), c.Norm == NormKind.LayerNorm ? Vec(prefix + ".bias") : null, c.NormEps);
+        Linear Lin(string prefix, bool bias, bool inOut = false) => new(w[prefix + ".weight"], bias ? Vec(prefix + ".bias") : null, inOut);
+
+        _embed = w[ModelLayout.EmbedName(c)];
+        _blocks = new Block[c.Layers];
+        switch (c.Arch)
+        {
+            case Architecture.Gpt2:
+                _wpe = w["transformer.wpe.weight"];
+                for (int i = 0; i < c.Layers; i++)
+                {
+                    string p = $"transformer.h.{i}.";
+                    _blocks[i] = new Block
+                    {
+                        AttnIn = MakeNorm(p + "ln_1"), MlpIn = MakeNorm(p + "ln_2"),
+                        Qkv = Lin(p + "attn.c_attn", true, true), O = Lin(p + "attn.c_proj", true, true),
+                        Up = Lin(p + "mlp.c_fc", true, true), Down = Lin(p + "mlp.c_proj", true, true),
+                    };
+                }
+                _finalNorm = MakeNorm("transformer.ln_f");
+                break;
+            case Architecture.GptNeox:
+                for (int i = 0; i < c.Layers; i++)
+                {
+                    string p = $"gpt_neox.layers.{i}.";
+                    _blocks[i] = new Block
+                    {
+                        AttnIn = MakeNorm(p + "input_layernorm"), MlpIn = MakeNorm(p + "post_attention_layernorm"),
+                        Qkv = Lin(p + "attention.query_key_value", c.QkvBias), O = Lin(p + "attention.dense", c.OutBias),
+                        Up = Lin(p + "mlp.dense_h_to_4h", true), Down = Lin(p + "mlp.dense_4h_to_h", true),
+                    };
+                }
+                _finalNorm = MakeNorm("gpt_neox.final_layer_norm");
+                break;
+            default:
+                bool gemma = c.Arch == Architecture.Gemma2;
+                for (int i = 0; i < c.Layers; i++)
+                {
+                    string p = $"model.layers.{i}.";
+                    _blocks[i] = new Block
+                    {
+                        AttnIn = MakeNorm(p + "input_layernorm"),
+                        AttnOut = gemma ? MakeNorm(p + "post_attention_layernorm") : null,
+                        MlpIn = MakeNorm(gemma ? p + "pre_feedforward_layernorm" : p + "post_attention_layernorm"),
+                        MlpOut = gemma ? MakeNorm(p + "post_feedforward_layernorm") : null,
+                        Q = Lin(p + "self_attn.q_proj", c.QkvBias), K = Lin(p + "self_attn.k_proj", c.QkvBias),
+                        V = Lin(p + "self_attn.v_proj", c.QkvBias), O = Lin(p + "self_attn.o_proj", c.OutBias),
+                        QNorm = c.QkNorm ? Vec(p + "self_attn.q_norm.weight") : null,
+                        KNorm = c.QkNorm ? Vec(p + "self_attn.k_norm.weight") : null,
+                        Gate = Lin(p + "mlp.gate_proj", c.MlpBias), Up = Lin(p + "mlp.up_proj", c.MlpBias), Down = Lin(p + "mlp.down_proj", c.MlpBias),
+                    };
+                }
+                _finalNorm = MakeNorm("model.norm");
+                break;
+        }
+        _unembed = new Linear(w[ModelLayout.UnembedName(c)], null, false);
+        if (c.Arch != Architecture.Gpt2) _rope = new Rope(c);
+
+        long mp = _unembed.MatmulParameters;
+        foreach (var b in _blocks)
+            foreach (var l in new[] { b.Q, b.K, b.V, b.Qkv, b.O, b.Gate, b.Up, b.Down })
+                if (l is not null) mp += l.MatmulParameters;
+        MatmulParameters = mp;
+    }
+
+    /// <summary>Loads config.json and the safetensors weights of <paramref name="folder"/>, checking every tensor's presence and
+    /// shape, and merges a PEFT LoRA adapter when <paramref name="adapterFolder"/> is given.</summary>
+    public static CausalLM Load(string folder, string? adapterFolder = null)
+    {
+        var config = ModelConfig.Load(folder);
+        var ckpt = new Checkpoint(folder);
+        try
+        {
+            var weights = ResolveWeights(config, ckpt, folder);
+            if (adapterFolder is not null) LoraAdapter.Load(adapterFolder).MergeInto(weights, config);
+            return new CausalLM(folder, config, ckpt, weights);
+        }
+        catch
+        {
+            ckpt.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Maps every parameter the config needs to its tensor (names with or without the transformer./model./gpt_neox.
+    /// prefix), checking shapes; missing, misshapen or unexpected tensors are errors naming tensor and file.</summary>
+    internal static Dictionary<string, Weight> ResolveWeights(ModelConfig c, Checkpoint ckpt, string folder)
+    {
+        var byNormal = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var name in ckpt.Names)
+            if (!byNormal.TryAdd(ModelLayout.Normalise(name), name))
+                throw new InvalidDataException($"{folder}: tensors '{byNormal[ModelLayout.Normalise(name)]}' and '{name}' name the same parameter");
+        var used = new HashSet<string>(StringComparer.Ordinal);
+        var result = new Dictionary<string, Weight>(StringComparer.Ordinal);
+        foreach (var spec in ModelLayout.Parameters(c))
+        {
+            string? actual = ckpt.Contains(spec.Name) ? spec.Name : byNormal.GetValueOrDefault(ModelLayout.Normalise(spec.Name));
+            if (actual is null)
+                throw new InvalidDataException($"{folder}: tensor '{spec.Name}' (shape [{string.Join(", ", spec.Shape)}]) is missing from the checkpoint; " +
+                    $"config.json (model_type {c.ModelType}) requires it. Check that config.json belongs to these weights.");
+            var info = ckpt.Info(actual);
+            if (!info.Shape.AsSpan().SequenceEqual(spec.Shape))
+                throw new InvalidDataException($"{ckpt.FileOf(actual).Path}: tensor '{actual}' has shape {info.ShapeText} but config.json " +
+                    $"(model_type {c.ModelType}) requires [{string.Join(", ", spec.Shape)}]");
+            used.Add(actual);
+            result[spec.Name] = Weight.Mapped(ckpt, actual);
+        }
+        var extra = ckpt.Names.Where(n => !used.Contains(n) && !ModelLayout.IsIgnoredBuffer(n)
+            && !(c.TiedEmbeddings && ModelLayout.Normalise(n) is "lm_head.weight" or "embed_out.weight")).OrderBy(n => n, StringComparer.Ordinal).ToList();
+        if (extra.Count > 0)
+            throw new InvalidDataException($"{ckpt.FileOf(extra[0]).Path}: unexpected tensor(s) {string.Join(", ", extra.Take(5).Select(n => $"'{n}'"))}" +
+                $"{(extra.Count > 5 ? $" and {extra.Count - 5} more" : "")} that config.json (model_type {c.ModelType}) does not use; check the config (e.g. bias or tie_word_embeddings settings)");
+        return result;
+    }
+
+    public void Dispose() => _ckpt.Dispose();
+
+    // ---------------------------------------------------------------- forward pieces
+
+    /// <summary>The embedding output [Batch, Seq, Hidden] (= blocks.0.hook_resid_pre): E[ids] · ν (Gemma), E[ids] + wpe[pos] (GPT-2).</summary>
+    public Tensor Embed(TokenBatch batch)
+    {
+        int d = Hidden;
+        var h = new Tensor(batch.Batch, batch.Seq, d);
+        Span<float> pos = _wpe is null ? default : new float[d];
+        for (int i = 0; i < batch.Count; i++)
+        {
+            int id = batch.Ids[i];
+            if ((uint)id >= (uint)Config.Vocab)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"token id {id} (row {i / batch.Seq}, position {i % batch.Seq}) is outside the vocabulary of {Config.Vocab}");
+            var row = h.Data.AsSpan(i * d, d);
+            _embed.ReadRows(id, 1, row);
+            if (Config.EmbedScale != 1f)
+                System.Numerics.Tensors.TensorPrimitives.Multiply(row, Config.EmbedScale, row);
+            if (_wpe is not null)
+            {
+                int p = batch.Positions[i];
+                if (p >= _wpe.Rows) throw new ArgumentOutOfRangeException(nameof(batch), $"position {p} exceeds n_positions {_wpe.Rows}");
+                _wpe.ReadRows(p, 1, pos);
+                System.Numerics.Tensors.TensorPrimitives.Add(row, pos, row);
+            }
+        }
+        return h;
+    }
+
+    /// <summary>Runs blocks <paramref name="from"/>..<paramref name="to"/> (inclusive) on the residual stream in place, firing
+    /// blocks.{i}.hook_resid_pre before block i (except block 0's, which <see cref="Forward"/> fires after the embedding) and
+    /// blocks.{i}.hook_resid_post after it.</summary>
+    // hBTD: [Batch, Seq, Hidden]
+    public void RunLayers(int from, int to, Tensor hBTD, TokenBatch batch, HookSet? hooks = null)
+    {
+        if (from < 0 || to >= Layers || from > to + 1) throw new ArgumentOutOfRangeException(nameof(from), $"layers {from}..{to} of {Layers}");
+        if (hBTD.Length != batch.Count * Hidden) throw new ArgumentException($"residual {hBTD} does not match batch [{batch.Batch}, {batch.Seq}] × hidden {Hidden}");
+        var ws = new Workspace(Config, batch);
+        for (int i = from; i <= to; i++)
+        {
+            if (i > 0) hooks?.Fire(HookNames.ResidPre(i), hBTD, batch);
+            Layer(i, hBTD.Data, batch, ws);
+            hooks?.Fire(HookNames.ResidPost(i), hBTD, batch);
+        }
+    }
+
+    /// <summary>The final norm of the residual stream, [Batch, Seq, Hidden] (= ln_final.hook_normalized).</summary>
+    public Tensor FinalNorm(Tensor hBTD, TokenBatch batch, HookSet? hooks = null)
+    {
+        var y = new Tensor(hBTD.Shape);
+        ApplyNorm(_finalNorm, hBTD.Data, batch.Count, y.Data);
+        hooks?.Fire(HookNames.LnFinal, y, batch);
+        return y;
+    }
+
+    /// <summary>Logits [Batch, Seq, Vocab] of the normalised stream (Gemma 2: after the final soft-cap).</summary>
+    public Tensor Unembed(Tensor normedBTD, TokenBatch batch, HookSet? hooks = null)
+    {
+        int m = normedBTD.Length / Hidden;
+        var logits = new Tensor(normedBTD.Dim(0), normedBTD.Dim(1), Config.Vocab);
+        long t0 = Profile.Now();
+        _unembed.Apply(normedBTD.Data, m, logits.Data, _tile);
+        if (Config.FinalSoftcap is { } cap) Kernels.SoftCap(logits.Data, cap);
+        if (Profile.Current is { } p) { double dt = Profile.Since(t0); p.Unembed += dt; p.Projections -= dt; }
+        hooks?.Fire(HookNames.Logits, logits, batch);
+        return logits;
+    }
+
+    public Tensor FinalNormAndLogits(Tensor hBTD, TokenBatch batch, HookSet? hooks = null) =>
+        Unembed(FinalNorm(hBTD, batch, hooks), batch, hooks);
+
+    /// <summary>Logits [Vocab] of one position only (generation).</summary>
+    public float[] LogitsAt(Tensor hBTD, int row, int pos)
+    {
+        int d = Hidden;
+        var x = hBTD.Data.AsSpan((row * hBTD.Dim(1) + pos) * d, d);
+        var normed = new float[d];
+        ApplyNorm(_finalNorm, x, 1, normed);
+        var logits = new float[Config.Vocab];
+        _unembed.Apply(normed, 1, logits, _tile);
+        if (Config.FinalSoftcap is { } cap) Kernels.SoftCap(logits, cap);
+        return logits;
+    }
+
+    /// <summary>Embedding, blocks 0..<paramref name="stopAfterLayer"/> (default: all), then — only when all blocks ran — the final
+    /// norm and logits. Returns the residual after the last block run and the logits (null when stopped early).</summary>
+    public (Tensor Residual, Tensor? Logits) Forward(TokenBatch batch, HookSet? hooks = null, int? stopAfterLayer = null)
+    {
+        int last = stopAfterLayer ?? Layers - 1;
+        if (last < -1 || last >= Layers) throw new ArgumentOutOfRangeException(nameof(stopAfterLayer), $"layer {last} of {Layers}");
+        var h = Embed(batch);
+        hooks?.Fire(HookNames.ResidPre(0), h, batch);
+        if (last >= 0) RunLayers(0, last, h, batch, hooks);
+        if (last < Layers - 1) return (h, null);
+        return (h, FinalNormAndLogits(h, batch, hooks));
+    }
+
+    // ---------------------------------------------------------------- one block
+
+    /// <summary>Activation buffers for one forward, sized by batch × seq.</summary>
+    sealed class Workspace
+    {
+        public readonly float[] X, Q, K, V, Attn, Proj, MlpA, MlpB, MlpOut;
+        public readonly float[]? Fused;
+
+        public Workspace(ModelConfig c, TokenBatch b) : this(c, b.Count) { }
+
+        public Workspace(ModelConfig c, int m)
+        {
+            X = Tensor.Allocate((long)m * c.Hidden, false);
+            Q = Tensor.Allocate((long)m * c.Heads * c.HeadDim, false);
+            K = Tensor.Allocate((long)m * c.KvHeads * c.HeadDim, false);
+            V = Tensor.Allocate((long)m * c.KvHeads * c.HeadDim, false);
+            Attn = Tensor.Allocate((long)m * c.Heads * c.HeadDim, false);
+            Proj = Tensor.Allocate((long)m * c.Hidden, false);
+            MlpA = Tensor.Allocate((long)m * c.Intermediate, false);
+            MlpB = c.Arch is Architecture.Gpt2 or Architecture.GptNeox ? [] : Tensor.Allocate((long)m * c.Intermediate, false);
+            MlpOut = Tensor.Allocate((long)m * c.Hidden, false);
+            if (c.Arch is Architecture.Gpt2 or Architecture.GptNeox) Fused = Tensor.Allocate((long)m * 3 * c.Hidden, false);
+        }
+    }
+
+    void ApplyNorm(Norm n, ReadOnlySpan<float> x, int m, Span<float> y)
+    {
+        int d = n.W.Length;
+        if (n.Kind == NormKind.LayerNorm) Kernels.LayerNorm(x[..(m * d)], n.W, n.B, m, n.Eps, y);
+        else Kernels.RmsNorm(x[..(m * d)], n.W, m, n.Eps, n.Kind == NormKind.GemmaRmsNorm, y);
+    }
+
+    // h: [m, Hidden] residual, updated in place
+    void Layer(int i, Span<float> h, TokenBatch batch, Workspace ws)
+    {
+        var blk = _blocks[i];
+        ApplyNorm(blk.AttnIn, h, batch.Count, ws.X);
+        Attention(i, blk, batch, ws); // ws.X → ws.Proj [m, d]
+        FinishBlock(blk, h, batch.Count, ws);
+    }
+
+    /// <summary>Everything of a block after the attention output projection (in ws.Proj): residual adds, MLP, Gemma's output norms.</summary>
+    // h: [m, Hidden] residual, updated in place
+    void FinishBlock(Block blk, Span<float> h, int m, Workspace ws)
+    {
+        int d = Hidden;
+        if (blk.AttnOut is { } ao) ApplyNorm(ao, ws.Proj, m, ws.Proj);
+        if (Config.ParallelResidual)
+        {
+            // NeoX: h ← mlp(ln2(h)) + attn(ln1(h)) + h, both norms reading the block input
+            ApplyNorm(blk.MlpIn, h, m, ws.X);
+            Mlp(blk, m, ws);
+            var mo = ws.MlpOut.AsSpan(0, m * d);
+            var pr = ws.Proj.AsSpan(0, m * d);
+            for (int j = 0; j < mo.Length; j++) h[j] = (mo[j] + pr[j]) + h[j];
+            return;
+        }
+        System.Numerics.Tensors.TensorPrimitives.Add(h[..(m * d)], ws.Proj.AsSpan(0, m * d), h);
+        ApplyNorm(blk.MlpIn, h, m, ws.X);
+        Mlp(blk, m, ws);
+        if (blk.MlpOut is { } mo2) ApplyNorm(mo2, ws.MlpOut, m, ws.MlpOut);
+        System.Numerics.Tensors.TensorPrimitives.Add(h[..(m * d)], ws.MlpOut.AsSpan(0, m * d), h);
+    }
+
+    void Mlp(Block blk, int m, Workspace ws)
+    {
+        int inter = Config.Intermediate;
+        if (blk.Gate is { } gate)
+        {
+            // down(act(gate(x)) ⊙ up(x))
+            gate.Apply(ws.X, m, ws.MlpA, _tile);
+            blk.Up.Apply(ws.X, m, ws.MlpB, _tile);
+            var a = ws.MlpA.AsSpan(0, m * inter);
+            var up = ws.MlpB.AsSpan(0, m * inter);
+            switch (Config.Act)
+            {
+                case Activation.Silu: Kernels.SiluMul(a, up, a); break;
+                case Activation.GeluTanh: Kernels.GeluTanhMul(a, up, a); break;
+                case Activation.GeluErf: Kernels.GeluErfMul(a, up, a); break;
+            }
+        }
+        else
+        {
+            blk.Up.Apply(ws.X, m, ws.MlpA, _tile);
+            var a = ws.MlpA.AsSpan(0, m * inter);
+            switch (Config.Act)
+            {
+                case Activation.Silu: Kernels.Silu(a, a); break;
+                case Activation.GeluTanh: Kernels.GeluTanh(a, a); break;
+                case Activation.GeluErf: Kernels.GeluErf(a, a); break;
+            }
+        }
+        blk.Down.Apply(ws.MlpA, m, ws.MlpOut, _tile);
+    }
+
+    void Attention(int layer, Block blk, TokenBatch batch, Workspace ws)
+    {
+        var c = Config;
+        int m = batch.Count, T = batch.Seq;
+        int qW = c.Heads * c.HeadDim, kvW = c.KvHeads * c.HeadDim;
+        ProjectQkv(blk, m, batch.Positions, ws);
+        long t0 = Profile.Now();
+        for (int b = 0; b < batch.Batch; b++)
+            Attend(layer, ws.Q, b * T * qW, T, 0, ws.K, ws.V, b * T * kvW, T, batch.FirstReal[b], batch.LastReal[b], ws.Attn, b * T * qW);
+        if (Profile.Current is { } p) p.Attention += Profile.Since(t0);
+        blk.O.Apply(ws.Attn, m, ws.Proj, _tile);
+    }
+
+    /// <summary>q [m, heads·hd], k and v [m, kv·hd] of the normalised input ws.X: projections, Qwen3 q/k norms, RoPE.</summary>
+    void ProjectQkv(Block blk, int m, ReadOnlySpan<int> positions, Workspace ws)
+    {
+        var c = Config;
+        int hd = c.HeadDim, nh = c.Heads, nkv = c.KvHeads;
+        if (blk.Qkv is { } qkv)
+        {
+            qkv.Apply(ws.X, m, ws.Fused, _tile);
+            int d = c.Hidden;
+            for (int r = 0; r < m; r++)
+            {
+                var f = ws.Fused.AsSpan(r * 3 * d, 3 * d);
+                if (c.Arch == Architecture.Gpt2)
+                {
+                    // c_attn output columns [Q_all | K_all | V_all]
+                    f[..d].CopyTo(ws.Q.AsSpan(r * d, d));
+                    f.Slice(d, d).CopyTo(ws.K.AsSpan(r * d, d));
+                    f.Slice(2 * d, d).CopyTo(ws.V.AsSpan(r * d, d));
+                }
+                else
+                {
+                    // NeoX: per head [q_h | k_h | v_h]
+                    for (int h = 0; h < nh; h++)
+                    {
+                        f.Slice(h * 3 * hd, hd).CopyTo(ws.Q.AsSpan(r * d + h * hd, hd));
+                        f.Slice(h * 3 * hd + hd, hd).CopyTo(ws.K.AsSpan(r * d + h * hd, hd));
+                        f.Slice(h * 3 * hd + 2 * hd, hd).CopyTo(ws.V.AsSpan(r * d + h * hd, hd));
+                    }
+                }
+            }
+        }
+        else
+        {
+            blk.Q!.Apply(ws.X, m, ws.Q, _tile);
+            blk.K!.Apply(ws.X, m, ws.K, _tile);
+            blk.V!.Apply(ws.X, m, ws.V, _tile);
+        }
+        if (blk.QNorm is { } qn)
+        {
+            Kernels.RmsNorm(ws.Q.AsSpan(0, m * nh * hd), qn, m * nh, c.NormEps, false, ws.Q);
+            Kernels.RmsNorm(ws.K.AsSpan(0, m * nkv * hd), blk.KNorm!, m * nkv, c.NormEps, false, ws.K);
+        }
+        if (_rope is not null)
+        {
+            _rope.Apply(ws.Q, m, nh, hd, positions);
+            _rope.Apply(ws.K, m, nkv, hd, positions);
+        }
+    }
+
+    /// <summary>Eager attention of one sequence: query i (absolute index qOffset + i) sees key j iff j ≤ qOffset + i, the key is
+    /// a real token (keyFirst ≤ j ≤ keyLast) and, on sliding layers, qOffset + i − j &lt; W. Scores (q·k)·scale are soft-capped
+    /// (Gemma 2) and softmaxed in f32 over the visible keys only (masked keys get weight 0, as with HF's additive finfo.min
+    /// mask), then weight V; query head h reads KV head h / n_rep (repeat_kv). Only visible keys are computed, so causal
+    /// attention costs half of the full square; heads run in parallel (no sgemm inside, style.md §2.6).</summary>
+    // q: [nq, heads·hd] (row stride heads·hd); k, v: [nk, kv·hd]; o: [nq, heads·hd]
+    void Attend(int layer, float[] q, int qStart, int nq, int qOffset, float[] k, float[] v, int kvStart, int nk,
+        int keyFirst, int keyLast, float[] o, int oStart)
+    {
+        var c = Config;
+        int hd = c.HeadDim, nh = c.Heads, nkv = c.KvHeads, rep = nh / nkv;
+        int qW = nh * hd, kvW = nkv * hd;
+        bool sliding = c.SlidingLayers[layer];
+        int window = c.SlidingWindow;
+        float scale = c.AttnScale;
+        float? softcap = c.AttnSoftcap;
+        Parallel.For(0, nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, h =>
+        {
+            int g = h / rep;
+            var p = System.Buffers.ArrayPool<float>.Shared.Rent(nk);
+            try
+            {
+                for (int qi = 0; qi < nq; qi++)
+                {
+                    var qRow = q.AsSpan(qStart + qi * qW + h * hd, hd);
+                    var oRow = o.AsSpan(oStart + qi * qW + h * hd, hd);
+                    int abs = qOffset + qi;
+                    int first = Math.Max(keyFirst, sliding ? abs - window + 1 : 0);
+                    int last = Math.Min(Math.Min(abs, nk - 1), keyLast);
+                    oRow.Clear();
+                    if (first > last) continue; // no visible key: a discarded padding row
+                    var scores = p.AsSpan(0, last - first + 1);
+                    for (int j = first; j <= last; j++)
+                        scores[j - first] = System.Numerics.Tensors.TensorPrimitives.Dot(qRow, k.AsSpan(kvStart + j * kvW + g * hd, hd)) * scale;
+                    if (softcap is { } cap) Kernels.SoftCap(scores, cap);
+                    Kernels.Softmax(scores);
+                    for (int j = first; j <= last; j++)
+                        System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(v.AsSpan(kvStart + j * kvW + g * hd, hd), scores[j - first], oRow, oRow);
+                }
+            }
+            finally { System.Buffers.ArrayPool<float>.Shared.Return(p); }
+        });
+    }
+
+    // ---------------------------------------------------------------- key/value cache (generation, one sequence)
+
+    /// <summary>Keys and values (after norms and RoPE) of every block for the tokens seen so far, one sequence.</summary>
+    public sealed class KvCache : IDisposable
+    {
+        internal readonly float[][] K, V; // per layer [capacity, kv·hd]
+        internal int Length;
+        internal int Capacity;
+        internal KvCache(int layers) { K = new float[layers][]; V = new float[layers][]; for (int i = 0; i < layers; i++) { K[i] = []; V[i] = []; } }
+        public int Tokens => Length;
+        public void Dispose() { }
+    }
+
+    public KvCache NewCache() => new(Layers);
+
+    /// <summary>Feeds <paramref name="ids"/> (positions continue after the cached tokens) and returns the logits [Vocab] of the last one.</summary>
+    public float[] StepWithCache(int[] ids, KvCache cache)
+    {
+        var c = Config;
+        int n = ids.Length, start = cache.Length, total = start + n;
+        int kvW = c.KvHeads * c.HeadDim;
+        if (total > cache.Capacity)
+        {
+            int cap = Math.Max(total, Math.Max(64, cache.Capacity * 2));
+            for (int i = 0; i < Layers; i++)
+            {
+                Array.Resize(ref cache.K[i], cap * kvW);
+                Array.Resize(ref cache.V[i], cap * kvW);
+            }
+            cache.Capacity = cap;
+        }
+        // positions start..total-1 via a one-row batch whose mask covers the cached prefix
+        var positions = new int[n];
+        for (int t = 0; t < n; t++) positions[t] = start + t;
+        var batch = new TokenBatch(ids, 1, n);
+        Array.Copy(positions, batch.Positions, n);
+        var h = Embed(batch);
+        var ws = new Workspace(c, n);
+        int d = Hidden;
+        for (int i = 0; i < Layers; i++)
+        {
+            var blk = _blocks[i];
+            ApplyNorm(blk.AttnIn, h.Data, n, ws.X);
+            ProjectQkv(blk, n, positions, ws);
+            ws.K.AsSpan(0, n * kvW).CopyTo(cache.K[i].AsSpan(start * kvW));
+            ws.V.AsSpan(0, n * kvW).CopyTo(cache.V[i].AsSpan(start * kvW));
+            Attend(i, ws.Q, 0, n, start, cache.K[i], cache.V[i], 0, total, 0, total - 1, ws.Attn, 0);
+            blk.O.Apply(ws.Attn, n, ws.Proj, _tile);
+            FinishBlock(blk, h.Data, n, ws);
+        }
+        cache.Length = total;
+        return LogitsAt(h, 0, n - 1);
+    }
+}

@@ -1,0 +1,71 @@
+using Finetrace.Tensors;
+
+namespace Finetrace.Models;
+
+/// <summary>Residual-stream hook names, as TransformerLens spells them (model-facts.md §11).</summary>
+public static class HookNames
+{
+    /// <summary>Input of block <paramref name="layer"/>; block 0's is the embedding output (× ν for Gemma, + wpe for GPT-2).</summary>
+    public static string ResidPre(int layer) => $"blocks.{layer}.hook_resid_pre";
+    /// <summary>Output of block <paramref name="layer"/> (after both residual adds, before the final norm).</summary>
+    public static string ResidPost(int layer) => $"blocks.{layer}.hook_resid_post";
+    public const string LnFinal = "ln_final.hook_normalized";
+    public const string Logits = "logits";
+}
+
+/// <summary>A hook sees the activation [Batch, Seq, Width] and may read it or change it in place.</summary>
+public delegate void HookFn(Tensor activationBTW, TokenBatch batch);
+
+/// <summary>
+/// Hooks by name. A hook runs when the forward reaches its point; edits made in place flow into the rest of the
+/// forward. Helpers cover the common uses: capture, replace and add at chosen (row, position) pairs.
+/// </summary>
+public sealed class HookSet
+{
+    readonly Dictionary<string, List<HookFn>> _hooks = new(StringComparer.Ordinal);
+
+    public bool Has(string name) => _hooks.ContainsKey(name);
+
+    public HookSet On(string name, HookFn fn)
+    {
+        if (!_hooks.TryGetValue(name, out var list)) _hooks[name] = list = new List<HookFn>();
+        list.Add(fn);
+        return this;
+    }
+
+    internal void Fire(string name, Tensor activation, TokenBatch batch)
+    {
+        if (_hooks.TryGetValue(name, out var list))
+            foreach (var fn in list) fn(activation, batch);
+    }
+
+    /// <summary>Stores a copy of the activation in <paramref name="into"/>[name].</summary>
+    public HookSet Capture(string name, IDictionary<string, Tensor> into) => On(name, (a, _) => into[name] = a.Clone());
+
+    /// <summary>Overwrites the activation at each (row, position) with the matching row of <paramref name="valuesNW"/> [n, Width].</summary>
+    public HookSet Replace(string name, IReadOnlyList<(int Row, int Pos)> at, Tensor valuesNW) => On(name, (a, _) =>
+    {
+        int w = a.Dim(-1);
+        if (valuesNW.Length != at.Count * w) throw new ArgumentException($"hook '{name}': {valuesNW.Length} values for {at.Count} positions of width {w}");
+        for (int i = 0; i < at.Count; i++)
+            valuesNW.Data.AsSpan(i * w, w).CopyTo(Slot(a, at[i], name));
+    });
+
+    /// <summary>Adds coeff · vector [Width] to the activation at each (row, position).</summary>
+    public HookSet Add(string name, IReadOnlyList<(int Row, int Pos)> at, float[] vectorW, float coeff = 1f) => On(name, (a, _) =>
+    {
+        foreach (var p in at)
+        {
+            var slot = Slot(a, p, name);
+            if (vectorW.Length != slot.Length) throw new ArgumentException($"hook '{name}': vector of {vectorW.Length} for width {slot.Length}");
+            for (int j = 0; j < slot.Length; j++) slot[j] += coeff * vectorW[j];
+        }
+    });
+
+    static Span<float> Slot(Tensor a, (int Row, int Pos) p, string name)
+    {
+        int rows = a.Dim(0), seq = a.Dim(1), w = a.Dim(2);
+        if ((uint)p.Row >= rows || (uint)p.Pos >= seq) throw new ArgumentOutOfRangeException(nameof(p), $"hook '{name}': position ({p.Row}, {p.Pos}) outside [{rows}, {seq}]");
+        return a.Data.AsSpan((p.Row * seq + p.Pos) * w, w);
+    }
+}

@@ -1,0 +1,645 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace Finetrace.Tensors;
+
+/// <summary>
+/// The element-wise and row-wise float32 kernels the transformers and dictionaries need, written with
+/// <see cref="Vector256"/> and fused so each does one pass over memory where the math allows. Each has a slow
+/// obvious twin in <see cref="KernelsReference"/> that the tests compare it with.
+/// Conventions: parameter order sources, arguments, destinations; a destination may be the very same span as a
+/// source (in-place use) but must not partially overlap it; no method allocates.
+/// Element-wise operations are written as a small operator struct (the math, one vector at a time) run by a shared
+/// driver that owns the loop and the remainder, so the last partial vector is computed by the same code as the rest.
+/// </summary>
+public static class Kernels
+{
+    const int V = 8; // Vector256<float>.Count
+
+    // ---------------------------------------------------------------- normalisation
+
+    /// <summary>y = x · 1/sqrt(mean(x²) + eps) · w, or · (1 + w) when <paramref name="onePlusW"/> (Gemma).
+    /// As HF's LlamaRMSNorm in float32: the normalised value x·s is rounded first, then multiplied by the weight.</summary>
+    // xRD: [rows, D]; w: [D]; yRD: [rows, D]
+    public static void RmsNorm(ReadOnlySpan<float> xRD, ReadOnlySpan<float> w, int rows, float eps, bool onePlusW, Span<float> yRD)
+    {
+        int d = w.Length;
+        CheckRows(xRD.Length, yRD.Length, rows, d, nameof(RmsNorm));
+        CheckAlias(xRD, yRD);
+        for (int r = 0; r < rows; r++)
+        {
+            var x = xRD.Slice(r * d, d);
+            var y = yRD.Slice(r * d, d);
+            float ss = SumOfSquares(x);
+            float s = 1f / MathF.Sqrt(ss / d + eps);
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float pw = ref MemoryMarshal.GetReference(w);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var vs = Vector256.Create(s);
+            var one = Vector256.Create(onePlusW ? 1f : 0f);
+            int i = 0;
+            for (; i <= d - V; i += V)
+            {
+                var t = Vector256.LoadUnsafe(ref px, (nuint)i) * vs;
+                (t * (Vector256.LoadUnsafe(ref pw, (nuint)i) + one)).StoreUnsafe(ref py, (nuint)i);
+            }
+            float o = onePlusW ? 1f : 0f;
+            for (; i < d; i++) y[i] = x[i] * s * (w[i] + o);
+        }
+    }
+
+    /// <summary>y = (x − mean(x)) / sqrt(var(x) + eps) · w + b with the biased variance (torch.nn.LayerNorm);
+    /// <paramref name="b"/> may be empty for a layer norm without bias. Two passes for mean and variance.</summary>
+    // xRD: [rows, D]; w: [D]; b: [D] or empty; yRD: [rows, D]
+    public static void LayerNorm(ReadOnlySpan<float> xRD, ReadOnlySpan<float> w, ReadOnlySpan<float> b, int rows, float eps, Span<float> yRD)
+    {
+        int d = w.Length;
+        CheckRows(xRD.Length, yRD.Length, rows, d, nameof(LayerNorm));
+        if (!b.IsEmpty && b.Length != d) throw new ArgumentException($"LayerNorm: bias has {b.Length} values, weight has {d}");
+        CheckAlias(xRD, yRD);
+        for (int r = 0; r < rows; r++)
+        {
+            var x = xRD.Slice(r * d, d);
+            var y = yRD.Slice(r * d, d);
+            float mean = Sum(x) / d;
+            float var = SumOfSquaredDeviations(x, mean) / d;
+            float rstd = 1f / MathF.Sqrt(var + eps);
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float pw = ref MemoryMarshal.GetReference(w);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var vm = Vector256.Create(mean);
+            var vr = Vector256.Create(rstd);
+            int i = 0;
+            if (b.IsEmpty)
+            {
+                for (; i <= d - V; i += V)
+                    ((Vector256.LoadUnsafe(ref px, (nuint)i) - vm) * vr * Vector256.LoadUnsafe(ref pw, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+                for (; i < d; i++) y[i] = (x[i] - mean) * rstd * w[i];
+            }
+            else
+            {
+                ref float pb = ref MemoryMarshal.GetReference(b);
+                for (; i <= d - V; i += V)
+                    Vector256.FusedMultiplyAdd((Vector256.LoadUnsafe(ref px, (nuint)i) - vm) * vr, Vector256.LoadUnsafe(ref pw, (nuint)i),
+                        Vector256.LoadUnsafe(ref pb, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+                for (; i < d; i++) y[i] = MathF.FusedMultiplyAdd((x[i] - mean) * rstd, w[i], b[i]);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- softmax
+
+    /// <summary>x_i ← exp(x_i − max x) / Σ_j exp(x_j − max x), in float32. A row of all −∞ (or any NaN) gives NaN,
+    /// as in torch.</summary>
+    // x: [n], in place
+    public static void Softmax(Span<float> x)
+    {
+        if (x.IsEmpty) return;
+        float max = Max(x);
+        float sum = ExpSubtractAndSum(x, max, x);
+        Scale(x, 1f / sum);
+    }
+
+    /// <summary>Softmax over the first <paramref name="valid"/> entries; the rest (masked positions, e.g. future
+    /// tokens in causal attention) are set to 0.</summary>
+    // x: [n], in place
+    public static void Softmax(Span<float> x, int valid)
+    {
+        if ((uint)valid > (uint)x.Length) throw new ArgumentOutOfRangeException(nameof(valid), $"Softmax: valid={valid} outside [0, {x.Length}]");
+        Softmax(x[..valid]);
+        x[valid..].Clear();
+    }
+
+    /// <summary>y_i = x_i − max x − log Σ_j exp(x_j − max x) (log-probabilities from logits).</summary>
+    // x: [n]; y: [n]
+    public static void LogSoftmax(ReadOnlySpan<float> x, Span<float> y)
+    {
+        CheckUnary(x, y);
+        if (x.IsEmpty) return;
+        float max = Max(x);
+        float sum = ExpSubtractAndSum(x, max, default);
+        float lse = max + MathF.Log(sum);
+        Map(x, y, new SubtractOp(lse));
+    }
+
+    // ---------------------------------------------------------------- activations
+
+    /// <summary>y = 0.5 · x · (1 + tanh(sqrt(2/π) · (x + 0.044715 · x³))) (PyTorch gelu, approximate="tanh";
+    /// "gelu_pytorch_tanh" / "gelu_new"). Computed as x · sigmoid(2u), an identity that avoids 1 + tanh cancelling.</summary>
+    // src: [n]; dst: [n]
+    public static void GeluTanh(ReadOnlySpan<float> src, Span<float> dst) => Map(src, dst, default(GeluTanhOp));
+
+    /// <summary>y = 0.5 · x · (1 + erf(x / √2)) (exact GELU, "gelu"), with the float erf of <see cref="Erf(float)"/>.</summary>
+    // src: [n]; dst: [n]
+    public static void GeluErf(ReadOnlySpan<float> src, Span<float> dst) => Map(src, dst, default(GeluErfOp));
+
+    /// <summary>y = x · sigmoid(x) = x / (1 + exp(−x)).</summary>
+    // src: [n]; dst: [n]
+    public static void Silu(ReadOnlySpan<float> src, Span<float> dst) => Map(src, dst, default(SiluOp));
+
+    /// <summary>y = silu(gate) · up (the gated MLP of Llama/Qwen/Mistral, fused).</summary>
+    // gate: [n]; up: [n]; dst: [n]
+    public static void SiluMul(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> dst) => Map(gate, up, dst, default(SiluOp));
+
+    /// <summary>y = gelu_tanh(gate) · up (Gemma's gated MLP, fused).</summary>
+    // gate: [n]; up: [n]; dst: [n]
+    public static void GeluTanhMul(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> dst) => Map(gate, up, dst, default(GeluTanhOp));
+
+    /// <summary>y = gelu_erf(gate) · up.</summary>
+    // gate: [n]; up: [n]; dst: [n]
+    public static void GeluErfMul(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> dst) => Map(gate, up, dst, default(GeluErfOp));
+
+    /// <summary>x ← tanh(x / cap) · cap (Gemma 2 logit and attention soft-capping).</summary>
+    // x: [n], in place
+    public static void SoftCap(Span<float> x, float cap)
+    {
+        if (!(cap > 0)) throw new ArgumentOutOfRangeException(nameof(cap), $"SoftCap: cap must be positive, got {cap}");
+        Map(x, x, new SoftCapOp(cap));
+    }
+
+    // ---------------------------------------------------------------- rotary embedding
+
+    /// <summary>Rotary position embedding for one position, HF layout (half-split "rotate_half"):
+    /// x ← x·cos + rotate_half(x)·sin over the first <paramref name="rotaryDim"/> channels of every head, where
+    /// rotate_half(x) = cat(−x[half:rotaryDim], x[:half]); channels past rotaryDim (partial rotary) pass through.
+    /// cos/sin are HF's emb = cat(freqs, freqs) tables for this position. The inverse rotation (the backward) is the
+    /// same call with −sin.</summary>
+    // xHD: [heads, headDim] (one position), in place; cos, sin: [rotaryDim]
+    public static void ApplyRope(Span<float> xHD, int heads, int headDim, int rotaryDim, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    {
+        if (rotaryDim < 0 || rotaryDim > headDim || (rotaryDim & 1) != 0)
+            throw new ArgumentException($"ApplyRope: rotaryDim {rotaryDim} must be even and within headDim {headDim}");
+        if (cos.Length < rotaryDim || sin.Length < rotaryDim)
+            throw new ArgumentException($"ApplyRope: cos/sin have {cos.Length}/{sin.Length} values, need rotaryDim = {rotaryDim}");
+        if (xHD.Length < heads * headDim) throw new ArgumentException($"ApplyRope: x has {xHD.Length} values, need heads·headDim = {heads * headDim}");
+        int half = rotaryDim / 2;
+        ref float pc = ref MemoryMarshal.GetReference(cos);
+        ref float ps = ref MemoryMarshal.GetReference(sin);
+        for (int h = 0; h < heads; h++)
+        {
+            ref float px = ref MemoryMarshal.GetReference(xHD.Slice(h * headDim, headDim));
+            int i = 0;
+            for (; i <= half - V; i += V)
+            {
+                nuint lo = (nuint)i, hi = (nuint)(i + half);
+                var x1 = Vector256.LoadUnsafe(ref px, lo);
+                var x2 = Vector256.LoadUnsafe(ref px, hi);
+                (x1 * Vector256.LoadUnsafe(ref pc, lo) - x2 * Vector256.LoadUnsafe(ref ps, lo)).StoreUnsafe(ref px, lo);
+                (x2 * Vector256.LoadUnsafe(ref pc, hi) + x1 * Vector256.LoadUnsafe(ref ps, hi)).StoreUnsafe(ref px, hi);
+            }
+            for (; i < half; i++)
+            {
+                float x1 = Unsafe.Add(ref px, i), x2 = Unsafe.Add(ref px, i + half);
+                Unsafe.Add(ref px, i) = x1 * Unsafe.Add(ref pc, i) - x2 * Unsafe.Add(ref ps, i);
+                Unsafe.Add(ref px, i + half) = x2 * Unsafe.Add(ref pc, i + half) + x1 * Unsafe.Add(ref ps, i + half);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- selection
+
+    /// <summary>The indices of the <paramref name="k"/> largest values of <paramref name="x"/>, written to
+    /// <paramref name="indices"/>[..k] ordered by value descending, equal values by index ascending (the lower index
+    /// wins a tie). NaN ranks above every number, as in torch.topk. A bounded min-heap over one pass, with a vector
+    /// pre-filter that skips blocks of eight values none of which beats the current k-th best.</summary>
+    // x: [n]; indices: [≥k]
+    public static void TopK(ReadOnlySpan<float> x, int k, Span<int> indices)
+    {
+        if (k < 0 || k > x.Length) throw new ArgumentOutOfRangeException(nameof(k), $"TopK: k={k} outside [0, {x.Length}]");
+        if (indices.Length < k) throw new ArgumentException($"TopK: indices has room for {indices.Length}, need k={k}");
+        if (k == 0) return;
+        var heap = indices[..k];
+        // heap[0] is the worst selected entry. Fill with the first k, heapify.
+        for (int i = 0; i < k; i++) heap[i] = i;
+        for (int i = k / 2 - 1; i >= 0; i--) SiftDown(x, heap, i, k);
+        int j = k, n = x.Length;
+        ref float px = ref MemoryMarshal.GetReference(x);
+        while (j < n)
+        {
+            float worst = x[heap[0]];
+            // Later indices lose ties, so a candidate enters only when strictly better than the worst.
+            if (float.IsNaN(worst))
+            {
+                // every selected value is NaN-or-better; only nothing beats a NaN at a lower index
+                break;
+            }
+            var vw = Vector256.Create(worst);
+            while (j <= n - V)
+            {
+                var v = Vector256.LoadUnsafe(ref px, (nuint)j);
+                var hit = Vector256.GreaterThan(v, vw) | ~Vector256.Equals(v, v);
+                if (Vector256.ExtractMostSignificantBits(hit) != 0) break;
+                j += V;
+            }
+            int end = Math.Min(n, j + V);
+            for (; j < end; j++)
+            {
+                float v = x[j];
+                if (v > worst || (float.IsNaN(v) && !float.IsNaN(worst)))
+                {
+                    heap[0] = j;
+                    SiftDown(x, heap, 0, k);
+                    worst = x[heap[0]];
+                    if (float.IsNaN(worst)) { j++; break; }
+                }
+            }
+        }
+        // Heap sort: move the worst to the end repeatedly, which leaves the best first.
+        for (int end = k - 1; end > 0; end--)
+        {
+            (heap[0], heap[end]) = (heap[end], heap[0]);
+            SiftDown(x, heap, 0, end);
+        }
+    }
+
+    // a ranks below b: smaller value, or equal value and higher index; NaN is the largest value.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static bool Worse(ReadOnlySpan<float> x, int a, int b)
+    {
+        float va = x[a], vb = x[b];
+        bool na = float.IsNaN(va), nb = float.IsNaN(vb);
+        if (na | nb) return na == nb ? a > b : nb;
+        return va < vb || (va == vb && a > b);
+    }
+
+    static void SiftDown(ReadOnlySpan<float> x, Span<int> heap, int i, int count)
+    {
+        while (true)
+        {
+            int l = 2 * i + 1;
+            if (l >= count) return;
+            int r = l + 1, m = r < count && Worse(x, heap[r], heap[l]) ? r : l;
+            if (!Worse(x, heap[m], heap[i])) return;
+            (heap[i], heap[m]) = (heap[m], heap[i]);
+            i = m;
+        }
+    }
+
+    // ---------------------------------------------------------------- erf
+
+    /// <summary>erf(x) in double precision, absolute error below 1e-13: the Maclaurin series for |x| &lt; 2.5, the
+    /// Laplace continued fraction for erfc beyond, ±1 past 6 (erfc(6) ≈ 2e-17). Used by the references.</summary>
+    public static double Erf(double x)
+    {
+        if (double.IsNaN(x)) return double.NaN;
+        double ax = Math.Abs(x);
+        if (ax >= 6) return Math.Sign(x);
+        if (ax < 2.5)
+        {
+            // erf x = 2/√π Σ (−1)^n x^(2n+1) / (n! (2n+1))
+            double x2 = x * x, term = x, sum = x;
+            for (int n = 1; n < 200; n++)
+            {
+                term *= -x2 / n;
+                double t = term / (2 * n + 1);
+                sum += t;
+                if (Math.Abs(t) < 1e-17 * Math.Abs(sum)) break;
+            }
+            return 2 / Math.Sqrt(Math.PI) * sum;
+        }
+        // erfc x = exp(−x²)/√π · 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + …)))), evaluated from the tail
+        double f = ax;
+        for (int n = 80; n >= 1; n--) f = ax + n * 0.5 / f;
+        double erfc = Math.Exp(-ax * ax) / Math.Sqrt(Math.PI) / f;
+        return Math.Sign(x) * (1 - erfc);
+    }
+
+    /// <summary>erf(x) in float32, absolute error about 1e-7: the Maclaurin series for |x| &lt; 1, else
+    /// 1 − erfc(|x|) with Numerical Recipes' Chebyshev erfc (fractional error 1.2e-7).</summary>
+    public static float Erf(float x) => ErfOp.Invoke(Vector256.Create(x)).GetElement(0);
+
+    // ---------------------------------------------------------------- operators (the math of one vector)
+
+    interface IUnaryOp { Vector256<float> Invoke(Vector256<float> x); }
+
+    readonly struct GeluTanhOp : IUnaryOp
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<float> Invoke(Vector256<float> x)
+        {
+            // 0.5(1 + tanh u) = sigmoid(2u), with 2u = 2√(2/π)(x + 0.044715 x³)
+            const float c = 1.5957691216057308f; // 2·sqrt(2/π)
+            var x2 = x * x;
+            var twoU = x * Vector256.FusedMultiplyAdd(x2, Vector256.Create(c * 0.044715f), Vector256.Create(c));
+            return x / (Vector256<float>.One + Vector256.Exp(-twoU));
+        }
+    }
+
+    readonly struct GeluErfOp : IUnaryOp
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<float> Invoke(Vector256<float> x)
+        {
+            // 0.5(1 + erf(x/√2)) = 0.5·erfc(−x/√2): through erfc there is no cancellation for negative x, where
+            // 1 + erf(x/√2) would lose all relative precision.
+            var c = ErfcOp.Invoke(Vector256.Abs(x) * Vector256.Create(0.70710678118654752f));
+            var phi2 = Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256<float>.Zero), c, Vector256.Create(2f) - c);
+            return Vector256.Create(0.5f) * x * phi2;
+        }
+    }
+
+    readonly struct SiluOp : IUnaryOp
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<float> Invoke(Vector256<float> x) => x / (Vector256<float>.One + Vector256.Exp(-x));
+    }
+
+    readonly struct SubtractOp(float s) : IUnaryOp
+    {
+        readonly float _s = s;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<float> Invoke(Vector256<float> x) => x - Vector256.Create(_s);
+    }
+
+    readonly struct SoftCapOp(float cap) : IUnaryOp
+    {
+        readonly float _cap = cap;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<float> Invoke(Vector256<float> x) => TanhOp.Invoke(x / Vector256.Create(_cap)) * Vector256.Create(_cap);
+    }
+
+    static class TanhOp
+    {
+        /// tanh u: the Maclaurin series through u¹⁵ for |u| &lt; 0.5 (truncation below 1e-8 relative), else
+        /// sign(u)·(1 − 2/(exp(2|u|) + 1)), which has no cancellation there and saturates to ±1 without overflow.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Invoke(Vector256<float> u)
+        {
+            var a = Vector256.Abs(u);
+            var big = Vector256<float>.One - Vector256.Create(2f) / (Vector256.Exp(a + a) + Vector256<float>.One);
+            big = Vector256.CopySign(big, u);
+            var u2 = u * u;
+            var p = Vector256.Create(-929569f / 638512875f);
+            p = Vector256.FusedMultiplyAdd(p, u2, Vector256.Create(21844f / 6081075f));
+            p = Vector256.FusedMultiplyAdd(p, u2, Vector256.Create(-1382f / 155925f));
+            p = Vector256.FusedMultiplyAdd(p, u2, Vector256.Create(62f / 2835f));
+            p = Vector256.FusedMultiplyAdd(p, u2, Vector256.Create(-17f / 315f));
+            p = Vector256.FusedMultiplyAdd(p, u2, Vector256.Create(2f / 15f));
+            p = Vector256.FusedMultiplyAdd(p, u2, Vector256.Create(-1f / 3f));
+            var small = Vector256.FusedMultiplyAdd(p * u2, u, u);
+            return Vector256.ConditionalSelect(Vector256.LessThan(a, Vector256.Create(0.5f)), small, big);
+        }
+    }
+
+    static class ErfcOp
+    {
+        /// erfc(z) for z ≥ 0 with fractional error below 1.2e-7 (in exact arithmetic): the Chebyshev fit
+        /// t·exp(−z² + P(t)), t = 1/(1 + z/2), of Numerical Recipes' erfcc. Underflows to 0 past z ≈ 10.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Invoke(Vector256<float> z)
+        {
+            var t = Vector256<float>.One / Vector256.FusedMultiplyAdd(z, Vector256.Create(0.5f), Vector256<float>.One);
+            var p = Vector256.Create(0.17087277f);
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(-0.82215223f));
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(1.48851587f));
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(-1.13520398f));
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(0.27886807f));
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(-0.18628806f));
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(0.09678418f));
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(0.37409196f));
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(1.00002368f));
+            p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(-1.26551223f));
+            return t * Vector256.Exp(Vector256.FusedMultiplyAdd(-z, z, p));
+        }
+    }
+
+    static class ErfOp
+    {
+        /// erf x: the Maclaurin series through x²³ for |x| &lt; 1 (truncation below 1e-9), else sign(x)·(1 − erfc|x|).
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Invoke(Vector256<float> x)
+        {
+            var a = Vector256.Abs(x);
+            var big = Vector256.CopySign(Vector256<float>.One - ErfcOp.Invoke(a), x);
+            var x2 = x * x;
+            // 2/√π · Σ (−1)^n x^(2n+1) / (n!(2n+1)), n = 0..11, Horner in x²
+            var p = Vector256.Create(Coef(11));
+            for (int n = 10; n >= 0; n--) p = Vector256.FusedMultiplyAdd(p, x2, Vector256.Create(Coef(n)));
+            return Vector256.ConditionalSelect(Vector256.LessThan(a, Vector256<float>.One), p * x, big);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static float Coef(int n) => Coefs[n];
+
+        static readonly float[] Coefs = MakeCoefs();
+
+        static float[] MakeCoefs()
+        {
+            var c = new float[12];
+            double f = 1;
+            for (int n = 0; n < 12; n++)
+            {
+                if (n > 0) f *= n;
+                c[n] = (float)((n % 2 == 0 ? 1 : -1) * 2 / Math.Sqrt(Math.PI) / (f * (2 * n + 1)));
+            }
+            return c;
+        }
+    }
+
+    // ---------------------------------------------------------------- drivers (loop mechanics, written once)
+
+    static void Map<TOp>(ReadOnlySpan<float> src, Span<float> dst, TOp op) where TOp : struct, IUnaryOp
+    {
+        CheckUnary(src, dst);
+        ref float ps = ref MemoryMarshal.GetReference(src);
+        ref float pd = ref MemoryMarshal.GetReference(dst);
+        int n = src.Length, i = 0;
+        for (; i <= n - 2 * V; i += 2 * V)
+        {
+            var a = op.Invoke(Vector256.LoadUnsafe(ref ps, (nuint)i));
+            var b = op.Invoke(Vector256.LoadUnsafe(ref ps, (nuint)(i + V)));
+            a.StoreUnsafe(ref pd, (nuint)i);
+            b.StoreUnsafe(ref pd, (nuint)(i + V));
+        }
+        for (; i <= n - V; i += V) op.Invoke(Vector256.LoadUnsafe(ref ps, (nuint)i)).StoreUnsafe(ref pd, (nuint)i);
+        if (i < n)
+        {
+            // The remainder goes through the same vector code on a zero-padded copy.
+            Span<float> buf = stackalloc float[V];
+            buf.Clear();
+            src[i..].CopyTo(buf);
+            op.Invoke(Vector256.Create<float>(buf)).CopyTo(buf);
+            buf[..(n - i)].CopyTo(dst[i..]);
+        }
+    }
+
+    // dst = op(a) · b
+    static void Map<TOp>(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> dst, TOp op) where TOp : struct, IUnaryOp
+    {
+        if (b.Length != a.Length) throw new ArgumentException($"gate has {a.Length} values, up has {b.Length}");
+        CheckUnary(a, dst);
+        CheckAlias(b, dst);
+        ref float pa = ref MemoryMarshal.GetReference(a);
+        ref float pb = ref MemoryMarshal.GetReference(b);
+        ref float pd = ref MemoryMarshal.GetReference(dst);
+        int n = a.Length, i = 0;
+        for (; i <= n - V; i += V)
+            (op.Invoke(Vector256.LoadUnsafe(ref pa, (nuint)i)) * Vector256.LoadUnsafe(ref pb, (nuint)i)).StoreUnsafe(ref pd, (nuint)i);
+        if (i < n)
+        {
+            Span<float> ba = stackalloc float[V];
+            Span<float> bb = stackalloc float[V];
+            ba.Clear(); bb.Clear();
+            a[i..].CopyTo(ba);
+            b[i..].CopyTo(bb);
+            (op.Invoke(Vector256.Create<float>(ba)) * Vector256.Create<float>(bb)).CopyTo(ba);
+            ba[..(n - i)].CopyTo(dst[i..]);
+        }
+    }
+
+    // Loads x[i..] into a vector, filling lanes past the end with `pad`.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> LoadTail(ReadOnlySpan<float> x, int i, float pad)
+    {
+        Span<float> buf = stackalloc float[V];
+        buf.Fill(pad);
+        x[i..].CopyTo(buf);
+        return Vector256.Create<float>(buf);
+    }
+
+    static float Max(ReadOnlySpan<float> x)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        int n = x.Length, i = 0;
+        var m0 = Vector256.Create(float.NegativeInfinity);
+        var m1 = m0;
+        for (; i <= n - 2 * V; i += 2 * V)
+        {
+            m0 = Vector256.Max(m0, Vector256.LoadUnsafe(ref px, (nuint)i));
+            m1 = Vector256.Max(m1, Vector256.LoadUnsafe(ref px, (nuint)(i + V)));
+        }
+        for (; i <= n - V; i += V) m0 = Vector256.Max(m0, Vector256.LoadUnsafe(ref px, (nuint)i));
+        if (i < n) m1 = Vector256.Max(m1, LoadTail(x, i, float.NegativeInfinity));
+        m0 = Vector256.Max(m0, m1);
+        float r = m0[0];
+        for (int l = 1; l < V; l++) r = float.IsNaN(r) ? r : MathF.Max(r, m0[l]);
+        return r;
+    }
+
+    // Returns Σ exp(x − max); also writes exp(x − max) into dst unless dst is empty.
+    static float ExpSubtractAndSum(ReadOnlySpan<float> x, float max, Span<float> dst)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        ref float pd = ref MemoryMarshal.GetReference(dst);
+        bool store = !dst.IsEmpty;
+        var vm = Vector256.Create(max);
+        var s0 = Vector256<float>.Zero;
+        var s1 = Vector256<float>.Zero;
+        int n = x.Length, i = 0;
+        for (; i <= n - 2 * V; i += 2 * V)
+        {
+            var e0 = Vector256.Exp(Vector256.LoadUnsafe(ref px, (nuint)i) - vm);
+            var e1 = Vector256.Exp(Vector256.LoadUnsafe(ref px, (nuint)(i + V)) - vm);
+            s0 += e0; s1 += e1;
+            if (store) { e0.StoreUnsafe(ref pd, (nuint)i); e1.StoreUnsafe(ref pd, (nuint)(i + V)); }
+        }
+        for (; i <= n - V; i += V)
+        {
+            var e0 = Vector256.Exp(Vector256.LoadUnsafe(ref px, (nuint)i) - vm);
+            s0 += e0;
+            if (store) e0.StoreUnsafe(ref pd, (nuint)i);
+        }
+        if (i < n)
+        {
+            // padding −∞ gives exp = 0, so the padded lanes add nothing
+            var e = Vector256.Exp(LoadTail(x, i, float.NegativeInfinity) - vm);
+            s1 += e;
+            if (store)
+            {
+                Span<float> buf = stackalloc float[V];
+                e.CopyTo(buf);
+                buf[..(n - i)].CopyTo(dst[i..]);
+            }
+        }
+        return Vector256.Sum(s0 + s1);
+    }
+
+    static void Scale(Span<float> x, float s)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        var vs = Vector256.Create(s);
+        int n = x.Length, i = 0;
+        for (; i <= n - V; i += V) (Vector256.LoadUnsafe(ref px, (nuint)i) * vs).StoreUnsafe(ref px, (nuint)i);
+        for (; i < n; i++) x[i] *= s;
+    }
+
+    static float Sum(ReadOnlySpan<float> x)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        var s0 = Vector256<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0;
+        int n = x.Length, i = 0;
+        for (; i <= n - 4 * V; i += 4 * V)
+        {
+            s0 += Vector256.LoadUnsafe(ref px, (nuint)i);
+            s1 += Vector256.LoadUnsafe(ref px, (nuint)(i + V));
+            s2 += Vector256.LoadUnsafe(ref px, (nuint)(i + 2 * V));
+            s3 += Vector256.LoadUnsafe(ref px, (nuint)(i + 3 * V));
+        }
+        for (; i <= n - V; i += V) s0 += Vector256.LoadUnsafe(ref px, (nuint)i);
+        if (i < n) s1 += LoadTail(x, i, 0f);
+        return Vector256.Sum((s0 + s1) + (s2 + s3));
+    }
+
+    static float SumOfSquares(ReadOnlySpan<float> x)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        var s0 = Vector256<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0;
+        int n = x.Length, i = 0;
+        for (; i <= n - 4 * V; i += 4 * V)
+        {
+            var a = Vector256.LoadUnsafe(ref px, (nuint)i);
+            var b = Vector256.LoadUnsafe(ref px, (nuint)(i + V));
+            var c = Vector256.LoadUnsafe(ref px, (nuint)(i + 2 * V));
+            var d = Vector256.LoadUnsafe(ref px, (nuint)(i + 3 * V));
+            s0 = Vector256.FusedMultiplyAdd(a, a, s0);
+            s1 = Vector256.FusedMultiplyAdd(b, b, s1);
+            s2 = Vector256.FusedMultiplyAdd(c, c, s2);
+            s3 = Vector256.FusedMultiplyAdd(d, d, s3);
+        }
+        for (; i <= n - V; i += V) { var a = Vector256.LoadUnsafe(ref px, (nuint)i); s0 = Vector256.FusedMultiplyAdd(a, a, s0); }
+        if (i < n) { var a = LoadTail(x, i, 0f); s1 = Vector256.FusedMultiplyAdd(a, a, s1); }
+        return Vector256.Sum((s0 + s1) + (s2 + s3));
+    }
+
+    static float SumOfSquaredDeviations(ReadOnlySpan<float> x, float mean)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        var vm = Vector256.Create(mean);
+        var s0 = Vector256<float>.Zero; var s1 = s0;
+        int n = x.Length, i = 0;
+        for (; i <= n - 2 * V; i += 2 * V)
+        {
+            var a = Vector256.LoadUnsafe(ref px, (nuint)i) - vm;
+            var b = Vector256.LoadUnsafe(ref px, (nuint)(i + V)) - vm;
+            s0 = Vector256.FusedMultiplyAdd(a, a, s0);
+            s1 = Vector256.FusedMultiplyAdd(b, b, s1);
+        }
+        for (; i <= n - V; i += V) { var a = Vector256.LoadUnsafe(ref px, (nuint)i) - vm; s0 = Vector256.FusedMultiplyAdd(a, a, s0); }
+        float r = Vector256.Sum(s0 + s1);
+        for (; i < n; i++) { float a = x[i] - mean; r += a * a; }
+        return r;
+    }
+
+    // ---------------------------------------------------------------- argument checks
+
+    static void CheckRows(int xLen, int yLen, int rows, int d, string op)
+    {
+        if (rows < 0) throw new ArgumentOutOfRangeException(nameof(rows), $"{op}: negative row count {rows}");
+        long need = (long)rows * d;
+        if (xLen != need) throw new ArgumentException($"{op}: input has {xLen} values, expected rows·D = {rows}·{d} = {need}");
+        if (yLen < need) throw new ArgumentException($"{op}: destination has {yLen} values, need {need}");
+    }
+
+    static void CheckUnary(ReadOnlySpan<float> src, Span<float> dst)
+    {
+        if (dst.Length < src.Length) throw new ArgumentException($"destination has {dst.Length} values, source has {src.Length}");
+        CheckAlias(src, dst);
+    }
+
+    static void CheckAlias(ReadOnlySpan<float> src, ReadOnlySpan<float> dst)
+    {
+        if (src.Overlaps(dst, out int offset) && offset != 0)
+            throw new ArgumentException("destination partially overlaps a source; use the same span for in-place or disjoint buffers");
+    }
+}
