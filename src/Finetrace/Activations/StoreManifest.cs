@@ -124,6 +124,8 @@ public sealed class StoreManifest
     public long Sequences { get; set; }
     public bool Complete { get; set; }
     public List<StoreShardEntry> Shards { get; set; } = [];
+    /// <summary>Samples skipped per source and reason (harvests).</summary>
+    public Dictionary<string, SortedDictionary<string, long>>? Skipped { get; set; }
 
     public long[] SourceTokens()
     {

@@ -14,6 +14,8 @@ public enum TokenMask : byte
     User = 4,
     Assistant = 8,
     System = 16,
+    /// <summary>Content of tool messages.</summary>
+    Tool = 32,
 }
 
 /// <summary>Which tokens a reader keeps: a token passes when it has any bit of <see cref="Require"/> (or Require is
