@@ -105,7 +105,7 @@ public sealed class HarvestCommand : ICliCommand
         finally { Console.CancelKeyPress -= onCancel; }
         var res = result!;
         AnsiConsole.MarkupLine($"stored {res.Tokens:N0} tokens from {res.Samples:N0} samples in {res.Seconds:F1} s " +
-            $"({(res.Tokens - res.ResumedTokens) / Math.Max(res.Seconds, 1e-9):N0} tokens/s; forward {res.ForwardSeconds:F1} s){(res.DroppedTokens > 0 ? $"; {res.DroppedTokens:N0} tokens dropped (BOS / first-n / outliers)" : "")}");
+            $"({(res.Tokens - res.ResumedTokens) / Math.Max(res.LoopSeconds, 1e-9):N0} tokens/s over {res.LoopSeconds:F1} s of batches, {res.ForwardSeconds:F1} s of it in forwards){(res.DroppedTokens > 0 ? $"; {res.DroppedTokens:N0} tokens dropped (BOS / first-n / outliers)" : "")}");
         foreach (var (name, skipped, toks) in res.Sources)
             AnsiConsole.MarkupLine($"  {Markup.Escape(name)}: {toks:N0} tokens; skipped samples: {Markup.Escape(skipped.ToString())}");
         AnsiConsole.MarkupLine($"store: {Markup.Escape(Path.GetFullPath(o.Out))}  (finetrace store info to inspect)");

@@ -82,6 +82,10 @@ public sealed class StoreCommand : ICliCommand
             src.AddRow(Markup.Escape(s.Sources[i].Name), Markup.Escape(s.Sources[i].Kind), Markup.Escape(s.Sources[i].Path),
                 $"{s.Sources[i].Proportion:G4}", $"{counts[i]:N0}", m.Tokens > 0 ? $"{100.0 * counts[i] / m.Tokens:F1}%" : "-");
         AnsiConsole.Write(src);
+        if (m.Skipped is { Count: > 0 })
+            foreach (var (name, reasons) in m.Skipped)
+                if (reasons.Count > 0)
+                    AnsiConsole.MarkupLine($"skipped in {Markup.Escape(name)}: {Markup.Escape(string.Join(", ", reasons.Select(kv => $"{kv.Value:N0} {kv.Key}")))}");
 
         if (m.Tokens > 0)
         {

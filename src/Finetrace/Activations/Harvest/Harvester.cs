@@ -39,7 +39,10 @@ public sealed class HarvestOptions
 public readonly record struct HarvestProgress(long Tokens, long Target, long Samples, long BytesWritten, double Seconds, long ResumedTokens);
 
 /// <summary>What a harvest did.</summary>
-public sealed record HarvestResult(long Tokens, long Samples, long DroppedTokens, double Seconds, double ForwardSeconds, bool Resumed, long ResumedTokens,
+/// <param name="LoopSeconds">Time from the first batch to the last stored token (no model loading or hashing).</param>
+/// <param name="ForwardSeconds">Part of it spent in the two models' forwards.</param>
+/// <param name="LoopCpuSeconds">CPU time of the process (all threads) over the same span.</param>
+public sealed record HarvestResult(long Tokens, long Samples, long DroppedTokens, double Seconds, double LoopSeconds, double LoopCpuSeconds, double ForwardSeconds, bool Resumed, long ResumedTokens,
     IReadOnlyList<(string Source, SkipCounts Skipped, long Tokens)> Sources);
 
 /// <summary>
@@ -54,9 +57,18 @@ public static class Harvester
     public static HarvestResult Run(HarvestOptions o, Action<HarvestProgress>? progress = null, CancellationToken cancel = default)
     {
         Validate(o);
-        var sw = Stopwatch.StartNew();
         using var baseModel = CausalLM.Load(o.BaseModel, o.BaseAdapter);
         using var ftModel = CausalLM.Load(o.FineTunedModel, o.Adapter);
+        return Run(o, baseModel, ftModel, progress, cancel);
+    }
+
+    /// <summary>A harvest with models the caller loaded (from <see cref="HarvestOptions.BaseModel"/> and
+    /// <see cref="HarvestOptions.FineTunedModel"/> with their adapters; the folders are still read for hashes and the
+    /// tokenizer).</summary>
+    public static HarvestResult Run(HarvestOptions o, CausalLM baseModel, CausalLM ftModel, Action<HarvestProgress>? progress = null, CancellationToken cancel = default)
+    {
+        Validate(o);
+        var sw = Stopwatch.StartNew();
         if (baseModel.Hidden != ftModel.Hidden)
             throw new InvalidOperationException($"the models' residual widths differ: base {baseModel.Hidden} ({o.BaseModel}), fine-tuned {ftModel.Hidden} ({o.FineTunedModel}); they cannot be diffed");
         int maxLayer = o.Layers.Max();
@@ -70,7 +82,7 @@ public static class Harvester
         using var writer = ActivationStoreWriter.Open(o.Out, settings, o.Tokens, o.CheckFreeSpace);
         long resumeSeq = writer.ResumeSequences;
         var stream = new SampleStream(o.Data, encoder, o.ContextLength);
-        double forwardSeconds = 0;
+        double forwardSeconds = 0, loopSeconds = 0, loopCpuSeconds = 0;
         long dropped = 0;
 
         if (!writer.IsComplete)
@@ -82,6 +94,10 @@ public static class Harvester
             using var samples = stream.Read().GetEnumerator();
             bool more = true;
             long stored = writer.Tokens;   // the writer's count is updated on the storing thread
+            var loop = Stopwatch.StartNew();
+            var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+            try
+            {
             while (more && stored < o.Tokens)
             {
                 cancel.ThrowIfCancellationRequested();
@@ -102,24 +118,33 @@ public static class Harvester
                 Capture(ftModel, tb, o.Layers, maxLayer, acts, nl);
                 forwardSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
 
-                storing?.Wait();
+                storing?.GetAwaiter().GetResult();
                 var batch = BuildBatch(o, batchSamples, tb.Seq, acts, models, nl, d, skipBefore: (int)Math.Max(0, resumeSeq - first), ref dropped);
                 // Stop at the sequence that reaches the target, exactly where an uninterrupted run stops.
                 TrimToTarget(batch, o.Tokens - stored);
                 stored += batch.TokenCount;
                 bool last = batch.SequenceCount < batchSamples.Count - (int)Math.Max(0, resumeSeq - first);
                 storing = Task.Run(() => writer.Append(batch));
-                if (last) { storing.Wait(); break; }
+                if (last) break;
                 progress?.Invoke(new HarvestProgress(stored, o.Tokens, seq, stored * writer.BytesPerToken, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
             }
-            storing?.Wait();
+            storing?.GetAwaiter().GetResult();
+            }
+            finally
+            {
+                // Never leave the writer to a running Append (Ctrl-C, errors): wait, then the writer's Dispose discards
+                // the open shard and the store stays consistent.
+                try { storing?.Wait(); } catch (AggregateException) { }
+            }
+            loopSeconds = loop.Elapsed.TotalSeconds;
+            loopCpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
             writer.Manifest.Skipped = stream.Sources.Select((s, i) => (s.Name, stream.Skipped[i]))
                 .ToDictionary(x => x.Name, x => new SortedDictionary<string, long>(x.Item2.Counts.ToDictionary(kv => kv.Key, kv => kv.Value), StringComparer.Ordinal));
             writer.Complete();
             progress?.Invoke(new HarvestProgress(writer.Tokens, o.Tokens, seq, writer.BytesWritten, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
         }
         var srcTokens = writer.Manifest.SourceTokens();
-        return new HarvestResult(writer.Tokens, writer.Sequences, dropped, sw.Elapsed.TotalSeconds, forwardSeconds, writer.ResumeSequences > 0, writer.ResumeTokens,
+        return new HarvestResult(writer.Tokens, writer.Sequences, dropped, sw.Elapsed.TotalSeconds, loopSeconds, loopCpuSeconds, forwardSeconds, writer.ResumeSequences > 0, writer.ResumeTokens,
             o.Data.Select((s, i) => (s.Name, stream.Skipped[i], srcTokens[i])).ToList());
     }
 
