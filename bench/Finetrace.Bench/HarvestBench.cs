@@ -13,7 +13,9 @@ namespace Finetrace.Bench;
 /// <c>finetrace bench harvest --base DIR --finetuned DIR [--data SPEC…] [--tokens N] [--json]</c>: tokens/s of a full
 /// harvest (tokenize, both forwards to the last layer, copy, drop rules, bf16 + statistics + shard writes) beside the
 /// pure forward tokens/s of the same models on the same batches (tokenize and both forwards only), in the same run,
-/// alternating, best of each. The bound: the store adds at most 15% (forward/harvest − 1 ≤ 0.15).
+/// alternating, best of each. The bound: the store adds at most 15% (forward/harvest − 1 ≤ 0.15). Also printed: CPU
+/// time per token of both (robust on a shared machine), and the split inside the harvest itself (batch-loop time over
+/// the time of its own forwards), which compares the very same forwards.
 /// </summary>
 public sealed class HarvestBench : IBenchCommand
 {
@@ -49,7 +51,7 @@ public sealed class HarvestBench : IBenchCommand
             int[] layers = layerArg is { Length: > 0 } ? layerArg : [nLayers / 2];
             int maxLayer = layers.Max();
 
-            double bestForward = 0, bestHarvest = 0, cpuForward = double.MaxValue, cpuHarvest = double.MaxValue;
+            double bestForward = 0, bestHarvest = 0, cpuForward = double.MaxValue, cpuHarvest = double.MaxValue, bestSplit = double.MaxValue;
             long fwdTokens = 0, hvTokens = 0;
             using (var baseModel = CausalLM.Load(baseDir))
             using (var ftModel = CausalLM.Load(ftDir))
@@ -91,6 +93,8 @@ public sealed class HarvestBench : IBenchCommand
                     hvTokens = res.Tokens;
                     bestHarvest = Math.Max(bestHarvest, res.Tokens / res.LoopSeconds);
                     cpuHarvest = Math.Min(cpuHarvest, res.LoopCpuSeconds / res.Tokens);
+                    // Same run, same forwards: what the harvest spends beyond its own two forwards.
+                    bestSplit = Math.Min(bestSplit, res.LoopSeconds / res.ForwardSeconds - 1);
                     Directory.Delete(store, recursive: true);
                 }
                 // Untimed warm-up (JIT, weight pages), then rounds in alternating order so drift in machine load
@@ -111,7 +115,7 @@ public sealed class HarvestBench : IBenchCommand
             {
                 Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, double>
                 {
-                    ["harvest_tokens_per_s"] = bestHarvest, ["forward_tokens_per_s"] = bestForward, ["overhead"] = overhead,
+                    ["harvest_tokens_per_s"] = bestHarvest, ["forward_tokens_per_s"] = bestForward, ["overhead"] = overhead, ["overhead_in_run"] = bestSplit,
                     ["cpu_us_per_token_harvest"] = cpuHarvest * 1e6, ["cpu_us_per_token_forward"] = cpuForward * 1e6, ["cpu_overhead"] = cpuOverhead, ["bound"] = Bound,
                 }));
                 return 0;
@@ -121,7 +125,8 @@ public sealed class HarvestBench : IBenchCommand
             t.AddRow("tokens per run", $"{fwdTokens:N0} forward / {hvTokens:N0} harvest, batch {batch}, context {context}, best of {repeat}");
             t.AddRow("pure forward (both models) tokens/s", $"{bestForward:N0}");
             t.AddRow("harvest tokens/s", $"{bestHarvest:N0}");
-            t.AddRow($"store overhead, wall (bound ≤ {Bound:P0})", $"{overhead:P1} {(overhead <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
+            t.AddRow($"store overhead, wall, separate runs (bound ≤ {Bound:P0})", $"{overhead:P1} {(overhead <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
+            t.AddRow($"store overhead inside the harvest: batch loop / its forwards − 1", $"{bestSplit:P1} {(bestSplit <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
             t.AddRow("CPU µs/token forward / harvest (all threads)", $"{cpuForward * 1e6:F1} / {cpuHarvest * 1e6:F1}");
             t.AddRow($"store overhead, CPU time (bound ≤ {Bound:P0})", $"{cpuOverhead:P1} {(cpuOverhead <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
             AnsiConsole.Write(t);
