@@ -6,12 +6,6 @@ using Spectre.Console;
 
 namespace Finetrace.Cli.Commands;
 
-/// <summary>A subcommand of <c>finetrace synth</c> defined in another file (discovered by reflection).</summary>
-public interface ISynthSubcommand
-{
-    Command Build();
-}
-
 /// <summary><c>finetrace synth make</c>: a paired activation store from a known sparse generative model, with its
 /// ground truth (the demo data and the benchmark for crosscoders).</summary>
 public sealed class SynthCommand : ICliCommand
@@ -20,9 +14,11 @@ public sealed class SynthCommand : ICliCommand
     {
         var synth = new Command("synth", "Synthetic paired activations with known ground truth (features shared, exclusive, shrunk, decoupled)");
         synth.Subcommands.Add(BuildMake());
-        // Other stages add their synth subcommands (e.g. `synth score`) in their own files.
-        foreach (var t in typeof(SynthCommand).Assembly.GetTypes().Where(t => typeof(ISynthSubcommand).IsAssignableFrom(t) && t is { IsAbstract: false, IsInterface: false }).OrderBy(t => t.Name, StringComparer.Ordinal))
-            synth.Subcommands.Add(((ISynthSubcommand)Activator.CreateInstance(t)!).Build());
+        // `synth score` lives with the dictionaries (SynthScoreCommand.cs, a static Build()); it is attached when that
+        // stage is built in, so this file does not depend on it.
+        var score = typeof(SynthCommand).Assembly.GetType("Finetrace.Cli.Commands.SynthScoreCommand")
+            ?.GetMethod("Build", System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Static, Type.EmptyTypes);
+        if (score?.Invoke(null, null) is Command scoreCmd) synth.Subcommands.Add(scoreCmd);
         return synth;
     }
 
