@@ -1,0 +1,156 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using Finetrace.Activations;
+using Finetrace.Activations.Harvest;
+using Finetrace.Models;
+using Finetrace.Text.Datasets;
+using Spectre.Console;
+
+namespace Finetrace.Bench;
+
+/// <summary>
+/// <c>finetrace bench harvest --base DIR --finetuned DIR [--data SPEC…] [--tokens N] [--json]</c>: tokens/s of a full
+/// harvest (tokenize, both forwards to the last layer, copy, drop rules, bf16 + statistics + shard writes) beside the
+/// pure forward tokens/s of the same models on the same batches (tokenize and both forwards only), in the same run,
+/// alternating, best of each. The bound: the store adds at most 15% (forward/harvest − 1 ≤ 0.15). Also printed: CPU
+/// time per token of both (robust on a shared machine), and the split inside the harvest itself (batch-loop time over
+/// the time of its own forwards), which compares the very same forwards.
+/// </summary>
+public sealed class HarvestBench : IBenchCommand
+{
+    const double Bound = 0.15;
+
+    public Command Build()
+    {
+        var baseDir = new Option<string>("--base") { Description = "Base model folder", Required = true };
+        var ft = new Option<string>("--finetuned") { Description = "Fine-tuned model folder", Required = true };
+        var data = new Option<string[]>("--data") { Description = "Data specs as for harvest (default: generated text)", AllowMultipleArgumentsPerToken = true };
+        var layers = new Option<int[]>("--layers") { Description = "Layers to store (default: the middle layer)", AllowMultipleArgumentsPerToken = true };
+        var tokens = new Option<long>("--tokens") { Description = "Tokens per run", DefaultValueFactory = _ => 20_000 };
+        var batch = new Option<int>("--batch") { Description = "Samples per batch", DefaultValueFactory = _ => 16 };
+        var context = new Option<int>("--context") { Description = "Context length", DefaultValueFactory = _ => 128 };
+        var dtype = new Option<string>("--dtype") { Description = "Stored dtype", DefaultValueFactory = _ => "bf16" };
+        var repeat = new Option<int>("--repeat") { Description = "Alternating forward/harvest rounds (best of each)", DefaultValueFactory = _ => 2 };
+        var json = BenchOptions.Json();
+        var cmd = new Command("harvest", "Harvest tokens/s against the pure forward tokens/s of the same models (store overhead bound 15%)");
+        foreach (var o in new Option[] { baseDir, ft, data, layers, tokens, batch, context, dtype, repeat, json }) cmd.Options.Add(o);
+        cmd.SetAction(r => Run(r.GetValue(baseDir)!, r.GetValue(ft)!, r.GetValue(data), r.GetValue(layers), r.GetValue(tokens), r.GetValue(batch),
+            r.GetValue(context), r.GetValue(dtype)!, r.GetValue(repeat), r.GetValue(json)));
+        return cmd;
+    }
+
+    static int Run(string baseDir, string ftDir, string[]? dataSpecs, int[]? layerArg, long tokens, int batch, int context, string dtype, int repeat, bool json)
+    {
+        if (tokens < 1 || batch < 1 || context < 1 || repeat < 1) throw new ArgumentException("--tokens, --batch, --context and --repeat must be positive");
+        var tmp = Directory.CreateTempSubdirectory("finetrace-bench-harvest-").FullName;
+        try
+        {
+            var data = dataSpecs is { Length: > 0 } ? dataSpecs.Select(DataSourceSpec.Parse).ToList() : [DataSourceSpec.Parse(GenerateText(tmp, tokens))];
+            int nLayers = ModelConfig.Load(baseDir).Layers;
+            int[] layers = layerArg is { Length: > 0 } ? layerArg : [nLayers / 2];
+            int maxLayer = layers.Max();
+
+            double bestForward = 0, bestHarvest = 0, cpuForward = double.MaxValue, cpuHarvest = double.MaxValue, bestSplit = double.MaxValue;
+            long fwdTokens = 0, hvTokens = 0;
+            using (var baseModel = CausalLM.Load(baseDir))
+            using (var ftModel = CausalLM.Load(ftDir))
+            {
+                var encoder = ModelSampleEncoder.FromFolder(File.Exists(Path.Combine(ftDir, "tokenizer.json")) ? ftDir : baseDir);
+                void Forward()
+                {
+                    // Pure forward: the harvest's batches, tokenized the same way, both models to the last layer, nothing kept.
+                    var sw = Stopwatch.StartNew();
+                    var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+                    long n = 0;
+                    var rows = new List<int[]>(batch);
+                    foreach (var s in new SampleStream(data, encoder, context).Read())
+                    {
+                        rows.Add(s.Ids);
+                        n += s.Ids.Length;
+                        if (rows.Count == batch || n >= tokens)
+                        {
+                            var tb = TokenBatch.RightPadded(rows);
+                            baseModel.Forward(tb, null, maxLayer);
+                            ftModel.Forward(tb, null, maxLayer);
+                            rows.Clear();
+                        }
+                        if (n >= tokens) break;
+                    }
+                    if (rows.Count > 0) { var tb = TokenBatch.RightPadded(rows); baseModel.Forward(tb, null, maxLayer); ftModel.Forward(tb, null, maxLayer); }
+                    fwdTokens = n;
+                    bestForward = Math.Max(bestForward, n / sw.Elapsed.TotalSeconds);
+                    cpuForward = Math.Min(cpuForward, (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / n);
+                }
+                void Harvest(int round)
+                {
+                    string store = Path.Combine(tmp, $"store{round}");
+                    var res = Harvester.Run(new HarvestOptions
+                    {
+                        BaseModel = baseDir, FineTunedModel = ftDir, Data = data, Layers = layers, Tokens = tokens, Out = store,
+                        ContextLength = context, BatchSize = batch, Dtype = dtype,
+                    }, baseModel, ftModel);
+                    hvTokens = res.Tokens;
+                    bestHarvest = Math.Max(bestHarvest, res.Tokens / res.LoopSeconds);
+                    cpuHarvest = Math.Min(cpuHarvest, res.LoopCpuSeconds / res.Tokens);
+                    // Same run, same forwards: what the harvest spends beyond its own two forwards.
+                    bestSplit = Math.Min(bestSplit, res.LoopSeconds / res.ForwardSeconds - 1);
+                    Directory.Delete(store, recursive: true);
+                }
+                // Untimed warm-up (JIT, weight pages), then rounds in alternating order so drift in machine load
+                // does not favour either side; each figure is the best of its rounds.
+                Forward();
+                bestForward = 0; cpuForward = double.MaxValue;
+                for (int round = 0; round < repeat; round++)
+                {
+                    if (round % 2 == 0) { Forward(); Harvest(round); }
+                    else { Harvest(round); Forward(); }
+                }
+            }
+            double overhead = bestForward / bestHarvest - 1;
+            // CPU time per token, all threads: robust on a shared machine, and conservative (storing overlaps the
+            // forwards in wall time but is fully counted here).
+            double cpuOverhead = cpuHarvest / cpuForward - 1;
+            if (json)
+            {
+                Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, double>
+                {
+                    ["harvest_tokens_per_s"] = bestHarvest, ["forward_tokens_per_s"] = bestForward, ["overhead"] = overhead, ["overhead_in_run"] = bestSplit,
+                    ["cpu_us_per_token_harvest"] = cpuHarvest * 1e6, ["cpu_us_per_token_forward"] = cpuForward * 1e6, ["cpu_overhead"] = cpuOverhead, ["bound"] = Bound,
+                }));
+                return 0;
+            }
+            var t = new Table().AddColumns("figure", "value");
+            t.AddRow("models", Markup.Escape($"{baseDir} vs {ftDir}, layers {string.Join(",", layers)}, {dtype}"));
+            t.AddRow("tokens per run", $"{fwdTokens:N0} forward / {hvTokens:N0} harvest, batch {batch}, context {context}, best of {repeat}");
+            t.AddRow("pure forward (both models) tokens/s", $"{bestForward:N0}");
+            t.AddRow("harvest tokens/s", $"{bestHarvest:N0}");
+            t.AddRow($"store overhead, wall, separate runs (bound ≤ {Bound:P0})", $"{overhead:P1} {(overhead <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
+            t.AddRow($"store overhead inside the harvest: batch loop / its forwards − 1", $"{bestSplit:P1} {(bestSplit <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
+            t.AddRow("CPU µs/token forward / harvest (all threads)", $"{cpuForward * 1e6:F1} / {cpuHarvest * 1e6:F1}");
+            t.AddRow($"store overhead, CPU time (bound ≤ {Bound:P0})", $"{cpuOverhead:P1} {(cpuOverhead <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
+            AnsiConsole.Write(t);
+            return 0;
+        }
+        finally
+        {
+            try { Directory.Delete(tmp, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    /// <summary>Simple story-like text, blank-line separated, about <paramref name="tokens"/> × 1.5 tokens.</summary>
+    static string GenerateText(string dir, long tokens)
+    {
+        string[] names = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max"], things = ["ball", "cake", "dog", "kite", "tree"], places = ["park", "forest", "lake", "garden"];
+        var rng = new Random(3);
+        string path = Path.Combine(dir, "bench.txt");
+        using var w = new StreamWriter(path);
+        for (long i = 0; i < tokens / 20 + 100; i++)
+        {
+            string n = names[rng.Next(names.Length)], t = things[rng.Next(things.Length)], p = places[rng.Next(places.Length)];
+            w.Write($"Once upon a time, {n} went to the {p} with a {t}. {n} played with the {t} all day and was very happy. ");
+            w.Write($"Then {n} saw a big {things[rng.Next(things.Length)]} near the {places[rng.Next(places.Length)]}.\n\n");
+        }
+        return path;
+    }
+}

@@ -1,0 +1,114 @@
+using System.CommandLine;
+using System.Globalization;
+using Finetrace.Activations;
+using Finetrace.Activations.Harvest;
+using Finetrace.Models;
+using Finetrace.Text.Datasets;
+using Spectre.Console;
+
+namespace Finetrace.Cli.Commands;
+
+/// <summary><c>finetrace harvest</c>: paired residual activations of a base and a fine-tuned model into a store.</summary>
+public sealed class HarvestCommand : ICliCommand
+{
+    public Command Build()
+    {
+        var baseDir = new Option<string>("--base") { Description = "Base model folder (HF layout)", Required = true };
+        var baseAdapter = new Option<string?>("--base-adapter") { Description = "LoRA adapter merged into the base model" };
+        var ft = new Option<string>("--finetuned") { Description = "Fine-tuned model folder (or the base folder again with --adapter)", Required = true };
+        var adapter = new Option<string?>("--adapter") { Description = "LoRA adapter merged into the fine-tuned model" };
+        var data = new Option<string[]>("--data")
+        {
+            Description = "Data source: [text:|jsonl:|chat:]PATH[,name=N][,weight=W][,field=F][,max-samples=N][,max-tokens=N][,split=blank|file]; repeat to mix",
+            Required = true, AllowMultipleArgumentsPerToken = true,
+        };
+        var layers = new Option<string>("--layers") { Description = "Layers to store, e.g. 13 or 6,13; a fraction r means floor(r·(layers−1))", Required = true };
+        var tokens = new Option<long>("--tokens") { Description = "Tokens to store", Required = true };
+        var outDir = new Option<string>("--out") { Description = "Store folder (re-run the same command to resume)", Required = true };
+        var context = new Option<int>("--context") { Description = "Context length: samples are truncated to it", DefaultValueFactory = _ => 512 };
+        var batch = new Option<int>("--batch") { Description = "Samples per forward batch", DefaultValueFactory = _ => 16 };
+        var dtype = new Option<string>("--dtype") { Description = "Stored dtype: bf16 or f32", DefaultValueFactory = _ => "bf16" };
+        var dropBos = new Option<bool>("--drop-bos") { Description = "Do not store BOS tokens" };
+        var skipFirst = new Option<int>("--skip-first") { Description = "Do not store the first n positions of each sample", DefaultValueFactory = _ => 0 };
+        var outlier = new Option<double>("--outlier-factor") { Description = "Drop tokens whose norm exceeds this multiple of the sample's median norm (0 = keep all; 10 is typical)", DefaultValueFactory = _ => 0 };
+        var shard = new Option<long>("--shard-tokens") { Description = "Tokens per shard (the resume granularity)", DefaultValueFactory = _ => 1 << 18 };
+        var cmd = new Command("harvest", "Run base and fine-tuned model on identical tokens and store their residual activations (blocks.{L}.hook_resid_post) for dictionary training");
+        foreach (var o in new Option[] { baseDir, baseAdapter, ft, adapter, data, layers, tokens, outDir, context, batch, dtype, dropBos, skipFirst, outlier, shard })
+            cmd.Options.Add(o);
+        cmd.SetAction(r =>
+        {
+            string b = r.GetValue(baseDir)!, f = r.GetValue(ft)!;
+            var opts = new HarvestOptions
+            {
+                BaseModel = b, BaseAdapter = r.GetValue(baseAdapter), FineTunedModel = f, Adapter = r.GetValue(adapter),
+                Data = r.GetValue(data)!.Select(DataSourceSpec.Parse).ToList(),
+                Layers = ParseLayers(r.GetValue(layers)!, b),
+                Tokens = r.GetValue(tokens), Out = r.GetValue(outDir)!, ContextLength = r.GetValue(context), BatchSize = r.GetValue(batch),
+                Dtype = r.GetValue(dtype)!, DropBos = r.GetValue(dropBos), SkipFirst = r.GetValue(skipFirst), OutlierFactor = r.GetValue(outlier),
+                ShardTokens = r.GetValue(shard),
+            };
+            return Run(opts);
+        });
+        return cmd;
+    }
+
+    /// <summary>"13", "6,13" or fractions ("0.5" → floor(0.5·(layers − 1)), as the toolkit resolves them).</summary>
+    internal static int[] ParseLayers(string text, string modelDir)
+    {
+        var result = new List<int>();
+        int? n = null;
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (int.TryParse(part, NumberStyles.Integer, CultureInfo.InvariantCulture, out int l)) { result.Add(l); continue; }
+            if (double.TryParse(part, NumberStyles.Float, CultureInfo.InvariantCulture, out double r) && r is >= 0 and <= 1)
+            {
+                n ??= ModelConfig.Load(modelDir).Layers;
+                int resolved = (int)Math.Floor(r * (n.Value - 1));
+                AnsiConsole.MarkupLine($"layer {part} of {n} layers → {resolved}");
+                result.Add(resolved);
+                continue;
+            }
+            throw new ArgumentException($"--layers: '{part}' is neither a layer index nor a fraction in [0, 1]");
+        }
+        if (result.Count == 0) throw new ArgumentException("--layers: give at least one layer");
+        return result.Distinct().ToArray();
+    }
+
+    static int Run(HarvestOptions o)
+    {
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
+        Console.CancelKeyPress += onCancel;
+        HarvestResult? result = null;
+        try
+        {
+            AnsiConsole.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TokensPerSecondColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask("harvest", maxValue: o.Tokens);
+                    bool first = true;
+                    result = Harvester.Run(o, p =>
+                    {
+                        if (first && p.ResumedTokens > 0) { AnsiConsole.MarkupLine($"resuming after {p.ResumedTokens:N0} stored tokens"); first = false; }
+                        task.Description = $"harvest {ActivationStoreWriter.Human(p.BytesWritten)}";
+                        task.Value = Math.Min(p.Tokens, o.Tokens);
+                    }, cts.Token);
+                    task.Value = o.Tokens;
+                });
+        }
+        catch (OperationCanceledException)
+        {
+            AnsiConsole.MarkupLine("[yellow]interrupted[/]: the store is consistent (complete shards kept); run the same command again to resume");
+            return 130;
+        }
+        finally { Console.CancelKeyPress -= onCancel; }
+        var res = result!;
+        AnsiConsole.MarkupLine($"stored {res.Tokens:N0} tokens from {res.Samples:N0} samples in {res.Seconds:F1} s " +
+            $"({(res.Tokens - res.ResumedTokens) / Math.Max(res.LoopSeconds, 1e-9):N0} tokens/s over {res.LoopSeconds:F1} s of batches, {res.ForwardSeconds:F1} s of it in forwards){(res.DroppedTokens > 0 ? $"; {res.DroppedTokens:N0} tokens dropped (BOS / first-n / outliers)" : "")}");
+        foreach (var (name, skipped, toks) in res.Sources)
+            AnsiConsole.MarkupLine($"  {Markup.Escape(name)}: {toks:N0} tokens; skipped samples: {Markup.Escape(skipped.ToString())}");
+        AnsiConsole.MarkupLine($"store: {Markup.Escape(Path.GetFullPath(o.Out))}  (finetrace store info to inspect)");
+        return 0;
+    }
+}

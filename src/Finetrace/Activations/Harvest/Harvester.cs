@@ -1,0 +1,367 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using Finetrace.Models;
+using Finetrace.Text.Chat;
+using Finetrace.Text.Datasets;
+using Finetrace.Text.Tokenization;
+
+namespace Finetrace.Activations.Harvest;
+
+/// <summary>Settings of one harvest (<c>finetrace harvest</c>).</summary>
+public sealed class HarvestOptions
+{
+    public required string BaseModel { get; init; }
+    public string? BaseAdapter { get; init; }
+    public required string FineTunedModel { get; init; }
+    /// <summary>LoRA adapter merged into the fine-tuned model (the fine-tuned model is then base weights + adapter).</summary>
+    public string? Adapter { get; init; }
+    public required IReadOnlyList<DataSourceSpec> Data { get; init; }
+    public required int[] Layers { get; init; }
+    public required long Tokens { get; init; }
+    public required string Out { get; init; }
+    public int ContextLength { get; init; } = 512;
+    /// <summary>Samples per forward batch. Part of the settings: batch composition can change the last bits of
+    /// activations, and a resumed run must be byte-identical.</summary>
+    public int BatchSize { get; init; } = 16;
+    public string Dtype { get; init; } = "bf16";
+    public bool DropBos { get; init; }
+    /// <summary>Drop the first n positions of every sample.</summary>
+    public int SkipFirst { get; init; }
+    /// <summary>Drop tokens whose activation norm (any model, any layer) exceeds this multiple of the sample's median
+    /// norm (attention-sink outliers); 0 = keep all.</summary>
+    public double OutlierFactor { get; init; }
+    public long ShardTokens { get; init; } = 1 << 18;
+    public bool CheckFreeSpace { get; init; } = true;
+}
+
+/// <summary>Progress of a running harvest.</summary>
+public readonly record struct HarvestProgress(long Tokens, long Target, long Samples, long BytesWritten, double Seconds, long ResumedTokens);
+
+/// <summary>What a harvest did.</summary>
+/// <param name="LoopSeconds">Time from the first batch to the last stored token (no model loading or hashing).</param>
+/// <param name="ForwardSeconds">Part of it spent in the two models' forwards.</param>
+/// <param name="LoopCpuSeconds">CPU time of the process (all threads) over the same span.</param>
+public sealed record HarvestResult(long Tokens, long Samples, long DroppedTokens, double Seconds, double LoopSeconds, double LoopCpuSeconds, double ForwardSeconds, bool Resumed, long ResumedTokens,
+    IReadOnlyList<(string Source, SkipCounts Skipped, long Tokens)> Sources);
+
+/// <summary>
+/// Runs the base and the fine-tuned model on identical token ids, batch by batch, stopping each forward after the
+/// last requested layer, and writes blocks.{L}.hook_resid_post of both into an activation store with the token ids,
+/// per-token masks (BOS, template, user, assistant from the chat formatter) and source ids. Batches are fixed groups
+/// of samples (batch k = samples [kB, (k+1)B)), so a resumed run recomputes exactly the batches of an uninterrupted
+/// one and the store comes out byte-identical. Storing overlaps the next batch's forward.
+/// </summary>
+public static class Harvester
+{
+    public static HarvestResult Run(HarvestOptions o, Action<HarvestProgress>? progress = null, CancellationToken cancel = default)
+    {
+        Validate(o);
+        using var baseModel = CausalLM.Load(o.BaseModel, o.BaseAdapter);
+        using var ftModel = CausalLM.Load(o.FineTunedModel, o.Adapter);
+        return Run(o, baseModel, ftModel, progress, cancel);
+    }
+
+    /// <summary>A harvest with models the caller loaded (from <see cref="HarvestOptions.BaseModel"/> and
+    /// <see cref="HarvestOptions.FineTunedModel"/> with their adapters; the folders are still read for hashes and the
+    /// tokenizer).</summary>
+    public static HarvestResult Run(HarvestOptions o, CausalLM baseModel, CausalLM ftModel, Action<HarvestProgress>? progress = null, CancellationToken cancel = default)
+    {
+        Validate(o);
+        var sw = Stopwatch.StartNew();
+        if (baseModel.Hidden != ftModel.Hidden)
+            throw new InvalidOperationException($"the models' residual widths differ: base {baseModel.Hidden} ({o.BaseModel}), fine-tuned {ftModel.Hidden} ({o.FineTunedModel}); they cannot be diffed");
+        int maxLayer = o.Layers.Max();
+        int layersAvail = Math.Min(baseModel.Layers, ftModel.Layers);
+        if (o.Layers.Min() < 0 || maxLayer >= layersAvail)
+            throw new ArgumentException($"--layers {string.Join(",", o.Layers)}: the models have layers 0..{layersAvail - 1}");
+
+        var (encoder, tokenizerDir, templateDir) = Encoder(o);
+        var vocab = new VocabCheck(o, baseModel, ftModel);
+        var settings = Settings(o, baseModel.Hidden, tokenizerDir, templateDir, encoder);
+        using var writer = ActivationStoreWriter.Open(o.Out, settings, o.Tokens, o.CheckFreeSpace);
+        long resumeSeq = writer.ResumeSequences;
+        var stream = new SampleStream(o.Data, encoder, o.ContextLength);
+        double forwardSeconds = 0, loopSeconds = 0, loopCpuSeconds = 0;
+        long dropped = 0;
+
+        if (!writer.IsComplete)
+        {
+            int models = 2, nl = o.Layers.Length, d = baseModel.Hidden;
+            long seq = 0;
+            Task? storing = null;
+            var batchSamples = new List<EncodedSample>(o.BatchSize);
+            using var samples = stream.Read().GetEnumerator();
+            bool more = true;
+            long stored = writer.Tokens;   // the writer's count is updated on the storing thread
+            var loop = Stopwatch.StartNew();
+            var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+            try
+            {
+            while (more && stored < o.Tokens)
+            {
+                cancel.ThrowIfCancellationRequested();
+                batchSamples.Clear();
+                long first = seq;
+                while (batchSamples.Count < o.BatchSize && (more = samples.MoveNext())) { batchSamples.Add(samples.Current); seq++; }
+                if (batchSamples.Count == 0) break;
+                // Batches wholly before the resume point are only read (to keep the stream's state); a batch that
+                // straddles it is recomputed whole so its activations are bit-identical to the uninterrupted run.
+                if (seq <= resumeSeq) continue;
+                foreach (var s in batchSamples) vocab.Check(s.Ids);
+
+                var t0 = Stopwatch.GetTimestamp();
+                var rows = batchSamples.Select(s => s.Ids).ToList();
+                var tb = TokenBatch.RightPadded(rows);
+                var acts = new float[models * nl][];
+                Capture(baseModel, tb, o.Layers, maxLayer, acts, 0);
+                Capture(ftModel, tb, o.Layers, maxLayer, acts, nl);
+                forwardSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
+
+                storing?.GetAwaiter().GetResult();
+                var batch = BuildBatch(o, batchSamples, tb.Seq, acts, models, nl, d, skipBefore: (int)Math.Max(0, resumeSeq - first), ref dropped);
+                // Stop at the sequence that reaches the target, exactly where an uninterrupted run stops.
+                TrimToTarget(batch, o.Tokens - stored);
+                stored += batch.TokenCount;
+                bool last = batch.SequenceCount < batchSamples.Count - (int)Math.Max(0, resumeSeq - first);
+                storing = Task.Run(() => writer.Append(batch));
+                if (last) break;
+                progress?.Invoke(new HarvestProgress(stored, o.Tokens, seq, stored * writer.BytesPerToken, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
+            }
+            storing?.GetAwaiter().GetResult();
+            }
+            finally
+            {
+                // Never leave the writer to a running Append (Ctrl-C, errors): wait, then the writer's Dispose discards
+                // the open shard and the store stays consistent.
+                try { storing?.Wait(); } catch (AggregateException) { }
+            }
+            loopSeconds = loop.Elapsed.TotalSeconds;
+            loopCpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+            writer.Manifest.Skipped = stream.Sources.Select((s, i) => (s.Name, stream.Skipped[i]))
+                .ToDictionary(x => x.Name, x => new SortedDictionary<string, long>(x.Item2.Counts.ToDictionary(kv => kv.Key, kv => kv.Value), StringComparer.Ordinal));
+            writer.Complete();
+            progress?.Invoke(new HarvestProgress(writer.Tokens, o.Tokens, seq, writer.BytesWritten, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
+        }
+        var srcTokens = writer.Manifest.SourceTokens();
+        return new HarvestResult(writer.Tokens, writer.Sequences, dropped, sw.Elapsed.TotalSeconds, loopSeconds, loopCpuSeconds, forwardSeconds, writer.ResumeSequences > 0, writer.ResumeTokens,
+            o.Data.Select((s, i) => (s.Name, stream.Skipped[i], srcTokens[i])).ToList());
+    }
+
+    static void Validate(HarvestOptions o)
+    {
+        if (o.Layers.Length == 0) throw new ArgumentException("--layers: give at least one layer");
+        if (o.Tokens < 1) throw new ArgumentException("--tokens must be positive");
+        if (o.BatchSize < 1) throw new ArgumentException("--batch must be positive");
+        if (o.ContextLength < 1) throw new ArgumentException("--context must be positive");
+        if (o.SkipFirst < 0) throw new ArgumentException("--skip-first must be ≥ 0");
+        if (o.OutlierFactor < 0) throw new ArgumentException("--outlier-factor must be ≥ 0 (0 = off)");
+        if (o.Data.Count == 0) throw new ArgumentException("--data: give at least one data source");
+        if (o.Data.Select(d => d.Name).Distinct().Count() != o.Data.Count) throw new ArgumentException("--data: source names repeat; give each a name=… option");
+    }
+
+    /// <summary>Runs one model to the last requested layer and keeps copies of the requested residuals [B·T, D].</summary>
+    static void Capture(CausalLM model, TokenBatch tb, int[] layers, int maxLayer, float[][] acts, int slot)
+    {
+        var hooks = new HookSet();
+        for (int l = 0; l < layers.Length; l++)
+        {
+            int li = l;
+            hooks.On(HookNames.ResidPost(layers[l]), (a, _) => acts[slot + li] = (float[])a.Data.Clone());
+        }
+        model.Forward(tb, hooks, stopAfterLayer: maxLayer);
+    }
+
+    /// <summary>Kept tokens of the batch's samples as a store batch. Drops BOS (when asked), the first n positions,
+    /// and outliers: tokens whose norm exceeds factor × the sample's median norm in any model and layer.</summary>
+    static StoreBatch BuildBatch(HarvestOptions o, List<EncodedSample> samples, int seqLen, float[][] acts, int models, int nl, int d, int skipBefore, ref long dropped)
+    {
+        var keep = new List<(int Sample, int Pos)>();
+        var seqLens = new List<int>();
+        var norms = new List<float>[acts.Length];
+        for (int i = 0; i < acts.Length; i++) norms[i] = [];
+        for (int b = skipBefore; b < samples.Count; b++)
+        {
+            var s = samples[b];
+            var cand = new List<int>();
+            for (int p = 0; p < s.Ids.Length; p++)
+            {
+                bool bos = p < s.BosTokens || s.Roles?[p] == TokenRole.Bos;
+                if (p < o.SkipFirst || (o.DropBos && bos)) continue;
+                cand.Add(p);
+            }
+            if (o.OutlierFactor > 0 && cand.Count > 0)
+            {
+                var bad = new HashSet<int>();
+                for (int a = 0; a < acts.Length; a++)
+                {
+                    var n = cand.Select(p => System.Numerics.Tensors.TensorPrimitives.Norm(acts[a].AsSpan((b * seqLen + p) * d, d))).ToArray();
+                    var sorted = (float[])n.Clone();
+                    Array.Sort(sorted);
+                    double median = sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : 0.5 * (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]);
+                    for (int k = 0; k < n.Length; k++) if (n[k] > o.OutlierFactor * median) bad.Add(cand[k]);
+                }
+                cand.RemoveAll(bad.Contains);
+            }
+            dropped += s.Ids.Length - cand.Count;
+            foreach (int p in cand) keep.Add((b, p));
+            seqLens.Add(cand.Count);
+        }
+        var batch = new StoreBatch(keep.Count, seqLens.Count, models, nl, d) { TokenCount = keep.Count, SequenceCount = seqLens.Count };
+        seqLens.CopyTo(batch.SequenceLengths);
+        for (int t = 0; t < keep.Count; t++)
+        {
+            var (b, p) = keep[t];
+            var s = samples[b];
+            batch.Tokens[t] = s.Ids[p];
+            batch.Positions[t] = p;
+            batch.Sources[t] = (ushort)s.Source;
+            batch.Masks[t] = (byte)MaskOf(s, p);
+            for (int a = 0; a < acts.Length; a++)
+                acts[a].AsSpan((b * seqLen + p) * d, d).CopyTo(batch.Activations[a].AsSpan(t * d, d));
+        }
+        return batch;
+    }
+
+    internal static TokenMask MaskOf(EncodedSample s, int p)
+    {
+        if (s.Roles is null) return p < s.BosTokens ? TokenMask.Bos : TokenMask.None;
+        return s.Roles[p] switch
+        {
+            TokenRole.Bos => TokenMask.Bos,
+            TokenRole.Template => TokenMask.Template,
+            TokenRole.User => TokenMask.User,
+            TokenRole.Assistant => TokenMask.Assistant,
+            TokenRole.System => TokenMask.System,
+            _ => TokenMask.Tool,
+        };
+    }
+
+    /// <summary>Keeps the first sequences up to the one that reaches <paramref name="room"/> tokens.</summary>
+    static void TrimToTarget(StoreBatch b, long room)
+    {
+        long tokens = 0;
+        for (int s = 0; s < b.SequenceCount; s++)
+        {
+            tokens += b.SequenceLengths[s];
+            if (tokens >= room) { b.SequenceCount = s + 1; b.TokenCount = (int)tokens; return; }
+        }
+    }
+
+    /// <summary>Tokenizer and chat template: the fine-tuned model's, falling back to the base model's.</summary>
+    static (ModelSampleEncoder Encoder, string TokenizerDir, string? TemplateDir) Encoder(HarvestOptions o)
+    {
+        string tokDir = File.Exists(Path.Combine(o.FineTunedModel, "tokenizer.json")) ? o.FineTunedModel
+            : File.Exists(Path.Combine(o.BaseModel, "tokenizer.json")) ? o.BaseModel
+            : throw new FileNotFoundException($"no tokenizer.json in {o.FineTunedModel} or {o.BaseModel}; the harvest needs the tokenizer");
+        var tok = Tokenizer.FromFolder(tokDir);
+        foreach (var dir in new[] { o.FineTunedModel, o.BaseModel })
+        {
+            try { return (new ModelSampleEncoder(tok, new ChatFormatter(tok, ChatTemplate.FromFolder(dir))), tokDir, dir); }
+            catch (InvalidDataException) when (dir == o.FineTunedModel) { }
+            catch (InvalidDataException e) { return (new ModelSampleEncoder(tok, null, e), tokDir, null); }
+        }
+        throw new InvalidOperationException("unreachable");
+    }
+
+    static StoreSettings Settings(HarvestOptions o, int dModel, string tokenizerDir, string? templateDir, ModelSampleEncoder enc)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        double wsum = o.Data.Sum(d => d.Weight);
+        var s = new StoreSettings
+        {
+            Models =
+            [
+                ModelEntry(o.BaseModel, o.BaseAdapter),
+                ModelEntry(o.FineTunedModel, o.Adapter),
+            ],
+            Layers = o.Layers,
+            Hook = "blocks.{L}.hook_resid_post",
+            Dtype = StoreDTypes.Name(StoreDTypes.Parse(o.Dtype)),
+            DModel = dModel,
+            ShardTokens = o.ShardTokens,
+            Sources = o.Data.Select(d =>
+            {
+                var src = new StoreSource { Name = d.Name, Kind = d.Kind.ToString().ToLowerInvariant(), Path = Path.GetFullPath(d.Path), Proportion = d.Weight / wsum };
+                if (d.Field is not null) src.Options["field"] = d.Field;
+                if (d.MaxSamples != long.MaxValue) src.Options["max_samples"] = d.MaxSamples.ToString(inv);
+                if (d.MaxTokens != long.MaxValue) src.Options["max_tokens"] = d.MaxTokens.ToString(inv);
+                if (d.Kind == DataKind.Text) src.Options["split"] = d.SplitBlankLines ? "blank" : "file";
+                src.Options["sha256"] = HashPath(d.Path);
+                return src;
+            }).ToList(),
+        };
+        s.Options["context_length"] = o.ContextLength.ToString(inv);
+        s.Options["batch_size"] = o.BatchSize.ToString(inv);
+        s.Options["drop_bos"] = o.DropBos ? "true" : "false";
+        s.Options["skip_first"] = o.SkipFirst.ToString(inv);
+        s.Options["outlier_factor"] = o.OutlierFactor.ToString("R", inv);
+        s.Options["tokenizer"] = Path.GetFullPath(tokenizerDir);
+        s.Options["tokenizer_sha256"] = HashFile(Path.Combine(tokenizerDir, "tokenizer.json"));
+        s.Options["chat_template_sha256"] = enc.Chat is null ? "none" : Convert.ToHexStringLower(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(enc.Chat.Template.Source)));
+        if (templateDir is not null) s.Options["chat_template_from"] = Path.GetFullPath(templateDir);
+        return s;
+    }
+
+    static StoreModel ModelEntry(string dir, string? adapter)
+    {
+        var files = new List<StoreFileHash>();
+        foreach (var folder in adapter is null ? new[] { dir } : new[] { dir, adapter })
+            foreach (var f in Directory.EnumerateFiles(folder).Where(f => f.EndsWith(".safetensors", StringComparison.Ordinal) || Path.GetFileName(f) is "config.json" or "adapter_config.json")
+                         .Where(f => Path.GetFileName(f) != "expected.safetensors").Order(StringComparer.Ordinal))
+                files.Add(new StoreFileHash { Name = Path.GetRelativePath(dir, f), Bytes = new FileInfo(f).Length, Sha256 = HashFile(f) });
+        return new StoreModel { Name = Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/')), Path = Path.GetFullPath(dir), Adapter = adapter is null ? null : Path.GetFullPath(adapter), Files = files };
+    }
+
+    static string HashFile(string path)
+    {
+        using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+        return Convert.ToHexStringLower(SHA256.HashData(fs));
+    }
+
+    static string HashPath(string path)
+    {
+        if (File.Exists(path)) return HashFile(path);
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var f in Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
+        {
+            sha.AppendData(System.Text.Encoding.UTF8.GetBytes(Path.GetRelativePath(path, f) + "\n"));
+            sha.AppendData(Convert.FromHexString(HashFile(f)));
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    /// <summary>Both models must read every harvested id as the same token: ids inside both vocabularies, and the same
+    /// token string in both tokenizers when both folders have one.</summary>
+    sealed class VocabCheck
+    {
+        readonly HarvestOptions _o;
+        readonly int _vocab;
+        readonly Tokenizer? _a, _b;
+        readonly HashSet<int> _seen = [];
+
+        public VocabCheck(HarvestOptions o, CausalLM baseModel, CausalLM ft)
+        {
+            _o = o;
+            _vocab = Math.Min(baseModel.Config.Vocab, ft.Config.Vocab);
+            string ta = Path.Combine(o.BaseModel, "tokenizer.json"), tb = Path.Combine(o.FineTunedModel, "tokenizer.json");
+            if (File.Exists(ta) && File.Exists(tb) && !File.ReadAllBytes(ta).AsSpan().SequenceEqual(File.ReadAllBytes(tb)))
+            {
+                _a = Tokenizer.FromFolder(o.BaseModel);
+                _b = Tokenizer.FromFolder(o.FineTunedModel);
+            }
+        }
+
+        public void Check(int[] ids)
+        {
+            foreach (int id in ids)
+            {
+                if (!_seen.Add(id)) continue;
+                if ((uint)id >= (uint)_vocab)
+                    throw new InvalidOperationException($"token id {id} is outside the vocabulary shared by both models ({_vocab}); the models' vocabularies do not agree with the tokenizer");
+                if (_a is not null && _b is not null && _a.IdToToken(id) != _b.IdToToken(id))
+                    throw new InvalidOperationException($"the models' tokenizers disagree on token id {id}: '{_a.IdToToken(id)}' in {_o.BaseModel}, '{_b.IdToToken(id)}' in {_o.FineTunedModel}; both models must read the same ids as the same tokens");
+            }
+        }
+    }
+}
