@@ -1,0 +1,100 @@
+using Finetrace.Dictionaries;
+using Finetrace.Tests.Infrastructure;
+using Xunit.Abstractions;
+
+namespace Finetrace.Tests.Dictionaries;
+
+/// <summary>Every sparse kernel against its dense GEMM reference, and selection against brute force.</summary>
+public sealed class KernelTests(ITestOutputHelper log)
+{
+    static float[] Random(Rng r, int n, double scale = 1) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = (float)(r.Normal() * scale); return a; }
+
+    static SparseCodes RandomCodes(Rng r, int b, int f, int perRow)
+    {
+        var fBF = new float[b * f];
+        for (int t = 0; t < b; t++) for (int k = 0; k < perRow; k++) fBF[t * f + (int)(r.NextU64() % (ulong)f)] = (float)r.NextDouble() + 0.1f;
+        var codes = new SparseCodes(b, f);
+        Selection.Positive(fBF, b, f, codes);
+        codes.BuildColumns();
+        return codes;
+    }
+
+    [Theory]
+    [InlineData(1, 7, 33, 3)]
+    [InlineData(2, 16, 64, 4)]
+    [InlineData(3, 9, 130, 11)]
+    public void Sparse_kernels_match_dense_references(int models, int d, int f, int perRow)
+    {
+        var r = new Rng(42);
+        int b = 37;
+        var codes = RandomCodes(r, b, f, perRow);
+        var fBF = new float[b * f]; codes.ToDense(fBF);
+        var w = Random(r, models * f * d); var bias = Random(r, models * d); var x = Random(r, b * models * d); var delta = Random(r, b * models * d);
+
+        var xs = new float[b * models * d]; var xd = new float[b * models * d];
+        Kernels.DecodeSparse(codes, w, bias, models, d, f, xs);
+        Kernels.DecodeDense(fBF, w, bias, b, models, d, f, xd);
+        Golden.AssertClose("decode", xd, xs, 1e-5, 1e-5, log);
+
+        var gs = new float[models * f * d]; var gd = new float[models * f * d];
+        Array.Fill(gs, 9f);   // untouched rows must be zeroed
+        Kernels.DecoderGradSparse(codes, delta, null, default, models, d, f, gs);
+        Kernels.DecoderGradDense(fBF, delta, b, models, d, f, gd);
+        Golden.AssertClose("decoder grad", gd, gs, 1e-5, 1e-5, log);
+
+        var gv = new float[codes.Count]; var gF = new float[b * f];
+        Kernels.CodeGradSparse(codes, w, delta, models, d, f, gv);
+        Kernels.CodeGradDense(delta, w, b, models, d, f, gF);
+        var gathered = new float[codes.Count];
+        for (int t = 0; t < b; t++) for (int e = codes.RowStart[t]; e < codes.RowStart[t + 1]; e++) gathered[e] = gF[t * f + codes.Index[e]];
+        Golden.AssertClose("code grad", gathered, gv, 1e-5, 1e-5, log);
+
+        var gPre = Random(r, codes.Count);
+        var gPreBF = new float[b * f];
+        for (int t = 0; t < b; t++) for (int e = codes.RowStart[t]; e < codes.RowStart[t + 1]; e++) gPreBF[t * f + codes.Index[e]] = gPre[e];
+        var ge = new float[models * f * d]; var gb = new float[f]; var ged = new float[models * f * d]; var gbd = new float[f];
+        Kernels.EncoderGradSparse(codes, gPre, null, default, x, models, d, f, ge, gb);
+        Kernels.EncoderGradDense(gPreBF, x, b, models, d, f, ged, gbd);
+        Golden.AssertClose("encoder grad", ged, ge, 1e-5, 1e-5, log);
+        Golden.AssertClose("encoder bias grad", gbd, gb, 1e-5, 1e-5, log);
+    }
+
+    [Theory]
+    [InlineData(8, 50, 3, false)]
+    [InlineData(16, 300, 10, true)]
+    [InlineData(4, 20, 19, true)]
+    public void Batch_topk_selects_the_k_times_b_largest_scaled_values(int b, int f, int k, bool scaled)
+    {
+        var r = new Rng(7);
+        var fBF = Random(r, b * f);
+        for (int i = 0; i < fBF.Length; i++) fBF[i] = Math.Max(0, fBF[i]);
+        var c = scaled ? Random(r, f).Select(v => Math.Abs(v) + 0.1f).ToArray() : null;
+        var codes = new SparseCodes(b, f);
+        float min = Selection.BatchTopK(fBF, c, b, f, (long)k * b, codes);
+        var s = fBF.Select((v, i) => (v: c is null ? v : v * c[i % f], i)).Where(p => p.v > 0).OrderByDescending(p => p.v).ThenBy(p => p.i).Take(k * b).ToList();
+        var chosen = new HashSet<int>(s.Select(p => p.i));
+        Assert.Equal(chosen.Count, codes.Count);
+        for (int t = 0; t < b; t++)
+            for (int e = codes.RowStart[t]; e < codes.RowStart[t + 1]; e++)
+            {
+                Assert.Contains(t * f + codes.Index[e], chosen);
+                Assert.Equal(fBF[t * f + codes.Index[e]], codes.Value[e]);   // unscaled values kept
+            }
+        Assert.Equal(s.Count > 0 ? s[^1].v : 0f, min);
+    }
+
+    [Fact]
+    public void Per_token_topk_matches_sorting()
+    {
+        var r = new Rng(3);
+        int b = 9, f = 70, k = 5;
+        var fBF = Random(r, b * f).Select(v => Math.Max(0, v)).ToArray();
+        var codes = new SparseCodes(b, f);
+        Selection.TopKPerRow(fBF, default, default, b, f, k, codes);
+        for (int t = 0; t < b; t++)
+        {
+            var expect = Enumerable.Range(0, f).Where(j => fBF[t * f + j] > 0).OrderByDescending(j => fBF[t * f + j]).Take(k).OrderBy(j => j).ToArray();
+            Assert.Equal(expect, codes.RowIndices(t).ToArray());
+        }
+    }
+}
