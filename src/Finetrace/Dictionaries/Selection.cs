@@ -9,68 +9,109 @@ public static class Selection
 {
     static readonly ParallelOptions Par = new() { MaxDegreeOfParallelism = Environment.ProcessorCount };
 
-    /// <summary>Batch top-k: the <paramref name="kTotal"/> largest s over the whole [B, F] matrix (radix select on
-    /// the float bit patterns, which order like the values for positive floats). Returns the smallest selected s
-    /// (0 when none), which is what the threshold EMA consumes.</summary>
+    /// <summary>Batch top-k: the <paramref name="kTotal"/> largest s over the whole [B, F] matrix. Returns the
+    /// smallest selected s (0 when none), which is what the threshold EMA consumes.
+    /// One pass: a lower bound for the cut is estimated from a sample of rows, every entry at or above it is collected
+    /// (a vectorised compare rejects the rest), and the exact top k·B is taken among the candidates by sorting; if the
+    /// estimate was too high, the pass repeats with every positive entry as a candidate.</summary>
     // fBF: [B, F]; cF: [F] or empty (c = 1) → codes
     public static unsafe float BatchTopK(ReadOnlySpan<float> fBF, ReadOnlySpan<float> cF, int b, int f, long kTotal, SparseCodes codes)
     {
-        const int Bins = 1 << 16;
-        int nc = Math.Max(1, Math.Min(32, b));
-        var hist = new int[nc * Bins];
         bool scaled = !cF.IsEmpty;
+        codes.Reset(b);
+        if (kTotal <= 0) return 0;
         fixed (float* fp = fBF, cp = cF)
         {
             float* F = fp, C = cp;
-            Parallel.For(0, nc, Par, c =>
+            float lb = EstimateCut(F, C, scaled, b, f, kTotal);
+            var cand = Collect(F, C, scaled, b, f, lb);
+            if (cand.Count < kTotal && lb > float.Epsilon) cand = Collect(F, C, scaled, b, f, float.Epsilon);
+            // order by s descending, then flat index ascending (ties go to the lower index)
+            cand.Sort((x, y) => x.bits != y.bits ? y.bits.CompareTo(x.bits) : x.idx.CompareTo(y.idx));
+            int n = (int)Math.Min(kTotal, cand.Count);
+            if (n == 0) return 0;
+            float min = BitConverter.UInt32BitsToSingle(cand[n - 1].bits);
+            var chosen = new long[n];
+            for (int i = 0; i < n; i++) chosen[i] = cand[i].idx;
+            Array.Sort(chosen);
+            codes.EnsureCapacity(n);
+            int row = 0;
+            for (int i = 0; i < n; i++)
             {
-                int lo = b * c / nc, hi = b * (c + 1) / nc;
-                var h = hist.AsSpan(c * Bins, Bins);
+                int t = (int)(chosen[i] / f), j = (int)(chosen[i] % f);
+                while (row <= t) codes.RowStart[row++] = i;
+                codes.Index[i] = j; codes.Value[i] = F[chosen[i]];
+            }
+            while (row <= b) codes.RowStart[row++] = n;
+            return min;
+        }
+    }
+
+    // A value expected slightly below the cut: the (1.25·k·B·rows/B + 16)-th largest s of a row sample.
+    static unsafe float EstimateCut(float* F, float* C, bool scaled, int b, int f, long kTotal)
+    {
+        int sampleRows = Math.Min(b, 64);
+        if (sampleRows == b) return float.Epsilon;          // small batch: take every positive entry
+        var vals = new List<float>(sampleRows * f / 2);
+        for (int r = 0; r < sampleRows; r++)
+        {
+            float* row = F + (long)(r * (long)b / sampleRows) * f;
+            for (int j = 0; j < f; j++) { float v = scaled ? row[j] * C[j] : row[j]; if (v > 0) vals.Add(v); }
+        }
+        long want = (long)(1.25 * kTotal * sampleRows / b) + 16;
+        if (vals.Count <= want) return float.Epsilon;
+        vals.Sort();
+        return vals[vals.Count - (int)want];
+    }
+
+    // Every entry with s ≥ lb as (bits of s, flat index), rows in order.
+    static unsafe List<(uint bits, long idx)> Collect(float* F, float* C, bool scaled, int b, int f, float lb)
+    {
+        int nc = Math.Max(1, Math.Min(32, b));
+        var lists = new List<(uint, long)>[nc];
+        Parallel.For(0, nc, Par, c =>
+        {
+            var l = new List<(uint, long)>();
+            int lo = b * c / nc, hi = b * (c + 1) / nc;
+            var scratch = new float[f];
+            fixed (float* sp = scratch)
                 for (int t = lo; t < hi; t++)
                 {
                     float* row = F + (long)t * f;
-                    for (int j = 0; j < f; j++)
+                    float* s = row;
+                    if (scaled) { System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(row, f), new ReadOnlySpan<float>(C, f), scratch); s = sp; }
+                    int j = 0;
+                    if (System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated)
                     {
-                        float s = scaled ? row[j] * C[j] : row[j];
-                        if (s > 0) h[(int)(BitConverter.SingleToUInt32Bits(s) >> 16)]++;
+                        var lbv = System.Runtime.Intrinsics.Vector256.Create(lb);
+                        for (; j + 8 <= f; j += 8)
+                        {
+                            uint mask = System.Runtime.Intrinsics.Vector256.ExtractMostSignificantBits(
+                                System.Runtime.Intrinsics.Vector256.GreaterThanOrEqual(System.Runtime.Intrinsics.Vector256.Load(s + j), lbv));
+                            while (mask != 0)
+                            {
+                                int o = System.Numerics.BitOperations.TrailingZeroCount(mask);
+                                mask &= mask - 1;
+                                l.Add((BitConverter.SingleToUInt32Bits(s[j + o]), (long)t * f + j + o));
+                            }
+                        }
                     }
+                    for (; j < f; j++) if (s[j] >= lb) l.Add((BitConverter.SingleToUInt32Bits(s[j]), (long)t * f + j));
                 }
-            });
-            long total = 0; var merged = new long[Bins];
-            for (int c = 0; c < nc; c++) for (int i = 0; i < Bins; i++) merged[i] += hist[c * Bins + i];
-            for (int i = 0; i < Bins; i++) total += merged[i];
+            lists[c] = l;
+        });
+        var all = new List<(uint, long)>(lists.Sum(l => l.Count));
+        foreach (var l in lists) all.AddRange(l);
+        return all;
+    }
 
-            uint cutBits = 0; long cutIndex = long.MaxValue; int binT = 0;
-            if (total > kTotal)
-            {
-                long cum = 0; binT = Bins - 1;
-                for (; binT >= 0; binT--) { if (cum + merged[binT] >= kTotal) break; cum += merged[binT]; }
-                long need = kTotal - cum;
-                var cand = new List<(uint bits, long idx)>((int)merged[binT]);
-                for (int t = 0; t < b; t++)
-                {
-                    float* row = F + (long)t * f;
-                    for (int j = 0; j < f; j++)
-                    {
-                        float s = scaled ? row[j] * C[j] : row[j];
-                        if (s > 0) { uint bits = BitConverter.SingleToUInt32Bits(s); if ((int)(bits >> 16) == binT) cand.Add((bits, (long)t * f + j)); }
-                    }
-                }
-                cand.Sort((x, y) => x.bits != y.bits ? y.bits.CompareTo(x.bits) : x.idx.CompareTo(y.idx));
-                cutBits = cand[(int)need - 1].bits; cutIndex = cand[(int)need - 1].idx;
-            }
-            bool all = total <= kTotal;
-            uint binHi = (uint)binT;
-            // Selected ⇔ s > 0 and (all, or bin above T, or in bin T and (bits, index) at or before the cut).
-            return Emit(F, C, scaled, b, f, codes, (s, flat) =>
-            {
-                if (!(s > 0)) return false;
-                if (all) return true;
-                uint bits = BitConverter.SingleToUInt32Bits(s);
-                uint bin = bits >> 16;
-                if (bin != binHi) return bin > binHi;
-                return bits > cutBits || (bits == cutBits && flat <= cutIndex);
-            });
+    readonly struct TopKKeep(uint cutBits, long cutIndex) : IKeep
+    {
+        public bool Keep(float s, long flat)
+        {
+            if (!(s > 0)) return false;
+            uint bits = BitConverter.SingleToUInt32Bits(s);
+            return bits > cutBits || (bits == cutBits && flat <= cutIndex);
         }
     }
 
@@ -150,14 +191,14 @@ public static class Selection
     public static unsafe void Threshold(ReadOnlySpan<float> fBF, ReadOnlySpan<float> cF, float theta, int b, int f, SparseCodes codes)
     {
         fixed (float* fp = fBF, cp = cF)
-            Emit(fp, cp, !cF.IsEmpty, b, f, codes, (s, _) => s > theta && s > 0);
+            Emit(fp, cp, !cF.IsEmpty, b, f, codes, new ThresholdKeep(theta));
     }
 
     /// <summary>Every positive entry (ReLU codes).</summary>
     public static unsafe void Positive(ReadOnlySpan<float> fBF, int b, int f, SparseCodes codes)
     {
         fixed (float* fp = fBF)
-            Emit(fp, null, false, b, f, codes, (s, _) => s > 0);
+            Emit(fp, null, false, b, f, codes, new ThresholdKeep(0f));
     }
 
     /// <summary>JumpReLU: f = pre · [pre &gt; θ_j].</summary>
@@ -165,16 +206,16 @@ public static class Selection
     public static unsafe void Jump(ReadOnlySpan<float> preBF, ReadOnlySpan<float> thetaF, int b, int f, SparseCodes codes)
     {
         fixed (float* fp = preBF, tp = thetaF)
-        {
-            float* T = tp;
-            Emit(fp, null, false, b, f, codes, (s, flat) => s > T[flat % f] && s != 0);
-        }
+            Emit(fp, null, false, b, f, codes, new JumpKeep(tp, f));
     }
 
-    delegate bool Keep(float s, long flat);
+    interface IKeep { bool Keep(float s, long flat); }
+    readonly struct ThresholdKeep(float theta) : IKeep { public bool Keep(float s, long flat) => s > theta && s > 0; }
+    readonly unsafe struct JumpKeep(float* theta, int f) : IKeep { public bool Keep(float s, long flat) => s > theta[flat % f] && s != 0; }
 
-    // Two passes: count per row, then fill. Returns the minimum kept s.
-    static unsafe float Emit(float* F, float* C, bool scaled, int b, int f, SparseCodes codes, Keep keep)
+    // Two passes: count per row, then fill. Returns the minimum kept s. (Generic over a struct predicate so the JIT
+    // inlines it: a delegate call per element cost more than the rest of the step.)
+    static unsafe float Emit<TKeep>(float* F, float* C, bool scaled, int b, int f, SparseCodes codes, TKeep keep) where TKeep : struct, IKeep
     {
         codes.Reset(b);
         var counts = new int[b];
@@ -186,7 +227,7 @@ public static class Selection
             for (int j = 0; j < f; j++)
             {
                 float s = scaled ? row[j] * C[j] : row[j];
-                if (keep(s, (long)t * f + j)) { n++; if (s < mn) mn = s; }
+                if (keep.Keep(s, (long)t * f + j)) { n++; if (s < mn) mn = s; }
             }
             counts[t] = n; mins[t] = mn;
         });
@@ -202,7 +243,7 @@ public static class Selection
             for (int j = 0; j < f; j++)
             {
                 float s = scaled ? row[j] * C[j] : row[j];
-                if (keep(s, (long)t * f + j)) { idx[e] = j; val[e] = row[j]; e++; }
+                if (keep.Keep(s, (long)t * f + j)) { idx[e] = j; val[e] = row[j]; e++; }
             }
         });
         float min = float.PositiveInfinity;

@@ -99,6 +99,17 @@ public sealed class DictionaryTrainer
     public SparseCodes Codes { get; }
     public SparseCodes AuxCodes { get; }
 
+    /// <summary>Seconds spent per phase since construction (benchmarks print the breakdown).</summary>
+    public Dictionary<string, double> PhaseSeconds { get; } = new();
+    readonly System.Diagnostics.Stopwatch _clock = System.Diagnostics.Stopwatch.StartNew();
+    double _mark;
+    void Phase(string name)
+    {
+        double now = _clock.Elapsed.TotalSeconds;
+        PhaseSeconds[name] = PhaseSeconds.GetValueOrDefault(name) + (now - _mark);
+        _mark = now;
+    }
+
     readonly int M, D, F;
     float[] _x = [], _xin = [], _pre = [], _f = [], _xhat = [], _delta = [], _xaux = [], _deltaAux = [], _c = [];
     float[] _gVal = [], _gValAux = [], _dense1 = [], _dense2 = [], _dense3 = [], _preRaw = [];
@@ -131,9 +142,12 @@ public sealed class DictionaryTrainer
     public StepStats Step(ReadOnlySpan<float> xBMD)
     {
         var stats = ForwardBackward(xBMD, StepCount, updateState: true);
+        _mark = _clock.Elapsed.TotalSeconds;
         float norm = PostProcessGradients();
+        Phase("clip");
         double lr = CurrentLr;
         OptimizerStep(lr);
+        Phase("adam");
         return stats with { GradNorm = norm, Lr = lr };
     }
 
@@ -151,6 +165,7 @@ public sealed class DictionaryTrainer
     /// the step-0 geometric-median init happen (as in a real update).</summary>
     public StepStats ForwardBackward(ReadOnlySpan<float> xBMD, long step, bool updateState = true)
     {
+        _mark = _clock.Elapsed.TotalSeconds;
         int rowLen = M * D;
         if (xBMD.Length % rowLen != 0) throw new ArgumentException($"batch length {xBMD.Length} is not a multiple of models·d_model = {rowLen}");
         int B = xBMD.Length / rowLen;
@@ -173,6 +188,7 @@ public sealed class DictionaryTrainer
         Kernels.EncoderForward(xin, Dict.WEnc, Dict.BEnc, B, M, D, F, pre);
         if (Dict.Activation == Activation.JumpRelu) { Ensure(ref _preRaw, (long)B * F); pre.CopyTo(_preRaw); }
         Kernels.Relu(pre);   // pre now holds post-ReLU f
+        Phase("encode (GEMM)");
 
         Ensure(ref _c, F);
         var c = _c.AsSpan(0, F);
@@ -185,21 +201,25 @@ public sealed class DictionaryTrainer
         {
             case Activation.BatchTopK: minKept = Selection.BatchTopK(pre, ranked ? c : default, B, F, (long)k * B, Codes); break;
             case Activation.TopK: Selection.TopKPerRow(pre, ranked ? c : default, default, B, F, k, Codes); break;
-            case Activation.Relu: Selection.Positive(pre, B, F, Codes); break;
+            case Activation.Relu: Codes.Reset(B); break;   // ReLU codes stay dense: f is the post-ReLU matrix itself
             case Activation.JumpRelu: Selection.Jump(_preRaw.AsSpan(0, B * F), Dict.JumpThreshold, B, F, Codes); break;
         }
+        Phase("select");
         if (updateState && Dict.Activation == Activation.BatchTopK && step > Options.ThresholdStartStep)
             Dict.Threshold = Dict.Threshold < 0 ? minKept : Options.ThresholdBeta * Dict.Threshold + (1 - Options.ThresholdBeta) * minKept;
 
-        bool dense = Options.Dense || Dict.Activation is Activation.Relu or Activation.JumpRelu;
+        bool relu = Dict.Activation == Activation.Relu;
+        bool dense = Options.Dense || Dict.Activation is Activation.JumpRelu;
         var xhat = _xhat.AsSpan(0, B * rowLen);
-        if (dense)
+        if (relu) Kernels.DecodeDense(pre, Dict.WDec, Dict.BDec, B, M, D, F, xhat);
+        else if (dense)
         {
             Ensure(ref _dense1, (long)B * F);
             Codes.ToDense(_dense1);
             Kernels.DecodeDense(_dense1.AsSpan(0, B * F), Dict.WDec, Dict.BDec, B, M, D, F, xhat);
         }
         else Kernels.DecodeSparse(Codes, Dict.WDec, Dict.BDec, M, D, F, xhat);
+        Phase("decode");
 
         // reconstruction loss and δ = ∂L/∂x̂
         var delta = _delta.AsSpan(0, B * rowLen);
@@ -285,18 +305,26 @@ public sealed class DictionaryTrainer
         double mu = Options.SparsityCoef * (Options.SparsityWarmupSteps > 0 ? Math.Min(1.0, (double)step / Options.SparsityWarmupSteps) : 1.0);
         double sparsity = 0;
         var gc = new float[F];   // ∂L/∂c_j
-        if (Dict.Activation == Activation.Relu)
+        double l0Relu = 0;
+        if (relu)
         {
-            var colSum = new double[F];
-            for (int bi = 0; bi < B; bi++)
-                for (int e = Codes.RowStart[bi]; e < Codes.RowStart[bi + 1]; e++)
-                {
-                    int j = Codes.Index[e]; float v = Codes.Value[e];
-                    if (Options.Penalty == SparsityPenalty.L1) { sparsity += (double)v * c[j]; colSum[j] += v; }
-                    else { double s = Math.Sqrt((double)v * c[j]); sparsity += s; colSum[j] += c[j] > 0 ? s / (2 * c[j]) : 0; }
-                }
+            // column sums of f (L1) or √f (sqrt-L1): S = Σ_j c_j·Σ_b f / B, or Σ_j √c_j·Σ_b √f / B
+            var colSum = new float[F];
+            if (Options.Penalty == SparsityPenalty.L1) Kernels.ColumnSums(pre, B, F, colSum);
+            else
+            {
+                var sq = Tensors.Tensor.Allocate((long)B * F, zeroed: false);
+                TensorPrimitives.Sqrt(pre, sq);
+                Kernels.ColumnSums(sq, B, F, colSum);
+            }
+            for (int j = 0; j < F; j++)
+            {
+                if (Options.Penalty == SparsityPenalty.L1) { sparsity += (double)colSum[j] * c[j]; gc[j] = (float)(mu * colSum[j] / B); }
+                else { double rc = Math.Sqrt(c[j]); sparsity += rc * colSum[j]; gc[j] = rc > 0 ? (float)(mu * colSum[j] / (2 * rc) / B) : 0; }
+            }
             sparsity /= B;
-            for (int j = 0; j < F; j++) gc[j] = (float)(mu * colSum[j] / B);
+            for (int i = 0; i < B * F; i++) if (pre[i] > 0) l0Relu++;
+            l0Relu /= B;
         }
         else if (Dict.Activation == Activation.JumpRelu)
         {
@@ -304,13 +332,21 @@ public sealed class DictionaryTrainer
             sparsity /= B;
         }
 
+        Phase("loss, auxk");
         // ---------------- backward
         Ensure(ref _gVal, Codes.Count);
         var gVal = _gVal.AsSpan(0, Codes.Count);
         int auxN = AuxCodes.Count;
         Ensure(ref _gValAux, Math.Max(auxN, 1));
         var gValAux = _gValAux.AsSpan(0, auxN);
-        if (dense)
+        if (relu)
+        {
+            Ensure(ref _dense2, (long)B * F);
+            var gPre = _dense2.AsSpan(0, B * F);
+            Kernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, gPre);
+            ReluPenaltyGrad(pre, c, B, mu, gPre);
+        }
+        else if (dense)
         {
             Ensure(ref _dense2, (long)B * F);
             var gF = _dense2.AsSpan(0, B * F);
@@ -331,20 +367,21 @@ public sealed class DictionaryTrainer
         for (int e = 0; e < Codes.Count; e++)
         {
             float v = Codes.Value[e];
-            if (Dict.Activation == Activation.Relu && mu != 0)
-            {
-                float cj = c[Codes.Index[e]];
-                gVal[e] += Options.Penalty == SparsityPenalty.L1 ? (float)(mu * cj / B) : (float)(mu / B * Math.Sqrt(cj) / (2 * Math.Sqrt(v)));
-            }
             if (!(v > 0) && Dict.Activation != Activation.JumpRelu) gVal[e] = 0;
         }
         for (int e = 0; e < auxN; e++) if (!(AuxCodes.Value[e] > 0)) gValAux[e] = 0;
         if (!haveAux) AuxCodes.Reset(B);
 
+        Phase("code grad");
         Codes.BuildColumns();
         if (haveAux) AuxCodes.BuildColumns();
         var aux = haveAux ? AuxCodes : null;
-        if (dense)
+        if (relu)
+        {
+            Kernels.DecoderGradDense(pre, delta, B, M, D, F, GWDec);
+            Kernels.EncoderGradDense(_dense2.AsSpan(0, B * F), xin, B, M, D, F, GWEnc, GBEnc);
+        }
+        else if (dense)
         {
             var fBF = _dense1.AsSpan(0, B * F);
             Kernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec);
@@ -368,6 +405,7 @@ public sealed class DictionaryTrainer
             Kernels.DecoderGradSparse(Codes, delta, aux, deltaAux, M, D, F, GWDec);
             Kernels.EncoderGradSparse(Codes, gVal, aux, gValAux, xin, M, D, F, GWEnc, GBEnc);
         }
+        Phase("weight grads");
         if (Dict.Activation == Activation.Relu && mu != 0)
             CodeNorms.Backward(Dict.WDec, gc, M, F, D, Dict.CodeNormalization, Dict.AlphaSae, Dict.AlphaCc, GWDec);
         if (Dict.Activation == Activation.JumpRelu) JumpThresholdGrad(B, mu);
@@ -385,9 +423,10 @@ public sealed class DictionaryTrainer
                     TensorPrimitives.MultiplyAdd(Dict.WEnc.AsSpan((m * F + j) * D, D), -g, GBDec.AsSpan(m * D, D), GBDec.AsSpan(m * D, D));
                 }
 
+        Phase("bias grads");
         double l0 = 0;
         for (int e = 0; e < Codes.Count; e++) if (Codes.Value[e] != 0) l0++;
-        l0 /= B;
+        l0 = relu ? l0Relu : l0 / B;
         float total = (float)(recon + Options.AuxKAlpha * auxk + mu * sparsity);
         return new StepStats
         {
@@ -395,6 +434,29 @@ public sealed class DictionaryTrainer
             AuxK = (float)auxk, AuxKPreNorm = (float)auxPre, L0 = l0, Dead = deadCount, DeadFraction = (double)deadCount / F,
             Fve = fve, K = k, Threshold = Dict.Threshold,
         };
+    }
+
+    // gPre ← (f > 0) · (∂L/∂f + ∂(μS)/∂f), row-parallel.
+    // fBF, cF; gBF: [B, F] in place
+    unsafe void ReluPenaltyGrad(ReadOnlySpan<float> fBF, ReadOnlySpan<float> cF, int B, double mu, Span<float> gBF)
+    {
+        int f = F;
+        bool l1 = Options.Penalty == SparsityPenalty.L1;
+        var add = new float[f];
+        for (int j = 0; j < f; j++) add[j] = l1 ? (float)(mu * cF[j] / B) : (float)(mu / B * Math.Sqrt(cF[j]) / 2);
+        fixed (float* fp = fBF, gp = gBF)
+        {
+            float* FP = fp, GP = gp;
+            Parallel.For(0, B, t =>
+            {
+                float* fr = FP + (long)t * f, gr = GP + (long)t * f;
+                for (int j = 0; j < f; j++)
+                {
+                    float v = fr[j];
+                    gr[j] = v > 0 ? gr[j] + (l1 ? add[j] : add[j] / MathF.Sqrt(v)) : 0f;
+                }
+            });
+        }
     }
 
     static void GatherEntries(SparseCodes codes, ReadOnlySpan<float> gBF, int f, Span<float> gVal)

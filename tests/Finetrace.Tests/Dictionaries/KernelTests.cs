@@ -63,6 +63,8 @@ public sealed class KernelTests(ITestOutputHelper log)
     [InlineData(8, 50, 3, false)]
     [InlineData(16, 300, 10, true)]
     [InlineData(4, 20, 19, true)]
+    [InlineData(300, 200, 7, true)]
+    [InlineData(130, 64, 60, false)]
     public void Batch_topk_selects_the_k_times_b_largest_scaled_values(int b, int f, int k, bool scaled)
     {
         var r = new Rng(7);
