@@ -1,0 +1,133 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Finetrace.Models.Safetensors;
+
+namespace Finetrace.Activations.Export;
+
+/// <summary>
+/// Exports a store to the crosscoder_learning activation-cache layout (formats.md §4), one cache per model:
+/// <c>{out}/{safe_model_id}/{dataset}/{split}/</c> with <c>tokens.pt</c>, <c>sequence_ranges.pt</c> and per layer
+/// <c>layer_{L}_out/</c> holding <c>shard_{i}.memmap</c> (the store's shard files, byte for byte), <c>shard_{i}.meta</c>,
+/// <c>config.json</c>, <c>mean.pt</c>, <c>std.pt</c> (unbiased), <c>count.pt</c>, <c>M2.pt</c>, plus
+/// <c>stats.safetensors</c> / <c>tokens.safetensors</c> and the <c>finetrace.json</c> provenance sidecar.
+/// Python's <c>PairedActivationCache(base_dir, ft_dir, "layer_{L}_out")</c> then reads the pair.
+/// </summary>
+public static class CrosscoderCacheExport
+{
+    /// <summary>The toolkit's path-safe model id: the last component of the model id or folder.</summary>
+    public static string SafeModelId(StoreModel m)
+    {
+        string id = string.IsNullOrEmpty(m.Name) ? m.Path : m.Name;
+        id = id.TrimEnd('/', '\\');
+        int slash = id.LastIndexOfAny(['/', '\\']);
+        return slash >= 0 ? id[(slash + 1)..] : id;
+    }
+
+    /// <summary>Writes the export and returns the split folder of every model.</summary>
+    public static List<string> Export(ActivationStore store, string outDir, string dataset, string split = "train", Action<string>? log = null)
+    {
+        if (!store.Manifest.Complete) throw new InvalidOperationException($"{store.Directory}: the store is not complete (harvest still running or interrupted); resume it first");
+        if (string.IsNullOrWhiteSpace(dataset) || dataset.IndexOfAny(['/', '\\']) >= 0) throw new ArgumentException($"dataset name '{dataset}' must be a plain folder name");
+        var s = store.Settings;
+        var ids = s.Models.Select(SafeModelId).ToList();
+        if (ids.Distinct(StringComparer.Ordinal).Count() != ids.Count)
+            throw new InvalidOperationException($"the models' safe ids collide ({string.Join(", ", ids)}); they must differ to export side by side");
+
+        // Token-level arrays shared by every model.
+        var tokens = new long[store.Tokens];
+        long at = 0;
+        foreach (var sh in store.Shards)
+            foreach (int t in sh.Tokens) tokens[at++] = t;
+        var ranges = store.SequenceRanges();
+        var shards = store.Shards.Where(sh => sh.Rows > 0).ToList();
+        var result = new List<string>();
+
+        for (int m = 0; m < s.Models.Count; m++)
+        {
+            string dir = Path.Combine(outDir, ids[m], dataset, split);
+            Directory.CreateDirectory(dir);
+            log?.Invoke(dir);
+            TorchSave.Write(Path.Combine(dir, "tokens.pt"), tokens, tokens.Length);
+            TorchSave.Write(Path.Combine(dir, "sequence_ranges.pt"), ranges, ranges.Length);
+            SafetensorsWriter.Write(Path.Combine(dir, "tokens.safetensors"),
+                [TensorData.I64("tokens", tokens, tokens.Length), TensorData.I64("sequence_ranges", ranges, ranges.Length)]);
+            for (int li = 0; li < s.Layers.Length; li++)
+            {
+                int layer = s.Layers[li];
+                string site = Path.Combine(dir, $"layer_{layer}_out");
+                Directory.CreateDirectory(site);
+                for (int i = 0; i < shards.Count; i++)
+                {
+                    string dst = Path.Combine(site, $"shard_{i}.memmap");
+                    File.Copy(shards[i].ActivationPath(m, li), dst + ".tmp", overwrite: true);
+                    File.Move(dst + ".tmp", dst, overwrite: true);
+                    var meta = new JsonObject { ["shape"] = new JsonArray(shards[i].Rows, s.DModel), ["dtype"] = StoreDTypes.TorchName(s.DType) };
+                    StoreFiles.WriteAtomic(Path.Combine(site, $"shard_{i}.meta"), System.Text.Encoding.UTF8.GetBytes(meta.ToJsonString()));
+                }
+                var st = store.Stats(m, layer).State;
+                var std = st.SampleVariance().Select(Math.Sqrt).ToArray();
+                TorchSave.Write(Path.Combine(site, "mean.pt"), st.Mean, st.Dim);
+                TorchSave.Write(Path.Combine(site, "std.pt"), std, st.Dim);
+                TorchSave.Write(Path.Combine(site, "M2.pt"), st.M2, st.Dim);
+                TorchSave.Write(Path.Combine(site, "count.pt"), [st.Count]);
+                SafetensorsWriter.Write(Path.Combine(site, "stats.safetensors"),
+                [
+                    new TensorData("mean", DType.F64, [st.Dim], System.Runtime.InteropServices.MemoryMarshal.AsBytes(st.Mean.AsSpan()).ToArray()),
+                    new TensorData("std", DType.F64, [st.Dim], System.Runtime.InteropServices.MemoryMarshal.AsBytes(std.AsSpan()).ToArray()),
+                    new TensorData("M2", DType.F64, [st.Dim], System.Runtime.InteropServices.MemoryMarshal.AsBytes(st.M2.AsSpan()).ToArray()),
+                    TensorData.I64("count", [st.Count]),
+                ]);
+                s.Options.TryGetValue("batch_size", out var bs);
+                s.Options.TryGetValue("context_length", out var ctx);
+                var config = new JsonObject
+                {
+                    ["batch_size"] = int.TryParse(bs, out var b) ? b : 0,
+                    ["context_len"] = int.TryParse(ctx, out var c) ? c : 0,
+                    ["shard_size"] = s.ShardTokens,
+                    ["d_model"] = s.DModel,
+                    ["shuffle_shards"] = false,
+                    ["io"] = "out",
+                    ["total_size"] = store.Tokens,
+                    ["shard_count"] = shards.Count,
+                    ["store_tokens"] = true,
+                    ["store_sequence_ranges"] = true,
+                };
+                StoreFiles.WriteAtomic(Path.Combine(site, "config.json"), System.Text.Encoding.UTF8.GetBytes(config.ToJsonString(new JsonSerializerOptions { WriteIndented = true })));
+                WriteSidecar(store, m, layer, dataset, split, Path.Combine(site, "finetrace.json"));
+            }
+            result.Add(dir);
+        }
+        return result;
+    }
+
+    static void WriteSidecar(ActivationStore store, int model, int layer, string dataset, string split, string path)
+    {
+        var s = store.Settings;
+        var opts = new JsonObject();
+        foreach (var (k, v) in s.Options) opts[k] = v;
+        var sidecar = new JsonObject
+        {
+            ["finetrace_version"] = StoreJson.CodeVersion,
+            ["kind"] = "activation-cache",
+            ["models"] = JsonSerializer.SerializeToNode(s.Models, StoreJson.Options),
+            ["model_index"] = model,
+            ["site"] = new JsonObject { ["layer"] = layer, ["hook_name"] = s.Hook.Replace("{L}", layer.ToString()), ["meaning"] = "residual stream after decoder block L" },
+            ["dtype"] = StoreDTypes.Name(s.DType),
+            ["data"] = new JsonObject
+            {
+                ["dataset"] = dataset,
+                ["split"] = split,
+                ["sources"] = JsonSerializer.SerializeToNode(s.Sources, StoreJson.Options),
+                ["positions"] = store.Tokens,
+                ["sequences"] = store.Manifest.Sequences,
+                ["options"] = opts,
+            },
+            ["source_store"] = store.Directory,
+        };
+        // Unknown fields of an existing sidecar are preserved on rewrite (formats.md §9).
+        if (File.Exists(path) && JsonNode.Parse(File.ReadAllText(path)) is JsonObject old)
+            foreach (var (k, v) in old)
+                if (!sidecar.ContainsKey(k)) sidecar[k] = v?.DeepClone();
+        StoreFiles.WriteAtomic(path, System.Text.Encoding.UTF8.GetBytes(sidecar.ToJsonString(new JsonSerializerOptions { WriteIndented = true })));
+    }
+}

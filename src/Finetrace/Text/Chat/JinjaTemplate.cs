@@ -1,0 +1,34 @@
+using System.Text;
+
+namespace Finetrace.Text.Chat;
+
+/// <summary>A compiled Jinja template, configured as transformers' apply_chat_template configures Jinja2:
+/// trim_blocks, lstrip_blocks, loop controls, immutable sandbox, no autoescape, keep_trailing_newline false.</summary>
+public sealed class JinjaTemplate
+{
+    readonly List<Stmt> _body;
+
+    /// <summary>Parses the template; syntax errors throw <see cref="TemplateException"/> (Kind TemplateSyntaxError).</summary>
+    public JinjaTemplate(string source, bool trimBlocks = true, bool lstripBlocks = true)
+    {
+        _body = new JinjaParser(JinjaLexer.Tokenize(source, trimBlocks, lstripBlocks)).ParseTemplate();
+    }
+
+    /// <summary>Renders with the given variables (values as <see cref="PyJson.FromJson"/> builds them).</summary>
+    public string Render(IReadOnlyDictionary<string, object?> vars) => Render(vars, out _);
+
+    /// <summary>Renders and reports the character spans of {% generation %} blocks.</summary>
+    public string Render(IReadOnlyDictionary<string, object?> vars, out IReadOnlyList<(int Start, int End)> generationSpans)
+    {
+        var state = new RenderState(vars);
+        var sb = new StringBuilder();
+        try
+        {
+            Stmt.ExecAll(_body, new Frame(state, null), sb);
+        }
+        catch (InvalidCastException e) { throw new TemplateException("TypeError", e.Message); }
+        catch (ArgumentOutOfRangeException e) { throw new TemplateException("ValueError", e.Message); }
+        generationSpans = state.GenerationSpans;
+        return sb.ToString();
+    }
+}
