@@ -142,6 +142,8 @@ public sealed class DictionaryTrainer
     public StepStats Step(ReadOnlySpan<float> xBMD)
     {
         var stats = ForwardBackward(xBMD, StepCount, updateState: true);
+        if (!float.IsFinite(stats.Total))
+            throw new TrainingDivergedException(StepCount, stats.Total);
         _mark = _clock.Elapsed.TotalSeconds;
         float norm = PostProcessGradients();
         Phase("clip");
@@ -545,4 +547,12 @@ public sealed class DictionaryTrainer
             TensorPrimitives.Divide(w, n, w);
         }
     }
+}
+
+/// <summary>The loss became NaN or ±Inf; the parameters were not updated with it.</summary>
+public sealed class TrainingDivergedException(long step, float loss)
+    : Exception($"training diverged: the loss is {loss} at step {step}. Try a lower --lr, a longer --warmup, gradient clipping, " +
+                "activation normalisation (--target-rms), or excluding extreme tokens such as BOS from the store (--filter)")
+{
+    public long Step { get; } = step;
 }
