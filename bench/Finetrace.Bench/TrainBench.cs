@@ -42,7 +42,7 @@ public sealed class TrainBench : IBenchCommand
             _ => throw new ArgumentException($"--kind {kind}: expected batchtopk-crosscoder, crosscoder-l1 or batchtopk-sae"),
         };
         int m = sae ? 1 : models;
-        var rng = new Rng(1);
+        var rng = new SplitMix64(1);
         var x = Tensor.Allocate((long)batch * m * d, zeroed: false);
         for (int i = 0; i < x.Length; i++) x[i] = (float)rng.Normal();
 
@@ -89,7 +89,7 @@ public sealed class TrainBench : IBenchCommand
     static double Time(Activation act, bool sae, int m, int d, int f, int k, int batch, int steps, float[] x, bool dense)
     {
         var dict = new SparseDictionary(m, d, f, act, sae ? CodeNormalization.None : CodeNormalization.Crosscoder, sae, act == Activation.Relu ? 0 : k);
-        if (sae) Initialization.Sae(dict, new Rng(2)); else Initialization.Crosscoder(dict, new Rng(2));
+        if (sae) Initialization.Sae(dict, new SplitMix64(2)); else Initialization.Crosscoder(dict, new SplitMix64(2));
         var tr = new DictionaryTrainer(dict, new TrainerOptions
         {
             Loss = ReconLoss.Mse, Lr = 1e-4, WarmupSteps = 0, Dense = dense, SparsityCoef = act == Activation.Relu ? 0.04f : 0,

@@ -26,7 +26,7 @@ public static class TrainingCheckpoint
             TensorData.F32("b_dec", d.BDec, d.Models, d.DModel),
             TensorData.F32("threshold", [d.Threshold]),
             TensorData.I64("tokens_since_fired", tr.TokensSinceFired, d.DictSize),
-            TensorData.I64("counters", [tr.StepCount, tr.Optimizer.Step, (long)tr.Rng.State, dataPosition], 4),
+            TensorData.I64("counters", [tr.StepCount, tr.Optimizer.Step, (long)tr.SplitMix64.State, dataPosition], 4),
         };
         if (d.JumpThreshold is not null) list.Add(TensorData.F32("jump_threshold", d.JumpThreshold, d.DictSize));
         for (int i = 0; i < tr.Optimizer.ExpAvg.Length; i++)

@@ -6,7 +6,7 @@ public static class Initialization
     /// <summary>Crosscoder: W_enc from kaiming_uniform (bound 1/√fan_in; fan_in = F for one [D, F] draw shared by all
     /// models, D·F for an [M, D, F] draw), each (model, latent) encoder row rescaled to <paramref name="normInitScale"/>
     /// when given, decoder = encoderᵀ (init_with_transpose), biases 0, θ = −1.</summary>
-    public static void Crosscoder(SparseDictionary d, Rng rng, float? normInitScale = 1f, bool sameInitForAllModels = true, bool initWithTranspose = true)
+    public static void Crosscoder(SparseDictionary d, SplitMix64 rng, float? normInitScale = 1f, bool sameInitForAllModels = true, bool initWithTranspose = true)
     {
         int M = d.Models, D = d.DModel, F = d.DictSize;
         double bound = 1.0 / Math.Sqrt(sameInitForAllModels ? F : (double)D * F);
@@ -31,7 +31,7 @@ public static class Initialization
 
     /// <summary>SAE: random decoder directions (nn.Linear default, bound 1/√F) normalised to unit norm,
     /// W_enc = W_decᵀ · encoderInitNorm, biases 0, θ = −1.</summary>
-    public static void Sae(SparseDictionary d, Rng rng, float encoderInitNorm = 1f, float? decoderNorm = 1f)
+    public static void Sae(SparseDictionary d, SplitMix64 rng, float encoderInitNorm = 1f, float? decoderNorm = 1f)
     {
         int D = d.DModel, F = d.DictSize;
         double bound = 1.0 / Math.Sqrt(F);

@@ -107,7 +107,7 @@ public static class GeometricMedian
 }
 
 /// <summary>SplitMix64: a tiny generator whose whole state is one ulong, so checkpoints can store and restore it.</summary>
-public sealed class Rng(ulong state)
+public sealed class SplitMix64(ulong state)
 {
     public ulong State { get; set; } = state;
     public ulong NextU64()

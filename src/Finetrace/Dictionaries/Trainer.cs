@@ -84,7 +84,7 @@ public sealed class DictionaryTrainer
     public Adam Optimizer { get; }
     /// <summary>Per-latent tokens since the latent last fired (AuxK dead tracking).</summary>
     public long[] TokensSinceFired { get; }
-    public Rng Rng { get; }
+    public SplitMix64 SplitMix64 { get; }
     /// <summary>Number of completed updates.</summary>
     public long StepCount { get; set; }
 
@@ -122,7 +122,7 @@ public sealed class DictionaryTrainer
         if (dict.Activation == Activation.JumpRelu) sizes.Add(F);
         Optimizer = new Adam(sizes);
         TokensSinceFired = new long[F];
-        Rng = new Rng(seed);
+        SplitMix64 = new SplitMix64(seed);
         GWEnc = Tensors.Tensor.Allocate(dict.WEnc.Length);
         GBEnc = new float[F];
         GWDec = Tensors.Tensor.Allocate(dict.WDec.Length);

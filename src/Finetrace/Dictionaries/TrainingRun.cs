@@ -65,7 +65,12 @@ public sealed class TrainingRun
         long lastSaved = tr.StepCount;
         while (tr.StepCount < Options.Steps)
         {
-            cancel.ThrowIfCancellationRequested();
+            if (cancel.IsCancellationRequested)
+            {
+                log.Flush();
+                TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);   // so --resume continues from here
+                cancel.ThrowIfCancellationRequested();
+            }
             int got = Source.Next(batch, Options.BatchSize);
             if (got < Options.BatchSize)
                 throw new InvalidOperationException($"the activation source ran out after {tr.StepCount} steps (got {got} of {Options.BatchSize} rows); use a cycling source or fewer --tokens");

@@ -10,7 +10,7 @@ public sealed class FormatTests(ITestOutputHelper log)
 {
     static float[] Data(int n, int rowLen, ulong seed, double scale = 1, double offset = 0)
     {
-        var r = new Rng(seed); var x = new float[n * rowLen];
+        var r = new SplitMix64(seed); var x = new float[n * rowLen];
         for (int i = 0; i < x.Length; i++) x[i] = (float)(r.Normal() * scale + offset);
         return x;
     }
@@ -48,7 +48,7 @@ public sealed class FormatTests(ITestOutputHelper log)
     public void Unknown_or_missing_keys_are_refused_with_the_key_name()
     {
         var d = new SparseDictionary(2, 4, 8, Activation.BatchTopK, CodeNormalization.Crosscoder, false, 2);
-        Initialization.Crosscoder(d, new Rng(1));
+        Initialization.Crosscoder(d, new SplitMix64(1));
         using var dir = new TempDir();
         var tensors = DictionaryLearningFormat.StateDict(d);
         tensors.Add(TensorData.F32("encoder.extra", new float[3], 3));
@@ -76,8 +76,8 @@ public sealed class FormatTests(ITestOutputHelper log)
     {
         int D = 12, F = 40;
         var d = new SparseDictionary(1, D, F, act, CodeNormalization.None, subtractDecoderBias: true, k: 3);
-        Initialization.Sae(d, new Rng(2));
-        var r = new Rng(3);
+        Initialization.Sae(d, new SplitMix64(2));
+        var r = new SplitMix64(3);
         for (int i = 0; i < F; i++) d.BEnc[i] = (float)(r.Normal() * 0.1);
         for (int i = 0; i < D; i++) d.BDec[i] = (float)(r.Normal() * 0.1);
         d.Threshold = 0.05f;

@@ -10,8 +10,8 @@ public sealed class GradientTests(ITestOutputHelper log)
     static SparseDictionary Make(Activation act, CodeNormalization cn, bool sae, int models, int d, int f, int k, ulong seed)
     {
         var dict = new SparseDictionary(models, d, f, act, cn, sae, k);
-        Initialization.Crosscoder(dict, new Rng(seed), normInitScale: 0.5f);
-        var r = new Rng(seed + 1);
+        Initialization.Crosscoder(dict, new SplitMix64(seed), normInitScale: 0.5f);
+        var r = new SplitMix64(seed + 1);
         for (int i = 0; i < dict.BEnc.Length; i++) dict.BEnc[i] = (float)(r.Normal() * 0.1);
         for (int i = 0; i < dict.BDec.Length; i++) dict.BDec[i] = (float)(r.Normal() * 0.1);
         if (act == Activation.JumpRelu) Array.Fill(dict.JumpThreshold!, 0.05f);
@@ -20,7 +20,7 @@ public sealed class GradientTests(ITestOutputHelper log)
 
     static float[] Data(int b, int rowLen, ulong seed)
     {
-        var r = new Rng(seed); var x = new float[b * rowLen];
+        var r = new SplitMix64(seed); var x = new float[b * rowLen];
         for (int i = 0; i < x.Length; i++) x[i] = (float)r.Normal();
         return x;
     }

@@ -7,9 +7,9 @@ namespace Finetrace.Tests.Dictionaries;
 /// <summary>Every sparse kernel against its dense GEMM reference, and selection against brute force.</summary>
 public sealed class KernelTests(ITestOutputHelper log)
 {
-    static float[] Random(Rng r, int n, double scale = 1) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = (float)(r.Normal() * scale); return a; }
+    static float[] Random(SplitMix64 r, int n, double scale = 1) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = (float)(r.Normal() * scale); return a; }
 
-    static SparseCodes RandomCodes(Rng r, int b, int f, int perRow)
+    static SparseCodes RandomCodes(SplitMix64 r, int b, int f, int perRow)
     {
         var fBF = new float[b * f];
         for (int t = 0; t < b; t++) for (int k = 0; k < perRow; k++) fBF[t * f + (int)(r.NextU64() % (ulong)f)] = (float)r.NextDouble() + 0.1f;
@@ -25,7 +25,7 @@ public sealed class KernelTests(ITestOutputHelper log)
     [InlineData(3, 9, 130, 11)]
     public void Sparse_kernels_match_dense_references(int models, int d, int f, int perRow)
     {
-        var r = new Rng(42);
+        var r = new SplitMix64(42);
         int b = 37;
         var codes = RandomCodes(r, b, f, perRow);
         var fBF = new float[b * f]; codes.ToDense(fBF);
@@ -67,7 +67,7 @@ public sealed class KernelTests(ITestOutputHelper log)
     [InlineData(130, 64, 60, false)]
     public void Batch_topk_selects_the_k_times_b_largest_scaled_values(int b, int f, int k, bool scaled)
     {
-        var r = new Rng(7);
+        var r = new SplitMix64(7);
         var fBF = Random(r, b * f);
         for (int i = 0; i < fBF.Length; i++) fBF[i] = Math.Max(0, fBF[i]);
         var c = scaled ? Random(r, f).Select(v => Math.Abs(v) + 0.1f).ToArray() : null;
@@ -88,7 +88,7 @@ public sealed class KernelTests(ITestOutputHelper log)
     [Fact]
     public void Per_token_topk_matches_sorting()
     {
-        var r = new Rng(3);
+        var r = new SplitMix64(3);
         int b = 9, f = 70, k = 5;
         var fBF = Random(r, b * f).Select(v => Math.Max(0, v)).ToArray();
         var codes = new SparseCodes(b, f);

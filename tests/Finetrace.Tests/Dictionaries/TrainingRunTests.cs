@@ -7,7 +7,7 @@ public sealed class TrainingRunTests
 {
     static float[] Data(int n, int rowLen, ulong seed)
     {
-        var r = new Rng(seed); var x = new float[n * rowLen];
+        var r = new SplitMix64(seed); var x = new float[n * rowLen];
         for (int i = 0; i < x.Length; i++) x[i] = (float)(r.Normal() * (1 + i % 3));
         return x;
     }
@@ -15,7 +15,7 @@ public sealed class TrainingRunTests
     static DictionaryTrainer NewTrainer(Activation act, int models, int d, int f)
     {
         var dict = new SparseDictionary(models, d, f, act, CodeNormalization.Crosscoder, false, 4);
-        Initialization.Crosscoder(dict, new Rng(1));
+        Initialization.Crosscoder(dict, new SplitMix64(1));
         return new DictionaryTrainer(dict, new TrainerOptions { Lr = 3e-3, WarmupSteps = 3, DecayStart = 8, TotalSteps = 12, DeadTokens = 64, ThresholdStartStep = 2, SparsityCoef = 0.05f, SparsityWarmupSteps = 4 }, seed: 5);
     }
 
