@@ -11,7 +11,13 @@ namespace Finetrace.Dictionaries;
 /// </summary>
 public static class Kernels
 {
-    static readonly ParallelOptions Par = new() { MaxDegreeOfParallelism = Environment.ProcessorCount };
+    static readonly ParallelOptions ParAll = new() { MaxDegreeOfParallelism = Environment.ProcessorCount };
+    static readonly ParallelOptions ParOne = new() { MaxDegreeOfParallelism = 1 };
+
+    /// <summary>Parallel options for a loop of about <paramref name="work"/> element operations: small loops run on
+    /// the calling thread (waking workers costs more than the work, badly so on a loaded machine). Results never
+    /// depend on this choice: every parallel loop writes disjoint outputs.</summary>
+    internal static ParallelOptions Opts(long work) => work < (1 << 18) ? ParOne : ParAll;
 
     /// <summary>pre[b, j] = Σ_m x[b, m, :] · WEnc[m, j, :] + bEnc[j] (dense GEMM, one per model).</summary>
     // xBMD: [B, M, D]; wEncMFD: [M, F, D]; bEncF: [F] → preBF: [B, F]
@@ -29,7 +35,7 @@ public static class Kernels
         fixed (float* p = v)
         {
             float* q = p;
-            Parallel.For(0, Chunks(n, 1 << 16), Par, c =>
+            Parallel.For(0, Chunks(n, 1 << 16), Opts(n), c =>
             {
                 int lo = (int)((long)n * c / Chunks(n, 1 << 16)), hi = (int)((long)n * (c + 1) / Chunks(n, 1 << 16));
                 TensorPrimitives.Max(new ReadOnlySpan<float>(q + lo, hi - lo), 0f, new Span<float>(q + lo, hi - lo));
@@ -50,7 +56,7 @@ public static class Kernels
         fixed (float* w = wDecMFD, bd = bDecMD, xh = xHatBMD)
         {
             float* W = w, BD = bd, XH = xh;
-            Parallel.For(0, rows, Par, bi =>
+            Parallel.For(0, rows, Opts((long)codes.Count * models * d), bi =>
             {
                 for (int m = 0; m < models; m++)
                 {
@@ -89,7 +95,7 @@ public static class Kernels
         fixed (float* dl = deltaBMD, dl2 = delta2BMD, g = gWDecMFD)
         {
             float* DL = dl, DL2 = dl2, G = g;
-            Parallel.For(0, Chunks(f, 64), Par, c =>
+            Parallel.For(0, Chunks(f, 64), Opts((long)(codes.Count + (codes2?.Count ?? 0) + f) * models * d), c =>
             {
                 int nc = Chunks(f, 64);
                 int lo = (int)((long)f * c / nc), hi = (int)((long)f * (c + 1) / nc);
@@ -130,7 +136,7 @@ public static class Kernels
         fixed (float* w = wDecMFD, dl = deltaBMD, gv = gValue)
         {
             float* W = w, DL = dl, GV = gv;
-            Parallel.For(0, codes.Rows, Par, bi =>
+            Parallel.For(0, codes.Rows, Opts((long)codes.Count * models * d), bi =>
             {
                 for (int e = codes.RowStart[bi]; e < codes.RowStart[bi + 1]; e++)
                 {
@@ -162,7 +168,7 @@ public static class Kernels
         fixed (float* gp = gPre, gp2 = gPre2, x = xBMD, gw = gWEncMFD, gb = gBEncF)
         {
             float* GP = gp, GP2 = gp2, X = x, GW = gw, GB = gb;
-            Parallel.For(0, Chunks(f, 64), Par, c =>
+            Parallel.For(0, Chunks(f, 64), Opts((long)(codes.Count + (codes2?.Count ?? 0) + f) * models * d), c =>
             {
                 int nc = Chunks(f, 64);
                 int lo = (int)((long)f * c / nc), hi = (int)((long)f * (c + 1) / nc);
@@ -211,7 +217,7 @@ public static class Kernels
         {
             float* A = a, S = s;
             int nc = Chunks(f, 256);
-            Parallel.For(0, nc, Par, c =>
+            Parallel.For(0, nc, Opts((long)b * f), c =>
             {
                 int lo = (int)((long)f * c / nc), hi = (int)((long)f * (c + 1) / nc);
                 var acc = new Span<float>(S + lo, hi - lo);

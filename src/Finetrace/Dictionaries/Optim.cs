@@ -33,7 +33,7 @@ public sealed class Adam
             float[] p = parameters[t], g = grads[t], m = ExpAvg[t], v = ExpAvgSq[t];
             int n = p.Length;
             int nc = Kernels.Chunks(n, 1 << 15);
-            Parallel.For(0, nc, c =>
+            Parallel.For(0, nc, Kernels.Opts(n), c =>
             {
                 int lo = (int)((long)n * c / nc), hi = (int)((long)n * (c + 1) / nc);
                 for (int i = lo; i < hi; i++)

@@ -7,7 +7,6 @@ namespace Finetrace.Dictionaries;
 /// </summary>
 public static class Selection
 {
-    static readonly ParallelOptions Par = new() { MaxDegreeOfParallelism = Environment.ProcessorCount };
 
     /// <summary>Batch top-k: the <paramref name="kTotal"/> largest s over the whole [B, F] matrix. Returns the
     /// smallest selected s (0 when none), which is what the threshold EMA consumes.
@@ -69,7 +68,7 @@ public static class Selection
     {
         int nc = Math.Max(1, Math.Min(32, b));
         var lists = new List<(uint, long)>[nc];
-        Parallel.For(0, nc, Par, c =>
+        Parallel.For(0, nc, Kernels.Opts((long)b * f), c =>
         {
             var l = new List<(uint, long)>();
             int lo = b * c / nc, hi = b * (c + 1) / nc;
@@ -127,7 +126,7 @@ public static class Selection
         {
             float* F = fp, C = cp; bool* A = ap;
             var idx = codes.Index; var val = codes.Value;
-            Parallel.For(0, b, Par, () => (new float[k], new int[k]), (t, _, heap) =>
+            Parallel.For(0, b, Kernels.Opts((long)b * f), () => (new float[k], new int[k]), (t, _, heap) =>
             {
                 var (hs, hi) = heap;
                 int n = 0;
@@ -220,7 +219,7 @@ public static class Selection
         codes.Reset(b);
         var counts = new int[b];
         var mins = new float[b];
-        Parallel.For(0, b, Par, t =>
+        Parallel.For(0, b, Kernels.Opts((long)b * f), t =>
         {
             float* row = F + (long)t * f;
             int n = 0; float mn = float.PositiveInfinity;
@@ -236,7 +235,7 @@ public static class Selection
         codes.RowStart[b] = pos;
         codes.EnsureCapacity(pos);
         var idx = codes.Index; var val = codes.Value; var rs = codes.RowStart;
-        Parallel.For(0, b, Par, t =>
+        Parallel.For(0, b, Kernels.Opts((long)b * f), t =>
         {
             float* row = F + (long)t * f;
             int e = rs[t];

@@ -185,11 +185,11 @@ public static class CodeNorms
     public static void Backward(ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> gcF, int models, int f, int d, CodeNormalization mode, float alphaSae, float alphaCc, Span<float> gWDecMFD)
     {
         if (mode == CodeNormalization.None) return;
+        Span<float> norms = models <= 64 ? stackalloc float[models] : new float[models];
         for (int j = 0; j < f; j++)
         {
             if (gcF[j] == 0f) continue;
             double sumSq = 0;
-            Span<float> norms = models <= 64 ? stackalloc float[models] : new float[models];
             for (int m = 0; m < models; m++) { norms[m] = Norm(wDecMFD.Slice((m * f + j) * d, d)); sumSq += (double)norms[m] * norms[m]; }
             float sae = (float)Math.Sqrt(sumSq);
             for (int m = 0; m < models; m++)

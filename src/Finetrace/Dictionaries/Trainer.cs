@@ -449,7 +449,7 @@ public sealed class DictionaryTrainer
         fixed (float* fp = fBF, gp = gBF)
         {
             float* FP = fp, GP = gp;
-            Parallel.For(0, B, t =>
+            Parallel.For(0, B, Kernels.Opts((long)B * f), t =>
             {
                 float* fr = FP + (long)t * f, gr = GP + (long)t * f;
                 for (int j = 0; j < f; j++)
@@ -500,19 +500,43 @@ public sealed class DictionaryTrainer
         double total = 0;
         foreach (var g in Gradients)
         {
-            double s = 0;
-            for (int i = 0; i < g.Length; i++) s += (double)g[i] * g[i];
-            float n = (float)Math.Sqrt(s);
+            float n = (float)Math.Sqrt(SumOfSquares(g));
             total += (double)n * n;
         }
         float norm = (float)Math.Sqrt(total);
         if (Options.ClipNorm is float max)
         {
             float coef = max / (norm + 1e-6f);
-            if (coef > 1f) coef = 1f;
-            foreach (var g in Gradients) TensorPrimitives.Multiply(g, coef, g);
+            if (coef < 1f)   // × 1 is the identity: skip the pass
+                foreach (var g in Gradients)
+                {
+                    var gg = g;
+                    int nc = Kernels.Chunks(gg.Length, 1 << 15);
+                    Parallel.For(0, nc, Kernels.Opts(gg.Length), c =>
+                    {
+                        int lo = (int)((long)gg.Length * c / nc), hi = (int)((long)gg.Length * (c + 1) / nc);
+                        TensorPrimitives.Multiply(gg.AsSpan(lo, hi - lo), coef, gg.AsSpan(lo, hi - lo));
+                    });
+                }
         }
         return norm;
+    }
+
+    // Σ g² in double over a fixed number of chunks (independent of the thread count), combined in chunk order.
+    static double SumOfSquares(float[] g)
+    {
+        int nc = Kernels.Chunks(g.Length, 1 << 15);
+        var part = new double[nc];
+        Parallel.For(0, nc, Kernels.Opts(g.Length), c =>
+        {
+            int lo = (int)((long)g.Length * c / nc), hi = (int)((long)g.Length * (c + 1) / nc);
+            double s = 0;
+            for (int i = lo; i < hi; i++) s += (double)g[i] * g[i];
+            part[c] = s;
+        });
+        double t = 0;
+        foreach (var p in part) t += p;
+        return t;
     }
 
     /// <summary>g_j ← g_j − (g_j · ŵ_j) ŵ_j with ŵ = w/(‖w‖ + 1e-6), per decoder row.</summary>
