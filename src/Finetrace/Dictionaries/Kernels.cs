@@ -24,7 +24,7 @@ public static class Kernels
     public static void EncoderForward(ReadOnlySpan<float> xBMD, ReadOnlySpan<float> wEncMFD, ReadOnlySpan<float> bEncF, int b, int models, int d, int f, Span<float> preBF)
     {
         for (int m = 0; m < models; m++)
-            Gemm.Sgemm(false, true, b, f, d, 1f, xBMD.Slice(m * d), models * d, wEncMFD.Slice(m * f * d, f * d), d, m == 0 ? 0f : 1f, preBF, f);
+            Sgemm(false, true, b, f, d, 1f, xBMD.Slice(m * d), models * d, wEncMFD.Slice(m * f * d, f * d), d, m == 0 ? 0f : 1f, preBF, f);
         for (int t = 0; t < b; t++) TensorPrimitives.Add(preBF.Slice(t * f, f), bEncF, preBF.Slice(t * f, f));
     }
 
@@ -41,6 +41,26 @@ public static class Kernels
                 TensorPrimitives.Max(new ReadOnlySpan<float>(q + lo, hi - lo), 0f, new Span<float>(q + lo, hi - lo));
             });
         }
+    }
+
+    /// <summary>Gemm.Sgemm, with OpenBLAS held to one thread for small products: its worker threads cost more than
+    /// such a product (and far more on a loaded machine). OpenBLAS splits outputs, not the inner sum, across threads,
+    /// so the result is the same either way.</summary>
+    internal static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
+        ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)
+    {
+        if (Gemm.Backend == GemmBackend.OpenBlas && (long)m * n * k < (1L << 22))
+        {
+            int threads = OpenBlas.Threads;
+            if (threads > 1)
+            {
+                OpenBlas.Threads = 1;
+                try { Gemm.Sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); }
+                finally { OpenBlas.Threads = threads; }
+                return;
+            }
+        }
+        Gemm.Sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }
 
     internal static int Chunks(int n, int grain) => Math.Max(1, Math.Min(64, n / grain));
@@ -78,7 +98,7 @@ public static class Kernels
     public static void DecodeDense(ReadOnlySpan<float> fBF, ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> bDecMD, int b, int models, int d, int f, Span<float> xHatBMD)
     {
         for (int m = 0; m < models; m++)
-            Gemm.Sgemm(false, false, b, d, f, 1f, fBF, f, wDecMFD.Slice(m * f * d, f * d), d, 0f, xHatBMD.Slice(m * d), models * d);
+            Sgemm(false, false, b, d, f, 1f, fBF, f, wDecMFD.Slice(m * f * d, f * d), d, 0f, xHatBMD.Slice(m * d), models * d);
         if (!bDecMD.IsEmpty)
             for (int t = 0; t < b; t++)
                 for (int m = 0; m < models; m++)
@@ -126,7 +146,7 @@ public static class Kernels
     public static void DecoderGradDense(ReadOnlySpan<float> fBF, ReadOnlySpan<float> deltaBMD, int b, int models, int d, int f, Span<float> gWDecMFD, bool accumulate = false)
     {
         for (int m = 0; m < models; m++)
-            Gemm.Sgemm(true, false, f, d, b, 1f, fBF, f, deltaBMD.Slice(m * d), models * d, accumulate ? 1f : 0f, gWDecMFD.Slice(m * f * d, f * d), d);
+            Sgemm(true, false, f, d, b, 1f, fBF, f, deltaBMD.Slice(m * d), models * d, accumulate ? 1f : 0f, gWDecMFD.Slice(m * f * d, f * d), d);
     }
 
     /// <summary>∂L/∂f at every stored entry: g[e] = Σ_m WDec[m, j, :] · δ[b, m, :].</summary>
@@ -155,7 +175,7 @@ public static class Kernels
     public static void CodeGradDense(ReadOnlySpan<float> deltaBMD, ReadOnlySpan<float> wDecMFD, int b, int models, int d, int f, Span<float> gFBF)
     {
         for (int m = 0; m < models; m++)
-            Gemm.Sgemm(false, true, b, f, d, 1f, deltaBMD.Slice(m * d), models * d, wDecMFD.Slice(m * f * d, f * d), d, m == 0 ? 0f : 1f, gFBF, f);
+            Sgemm(false, true, b, f, d, 1f, deltaBMD.Slice(m * d), models * d, wDecMFD.Slice(m * f * d, f * d), d, m == 0 ? 0f : 1f, gFBF, f);
     }
 
     // ---------------------------------------------------------------- encoder backward
@@ -205,7 +225,7 @@ public static class Kernels
     public static unsafe void EncoderGradDense(ReadOnlySpan<float> gPreBF, ReadOnlySpan<float> xBMD, int b, int models, int d, int f, Span<float> gWEncMFD, Span<float> gBEncF)
     {
         for (int m = 0; m < models; m++)
-            Gemm.Sgemm(true, false, f, d, b, 1f, gPreBF, f, xBMD.Slice(m * d), models * d, 0f, gWEncMFD.Slice(m * f * d, f * d), d);
+            Sgemm(true, false, f, d, b, 1f, gPreBF, f, xBMD.Slice(m * d), models * d, 0f, gWEncMFD.Slice(m * f * d, f * d), d);
         ColumnSums(gPreBF, b, f, gBEncF);
     }
 
