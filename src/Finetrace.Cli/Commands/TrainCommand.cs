@@ -31,7 +31,7 @@ public sealed class TrainCommand : ICliCommand
         var tokens = new Option<long>("--tokens") { Description = "Training tokens (steps = tokens / batch); default one pass over the store" };
         var batch = new Option<int>("--batch") { Description = "Tokens per step", DefaultValueFactory = _ => 2048 };
         var lr = new Option<double?>("--lr") { Description = "Learning rate (default 2e-4 / sqrt(F / 2^14) for TopK family, 1e-4 otherwise)" };
-        var warmup = new Option<int>("--warmup") { Description = "Linear LR warm-up steps", DefaultValueFactory = _ => 1000 };
+        var warmup = new Option<int?>("--warmup") { Description = "Linear LR warm-up steps (default 1000, at most a tenth of the run)" };
         var decay = new Option<long?>("--decay-start") { Description = "Step where a linear LR decay to 0 begins" };
         var loss = new Option<string>("--loss") { Description = "mse (Σ_m‖e‖², default), l2 (un-squared, dictionary_learning-compatible), mse-mean-models", DefaultValueFactory = _ => "mse" };
         var codeNorm = new Option<string>("--code-norm") { Description = "Crosscoder code normalisation: crosscoder, sae, mixed, none", DefaultValueFactory = _ => "crosscoder" };
@@ -41,7 +41,7 @@ public sealed class TrainCommand : ICliCommand
         var kAnneal = new Option<int>("--k-anneal-steps") { Description = "Steps of k annealing", DefaultValueFactory = _ => 2000 };
         var auxk = new Option<float>("--auxk-alpha") { Description = "AuxK coefficient", DefaultValueFactory = _ => 1f / 32 };
         var deadTokens = new Option<long>("--dead-tokens") { Description = "A latent is dead after this many tokens without firing", DefaultValueFactory = _ => 10_000_000 };
-        var thresholdStart = new Option<long>("--threshold-start") { Description = "Start the inference-threshold EMA after this step", DefaultValueFactory = _ => 1000 };
+        var thresholdStart = new Option<long?>("--threshold-start") { Description = "Start the inference-threshold EMA after this step (default 1000, at most half the run)" };
         var clip = new Option<float>("--clip") { Description = "Global gradient-norm clip (0 = off; default 1 for TopK family, off for L1)", DefaultValueFactory = _ => -1 };
         var normInit = new Option<float>("--norm-init-scale") { Description = "Initial encoder/decoder row norm (crosscoders)", DefaultValueFactory = _ => 1f };
         var targetRms = new Option<float>("--target-rms") { Description = "Normalise activations to this RMS using the store's statistics (0 = raw activations)", DefaultValueFactory = _ => 0f };
@@ -111,10 +111,10 @@ public sealed class TrainCommand : ICliCommand
             {
                 Loss = r.GetValue(loss) switch { "mse" => ReconLoss.Mse, "l2" => ReconLoss.L2, "mse-mean-models" => ReconLoss.MseMeanModels, var s => throw new ArgumentException($"--loss {s}: expected mse, l2 or mse-mean-models") },
                 Lr = r.GetValue(lr) ?? (topk ? 2e-4 / Math.Sqrt(F / 16384.0) : 1e-4),
-                WarmupSteps = (int)Math.Min(r.GetValue(warmup), steps / 10 + 1), DecayStart = r.GetValue(decay), TotalSteps = steps,
+                WarmupSteps = r.GetValue(warmup) ?? (int)Math.Min(1000, steps / 10 + 1), DecayStart = r.GetValue(decay), TotalSteps = steps,
                 ClipNorm = clipv < 0 ? (topk ? 1f : null) : clipv == 0 ? null : clipv,
                 SparsityCoef = mu ?? 0, Penalty = r.GetValue(sqrtL1) ? SparsityPenalty.SqrtL1 : SparsityPenalty.L1, SparsityWarmupSteps = r.GetValue(l1Warmup),
-                AuxKAlpha = r.GetValue(auxk), DeadTokens = r.GetValue(deadTokens), ThresholdStartStep = Math.Min(r.GetValue(thresholdStart), steps / 2),
+                AuxKAlpha = r.GetValue(auxk), DeadTokens = r.GetValue(deadTokens), ThresholdStartStep = r.GetValue(thresholdStart) ?? Math.Min(1000, steps / 2),
                 GeometricMedianInit = topk, UnitNormDecoder = sae && topk, KMax = r.GetValue(kMax), KAnnealSteps = r.GetValue(kAnneal),
             };
             var trainer = new DictionaryTrainer(dict, opts, r.GetValue(seed));

@@ -100,3 +100,44 @@ public sealed class KernelTests(ITestOutputHelper log)
         }
     }
 }
+
+public sealed class InitializationTests
+{
+    [Fact]
+    public void Crosscoder_init_rescales_rows_shares_the_draw_and_transposes()
+    {
+        var d = new SparseDictionary(3, 8, 20, Activation.BatchTopK, CodeNormalization.Crosscoder, false, 2);
+        Initialization.Crosscoder(d, new SplitMix64(4), normInitScale: 0.25f);
+        foreach (var n in d.DecoderNorms()) Assert.Equal(0.25f, n, 5);
+        Assert.Equal(d.WEnc, d.WDec);                                                    // decoder = encoderᵀ in the reference layout
+        Assert.Equal(d.WEnc.AsSpan(0, 160).ToArray(), d.WEnc.AsSpan(320, 160).ToArray()); // same draw for every model
+        Assert.Equal(-1f, d.Threshold);
+        Assert.All(d.BEnc, v => Assert.Equal(0f, v));
+
+        var raw = new SparseDictionary(2, 8, 20, Activation.Relu, CodeNormalization.Crosscoder, false);
+        Initialization.Crosscoder(raw, new SplitMix64(4), normInitScale: null, sameInitForAllModels: false);
+        float bound = 1f / MathF.Sqrt(8 * 20);   // kaiming_uniform(a=√5) on [M, D, F]: fan_in = D·F
+        Assert.All(raw.WEnc, v => Assert.InRange(v, -bound, bound));
+        Assert.True(raw.WEnc.Max() > 0.8f * bound);
+        Assert.NotEqual(raw.WEnc.AsSpan(0, 160).ToArray(), raw.WEnc.AsSpan(160, 160).ToArray());
+    }
+
+    [Fact]
+    public void Sae_init_has_unit_decoder_rows_and_tied_encoder()
+    {
+        var d = new SparseDictionary(1, 8, 20, Activation.TopK, CodeNormalization.None, true, 2);
+        Initialization.Sae(d, new SplitMix64(4), encoderInitNorm: 0.5f);
+        foreach (var n in d.DecoderNorms()) Assert.Equal(1f, n, 5);
+        for (int i = 0; i < d.WEnc.Length; i++) Assert.Equal(0.5f * d.WDec[i], d.WEnc[i], 6);
+    }
+
+    [Fact]
+    public void Lr_schedule_warms_up_from_zero_and_decays_linearly()
+    {
+        Assert.Equal(0.0, LrSchedule.Factor(0, 10, null, 100));
+        Assert.Equal(0.5, LrSchedule.Factor(5, 10, null, 100));
+        Assert.Equal(1.0, LrSchedule.Factor(10, 10, 80, 100));
+        Assert.Equal(0.5, LrSchedule.Factor(90, 10, 80, 100));
+        Assert.Equal(1.0, LrSchedule.Factor(0, 0, null, 100));
+    }
+}
