@@ -1,0 +1,42 @@
+using System.CommandLine;
+using Finetrace.Dictionaries;
+using Spectre.Console;
+
+namespace Finetrace.Cli.Commands;
+
+/// <summary><c>finetrace convert IN OUT --to saelens|dictionary-learning</c>.</summary>
+public sealed class ConvertCommand : ICliCommand
+{
+    public Command Build()
+    {
+        var input = new Argument<string>("in") { Description = "Dictionary folder (crosscoder_learning or SAELens)" };
+        var output = new Argument<string>("out") { Description = "Folder to write" };
+        var to = new Option<string>("--to") { Description = "saelens | dictionary-learning", Required = true };
+        var cmd = new Command("convert", "Convert a dictionary between the crosscoder_learning/dictionary_learning and SAELens v6 formats");
+        cmd.Arguments.Add(input); cmd.Arguments.Add(output); cmd.Options.Add(to);
+        cmd.SetAction(r =>
+        {
+            string inDir = r.GetValue(input)!, outDir = r.GetValue(output)!;
+            if (Path.GetFullPath(inDir) == Path.GetFullPath(outDir)) throw new ArgumentException("IN and OUT are the same folder; write the converted dictionary elsewhere");
+            var d = DictionaryIO.Load(inDir, n => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"));
+            switch (r.GetValue(to))
+            {
+                case "saelens": SaelensFormat.Save(d, outDir); break;
+                case "dictionary-learning":
+                    if (d.Activation == Activation.JumpRelu && d.IsSae && d.JumpThreshold!.Distinct().Count() == 1 && d.JumpThreshold![0] >= 0)
+                    {
+                        // a BatchTopK SAE saved as SAELens jumprelu: one shared threshold makes it a BatchTopKSAE again (k unknown: 0)
+                        var b = new SparseDictionary(1, d.DModel, d.DictSize, Activation.BatchTopK, CodeNormalization.None, true, 1) { Threshold = d.JumpThreshold![0] };
+                        d.WEnc.CopyTo(b.WEnc, 0); d.WDec.CopyTo(b.WDec, 0); d.BEnc.CopyTo(b.BEnc, 0); d.BDec.CopyTo(b.BDec, 0);
+                        AnsiConsole.MarkupLine("[yellow]note:[/] a jumprelu SAE with one shared threshold becomes a BatchTopKSAE; its training k is unknown and is written as 1 (inference uses the threshold)");
+                        d = b;
+                    }
+                    DictionaryLearningFormat.Save(d, outDir); break;
+                case var s: throw new ArgumentException($"--to {s}: expected saelens or dictionary-learning");
+            }
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(outDir)}");
+            return 0;
+        });
+        return cmd;
+    }
+}

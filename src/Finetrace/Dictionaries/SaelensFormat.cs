@@ -1,0 +1,135 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Finetrace.Models.Safetensors;
+
+namespace Finetrace.Dictionaries;
+
+/// <summary>
+/// SAELens v6 folders (formats.md §2): <c>cfg.json</c>, <c>sae_weights.safetensors</c>, optional
+/// <c>sparsity.safetensors</c>. SAEs only (SAELens has no crosscoders). Writing folds the activation normaliser into
+/// the weights (§2.5) so the folder works on raw activations: W_enc = g·W_eᵀ, W_dec = W_dᵀ/g, b_dec = b_dec/g + μ.
+/// BatchTopK is written as <c>jumprelu</c> with θ repeated per latent (identical inference for θ ≥ 0).
+/// Reading accepts <c>standard</c>, <c>topk</c> and <c>jumprelu</c> and refuses any key the architecture does not declare.
+/// </summary>
+public static class SaelensFormat
+{
+    public const string CfgFile = "cfg.json", WeightsFile = "sae_weights.safetensors", SparsityFile = "sparsity.safetensors";
+
+    public static void Save(SparseDictionary d, string dir, float[]? log10DensityF = null, IReadOnlyDictionary<string, object?>? metadata = null, IReadOnlyDictionary<string, object?>? finetrace = null)
+    {
+        if (d.Models != 1 || !d.IsSae)
+            throw new DictionaryFormatException($"SAELens folders hold SAEs only; this is a {d.Models}-model crosscoder — save it as a crosscoder_learning folder (--to dictionary-learning)");
+        int D = d.DModel, F = d.DictSize;
+        float g = d.Normalizer?.Scale[0] ?? 1f;
+        var mu = d.Normalizer?.Mean ?? new float[D];
+        var wEnc = new float[D * F];
+        DictionaryLearningFormat.Transpose(d.WEnc, F, D, wEnc);
+        for (int i = 0; i < wEnc.Length; i++) wEnc[i] *= g;
+        var wDec = new float[F * D];
+        for (int i = 0; i < wDec.Length; i++) wDec[i] = d.WDec[i] / g;
+        var bDec = new float[D];
+        for (int i = 0; i < D; i++) bDec[i] = d.BDec[i] / g + mu[i];
+        var tensors = new List<TensorData>
+        {
+            TensorData.F32("W_enc", wEnc, D, F), TensorData.F32("W_dec", wDec, F, D),
+            TensorData.F32("b_enc", d.BEnc, F), TensorData.F32("b_dec", bDec, D),
+        };
+        string arch;
+        var cfg = new JsonObject();
+        switch (d.Activation)
+        {
+            case Activation.Relu: arch = "standard"; break;
+            case Activation.TopK: arch = "topk"; cfg["k"] = d.K; cfg["rescale_acts_by_decoder_norm"] = false; break;
+            case Activation.BatchTopK:
+                if (d.Threshold < 0) throw new DictionaryFormatException("the BatchTopK threshold is unset (−1): train past --threshold-start so inference has a threshold before saving as SAELens jumprelu");
+                arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", Enumerable.Repeat(d.Threshold, F).ToArray(), F)); break;
+            case Activation.JumpRelu: arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", d.JumpThreshold!, F)); break;
+            default: throw new DictionaryFormatException($"no SAELens architecture for {d.Activation}");
+        }
+        Directory.CreateDirectory(dir);
+        SafetensorsWriter.Write(Path.Combine(dir, WeightsFile), tensors);
+        if (log10DensityF is not null) SafetensorsWriter.Write(Path.Combine(dir, SparsityFile), [TensorData.F32("sparsity", log10DensityF, F)]);
+        var root = new JsonObject
+        {
+            ["architecture"] = arch, ["d_in"] = D, ["d_sae"] = F, ["dtype"] = "float32", ["device"] = "cpu",
+            ["apply_b_dec_to_input"] = true, ["normalize_activations"] = "none", ["reshape_activations"] = "none",
+        };
+        foreach (var (k, v) in cfg) root[k] = v?.DeepClone();
+        var meta = new JsonObject { ["model_from_pretrained_kwargs"] = new JsonObject { ["center_writing_weights"] = false } };
+        if (metadata is not null) foreach (var (k, v) in metadata) meta[k] = JsonSerializer.SerializeToNode(v);
+        root["metadata"] = meta;
+        File.WriteAllText(Path.Combine(dir, CfgFile), root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (finetrace is not null) FinetraceSidecar.Write(dir, "dictionary", finetrace);
+    }
+
+    public static SparseDictionary Load(string dir)
+    {
+        string cfgPath = Path.Combine(dir, CfgFile), wPath = Path.Combine(dir, WeightsFile);
+        if (!File.Exists(cfgPath)) throw new DictionaryFormatException($"{dir}: no {CfgFile}; not a SAELens folder");
+        if (!File.Exists(wPath)) throw new DictionaryFormatException($"{dir}: no {WeightsFile}");
+        var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))?.AsObject() ?? throw new DictionaryFormatException($"{cfgPath}: not a JSON object");
+        string arch = cfg["architecture"]?.GetValue<string>() ?? "standard";
+        string norm = cfg["normalize_activations"] is JsonNode n ? (n.GetValueKind() == JsonValueKind.String ? n.GetValue<string>() : n.GetValueKind() == JsonValueKind.True ? "expected_average_only_in" : "none") : "none";
+        if (norm != "none") throw new DictionaryFormatException($"{cfgPath}: normalize_activations = '{norm}' needs a runtime scaling factor Finetrace does not apply; fold it into the weights first");
+        string reshape = cfg["reshape_activations"]?.GetValue<string>() ?? "none";
+        if (reshape != "none") throw new DictionaryFormatException($"{cfgPath}: reshape_activations = '{reshape}' (attention-head SAEs) is not supported");
+        bool applyBDec = cfg["apply_b_dec_to_input"]?.GetValue<bool>() ?? true;
+        string[] keys = arch switch
+        {
+            "standard" or "topk" => ["W_enc", "W_dec", "b_enc", "b_dec"],
+            "jumprelu" => ["W_enc", "W_dec", "b_enc", "b_dec", "threshold"],
+            _ => throw new DictionaryFormatException($"{cfgPath}: architecture '{arch}' is not supported (standard, topk, jumprelu)"),
+        };
+        using var f = new SafetensorsFile(wPath);
+        foreach (var name in f.Tensors.Keys)
+            if (!keys.Contains(name)) throw new DictionaryFormatException($"{wPath}: unexpected tensor '{name}' for architecture '{arch}'; refusing to guess what it means");
+        foreach (var k in keys) if (!f.Contains(k)) throw new DictionaryFormatException($"{wPath}: missing tensor '{k}' required by architecture '{arch}'");
+        int D = cfg["d_in"]?.GetValue<int>() ?? f.Info("W_enc").Shape[0], F = cfg["d_sae"]?.GetValue<int>() ?? f.Info("W_enc").Shape[1];
+        void Shape(string k, params int[] s) { if (!f.Info(k).Shape.SequenceEqual(s)) throw new DictionaryFormatException($"{wPath}: '{k}' has shape {f.Info(k).ShapeText}, expected [{string.Join(", ", s)}]"); }
+        Shape("W_enc", D, F); Shape("W_dec", F, D); Shape("b_enc", F); Shape("b_dec", D);
+        if (arch == "jumprelu") Shape("threshold", F);
+        var act = arch switch { "standard" => Activation.Relu, "topk" => Activation.TopK, _ => Activation.JumpRelu };
+        int kk = arch == "topk" ? cfg["k"]?.GetValue<int>() ?? throw new DictionaryFormatException($"{cfgPath}: topk architecture without 'k'") : 0;
+        var d = new SparseDictionary(1, D, F, act, CodeNormalization.None, subtractDecoderBias: true, kk);
+        DictionaryLearningFormat.Transpose(f.ReadF32("W_enc").Data, D, F, d.WEnc);
+        f.ReadF32("W_dec").Data.CopyTo(d.WDec, 0);
+        f.ReadF32("b_enc").Data.CopyTo(d.BEnc, 0);
+        f.ReadF32("b_dec").Data.CopyTo(d.BDec, 0);
+        if (!applyBDec)
+        {
+            // pre = x·W_enc + b_enc = (x − b_dec)·W_enc + (b_enc + b_dec·W_enc)
+            for (int j = 0; j < F; j++)
+            {
+                double s = 0;
+                for (int i = 0; i < D; i++) s += (double)d.BDec[i] * d.WEnc[j * D + i];
+                d.BEnc[j] += (float)s;
+            }
+        }
+        if (act == Activation.JumpRelu) f.ReadF32("threshold").Data.CopyTo(d.JumpThreshold!, 0);
+        return d;
+    }
+}
+
+/// <summary>Format detection for dictionary folders.</summary>
+public static class DictionaryIO
+{
+    public static bool IsSaelens(string dir) => File.Exists(Path.Combine(dir, SaelensFormat.CfgFile));
+    public static bool IsDictionaryLearning(string dir) => File.Exists(Path.Combine(dir, "config.json")) && File.Exists(Path.Combine(dir, "model.safetensors"));
+
+    public static SparseDictionary Load(string dir, Action<string>? note = null)
+    {
+        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{dir}: no such dictionary folder");
+        if (IsDictionaryLearning(dir)) return DictionaryLearningFormat.Load(dir, note);
+        if (IsSaelens(dir)) return SaelensFormat.Load(dir);
+        throw new DictionaryFormatException($"{dir}: neither a crosscoder_learning folder (config.json + model.safetensors) nor a SAELens folder (cfg.json + sae_weights.safetensors)");
+    }
+
+    /// <summary>The format researchers expect: crosscoder_learning where it has a class, SAELens otherwise.</summary>
+    public static string Save(SparseDictionary d, string dir, IReadOnlyDictionary<string, object?>? finetrace = null, float[]? log10Density = null)
+    {
+        bool dl = (d.IsSae, d.Activation) is (false, Activation.Relu or Activation.BatchTopK) or (true, Activation.BatchTopK);
+        if (dl) { DictionaryLearningFormat.Save(d, dir, finetrace); return "dictionary-learning"; }
+        SaelensFormat.Save(d, dir, log10Density, finetrace: finetrace);
+        return "saelens";
+    }
+}

@@ -1,0 +1,212 @@
+namespace Finetrace.Dictionaries;
+
+/// <summary>How the code f becomes sparse.</summary>
+public enum Activation
+{
+    /// <summary>f = ReLU(pre); sparsity comes from an L1 (or sqrt-L1) penalty.</summary>
+    Relu,
+    /// <summary>Training: keep the k·B largest s = f ⊙ c over the whole batch; inference: f · [s &gt; θ].</summary>
+    BatchTopK,
+    /// <summary>Keep the k largest f per token (training and inference).</summary>
+    TopK,
+    /// <summary>f = pre · [pre &gt; θ_j] with a learned per-latent threshold.</summary>
+    JumpRelu,
+}
+
+/// <summary>Per-latent weight c_j used by the sparsity penalty, top-k ranking and threshold (methods.md §2.3).</summary>
+public enum CodeNormalization { Crosscoder = 1, Sae = 2, Mixed = 3, None = 4, Decoupled = 5 }
+
+/// <summary>
+/// A sparse dictionary over M ≥ 1 models: a crosscoder (M ≥ 2, shared code, per-model decoders) or an SAE (M = 1,
+/// decoder bias subtracted from the input before encoding). Parameters are stored latent-major so that the rows a
+/// sparse kernel touches are contiguous:
+/// <list type="bullet">
+/// <item>WEnc [M, F, D] — row (m, j) reads model m for latent j (the reference crosscoder stores [M, D, F]; the SAE's
+/// nn.Linear stores [F, D] = our layout for M = 1);</item>
+/// <item>BEnc [F]; WDec [M, F, D] — row (m, j) is d_j^m (SAE nn.Linear stores [D, F], transposed); BDec [M, D].</item>
+/// </list>
+/// All quantities live in the normalised space when a normaliser is attached (<see cref="Normalizer"/>).
+/// </summary>
+public sealed class SparseDictionary
+{
+    public int Models { get; }
+    public int DModel { get; }
+    public int DictSize { get; }
+    public Activation Activation { get; set; }
+    public CodeNormalization CodeNormalization { get; set; }
+    public float AlphaSae { get; set; } = 1.0f;
+    public float AlphaCc { get; set; } = 0.1f;
+    /// <summary>SAE convention: encode (x − b_dec) instead of x.</summary>
+    public bool SubtractDecoderBias { get; }
+    public int K { get; set; }
+    /// <summary>Global inference threshold θ for BatchTopK (−1 = unset).</summary>
+    public float Threshold { get; set; } = -1f;
+    /// <summary>Per-latent thresholds for JumpReLU [F] (null otherwise).</summary>
+    public float[]? JumpThreshold { get; set; }
+
+    // wEncMFD: [M, F, D]; bEncF: [F]; wDecMFD: [M, F, D]; bDecMD: [M, D]
+    public float[] WEnc { get; }
+    public float[] BEnc { get; }
+    public float[] WDec { get; }
+    public float[] BDec { get; }
+
+    /// <summary>Activation normaliser (methods.md §2.7), or null when training on raw activations.</summary>
+    public Normalizer? Normalizer { get; set; }
+
+    public SparseDictionary(int models, int dModel, int dictSize, Activation activation, CodeNormalization codeNorm, bool subtractDecoderBias, int k = 0)
+    {
+        if (models < 1 || dModel < 1 || dictSize < 1) throw new ArgumentException($"dictionary sizes must be positive: models={models}, d_model={dModel}, dict_size={dictSize}");
+        if (activation is Activation.BatchTopK or Activation.TopK && (k < 1 || k > dictSize))
+            throw new ArgumentException($"k = {k} must be between 1 and dict_size = {dictSize}");
+        if (codeNorm == CodeNormalization.Decoupled && activation != Activation.Relu)
+            throw new NotSupportedException("DECOUPLED code normalisation is implemented for the L1 crosscoder only (per-model top-k and thresholds are not supported yet); use crosscoder, sae, mixed or none");
+        Models = models; DModel = dModel; DictSize = dictSize;
+        Activation = activation; CodeNormalization = codeNorm; SubtractDecoderBias = subtractDecoderBias; K = k;
+        long n = (long)models * dictSize * dModel;
+        WEnc = Tensors.Tensor.Allocate(n);
+        WDec = Tensors.Tensor.Allocate(n);
+        BEnc = new float[dictSize];
+        BDec = new float[models * dModel];
+        if (activation == Activation.JumpRelu) JumpThreshold = new float[dictSize];
+    }
+
+    public bool IsSae => SubtractDecoderBias;
+
+    public SparseDictionary Clone()
+    {
+        var c = new SparseDictionary(Models, DModel, DictSize, Activation, CodeNormalization, SubtractDecoderBias, K)
+        { Threshold = Threshold, AlphaSae = AlphaSae, AlphaCc = AlphaCc, Normalizer = Normalizer?.Clone() };
+        WEnc.CopyTo(c.WEnc, 0); WDec.CopyTo(c.WDec, 0); BEnc.CopyTo(c.BEnc, 0); BDec.CopyTo(c.BDec, 0);
+        if (JumpThreshold is not null) JumpThreshold.CopyTo(c.JumpThreshold!, 0);
+        return c;
+    }
+
+    /// <summary>c_j for every latent from the current decoder (methods.md §2.3).</summary>
+    // wDecMFD: [M, F, D] → cF: [F]
+    public void CodeNorm(Span<float> cF) => CodeNorms.Compute(WDec, Models, DictSize, DModel, CodeNormalization, AlphaSae, AlphaCc, cF);
+
+    /// <summary>‖d_j^m‖ for every model and latent.</summary>
+    // → normsMF: [M, F]
+    public float[] DecoderNorms()
+    {
+        var n = new float[Models * DictSize];
+        for (int m = 0; m < Models; m++)
+            for (int j = 0; j < DictSize; j++)
+                n[m * DictSize + j] = CodeNorms.Norm(WDec.AsSpan((m * DictSize + j) * DModel, DModel));
+        return n;
+    }
+}
+
+/// <summary>Per-model centring and scaling x̃ = (x − μ_m) · g_m (methods.md §2.7, keep_relative_variance).</summary>
+public sealed class Normalizer
+{
+    public float TargetRms { get; init; }
+    // meanMD, stdMD: [M, D]; scaleM: [M]
+    public required float[] Mean { get; init; }
+    public required float[] Std { get; init; }
+    public required float[] Scale { get; init; }
+
+    public static Normalizer FromStats(float targetRms, float[] meanMD, float[] stdMD, int models, int d)
+    {
+        var scale = new float[models];
+        for (int m = 0; m < models; m++)
+        {
+            double s = 0;
+            for (int i = 0; i < d; i++) s += (double)stdMD[m * d + i] * stdMD[m * d + i];
+            scale[m] = (float)(targetRms / Math.Sqrt(s + 1e-8));
+        }
+        return new Normalizer { TargetRms = targetRms, Mean = (float[])meanMD.Clone(), Std = (float[])stdMD.Clone(), Scale = scale };
+    }
+
+    public Normalizer Clone() => new() { TargetRms = TargetRms, Mean = (float[])Mean.Clone(), Std = (float[])Std.Clone(), Scale = (float[])Scale.Clone() };
+
+    // xBMD: [B, M, D] in place
+    public void Normalize(Span<float> xBMD, int models, int d)
+    {
+        int rows = xBMD.Length / (models * d);
+        for (int b = 0; b < rows; b++)
+            for (int m = 0; m < models; m++)
+            {
+                var row = xBMD.Slice((b * models + m) * d, d);
+                float g = Scale[m];
+                var mu = Mean.AsSpan(m * d, d);
+                for (int i = 0; i < d; i++) row[i] = (row[i] - mu[i]) * g;
+            }
+    }
+
+    // xBMD: [B, M, D] in place
+    public void Denormalize(Span<float> xBMD, int models, int d)
+    {
+        int rows = xBMD.Length / (models * d);
+        for (int b = 0; b < rows; b++)
+            for (int m = 0; m < models; m++)
+            {
+                var row = xBMD.Slice((b * models + m) * d, d);
+                float g = Scale[m] + 1e-8f;
+                var mu = Mean.AsSpan(m * d, d);
+                for (int i = 0; i < d; i++) row[i] = row[i] / g + mu[i];
+            }
+    }
+}
+
+public static class CodeNorms
+{
+    public static float Norm(ReadOnlySpan<float> v)
+    {
+        double s = 0;
+        for (int i = 0; i < v.Length; i++) s += (double)v[i] * v[i];
+        return (float)Math.Sqrt(s);
+    }
+
+    // wDecMFD: [M, F, D] → cF: [F]
+    public static void Compute(ReadOnlySpan<float> wDecMFD, int models, int f, int d, CodeNormalization mode, float alphaSae, float alphaCc, Span<float> cF)
+    {
+        if (mode == CodeNormalization.None) { cF.Fill(1f); return; }
+        for (int j = 0; j < f; j++)
+        {
+            double sum = 0, sumSq = 0;
+            for (int m = 0; m < models; m++)
+            {
+                float n = Norm(wDecMFD.Slice((m * f + j) * d, d));
+                sum += n; sumSq += (double)n * n;
+            }
+            cF[j] = mode switch
+            {
+                CodeNormalization.Crosscoder or CodeNormalization.Decoupled => (float)sum,
+                CodeNormalization.Sae => (float)Math.Sqrt(sumSq),
+                CodeNormalization.Mixed => (float)(alphaSae * Math.Sqrt(sumSq) + alphaCc * sum),
+                _ => 1f,
+            };
+        }
+    }
+
+    /// <summary>∂c_j/∂W_dec[m, j, :] · gC[j], accumulated into gWDec (the L1 penalty's pull on decoder norms).</summary>
+    // wDecMFD: [M, F, D]; gcF: [F] (∂L/∂c) → gWDecMFD: [M, F, D] (+=)
+    public static void Backward(ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> gcF, int models, int f, int d, CodeNormalization mode, float alphaSae, float alphaCc, Span<float> gWDecMFD)
+    {
+        if (mode == CodeNormalization.None) return;
+        Span<float> norms = models <= 64 ? stackalloc float[models] : new float[models];
+        for (int j = 0; j < f; j++)
+        {
+            if (gcF[j] == 0f) continue;
+            double sumSq = 0;
+            for (int m = 0; m < models; m++) { norms[m] = Norm(wDecMFD.Slice((m * f + j) * d, d)); sumSq += (double)norms[m] * norms[m]; }
+            float sae = (float)Math.Sqrt(sumSq);
+            for (int m = 0; m < models; m++)
+            {
+                // ∂‖w‖/∂w = w/‖w‖; ∂sqrt(Σ‖w_m‖²)/∂w_m = w_m / sqrt(Σ‖w‖²)
+                double coef = mode switch
+                {
+                    CodeNormalization.Crosscoder or CodeNormalization.Decoupled => norms[m] > 0 ? 1.0 / norms[m] : 0,
+                    CodeNormalization.Sae => sae > 0 ? 1.0 / sae : 0,
+                    CodeNormalization.Mixed => (norms[m] > 0 ? alphaCc / norms[m] : 0) + (sae > 0 ? alphaSae / sae : 0),
+                    _ => 0,
+                };
+                float s = (float)(coef * gcF[j]);
+                var w = wDecMFD.Slice((m * f + j) * d, d);
+                var g = gWDecMFD.Slice((m * f + j) * d, d);
+                for (int i = 0; i < d; i++) g[i] += s * w[i];
+            }
+        }
+    }
+}

@@ -1,0 +1,582 @@
+using System.Numerics.Tensors;
+
+namespace Finetrace.Dictionaries;
+
+/// <summary>Reconstruction term (methods.md §2.4). e_{b,m} = x_{b,m} − x̂_{b,m}.</summary>
+public enum ReconLoss
+{
+    /// <summary>(1/(B·M)) Σ_b Σ_m ‖e‖ — un-squared; dictionary_learning's crosscoder trainers (compatible mode).</summary>
+    L2,
+    /// <summary>(1/(B·M)) Σ_b Σ_m ‖e‖² — the fork's use_mse_loss.</summary>
+    MseMeanModels,
+    /// <summary>(1/B) Σ_b Σ_m ‖e‖² — Finetrace default; the SAE trainers' loss.</summary>
+    Mse,
+}
+
+public enum SparsityPenalty { L1, SqrtL1 }
+
+/// <summary>Every knob of a training run. Defaults follow the reference BatchTopK recipe where one exists.</summary>
+public sealed record TrainerOptions
+{
+    public ReconLoss Loss { get; init; } = ReconLoss.Mse;
+    public double Lr { get; init; } = 1e-4;
+    public int WarmupSteps { get; init; } = 1000;
+    public long? DecayStart { get; init; }
+    public long TotalSteps { get; init; } = 100_000;
+    /// <summary>Global gradient-norm clip (null: none, as in the L1 crosscoder trainer).</summary>
+    public float? ClipNorm { get; init; } = 1f;
+    /// <summary>μ of the ReLU dictionaries' sparsity term.</summary>
+    public float SparsityCoef { get; init; }
+    public SparsityPenalty Penalty { get; init; } = SparsityPenalty.L1;
+    /// <summary>μ ramps linearly from 0 over this many steps (0: constant).</summary>
+    public int SparsityWarmupSteps { get; init; }
+    public float AuxKAlpha { get; init; } = 1f / 32;
+    public long DeadTokens { get; init; } = 10_000_000;
+    /// <summary>k_aux cap (default D/2).</summary>
+    public int? TopKAux { get; init; }
+    public float ThresholdBeta { get; init; } = 0.999f;
+    public long ThresholdStartStep { get; init; } = 1000;
+    /// <summary>Set the decoder bias to the geometric median of the first batch (BatchTopK trainers).</summary>
+    public bool GeometricMedianInit { get; init; } = true;
+    /// <summary>SAE recipe: remove the gradient parallel to each decoder row, renormalise rows to 1 after the step.</summary>
+    public bool UnitNormDecoder { get; init; }
+    /// <summary>k annealing: k(t) = max(1, round(KMax − (KMax − K)·t/KAnnealSteps)) for t &lt; KAnnealSteps.</summary>
+    public int? KMax { get; init; }
+    public int KAnnealSteps { get; init; }
+    /// <summary>JumpReLU: STE kernel bandwidth and L0 coefficient.</summary>
+    public float JumpBandwidth { get; init; } = 0.001f;
+    /// <summary>Use the dense GEMM reference kernels instead of the sparse ones (for benchmarks and tests).</summary>
+    public bool Dense { get; init; }
+}
+
+/// <summary>What one step measured (normalised space).</summary>
+public sealed record StepStats
+{
+    public long Step { get; init; }
+    public float Total { get; init; }
+    public float Recon { get; init; }
+    /// <summary>mean over (b, m) of Σ_d e² (the reference's logged mse).</summary>
+    public float Mse { get; init; }
+    public float Sparsity { get; init; }
+    public float AuxK { get; init; }
+    public float AuxKPreNorm { get; init; } = -1;
+    public double L0 { get; init; }
+    public int Dead { get; init; }
+    public double DeadFraction { get; init; }
+    /// <summary>Batch FVE per model: 1 − Σ‖e‖² / Σ‖x − x̄‖².</summary>
+    public double[] Fve { get; init; } = [];
+    public float GradNorm { get; init; }
+    public double Lr { get; init; }
+    public int K { get; init; }
+    public float Threshold { get; init; }
+}
+
+/// <summary>
+/// One trainer for every dictionary in <see cref="SparseDictionary"/>, with hand-written forward and backward
+/// passes. A step is: normalise batch → (step 0: decoder bias ← geometric median) → encode (dense GEMM) → sparsify →
+/// decode → loss → backward (sparse kernels for TopK-family codes) → [project decoder gradients] → clip → Adam →
+/// [renormalise decoder]. The phases are public so tests can compare gradients at every stage with the reference.
+/// </summary>
+public sealed class DictionaryTrainer
+{
+    public SparseDictionary Dict { get; }
+    public TrainerOptions Options { get; }
+    public Adam Optimizer { get; }
+    /// <summary>Per-latent tokens since the latent last fired (AuxK dead tracking).</summary>
+    public long[] TokensSinceFired { get; }
+    public SplitMix64 SplitMix64 { get; }
+    /// <summary>Number of completed updates.</summary>
+    public long StepCount { get; set; }
+
+    // Gradients, same layout as the parameters: gWEnc [M,F,D], gBEnc [F], gWDec [M,F,D], gBDec [M,D]; gJump [F].
+    public float[] GWEnc { get; }
+    public float[] GBEnc { get; }
+    public float[] GWDec { get; }
+    public float[] GBDec { get; }
+    public float[]? GJump { get; }
+
+    // The last step's codes (training mode) — tests read them.
+    public SparseCodes Codes { get; }
+    public SparseCodes AuxCodes { get; }
+
+    /// <summary>Seconds spent per phase since construction (benchmarks print the breakdown).</summary>
+    public Dictionary<string, double> PhaseSeconds { get; } = new();
+    readonly System.Diagnostics.Stopwatch _clock = System.Diagnostics.Stopwatch.StartNew();
+    double _mark;
+    void Phase(string name)
+    {
+        double now = _clock.Elapsed.TotalSeconds;
+        PhaseSeconds[name] = PhaseSeconds.GetValueOrDefault(name) + (now - _mark);
+        _mark = now;
+    }
+
+    readonly int M, D, F;
+    float[] _x = [], _xin = [], _pre = [], _f = [], _xhat = [], _delta = [], _xaux = [], _deltaAux = [], _c = [];
+    float[] _gVal = [], _gValAux = [], _dense1 = [], _dense2 = [], _dense3 = [], _preRaw = [];
+
+    public DictionaryTrainer(SparseDictionary dict, TrainerOptions options, ulong seed = 0)
+    {
+        Dict = dict; Options = options;
+        M = dict.Models; D = dict.DModel; F = dict.DictSize;
+        var sizes = new List<int> { dict.WEnc.Length, dict.BEnc.Length, dict.WDec.Length, dict.BDec.Length };
+        if (dict.Activation == Activation.JumpRelu) sizes.Add(F);
+        Optimizer = new Adam(sizes);
+        TokensSinceFired = new long[F];
+        SplitMix64 = new SplitMix64(seed);
+        GWEnc = Tensors.Tensor.Allocate(dict.WEnc.Length);
+        GBEnc = new float[F];
+        GWDec = Tensors.Tensor.Allocate(dict.WDec.Length);
+        GBDec = new float[M * D];
+        if (dict.Activation == Activation.JumpRelu) GJump = new float[F];
+        Codes = new SparseCodes(0, F);
+        AuxCodes = new SparseCodes(0, F);
+    }
+
+    public IReadOnlyList<float[]> Parameters => Dict.Activation == Activation.JumpRelu
+        ? [Dict.WEnc, Dict.BEnc, Dict.WDec, Dict.BDec, Dict.JumpThreshold!] : [Dict.WEnc, Dict.BEnc, Dict.WDec, Dict.BDec];
+    public IReadOnlyList<float[]> Gradients => GJump is not null ? [GWEnc, GBEnc, GWDec, GBDec, GJump] : [GWEnc, GBEnc, GWDec, GBDec];
+
+    public double CurrentLr => Options.Lr * LrSchedule.Factor(StepCount, Options.WarmupSteps, Options.DecayStart, Options.TotalSteps);
+
+    /// <summary>A full update on a raw batch xBMD [B, M, D]; returns the step's statistics.</summary>
+    public StepStats Step(ReadOnlySpan<float> xBMD)
+    {
+        var stats = ForwardBackward(xBMD, StepCount, updateState: true);
+        if (!float.IsFinite(stats.Total))
+            throw new TrainingDivergedException(StepCount, stats.Total);
+        _mark = _clock.Elapsed.TotalSeconds;
+        float norm = PostProcessGradients();
+        Phase("clip");
+        double lr = CurrentLr;
+        OptimizerStep(lr);
+        Phase("adam");
+        return stats with { GradNorm = norm, Lr = lr };
+    }
+
+    static void Ensure(ref float[] a, long n) { if (a.Length < n) a = Tensors.Tensor.Allocate(n, zeroed: false); }
+
+    /// <summary>Current k (annealed when KMax is set).</summary>
+    public int CurrentK(long step)
+    {
+        if (Options.KMax is int kmax && step < Options.KAnnealSteps)
+            return Math.Max(1, (int)Math.Round(kmax - (kmax - Dict.K) * (double)step / Options.KAnnealSteps, MidpointRounding.ToEven));
+        return Dict.K;
+    }
+
+    /// <summary>Loss and raw gradients for one batch. <paramref name="updateState"/>: dead counters, threshold EMA and
+    /// the step-0 geometric-median init happen (as in a real update).</summary>
+    public StepStats ForwardBackward(ReadOnlySpan<float> xBMD, long step, bool updateState = true)
+    {
+        _mark = _clock.Elapsed.TotalSeconds;
+        int rowLen = M * D;
+        if (xBMD.Length % rowLen != 0) throw new ArgumentException($"batch length {xBMD.Length} is not a multiple of models·d_model = {rowLen}");
+        int B = xBMD.Length / rowLen;
+        Ensure(ref _x, (long)B * rowLen); Ensure(ref _xin, (long)B * rowLen); Ensure(ref _xhat, (long)B * rowLen);
+        Ensure(ref _delta, (long)B * rowLen); Ensure(ref _pre, (long)B * F);
+        var x = _x.AsSpan(0, B * rowLen);
+        xBMD.CopyTo(x);
+        Dict.Normalizer?.Normalize(x, M, D);
+
+        if (step == 0 && updateState && Options.GeometricMedianInit && Dict.Activation is Activation.BatchTopK or Activation.TopK)
+            GeometricMedian.Compute(x, B, M, D, Dict.BDec);
+
+        // encoder input: SAE subtracts b_dec
+        var xin = _xin.AsSpan(0, B * rowLen);
+        if (Dict.SubtractDecoderBias)
+            for (int t = 0; t < B; t++) TensorPrimitives.Subtract(x.Slice(t * rowLen, rowLen), Dict.BDec, xin.Slice(t * rowLen, rowLen));
+        else x.CopyTo(xin);
+
+        var pre = _pre.AsSpan(0, B * F);
+        Kernels.EncoderForward(xin, Dict.WEnc, Dict.BEnc, B, M, D, F, pre);
+        if (Dict.Activation == Activation.JumpRelu) { Ensure(ref _preRaw, (long)B * F); pre.CopyTo(_preRaw); }
+        Kernels.Relu(pre);   // pre now holds post-ReLU f
+        Phase("encode (GEMM)");
+
+        Ensure(ref _c, F);
+        var c = _c.AsSpan(0, F);
+        Dict.CodeNorm(c);
+        bool ranked = Dict.CodeNormalization != CodeNormalization.None;
+
+        int k = CurrentK(step);
+        float minKept = 0;
+        switch (Dict.Activation)
+        {
+            case Activation.BatchTopK: minKept = Selection.BatchTopK(pre, ranked ? c : default, B, F, (long)k * B, Codes); break;
+            case Activation.TopK: Selection.TopKPerRow(pre, ranked ? c : default, default, B, F, k, Codes); break;
+            case Activation.Relu: Codes.Reset(B); break;   // ReLU codes stay dense: f is the post-ReLU matrix itself
+            case Activation.JumpRelu: Selection.Jump(_preRaw.AsSpan(0, B * F), Dict.JumpThreshold, B, F, Codes); break;
+        }
+        Phase("select");
+        if (updateState && Dict.Activation == Activation.BatchTopK && step > Options.ThresholdStartStep)
+            Dict.Threshold = Dict.Threshold < 0 ? minKept : Options.ThresholdBeta * Dict.Threshold + (1 - Options.ThresholdBeta) * minKept;
+
+        bool relu = Dict.Activation == Activation.Relu;
+        bool dense = Options.Dense || Dict.Activation is Activation.JumpRelu;
+        var xhat = _xhat.AsSpan(0, B * rowLen);
+        if (relu) Kernels.DecodeDense(pre, Dict.WDec, Dict.BDec, B, M, D, F, xhat);
+        else if (dense)
+        {
+            Ensure(ref _dense1, (long)B * F);
+            Codes.ToDense(_dense1);
+            Kernels.DecodeDense(_dense1.AsSpan(0, B * F), Dict.WDec, Dict.BDec, B, M, D, F, xhat);
+        }
+        else Kernels.DecodeSparse(Codes, Dict.WDec, Dict.BDec, M, D, F, xhat);
+        Phase("decode");
+
+        // reconstruction loss and δ = ∂L/∂x̂
+        var delta = _delta.AsSpan(0, B * rowLen);
+        double recon = 0, sqSum = 0;
+        double[] fve = new double[M];
+        {
+            var errM = new double[M]; var meanM = new double[M * D]; var sq = new double[M];
+            for (int t = 0; t < B; t++)
+                for (int m = 0; m < M; m++)
+                {
+                    int o = (t * M + m) * D;
+                    double s = 0;
+                    for (int i = 0; i < D; i++) { double e = x[o + i] - xhat[o + i]; s += e * e; meanM[m * D + i] += x[o + i]; sq[m] += (double)x[o + i] * x[o + i]; }
+                    errM[m] += s; sqSum += s;
+                    double norm = Math.Sqrt(s);
+                    double scale = Options.Loss switch
+                    {
+                        ReconLoss.L2 => norm > 0 ? 1.0 / (norm * B * M) : 0,
+                        ReconLoss.MseMeanModels => 2.0 / (B * M),
+                        _ => 2.0 / B,
+                    };
+                    recon += Options.Loss == ReconLoss.L2 ? norm : s;
+                    float fs = (float)scale;
+                    for (int i = 0; i < D; i++) delta[o + i] = -(x[o + i] - xhat[o + i]) * fs;
+                }
+            recon /= Options.Loss == ReconLoss.Mse ? B : (double)B * M;
+            for (int m = 0; m < M; m++)
+            {
+                double mm = 0;
+                for (int i = 0; i < D; i++) { double avg = meanM[m * D + i] / B; mm += avg * avg; }
+                double var = sq[m] / B - mm;
+                fve[m] = var > 0 ? 1 - errM[m] / B / var : double.NaN;
+            }
+        }
+
+        // dead tracking (TopK family): counters advance, latents that fired reset
+        int deadCount = 0;
+        bool topkFamily = Dict.Activation is Activation.BatchTopK or Activation.TopK;
+        if (topkFamily && updateState)
+        {
+            for (int j = 0; j < F; j++) TokensSinceFired[j] += B;
+            for (int e = 0; e < Codes.Count; e++) if (Codes.Value[e] > 0) TokensSinceFired[Codes.Index[e]] = 0;
+        }
+        var deadMask = new bool[F];
+        for (int j = 0; j < F; j++) if (TokensSinceFired[j] >= Options.DeadTokens) { deadMask[j] = true; deadCount++; }
+
+        // AuxK
+        double auxk = 0, auxPre = -1;
+        bool haveAux = false;
+        Ensure(ref _deltaAux, (long)B * rowLen);
+        var deltaAux = _deltaAux.AsSpan(0, B * rowLen);
+        if (topkFamily && deadCount > 0 && Options.AuxKAlpha != 0)
+        {
+            int kAux = Math.Min(Options.TopKAux ?? D / 2, deadCount);
+            Selection.TopKPerRow(pre, ranked ? c : default, deadMask, B, F, kAux, AuxCodes);
+            Ensure(ref _xaux, (long)B * rowLen);
+            var xaux = _xaux.AsSpan(0, B * rowLen);
+            Kernels.DecodeSparse(AuxCodes, Dict.WDec, default, M, D, F, xaux);
+            var rMean = new double[rowLen];
+            for (int t = 0; t < B; t++) for (int i = 0; i < rowLen; i++) rMean[i] += x[t * rowLen + i] - xhat[t * rowLen + i];
+            for (int i = 0; i < rowLen; i++) rMean[i] = (float)(rMean[i] / B);
+            double num = 0, den = 0;
+            for (int t = 0; t < B; t++)
+                for (int i = 0; i < rowLen; i++)
+                {
+                    float r = x[t * rowLen + i] - xhat[t * rowLen + i];
+                    double a = r - xaux[t * rowLen + i]; num += a * a;
+                    double bb = r - rMean[i]; den += bb * bb;
+                }
+            num /= B; den /= B;
+            auxPre = num;
+            double ratio = num / den;
+            auxk = double.IsFinite(ratio) ? ratio : 0;
+            haveAux = double.IsFinite(ratio) && den > 0;
+            float g = haveAux ? (float)(-2.0 * Options.AuxKAlpha / (B * den)) : 0f;
+            for (int t = 0; t < B; t++)
+                for (int i = 0; i < rowLen; i++)
+                    deltaAux[t * rowLen + i] = g * ((x[t * rowLen + i] - xhat[t * rowLen + i]) - xaux[t * rowLen + i]);
+        }
+        else AuxCodes.Reset(B);
+
+        // sparsity term (ReLU dictionaries)
+        double mu = Options.SparsityCoef * (Options.SparsityWarmupSteps > 0 ? Math.Min(1.0, (double)step / Options.SparsityWarmupSteps) : 1.0);
+        double sparsity = 0;
+        var gc = new float[F];   // ∂L/∂c_j
+        double l0Relu = 0;
+        if (relu)
+        {
+            // column sums of f (L1) or √f (sqrt-L1): S = Σ_j c_j·Σ_b f / B, or Σ_j √c_j·Σ_b √f / B
+            var colSum = new float[F];
+            if (Options.Penalty == SparsityPenalty.L1) Kernels.ColumnSums(pre, B, F, colSum);
+            else
+            {
+                var sq = Tensors.Tensor.Allocate((long)B * F, zeroed: false);
+                TensorPrimitives.Sqrt(pre, sq);
+                Kernels.ColumnSums(sq, B, F, colSum);
+            }
+            for (int j = 0; j < F; j++)
+            {
+                if (Options.Penalty == SparsityPenalty.L1) { sparsity += (double)colSum[j] * c[j]; gc[j] = (float)(mu * colSum[j] / B); }
+                else { double rc = Math.Sqrt(c[j]); sparsity += rc * colSum[j]; gc[j] = rc > 0 ? (float)(mu * colSum[j] / (2 * rc) / B) : 0; }
+            }
+            sparsity /= B;
+            for (int i = 0; i < B * F; i++) if (pre[i] > 0) l0Relu++;
+            l0Relu /= B;
+        }
+        else if (Dict.Activation == Activation.JumpRelu)
+        {
+            for (int e = 0; e < Codes.Count; e++) if (Codes.Value[e] != 0) sparsity += 1;
+            sparsity /= B;
+        }
+
+        Phase("loss, auxk");
+        // ---------------- backward
+        Ensure(ref _gVal, Codes.Count);
+        var gVal = _gVal.AsSpan(0, Codes.Count);
+        int auxN = AuxCodes.Count;
+        Ensure(ref _gValAux, Math.Max(auxN, 1));
+        var gValAux = _gValAux.AsSpan(0, auxN);
+        if (relu)
+        {
+            Ensure(ref _dense2, (long)B * F);
+            var gPre = _dense2.AsSpan(0, B * F);
+            Kernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, gPre);
+            ReluPenaltyGrad(pre, c, B, mu, gPre);
+        }
+        else if (dense)
+        {
+            Ensure(ref _dense2, (long)B * F);
+            var gF = _dense2.AsSpan(0, B * F);
+            Kernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, gF);
+            GatherEntries(Codes, gF, F, gVal);
+            if (haveAux)
+            {
+                Kernels.CodeGradDense(deltaAux, Dict.WDec, B, M, D, F, gF);
+                GatherEntries(AuxCodes, gF, F, gValAux);
+            }
+        }
+        else
+        {
+            Kernels.CodeGradSparse(Codes, Dict.WDec, delta, M, D, F, gVal);
+            if (haveAux) Kernels.CodeGradSparse(AuxCodes, Dict.WDec, deltaAux, M, D, F, gValAux);
+        }
+        // through the sparsity penalty and the activation: ∂L/∂pre at stored entries
+        for (int e = 0; e < Codes.Count; e++)
+        {
+            float v = Codes.Value[e];
+            if (!(v > 0) && Dict.Activation != Activation.JumpRelu) gVal[e] = 0;
+        }
+        for (int e = 0; e < auxN; e++) if (!(AuxCodes.Value[e] > 0)) gValAux[e] = 0;
+        if (!haveAux) AuxCodes.Reset(B);
+
+        Phase("code grad");
+        Codes.BuildColumns();
+        if (haveAux) AuxCodes.BuildColumns();
+        var aux = haveAux ? AuxCodes : null;
+        if (relu)
+        {
+            Kernels.DecoderGradDense(pre, delta, B, M, D, F, GWDec);
+            Kernels.EncoderGradDense(_dense2.AsSpan(0, B * F), xin, B, M, D, F, GWEnc, GBEnc);
+        }
+        else if (dense)
+        {
+            var fBF = _dense1.AsSpan(0, B * F);
+            Kernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec);
+            if (haveAux)
+            {
+                Ensure(ref _dense3, (long)B * F);
+                AuxCodes.ToDense(_dense3);
+                Kernels.DecoderGradDense(_dense3.AsSpan(0, B * F), deltaAux, B, M, D, F, GWDec, accumulate: true);
+            }
+            var gPre = _dense2.AsSpan(0, B * F);
+            gPre.Clear();
+            for (int bi = 0; bi < B; bi++)
+                for (int e = Codes.RowStart[bi]; e < Codes.RowStart[bi + 1]; e++) gPre[bi * F + Codes.Index[e]] += gVal[e];
+            if (haveAux)
+                for (int bi = 0; bi < B; bi++)
+                    for (int e = AuxCodes.RowStart[bi]; e < AuxCodes.RowStart[bi + 1]; e++) gPre[bi * F + AuxCodes.Index[e]] += gValAux[e];
+            Kernels.EncoderGradDense(gPre, xin, B, M, D, F, GWEnc, GBEnc);
+        }
+        else
+        {
+            Kernels.DecoderGradSparse(Codes, delta, aux, deltaAux, M, D, F, GWDec);
+            Kernels.EncoderGradSparse(Codes, gVal, aux, gValAux, xin, M, D, F, GWEnc, GBEnc);
+        }
+        Phase("weight grads");
+        if (Dict.Activation == Activation.Relu && mu != 0)
+            CodeNorms.Backward(Dict.WDec, gc, M, F, D, Dict.CodeNormalization, Dict.AlphaSae, Dict.AlphaCc, GWDec);
+        if (Dict.Activation == Activation.JumpRelu) JumpThresholdGrad(B, mu);
+
+        // decoder bias: Σ_b δ (+ through the SAE's input centring: −Σ_j gBEnc[j]·WEnc[j])
+        var gbd = new double[rowLen];
+        for (int t = 0; t < B; t++) for (int i = 0; i < rowLen; i++) gbd[i] += delta[t * rowLen + i];
+        for (int i = 0; i < rowLen; i++) GBDec[i] = (float)gbd[i];
+        if (Dict.SubtractDecoderBias)
+            for (int m = 0; m < M; m++)
+                for (int j = 0; j < F; j++)
+                {
+                    float g = GBEnc[j];
+                    if (g == 0) continue;
+                    TensorPrimitives.MultiplyAdd(Dict.WEnc.AsSpan((m * F + j) * D, D), -g, GBDec.AsSpan(m * D, D), GBDec.AsSpan(m * D, D));
+                }
+
+        Phase("bias grads");
+        double l0 = 0;
+        for (int e = 0; e < Codes.Count; e++) if (Codes.Value[e] != 0) l0++;
+        l0 = relu ? l0Relu : l0 / B;
+        float total = (float)(recon + Options.AuxKAlpha * auxk + mu * sparsity);
+        return new StepStats
+        {
+            Step = step, Total = total, Recon = (float)recon, Mse = (float)(sqSum / ((double)B * M)), Sparsity = (float)sparsity,
+            AuxK = (float)auxk, AuxKPreNorm = (float)auxPre, L0 = l0, Dead = deadCount, DeadFraction = (double)deadCount / F,
+            Fve = fve, K = k, Threshold = Dict.Threshold,
+        };
+    }
+
+    // gPre ← (f > 0) · (∂L/∂f + ∂(μS)/∂f), row-parallel.
+    // fBF, cF; gBF: [B, F] in place
+    unsafe void ReluPenaltyGrad(ReadOnlySpan<float> fBF, ReadOnlySpan<float> cF, int B, double mu, Span<float> gBF)
+    {
+        int f = F;
+        bool l1 = Options.Penalty == SparsityPenalty.L1;
+        var add = new float[f];
+        for (int j = 0; j < f; j++) add[j] = l1 ? (float)(mu * cF[j] / B) : (float)(mu / B * Math.Sqrt(cF[j]) / 2);
+        fixed (float* fp = fBF, gp = gBF)
+        {
+            float* FP = fp, GP = gp;
+            Parallel.For(0, B, Kernels.Opts((long)B * f), t =>
+            {
+                float* fr = FP + (long)t * f, gr = GP + (long)t * f;
+                for (int j = 0; j < f; j++)
+                {
+                    float v = fr[j];
+                    gr[j] = v > 0 ? gr[j] + (l1 ? add[j] : add[j] / MathF.Sqrt(v)) : 0f;
+                }
+            });
+        }
+    }
+
+    static void GatherEntries(SparseCodes codes, ReadOnlySpan<float> gBF, int f, Span<float> gVal)
+    {
+        for (int bi = 0; bi < codes.Rows; bi++)
+            for (int e = codes.RowStart[bi]; e < codes.RowStart[bi + 1]; e++) gVal[e] = gBF[bi * f + codes.Index[e]];
+    }
+
+    // JumpReLU threshold gradient with the rectangle-kernel straight-through estimator (Rajamanoharan et al. 2024):
+    // ∂f/∂θ_j = −(θ_j/ε)·K((pre − θ_j)/ε), ∂H/∂θ_j = −(1/ε)·K(...), K = 1 on (−½, ½).
+    void JumpThresholdGrad(int B, double mu)
+    {
+        var gF = _dense2.AsSpan(0, B * F);   // ∂L/∂f at every entry, including inactive ones near θ
+        Kernels.CodeGradDense(_delta.AsSpan(0, B * M * D), Dict.WDec, B, M, D, F, gF);
+        var pre = _preRaw.AsSpan(0, B * F);
+        var th = Dict.JumpThreshold!;
+        float eps = Options.JumpBandwidth;
+        Array.Clear(GJump!);
+        for (int bi = 0; bi < B; bi++)
+            for (int j = 0; j < F; j++)
+            {
+                float u = (pre[bi * F + j] - th[j]) / eps;
+                if (u <= -0.5f || u >= 0.5f) continue;
+                GJump![j] += -(th[j] / eps) * gF[bi * F + j] - (float)(mu / B) / eps;
+            }
+    }
+
+    /// <summary>Decoder-gradient projection (unit-norm recipe) and global clipping; returns the pre-clip norm.</summary>
+    public float PostProcessGradients()
+    {
+        if (Options.UnitNormDecoder) ProjectDecoderGradients();
+        return ClipGradients();
+    }
+
+    /// <summary>torch.nn.utils.clip_grad_norm_: total = ‖(‖g_p‖)_p‖, coefficient min(1, max/(total + 1e-6)) applied
+    /// always (when clipping is on). Returns the pre-clip norm.</summary>
+    public float ClipGradients()
+    {
+        double total = 0;
+        foreach (var g in Gradients)
+        {
+            float n = (float)Math.Sqrt(SumOfSquares(g));
+            total += (double)n * n;
+        }
+        float norm = (float)Math.Sqrt(total);
+        if (Options.ClipNorm is float max)
+        {
+            float coef = max / (norm + 1e-6f);
+            if (coef < 1f)   // × 1 is the identity: skip the pass
+                foreach (var g in Gradients)
+                {
+                    var gg = g;
+                    int nc = Kernels.Chunks(gg.Length, 1 << 15);
+                    Parallel.For(0, nc, Kernels.Opts(gg.Length), c =>
+                    {
+                        int lo = (int)((long)gg.Length * c / nc), hi = (int)((long)gg.Length * (c + 1) / nc);
+                        TensorPrimitives.Multiply(gg.AsSpan(lo, hi - lo), coef, gg.AsSpan(lo, hi - lo));
+                    });
+                }
+        }
+        return norm;
+    }
+
+    // Σ g² in double over a fixed number of chunks (independent of the thread count), combined in chunk order.
+    static double SumOfSquares(float[] g)
+    {
+        int nc = Kernels.Chunks(g.Length, 1 << 15);
+        var part = new double[nc];
+        Parallel.For(0, nc, Kernels.Opts(g.Length), c =>
+        {
+            int lo = (int)((long)g.Length * c / nc), hi = (int)((long)g.Length * (c + 1) / nc);
+            double s = 0;
+            for (int i = lo; i < hi; i++) s += (double)g[i] * g[i];
+            part[c] = s;
+        });
+        double t = 0;
+        foreach (var p in part) t += p;
+        return t;
+    }
+
+    /// <summary>g_j ← g_j − (g_j · ŵ_j) ŵ_j with ŵ = w/(‖w‖ + 1e-6), per decoder row.</summary>
+    public void ProjectDecoderGradients()
+    {
+        for (int r = 0; r < M * F; r++)
+        {
+            var w = Dict.WDec.AsSpan(r * D, D); var g = GWDec.AsSpan(r * D, D);
+            float n = CodeNorms.Norm(w) + 1e-6f;
+            double dot = 0;
+            for (int i = 0; i < D; i++) dot += (double)g[i] * (w[i] / n);
+            float fd = (float)dot;
+            for (int i = 0; i < D; i++) g[i] -= fd * (w[i] / n);
+        }
+    }
+
+    public void OptimizerStep(double lr)
+    {
+        Optimizer.Update(Parameters, Gradients, lr);
+        StepCount++;
+        if (Options.UnitNormDecoder) NormalizeDecoderRows(Dict);
+    }
+
+    /// <summary>Each decoder row divided by (‖row‖ + float32 eps).</summary>
+    public static void NormalizeDecoderRows(SparseDictionary dict)
+    {
+        int d = dict.DModel;
+        for (int r = 0; r < dict.Models * dict.DictSize; r++)
+        {
+            var w = dict.WDec.AsSpan(r * d, d);
+            float n = CodeNorms.Norm(w) + 1.1920929e-7f;   // torch.finfo(float32).eps
+            TensorPrimitives.Divide(w, n, w);
+        }
+    }
+}
+
+/// <summary>The loss became NaN or ±Inf; the parameters were not updated with it.</summary>
+public sealed class TrainingDivergedException(long step, float loss)
+    : Exception($"training diverged: the loss is {loss} at step {step}. Try a lower --lr, a longer --warmup, gradient clipping, " +
+                "activation normalisation (--target-rms), or excluding extreme tokens such as BOS from the store (--filter)")
+{
+    public long Step { get; } = step;
+}

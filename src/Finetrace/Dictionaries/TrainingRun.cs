@@ -1,0 +1,127 @@
+using System.Text.Json;
+using Finetrace.Activations;
+
+namespace Finetrace.Dictionaries;
+
+/// <summary>Settings of a training loop around <see cref="DictionaryTrainer"/>.</summary>
+public sealed record RunOptions
+{
+    public int BatchSize { get; init; } = 2048;
+    public long Steps { get; init; }
+    /// <summary>Save a resumable checkpoint every this many steps (0: only at the end).</summary>
+    public long CheckpointEvery { get; init; }
+    /// <summary>Append one JSON line per this many steps to metrics.jsonl.</summary>
+    public int LogEvery { get; init; } = 1;
+    public bool Resume { get; init; }
+}
+
+/// <summary>
+/// The training loop: batches from an <see cref="IActivationBatches"/>, one trainer step each, a metrics log
+/// (<c>OUT/metrics.jsonl</c>), resumable checkpoints (<c>OUT/checkpoint</c>) every N steps, and the final dictionary.
+/// A NaN/Inf loss stops training before the bad update; the last checkpoint stays as it was.
+/// </summary>
+public sealed class TrainingRun
+{
+    public string OutDir { get; }
+    public DictionaryTrainer Trainer { get; private set; }
+    public IActivationBatches Source { get; }
+    public RunOptions Options { get; }
+    public string CheckpointDir => Path.Combine(OutDir, "checkpoint");
+    public string MetricsPath => Path.Combine(OutDir, "metrics.jsonl");
+
+    public TrainingRun(string outDir, DictionaryTrainer trainer, IActivationBatches source, RunOptions options)
+    {
+        OutDir = outDir; Trainer = trainer; Source = source; Options = options;
+        if (source.Models != trainer.Dict.Models || source.DModel != trainer.Dict.DModel)
+            throw new ArgumentException($"the activations have {source.Models} model(s) × {source.DModel} but the dictionary expects {trainer.Dict.Models} × {trainer.Dict.DModel}");
+        Directory.CreateDirectory(outDir);
+        if (options.Resume)
+        {
+            var (tr, pos, _) = TrainingCheckpoint.Load(CheckpointDir);
+            if (tr.Dict.DictSize != trainer.Dict.DictSize || tr.Dict.Models != trainer.Dict.Models || tr.Dict.DModel != trainer.Dict.DModel)
+                throw new ArgumentException($"{CheckpointDir}: the checkpoint is for a {tr.Dict.Models}×{tr.Dict.DModel}→{tr.Dict.DictSize} dictionary, not {trainer.Dict.Models}×{trainer.Dict.DModel}→{trainer.Dict.DictSize}");
+            Trainer = tr;
+            Source.Seek(pos);
+            TruncateMetrics(tr.StepCount);
+        }
+        else if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
+    }
+
+    // Drop log lines past the resumed step so the log reads as one continuous run.
+    void TruncateMetrics(long step)
+    {
+        if (!File.Exists(MetricsPath)) return;
+        var keep = File.ReadLines(MetricsPath).Where(l => { try { return JsonDocument.Parse(l).RootElement.GetProperty("step").GetInt64() < step; } catch (JsonException) { return false; } }).ToList();
+        File.WriteAllLines(MetricsPath, keep);
+    }
+
+    /// <summary>Runs until <see cref="RunOptions.Steps"/>; <paramref name="progress"/> sees every step's statistics.</summary>
+    public void Run(Action<StepStats>? progress = null, CancellationToken cancel = default)
+    {
+        var tr = Trainer;
+        int rowLen = tr.Dict.Models * tr.Dict.DModel;
+        var batch = Tensors.Tensor.Allocate((long)Options.BatchSize * rowLen, zeroed: false);
+        using var log = new StreamWriter(MetricsPath, append: true);
+        long lastSaved = tr.StepCount;
+        while (tr.StepCount < Options.Steps)
+        {
+            if (cancel.IsCancellationRequested)
+            {
+                log.Flush();
+                TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);   // so --resume continues from here
+                cancel.ThrowIfCancellationRequested();
+            }
+            int got = Source.Next(batch, Options.BatchSize);
+            if (got < Options.BatchSize)
+                throw new InvalidOperationException($"the activation source ran out after {tr.StepCount} steps (got {got} of {Options.BatchSize} rows); use a cycling source or fewer --tokens");
+            StepStats st;
+            try { st = tr.Step(batch.AsSpan(0, Options.BatchSize * rowLen)); }
+            catch (TrainingDivergedException e)
+            {
+                string kept = TrainingCheckpoint.Exists(CheckpointDir) ? $"the last good checkpoint (step {lastSaved}) is kept in {CheckpointDir}; resume from it with --resume after changing a setting" : "no checkpoint was written yet";
+                throw new InvalidOperationException($"{e.Message}; {kept}", e);
+            }
+            if (Options.LogEvery > 0 && (st.Step % Options.LogEvery == 0 || tr.StepCount == Options.Steps))
+                log.WriteLine(JsonSerializer.Serialize(new
+                {
+                    step = st.Step, tokens = (st.Step + 1) * (long)Options.BatchSize, loss = st.Total, recon = st.Recon, mse = st.Mse, sparsity = st.Sparsity,
+                    auxk = st.AuxK, l0 = st.L0, fve = st.Fve.Select(v => double.IsFinite(v) ? v : (double?)null).ToArray(), dead_fraction = st.DeadFraction,
+                    lr = st.Lr, grad_norm = st.GradNorm, k = st.K, threshold = st.Threshold,
+                }));
+            progress?.Invoke(st);
+            if (Options.CheckpointEvery > 0 && tr.StepCount % Options.CheckpointEvery == 0 && tr.StepCount < Options.Steps)
+            {
+                log.Flush();
+                TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);
+                lastSaved = tr.StepCount;
+            }
+        }
+        log.Flush();
+        TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);
+    }
+}
+
+/// <summary>An in-memory activation source over rows [N, Models, DModel], cycling; Position = rows consumed.</summary>
+public sealed class ArrayBatches(float[] rowsNMD, int models, int dModel, bool cycle = true) : IActivationBatches
+{
+    public int Models { get; } = models;
+    public int DModel { get; } = dModel;
+    public long Rows => rowsNMD.Length / (Models * DModel);
+    public long Position { get; private set; }
+    public void Seek(long position) => Position = position;
+
+    // xBND: [rows, Models, DModel]
+    public int Next(Span<float> xBND, int rows)
+    {
+        int rowLen = Models * DModel;
+        int n = 0;
+        while (n < rows)
+        {
+            long r = cycle ? Position % Rows : Position;
+            if (r >= Rows) break;
+            rowsNMD.AsSpan((int)(r * rowLen), rowLen).CopyTo(xBND.Slice(n * rowLen, rowLen));
+            Position++; n++;
+        }
+        return n;
+    }
+}
