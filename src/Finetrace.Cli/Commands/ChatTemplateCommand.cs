@@ -57,6 +57,9 @@ public sealed class ChatTemplateCommand : ICliCommand
                 if (tv.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{inPath}:{lineNo}: \"template_vars\" must be an object");
                 extra = tv.EnumerateObject().ToDictionary(p => p.Name, p => PyJson.FromJson(p.Value));
             }
+            // A re-run over an output (or a reference file) replaces the previous result instead of keeping both keys.
+            obj.Remove("rendered");
+            obj.Remove("error");
             try
             {
                 obj["rendered"] = template.Render(PyJson.FromJson(msgs), gen, extra);

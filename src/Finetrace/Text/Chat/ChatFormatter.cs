@@ -10,8 +10,13 @@ public enum TokenRole : byte { Template = 0, Bos = 1, System = 2, User = 3, Assi
 public readonly record struct ContentSpan(int Message, TokenRole Role, int Start, int End);
 
 /// <summary>A tokenized chat with one role per token.</summary>
-public sealed class ChatEncoding(string text, int[] ids, TokenSpan[] offsets, TokenRole[] roles, IReadOnlyList<ContentSpan> spans)
+public sealed class ChatEncoding(string text, int[] ids, TokenSpan[] offsets, TokenRole[] roles, IReadOnlyList<ContentSpan> spans,
+    bool[]? generationMask = null)
 {
+    /// <summary>Tokens overlapping a {% generation %} block: transformers' return_assistant_tokens_mask (it usually
+    /// includes the end-of-turn token). Null when the template has no generation blocks.</summary>
+    public bool[]? GenerationMask { get; } = generationMask;
+
     /// <summary>The rendered chat text.</summary>
     public string Text { get; } = text;
     public int[] Ids { get; } = ids;
@@ -55,7 +60,7 @@ public sealed class ChatFormatter(Tokenizer tokenizer, ChatTemplate template)
     /// <summary>Formats messages given as Jinja values (a list of dicts with role, content, ...).</summary>
     public ChatEncoding Format(List<object?> messages, bool addGenerationPrompt = false, IReadOnlyDictionary<string, object?>? extra = null)
     {
-        string text = Template.Render(messages, addGenerationPrompt, extra);
+        string text = Template.Render(messages, addGenerationPrompt, extra, out var generation);
         var spans = LocateContent(messages, addGenerationPrompt, extra, text);
 
         var enc = Tokenizer.Encode(text, addSpecialTokens: false);
@@ -82,7 +87,56 @@ public sealed class ChatFormatter(Tokenizer tokenizer, ChatTemplate template)
             for (int k = si; k < sorted.Count && sorted[k].Start < o.End; k++)
                 if (sorted[k].End > o.Start) { roles[t] = sorted[k].Role; break; }
         }
-        return new ChatEncoding(text, ids, offsets, roles, spans);
+        bool[]? generationMask = null;
+        if (generation.Count > 0)
+        {
+            generationMask = new bool[ids.Length];
+            for (int t = 0; t < ids.Length; t++)
+                generationMask[t] = offsets[t].End > offsets[t].Start && generation.Any(g => g.Start < offsets[t].End && g.End > offsets[t].Start);
+        }
+        return new ChatEncoding(text, ids, offsets, roles, spans, generationMask);
+    }
+
+    /// <summary>Formats, or gives the template's error (e.g. Gemma 2 raising on non-alternating roles) so callers can skip the sample.</summary>
+    public bool TryFormat(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, out ChatEncoding? encoding, out string? error,
+        IReadOnlyDictionary<string, object?>? extra = null)
+    {
+        try
+        {
+            encoding = Format(messages, addGenerationPrompt, extra);
+            error = null;
+            return true;
+        }
+        catch (TemplateException e)
+        {
+            encoding = null;
+            error = e.Message;
+            return false;
+        }
+    }
+
+    /// <summary>Formats many conversations in parallel (results in input order); a conversation whose template
+    /// raises gives null and its message in <paramref name="errors"/>.</summary>
+    public ChatEncoding?[] FormatMany(IReadOnlyList<IReadOnlyList<ChatMessage>> conversations, bool addGenerationPrompt, out string?[] errors)
+    {
+        var result = new ChatEncoding?[conversations.Count];
+        var errs = new string?[conversations.Count];
+        Parallel.For(0, conversations.Count, i => TryFormat(conversations[i], addGenerationPrompt, out result[i], out errs[i]));
+        errors = errs;
+        return result;
+    }
+
+    /// <summary>For templates without a system role (Gemma 2 raises on one): the system prompt joined to the first
+    /// user turn with a blank line, as Gemma 3's own template does.</summary>
+    public static List<ChatMessage> FoldSystemIntoFirstUser(IReadOnlyList<ChatMessage> messages)
+    {
+        var result = messages.ToList();
+        if (result.Count >= 2 && result[0].Role == "system" && result[1].Role == "user")
+        {
+            result[1] = result[1] with { Content = result[0].Content + "\n\n" + result[1].Content };
+            result.RemoveAt(0);
+        }
+        return result;
     }
 
     public static TokenRole RoleOf(string? role) => role switch

@@ -84,6 +84,11 @@ public sealed class ChatTemplate
     public string Render(object? messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?>? extra = null) =>
         Template.Render(Variables(messages, addGenerationPrompt, extra));
 
+    /// <summary>Renders and reports the character spans of {% generation %} blocks (empty when the template has none).</summary>
+    public string Render(object? messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?>? extra,
+        out IReadOnlyList<(int Start, int End)> generationSpans) =>
+        Template.Render(Variables(messages, addGenerationPrompt, extra), out generationSpans);
+
     /// <summary>Renders a conversation given as (role, content) pairs.</summary>
     public string Render(IEnumerable<ChatMessage> messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?>? extra = null) =>
         Render(ToValue(messages), addGenerationPrompt, extra);

@@ -126,6 +126,7 @@ static class JinjaBuiltins
             string s => PyStr.Chars(s),
             List<object?> l => l,
             object?[] t => t,
+            // Jinja compiles slices to a plain Python subscript (not environment.getitem): the TypeError propagates.
             _ => throw new TemplateException("TypeError", $"'{PyOps.TypeName(obj)}' object is not subscriptable"),
         };
         long n = seq.Count;
@@ -162,6 +163,7 @@ static class JinjaBuiltins
     public static object? Call(object? fn, List<object?> args, KwArgs kwargs) => fn switch
     {
         JinjaCallable c => c.Invoke(args, kwargs),
+        LoopContext loop => loop.Recurse(args.Count > 0 ? args[0] : null),
         Undefined u => throw u.Fail(),
         _ => throw new TemplateException("TypeError", $"'{PyOps.TypeName(fn)}' object is not callable"),
     };
@@ -179,7 +181,7 @@ static class JinjaBuiltins
     {
         string s => s,
         Undefined u => throw u.Fail(),
-        _ => throw new TemplateException("TypeError", $"{what} must be str, not {PyOps.TypeName(v)}"),
+        _ => throw new TemplateException("TypeError", $"must be str, not {PyOps.TypeName(v)}"),
     };
 
     // ------------------------------------------------------------ methods
@@ -201,7 +203,7 @@ static class JinjaBuiltins
                     long max = Arg(a, kw, 1, "maxsplit", -1L) is long m2 ? m2 : -1;
                     if (max < 0) return Split(s, sep, -1);
                     // rsplit: split the reversed problem
-                    var parts = (List<object?>)Split(s, sep, -1);
+                    var parts = Split(s, sep, -1);
                     if (parts.Count <= max + 1) return parts;
                     string joiner = sep is string js ? js : " ";
                     var head = string.Join(joiner, parts.Take(parts.Count - (int)max).Cast<string>());
@@ -303,7 +305,7 @@ static class JinjaBuiltins
 
     static string InsertBetweenAll(string s, string nw) => nw + string.Concat(PyStr.Chars(s).Select(c => c + nw));
 
-    static object? Split(string s, object? sep, long max)
+    static List<object?> Split(string s, object? sep, long max)
     {
         var r = new List<object?>();
         if (sep is null or Undefined)
@@ -409,6 +411,7 @@ static class JinjaBuiltins
             case "list": return PyOps.Iterate(v);
             case "reverse":
                 if (v is string rs) return string.Concat(PyStr.Chars(rs).Reverse());
+                if (v is not (List<object?> or object?[] or PyDict or Undefined)) throw new TemplateException("FilterArgumentError", "argument must be iterable");
                 { var it = PyOps.Iterate(v); it.Reverse(); return it; }
             case "replace":
                 {
@@ -427,7 +430,7 @@ static class JinjaBuiltins
                 return DictMethod(id, "items", []);
             case "dictsort":
                 {
-                    if (v is not PyDict dd) throw new TemplateException("TypeError", "dictsort: value is not a mapping");
+                    if (v is not PyDict dd) throw new TemplateException("AttributeError", $"'{PyOps.TypeName(v)}' object has no attribute 'items'");
                     bool cs = PyOps.Truthy(Arg(a, kw, 0, "case_sensitive", false));
                     string by = PyOps.Str(Arg(a, kw, 1, "by", "key"));
                     bool rev = PyOps.Truthy(Arg(a, kw, 2, "reverse", false));
@@ -519,7 +522,7 @@ static class JinjaBuiltins
             case "wordcount": return (long)Regex.Matches(PyOps.Str(v), @"\w+").Count;
             case "map":
                 {
-                    var it = PyOps.Iterate(v);
+                    var it = PyOps.Truthy(v) ? PyOps.Iterate(v) : [];
                     var attr = kw.FirstOrDefault(k => k.Key == "attribute");
                     if (attr.Key is not null)
                     {
@@ -534,7 +537,7 @@ static class JinjaBuiltins
             case "select": case "reject":
                 {
                     bool want = name == "select";
-                    var it = PyOps.Iterate(v);
+                    var it = PyOps.Truthy(v) ? PyOps.Iterate(v) : [];
                     if (a.Count == 0) return it.Where(x => PyOps.Truthy(x) == want).ToList();
                     string test = PyOps.Str(a[0]);
                     var rest = a.Skip(1).ToList();
@@ -543,7 +546,7 @@ static class JinjaBuiltins
             case "selectattr": case "rejectattr":
                 {
                     bool want = name == "selectattr";
-                    var it = PyOps.Iterate(v);
+                    var it = PyOps.Truthy(v) ? PyOps.Iterate(v) : [];
                     if (a.Count == 0) throw new TemplateException("FilterArgumentError", "Missing parameter for attribute name");
                     var attr = a[0];
                     if (a.Count == 1) return it.Where(x => PyOps.Truthy(GetPath(x, attr)) == want).ToList();
@@ -558,6 +561,9 @@ static class JinjaBuiltins
                     bool first = PyOps.Truthy(Arg(a, kw, 1, "first", false));
                     bool blank = PyOps.Truthy(Arg(a, kw, 2, "blank", false));
                     string ind = width is string ws ? ws : new string(' ', (int)(width is long wl ? wl : 4));
+                    // Jinja appends "\n" to the value itself: only strings (and markup) take it.
+                    if (v is Undefined uv) throw uv.Fail();
+                    if (v is not string) throw new TemplateException("TypeError", $"unsupported operand type(s) for +=: '{PyOps.TypeName(v)}' and 'str'");
                     string s = PyOps.Str(v) + "\n";
                     var lines = (List<object?>)StrMethod(s, "splitlines", [], [])!;
                     string rv;
@@ -574,12 +580,12 @@ static class JinjaBuiltins
                 return StrMethod(PyOps.Str(v), "center", [Arg(a, kw, 0, "width", 80L)], []);
             case "truncate":
                 {
-                    string s = PyOps.Str(v);
                     long length = Arg(a, kw, 0, "length", 255L) is long tl ? tl : 255;
                     bool killwords = PyOps.Truthy(Arg(a, kw, 1, "killwords", false));
                     string end = PyOps.Str(Arg(a, kw, 2, "end", "..."));
                     long leeway = Arg(a, kw, 3, "leeway", 5L) is long lw ? lw : 5;
-                    if (s.Length <= length + leeway) return s;
+                    if (PyOps.Len(v) <= length + leeway) return v;
+                    string s = PyOps.Str(v);
                     if (killwords) return s[..(int)(length - end.Length)] + end;
                     var cut = s[..(int)(length - end.Length)];
                     int sp = cut.LastIndexOf(' ');
@@ -636,6 +642,7 @@ static class JinjaBuiltins
     {
         switch (v)
         {
+            case Undefined u: throw u.Fail();
             case long: return v;
             case bool bb: return bb ? 1L : 0L;
             case double d: return double.IsFinite(d) ? (long)Math.Truncate(d) : dflt;
@@ -659,6 +666,7 @@ static class JinjaBuiltins
 
     static object? ToFloat(object? v, object? dflt) => v switch
     {
+        Undefined u => throw u.Fail(),
         double => v,
         long l => (double)l,
         bool b => b ? 1.0 : 0.0,
@@ -669,7 +677,8 @@ static class JinjaBuiltins
 
     static object? Round(object? v, object? precision, string method)
     {
-        if (v is Undefined u) throw u.Fail();
+        if (v is Undefined) throw new TemplateException("TypeError", "type Undefined doesn't define __round__ method");
+        if (method == "common" && v is long or bool) return v is bool bv ? (bv ? 1L : 0L) : v; // Python round(int, n) stays int
         double x = v switch { long l => l, double d => d, bool b => b ? 1 : 0, _ => throw new TemplateException("TypeError", $"type {PyOps.TypeName(v)} doesn't define __round__ method") };
         int p = precision is long pl ? (int)pl : 0;
         double scale = Math.Pow(10, p);

@@ -295,6 +295,7 @@ static class JinjaLexer
                 case 'x': sb.Append((char)Hex(raw, ref i, 2, line)); break;
                 case 'u': sb.Append((char)Hex(raw, ref i, 4, line)); break;
                 case 'U': sb.Append(char.ConvertFromUtf32(Hex(raw, ref i, 8, line))); break;
+                case 'N': throw Syntax("malformed \\N character escape (named escapes are not supported)", line);
                 case >= '0' and <= '7':
                     {
                         int v = e - '0', k = 1;

@@ -122,13 +122,13 @@ sealed class JinjaParser(List<Tok> toks)
         var iter = ParseTuple(withCondExpr: false, extraEnd: ["recursive"]);
         Expr? test = null;
         if (SkipName("if")) test = ParseExpression();
-        if (SkipName("recursive")) throw Fail("recursive loops are not supported", Cur);
+        bool recursive = SkipName("recursive");
         _loopDepth++;
         var body = ParseStatements(["endfor", "else"]);
         _loopDepth--;
         List<Stmt> elseBody = [];
         if (Next().Text == "else") elseBody = ParseStatements(["endfor"], dropNeedle: true);
-        return new ForStmt(target, iter, test, body, elseBody);
+        return new ForStmt(target, iter, test, body, elseBody, recursive);
     }
 
     Stmt ParseIf()

@@ -7,11 +7,13 @@ namespace Finetrace.Text.Chat;
 public sealed class JinjaTemplate
 {
     readonly List<Stmt> _body;
+    readonly string[] _rootMissing;
 
     /// <summary>Parses the template; syntax errors throw <see cref="TemplateException"/> (Kind TemplateSyntaxError).</summary>
     public JinjaTemplate(string source, bool trimBlocks = true, bool lstripBlocks = true)
     {
         _body = new JinjaParser(JinjaLexer.Tokenize(source, trimBlocks, lstripBlocks)).ParseTemplate();
+        _rootMissing = Stmt.AnalyzeFrame(_body, new Symbols(null));
     }
 
     /// <summary>Renders with the given variables (values as <see cref="PyJson.FromJson"/> builds them).</summary>
@@ -24,7 +26,7 @@ public sealed class JinjaTemplate
         var sb = new StringBuilder();
         try
         {
-            Stmt.ExecAll(_body, new Frame(state, null), sb);
+            Stmt.ExecAll(_body, new Frame(state, null).Declare(_rootMissing), sb);
         }
         catch (InvalidCastException e) { throw new TemplateException("TypeError", e.Message); }
         catch (ArgumentOutOfRangeException e) { throw new TemplateException("ValueError", e.Message); }

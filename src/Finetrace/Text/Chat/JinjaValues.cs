@@ -20,22 +20,22 @@ public sealed class TemplateException(string kind, string message) : Exception(m
 /// calls and arithmetic with the message Jinja would give.</summary>
 public sealed class Undefined
 {
-    public static readonly Undefined Plain = new(null, false, null, "UndefinedError");
+    public static readonly Undefined Plain = new(null, "UndefinedError");
     readonly string? _message;
     public string Kind { get; }
 
-    Undefined(string? message, bool _, object? __, string kind) { _message = message; Kind = kind; }
+    Undefined(string? message, string kind) { _message = message; Kind = kind; }
 
-    public static Undefined Named(string name) => new($"'{name}' is undefined", false, null, "UndefinedError");
+    public static Undefined Named(string name) => new($"{PyOps.Repr(name)} is undefined", "UndefinedError");
 
     public static Undefined Missing(object? obj, object? key) => new(key is string s
-        ? $"'{PyOps.TypeReprForUndefined(obj)}' has no attribute '{s}'"
-        : $"'{PyOps.TypeReprForUndefined(obj)}' has no element {PyOps.Repr(key)}", false, null, "UndefinedError");
+        ? $"{PyOps.Repr(PyOps.TypeReprForUndefined(obj))} has no attribute {PyOps.Repr(s)}"
+        : $"{PyOps.TypeReprForUndefined(obj)} has no element {PyOps.Repr(key)}", "UndefinedError");
 
     public static Undefined Unsafe(object? obj, string attr) =>
-        new($"access to attribute '{attr}' of '{PyOps.TypeName(obj)}' object is unsafe.", false, null, "SecurityError");
+        new($"access to attribute '{attr}' of '{PyOps.TypeName(obj)}' object is unsafe.", "SecurityError");
 
-    public static Undefined WithHint(string hint) => new(hint, false, null, "UndefinedError");
+    public static Undefined WithHint(string hint) => new(hint, "UndefinedError");
 
     public string Message => _message ?? "undefined value";
 
@@ -223,7 +223,7 @@ public static class PyOps
         if (d == 0) return double.IsNegative(d) ? "-0.0" : "0.0";
         // Shortest round-trip digits: "R" gives them, possibly in exponent form.
         string sh = Math.Abs(d).ToString("R", Inv);
-        string digits; int exp10;
+        string digits;
         int ePos = sh.IndexOfAny(['E', 'e']);
         string mant = ePos >= 0 ? sh[..ePos] : sh;
         int expPart = ePos >= 0 ? int.Parse(sh[(ePos + 1)..], Inv) : 0;
@@ -370,6 +370,8 @@ public static class PyOps
             return IsIntLike(a) && IsIntLike(b) ? (object)(ToLong(a) * ToLong(b)) : ToDouble(a) * ToDouble(b);
         if (IsIntLike(b) && a is string or List<object?>) return Repeat(a, ToLong(b));
         if (IsIntLike(a) && b is string or List<object?>) return Repeat(b, ToLong(a));
+        if (a is string or List<object?> or object?[]) throw new TemplateException("TypeError", $"can't multiply sequence by non-int of type '{TypeName(b)}'");
+        if (b is string or List<object?> or object?[]) throw new TemplateException("TypeError", $"can't multiply sequence by non-int of type '{TypeName(a)}'");
         throw Unsupported("*", a, b);
     }
 
@@ -403,20 +405,30 @@ public static class PyOps
             if ((x % y != 0) && ((x < 0) != (y < 0))) q--;
             return q;
         }
-        double dy = ToDouble(b);
+        double dx = ToDouble(a), dy = ToDouble(b);
         if (dy == 0) throw new TemplateException("ZeroDivisionError", "float floor division by zero");
-        return Math.Floor(ToDouble(a) / dy);
+        // CPython float_floor_div: from fmod, so 1 // 0.1 == 9.0 (0.1 is slightly above one tenth).
+        double mod = dx % dy;
+        double div = (dx - mod) / dy;
+        if (mod != 0 && ((dy < 0) != (mod < 0))) div -= 1.0;
+        if (div == 0) return Math.CopySign(0.0, dx / dy);
+        double floor = Math.Floor(div);
+        if (div - floor > 0.5) floor += 1.0;
+        return floor;
     }
 
     public static object? Mod(object? a, object? b)
     {
+        if (a is string && b is Undefined) return PyFormat.Percent((string)a, [b], strictCount: false); // Undefined acts as a mapping
         FailIfUndefined(a, b);
-        if (a is string fmt) return PyFormat.Percent(fmt, b is object?[] t ? [.. t] : [b]);
+        // A tuple gives the arguments; any other value is one argument, and a list or dict (which Python treats as a
+        // mapping) does not make unused arguments an error.
+        if (a is string fmt) return PyFormat.Percent(fmt, b is object?[] t ? [.. t] : [b], strictCount: b is not (List<object?> or PyDict));
         if (!IsNumber(a) || !IsNumber(b)) throw Unsupported("%", a, b);
         if (IsIntLike(a) && IsIntLike(b))
         {
             long x = ToLong(a), y = ToLong(b);
-            if (y == 0) throw new TemplateException("ZeroDivisionError", "integer division or modulo by zero");
+            if (y == 0) throw new TemplateException("ZeroDivisionError", "integer modulo by zero");
             long m = x % y;
             if (m != 0 && ((m < 0) != (y < 0))) m += y;
             return m;
@@ -457,14 +469,17 @@ public static class PyOps
         {
             case string s:
                 if (needle is string n) return s.Contains(n, StringComparison.Ordinal);
-                if (needle is Undefined u) throw u.Fail();
                 throw new TemplateException("TypeError", $"'in <string>' requires string as left operand, not {TypeName(needle)}");
-            case PyDict d: return needle is not null && d.ContainsKey(needle);
+            case PyDict d:
+                if (needle is List<object?> or PyDict) throw new TemplateException("TypeError", $"unhashable type: '{TypeName(needle)}'");
+                return needle is not null && d.ContainsKey(needle);
             case Undefined: return false;
             case null: throw new TemplateException("TypeError", "argument of type 'NoneType' is not iterable");
-            default:
+            case List<object?> or object?[]:
                 foreach (var x in Iterate(haystack)) if (Eq(x, needle)) return true;
                 return false;
+            default:
+                throw new TemplateException("TypeError", $"argument of type '{TypeName(haystack)}' is not iterable");
         }
     }
 
@@ -576,7 +591,7 @@ public static class PyStr
         foreach (var r in s.EnumerateRunes())
         {
             bool cased = Rune.IsUpper(r) || Rune.IsLower(r) || Rune.GetUnicodeCategory(r) == UnicodeCategory.TitlecaseLetter;
-            if (cased) sb.Append(prevCased ? Lower(r.ToString()) : Upper(r.ToString()));
+            if (cased) sb.Append(prevCased ? Lower(r.ToString()) : TitleCase(r));
             else sb.Append(r.ToString());
             prevCased = cased;
         }
@@ -587,6 +602,23 @@ public static class PyStr
     {
         if (s.Length == 0) return s;
         var first = Rune.GetRuneAt(s, 0);
-        return Upper(first.ToString()) + Lower(s[first.Utf16SequenceLength..]);
+        return TitleCase(first) + Lower(s[first.Utf16SequenceLength..]);
     }
+
+    /// <summary>Python's title-case mapping of one character (differs from upper for digraphs and ligatures).</summary>
+    public static string TitleCase(Rune r) => r.Value switch
+    {
+        0x1C4 or 0x1C5 or 0x1C6 => "\u01C5",
+        0x1C7 or 0x1C8 or 0x1C9 => "\u01C8",
+        0x1CA or 0x1CB or 0x1CC => "\u01CB",
+        0x1F1 or 0x1F2 or 0x1F3 => "\u01F2",
+        0xDF => "Ss",
+        0xFB00 => "Ff",
+        0xFB01 => "Fi",
+        0xFB02 => "Fl",
+        0xFB03 => "Ffi",
+        0xFB04 => "Ffl",
+        0xFB05 or 0xFB06 => "St",
+        _ => Upper(r.ToString()),
+    };
 }

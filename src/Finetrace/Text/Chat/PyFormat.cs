@@ -9,7 +9,7 @@ static class PyFormat
 {
     static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
-    public static string Percent(string fmt, List<object?> args)
+    public static string Percent(string fmt, List<object?> args, bool strictCount = true)
     {
         var sb = new StringBuilder();
         int ai = 0;
@@ -61,7 +61,7 @@ static class PyFormat
                 s = flags.Contains('-') ? s.PadRight(width) : flags.Contains('0') && conv != 's' ? ZeroPad(s, width) : s.PadLeft(width);
             sb.Append(s);
         }
-        if (ai < args.Count && map is null && dictArg is null) throw new TemplateException("TypeError", "not all arguments converted during string formatting");
+        if (strictCount && ai < args.Count && map is null && dictArg is null) throw new TemplateException("TypeError", "not all arguments converted during string formatting");
         return sb.ToString();
     }
 

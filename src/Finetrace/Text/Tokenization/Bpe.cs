@@ -12,12 +12,12 @@ namespace Finetrace.Text.Tokenization;
 internal sealed class BpeModel
 {
     const int MaxCachedLength = 256;   // Rust caches words shorter than 256 bytes; the cache never changes results
-    const int MaxCacheEntries = 500_000;
+    const int MaxCacheEntries = 100_000;   // bounded memory on long runs (Rust stops caching at 10k)
 
     public readonly Dictionary<string, int> Vocab;
     readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _vocabSpan;
     public readonly string?[] IdToToken;
-    readonly Dictionary<long, long> _merges;   // (leftId << 32 | rightId) -> (rank << 32 | newId)
+    readonly PairTable _merges;   // (leftId << 32 | rightId) -> (rank << 32 | newId)
     readonly string? _unkToken;
     readonly bool _fuseUnk, _byteFallback, _ignoreMerges;
     readonly string? _prefix, _suffix;
@@ -27,32 +27,45 @@ internal sealed class BpeModel
     readonly ConcurrentDictionary<string, int[]> _cache = new();
     readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheSpan;
     int _cacheCount;
+    const char Meta = '\u2581';
+    /// <summary>Code points p such that "p▁" occurs inside some merge result: a word must not be cut before such a ▁.</summary>
+    readonly HashSet<int> _joinsMeta = new();
+    /// <summary>
+    /// Cut long words before a ▁ whose left neighbour can never merge with it, and BPE (and cache) the parts separately.
+    /// Exact: no pair straddling such a cut has a merge, so both sides evolve independently and their merges commute.
+    /// This makes SentencePiece-style tokenizers (no pre-tokenizer: a whole segment is one word) cacheable.
+    /// </summary>
+    internal bool ChunkOnMetaspace { get; set; }
 
     public BpeModel(JsonElement model, string where)
     {
-        string type = Json.Str(model, "type") ?? "BPE";
+        string type = JsonFields.Str(model, "type") ?? "BPE";
         if (type != "BPE") throw new NotSupportedException($"{where}: model type '{type}' is not supported (only BPE)");
-        var vocabEl = model.GetProperty("vocab");
-        Vocab = new Dictionary<string, int>(vocabEl.EnumerateObject().Count(), StringComparer.Ordinal);
+        // Vocab: decode the names in parallel (the transcoding dominates), insert in file order.
+        var props = model.GetProperty("vocab").EnumerateObject().ToArray();
+        var names = new string[props.Length];
+        var ids = new int[props.Length];
+        Parallel.For(0, props.Length, i => { names[i] = props[i].Name; ids[i] = props[i].Value.GetInt32(); });
+        Vocab = new Dictionary<string, int>(props.Length, StringComparer.Ordinal);
         int maxId = -1;
-        foreach (var p in vocabEl.EnumerateObject())
+        for (int i = 0; i < names.Length; i++)
         {
-            int id = p.Value.GetInt32();
-            Vocab[p.Name] = id;
-            if (id > maxId) maxId = id;
+            Vocab[names[i]] = ids[i];
+            if (ids[i] > maxId) maxId = ids[i];
         }
         _vocabSpan = Vocab.GetAlternateLookup<ReadOnlySpan<char>>();
         IdToToken = new string?[maxId + 1];
         foreach (var (k, v) in Vocab) IdToToken[v] = k;
 
-        _unkToken = Json.Str(model, "unk_token");
-        _fuseUnk = Json.Bool(model, "fuse_unk", false);
-        _byteFallback = Json.Bool(model, "byte_fallback", false);
-        _ignoreMerges = Json.Bool(model, "ignore_merges", false);
-        _prefix = Json.Str(model, "continuing_subword_prefix");
-        _suffix = Json.Str(model, "end_of_word_suffix");
+        _unkToken = JsonFields.Str(model, "unk_token");
+        _fuseUnk = JsonFields.Bool(model, "fuse_unk", false);
+        _byteFallback = JsonFields.Bool(model, "byte_fallback", false);
+        _ignoreMerges = JsonFields.Bool(model, "ignore_merges", false);
+        _prefix = JsonFields.Str(model, "continuing_subword_prefix");
+        _suffix = JsonFields.Str(model, "end_of_word_suffix");
         if (string.IsNullOrEmpty(_prefix)) _prefix = null;
         if (string.IsNullOrEmpty(_suffix)) _suffix = null;
+        int prefixLen = _prefix?.Length ?? 0;
 
         for (int b = 0; b < 256; b++) _byteIds[b] = Vocab.GetValueOrDefault($"<0x{b:X2}>", -1);
         _bmpCharIds = new int[0x10000];
@@ -63,33 +76,53 @@ internal sealed class BpeModel
             else if (k.Length == 2 && char.IsSurrogatePair(k[0], k[1])) _astralCharIds[char.ConvertToUtf32(k[0], k[1])] = v;
         }
 
-        var mergesEl = model.GetProperty("merges");
-        _merges = new Dictionary<long, long>(mergesEl.GetArrayLength());
-        int rank = 0;
-        int prefixLen = _prefix?.Length ?? 0;
-        foreach (var m in mergesEl.EnumerateArray())
+        // Merges: resolve ids in parallel (read-only lookups), insert in order so a repeated pair keeps its last rank as in Rust.
+        var mergeEls = model.GetProperty("merges").EnumerateArray().ToArray();
+        var keys = new long[mergeEls.Length];
+        var values = new long[mergeEls.Length];
+        string? error = null;
+        Parallel.For(0, mergeEls.Length, () => new char[256], (rank, _, buf) =>
         {
-            string a, b;
+            var m = mergeEls[rank];
+            string? a = null, b = null;
             if (m.ValueKind == JsonValueKind.String)
             {
                 string s = m.GetString()!;
                 int sp = s.IndexOf(' ');
-                if (sp < 0) throw new FormatException($"{where}: merge #{rank} \"{s}\" has no space (expected \"a b\")");
+                if (sp < 0) { error ??= $"{where}: merge #{rank} \"{s}\" has no space (expected \"a b\")"; return buf; }
                 a = s[..sp]; b = s[(sp + 1)..];
             }
             else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2)
             {
-                a = m[0].GetString()!; b = m[1].GetString()!;
+                a = m[0].GetString(); b = m[1].GetString();
             }
-            else throw new FormatException($"{where}: merge #{rank} must be \"a b\" or [\"a\", \"b\"], got {m.GetRawText()}");
-            if (!Vocab.TryGetValue(a, out int aId)) throw new FormatException($"{where}: merge #{rank} token '{a}' is not in the vocab");
-            if (!Vocab.TryGetValue(b, out int bId)) throw new FormatException($"{where}: merge #{rank} token '{b}' is not in the vocab");
-            string merged = a + b.Substring(Math.Min(prefixLen, b.Length));
-            if (!Vocab.TryGetValue(merged, out int newId)) throw new FormatException($"{where}: merge #{rank} result '{merged}' is not in the vocab");
-            _merges[((long)aId << 32) | (uint)bId] = ((long)rank << 32) | (uint)newId;
-            rank++;
-        }
+            if (a is null || b is null) { error ??= $"{where}: merge #{rank} must be \"a b\" or [\"a\", \"b\"], got {m.GetRawText()}"; return buf; }
+            if (!Vocab.TryGetValue(a, out int aId)) { error ??= $"{where}: merge #{rank} token '{a}' is not in the vocab"; return buf; }
+            if (!Vocab.TryGetValue(b, out int bId)) { error ??= $"{where}: merge #{rank} token '{b}' is not in the vocab"; return buf; }
+            var bTail = b.AsSpan(Math.Min(prefixLen, b.Length));
+            int len = a.Length + bTail.Length;
+            if (buf.Length < len) buf = new char[len * 2];
+            a.CopyTo(buf); bTail.CopyTo(buf.AsSpan(a.Length));
+            if (!_vocabSpan.TryGetValue(buf.AsSpan(0, len), out int newId)) { error ??= $"{where}: merge #{rank} result '{new string(buf, 0, len)}' is not in the vocab"; return buf; }
+            keys[rank] = ((long)aId << 32) | (uint)bId;
+            values[rank] = ((long)rank << 32) | (uint)newId;
+            return buf;
+        }, _ => { });
+        if (error is not null) throw new FormatException(error);
+        _merges = new PairTable(mergeEls.Length);
+        for (int rank = 0; rank < keys.Length; rank++) _merges.Set(keys[rank], values[rank]);
         _cacheSpan = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+
+        foreach (long v in values)
+        {
+            string merged = IdToToken[(int)v]!;
+            for (int j = merged.IndexOf(Meta, 1); j > 0; j = j + 1 < merged.Length ? merged.IndexOf(Meta, j + 1) : -1)
+            {
+                int p = char.IsLowSurrogate(merged[j - 1]) && j >= 2 ? char.ConvertToUtf32(merged[j - 2], merged[j - 1]) : merged[j - 1];
+                _joinsMeta.Add(p);
+            }
+        }
+        ChunkOnMetaspace = !_ignoreMerges && _prefix is null && _suffix is null && Vocab.ContainsKey(Meta.ToString());
     }
 
     public int TokenToId(ReadOnlySpan<char> token) => _vocabSpan.TryGetValue(token, out int id) ? id : -1;
@@ -106,6 +139,43 @@ internal sealed class BpeModel
             output.Add(whole); output.Add(0); output.Add(word.Length);
             return;
         }
+        if (ChunkOnMetaspace && word.Length > 16)
+        {
+            int start = 0;
+            for (int k = 1; k < word.Length; k++)
+            {
+                int d = word[k..].IndexOf(Meta);
+                if (d < 0) break;
+                k += d;
+                if (!CanCutBefore(word, k)) continue;
+                TokenizeWord(word[start..k], start, output);
+                start = k;
+            }
+            TokenizeWord(word[start..], start, output);
+            return;
+        }
+        TokenizeWord(word, 0, output);
+    }
+
+    /// <summary>A cut before the ▁ at k is safe when its left neighbour is a vocabulary char (not unk or byte fallback) never merged with ▁.</summary>
+    bool CanCutBefore(ReadOnlySpan<char> word, int k)
+    {
+        int p = char.IsLowSurrogate(word[k - 1]) && k >= 2 && char.IsHighSurrogate(word[k - 2]) ? char.ConvertToUtf32(word[k - 2], word[k - 1]) : word[k - 1];
+        if (p is >= 0xD800 and <= 0xDFFF) return false;   // lone surrogate
+        return !_joinsMeta.Contains(p) && (p < 0x10000 ? _bmpCharIds[p] : _astralCharIds.GetValueOrDefault(p, -1)) >= 0;
+    }
+
+    /// <summary>BPE of one word (cached), appending triples with positions shifted by <paramref name="offset"/>.</summary>
+    void TokenizeWord(ReadOnlySpan<char> word, int offset, List<int> output)
+    {
+        int at = output.Count;
+        TokenizeWordAt0(word, output);
+        if (offset != 0)
+            for (int i = at; i < output.Count; i += 3) { output[i + 1] += offset; output[i + 2] += offset; }
+    }
+
+    void TokenizeWordAt0(ReadOnlySpan<char> word, List<int> output)
+    {
         bool cacheable = word.Length < MaxCachedLength;
         if (cacheable && _cacheSpan.TryGetValue(word, out var hit)) { output.AddRange(hit); return; }
         var result = MergeWord(word);
@@ -116,7 +186,7 @@ internal sealed class BpeModel
     struct Symbol { public int Id, Start, End, Prev, Next; public bool Removed; }
 
     [ThreadStatic] static Symbol[]? t_symbols;
-    [ThreadStatic] static PriorityQueue<long, long>? t_queue;
+    [ThreadStatic] static MergeHeap? t_heap;
 
     int[] MergeWord(ReadOnlySpan<char> w)
     {
@@ -140,7 +210,7 @@ internal sealed class BpeModel
             if (_byteFallback)
             {
                 string? affixed = AffixedOrNull(w.Slice(s, width), isFirst, isLast);
-                byte[] bytes = affixed is null ? utf8[..r.EncodeToUtf8(utf8)].ToArray() : System.Text.Encoding.UTF8.GetBytes(affixed);
+                ReadOnlySpan<byte> bytes = affixed is null ? utf8[..r.EncodeToUtf8(utf8)] : System.Text.Encoding.UTF8.GetBytes(affixed);
                 bool all = true;
                 foreach (byte b in bytes) if (_byteIds[b] < 0) { all = false; break; }
                 if (all)
@@ -202,14 +272,14 @@ internal sealed class BpeModel
     {
         if (n < 2) return;
         symbols[n - 1].Next = -1;
-        var queue = t_queue ??= new PriorityQueue<long, long>();
-        queue.Clear();
+        var heap = t_heap ??= new MergeHeap();
+        heap.Count = 0;
         for (int k = 0; k + 1 < n; k++)
             if (_merges.TryGetValue(((long)symbols[k].Id << 32) | (uint)symbols[k + 1].Id, out long m))
-                queue.Enqueue(((long)k << 32) | (uint)m, (m & ~0xFFFFFFFFL) | (uint)k);
-        while (queue.TryDequeue(out long top, out _))
+                heap.Push((m & ~0xFFFFFFFFL) | (uint)k, (int)m);
+        while (heap.Count > 0)
         {
-            int pos = (int)(top >> 32), newId = (int)top;
+            int pos = (int)heap.Pop(out int newId);
             ref var cur = ref symbols[pos];
             if (cur.Removed || cur.Next < 0) continue;
             int nextPos = cur.Next;
@@ -222,9 +292,88 @@ internal sealed class BpeModel
             right.Removed = true;
             if (cur.Next >= 0) symbols[cur.Next].Prev = pos;
             if (cur.Prev >= 0 && _merges.TryGetValue(((long)symbols[cur.Prev].Id << 32) | (uint)cur.Id, out long pm))
-                queue.Enqueue(((long)cur.Prev << 32) | (uint)pm, (pm & ~0xFFFFFFFFL) | (uint)cur.Prev);
+                heap.Push((pm & ~0xFFFFFFFFL) | (uint)cur.Prev, (int)pm);
             if (cur.Next >= 0 && _merges.TryGetValue(((long)cur.Id << 32) | (uint)symbols[cur.Next].Id, out long nm))
-                queue.Enqueue(((long)pos << 32) | (uint)nm, (nm & ~0xFFFFFFFFL) | (uint)pos);
+                heap.Push((nm & ~0xFFFFFFFFL) | (uint)pos, (int)nm);
+        }
+    }
+
+    /// <summary>Open-addressing map from a pair key to a value (Dictionary&lt;long,long&gt; hashes lo ^ hi, which collides badly here).</summary>
+    sealed class PairTable
+    {
+        struct Entry { public long Key, Value; }   // key and value side by side: one cache miss per probe
+        readonly Entry[] _entries;
+        readonly int _mask, _shift;
+
+        public PairTable(int count)
+        {
+            int cap = 16, bits = 4;
+            while (cap < count * 2) { cap <<= 1; bits++; }
+            _entries = new Entry[cap];
+            for (int i = 0; i < cap; i++) _entries[i].Key = -1L;
+            _mask = cap - 1; _shift = 64 - bits;
+        }
+
+        int Slot(long key) => (int)((ulong)(key * unchecked((long)0x9E3779B97F4A7C15)) >> _shift);
+
+        public void Set(long key, long value)
+        {
+            int i = Slot(key);
+            while (_entries[i].Key != -1L && _entries[i].Key != key) i = (i + 1) & _mask;
+            _entries[i].Key = key; _entries[i].Value = value;
+        }
+
+        public bool TryGetValue(long key, out long value)
+        {
+            int i = Slot(key);
+            while (true)
+            {
+                ref var e = ref _entries[i];
+                if (e.Key == key) { value = e.Value; return true; }
+                if (e.Key == -1L) { value = 0; return false; }
+                i = (i + 1) & _mask;
+            }
+        }
+    }
+
+    /// <summary>Binary min-heap of merge candidates ordered by (rank, position), as Rust's <c>Merge</c> ordering.</summary>
+    sealed class MergeHeap
+    {
+        long[] _keys = new long[64];    // rank << 32 | position
+        int[] _newIds = new int[64];
+        public int Count;
+
+        public void Push(long key, int newId)
+        {
+            if (Count == _keys.Length) { Array.Resize(ref _keys, Count * 2); Array.Resize(ref _newIds, Count * 2); }
+            int i = Count++;
+            while (i > 0)
+            {
+                int parent = (i - 1) >> 1;
+                if (_keys[parent] <= key) break;
+                _keys[i] = _keys[parent]; _newIds[i] = _newIds[parent];
+                i = parent;
+            }
+            _keys[i] = key; _newIds[i] = newId;
+        }
+
+        public long Pop(out int newId)
+        {
+            long top = _keys[0];
+            newId = _newIds[0];
+            long key = _keys[--Count];
+            int id = _newIds[Count], i = 0;
+            while (true)
+            {
+                int child = 2 * i + 1;
+                if (child >= Count) break;
+                if (child + 1 < Count && _keys[child + 1] < _keys[child]) child++;
+                if (_keys[child] >= key) break;
+                _keys[i] = _keys[child]; _newIds[i] = _newIds[child];
+                i = child;
+            }
+            if (Count > 0) { _keys[i] = key; _newIds[i] = id; }
+            return top;
         }
     }
 }

@@ -10,7 +10,7 @@ internal abstract class Decoder
 
     public static Decoder? FromJson(JsonElement e, string where)
     {
-        if (e.ValueKind == JsonValueKind.Null) return null;
+        if (e.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return null;
         string type = e.GetProperty("type").GetString() ?? "";
         string at = $"{where} ({type})";
         switch (type)
@@ -18,18 +18,18 @@ internal abstract class Decoder
             case "Sequence":
                 return new SequenceDecoder(e.GetProperty("decoders").EnumerateArray().Select((x, i) => FromJson(x, $"{where}.decoders[{i}]")!).ToArray());
             case "ByteLevel": return new ByteLevelDecoder();
-            case "Replace": return new ReplaceDecoder(SplitPattern.FromJson(e.GetProperty("pattern"), at), Json.Str(e, "content") ?? "");
+            case "Replace": return new ReplaceDecoder(SplitPattern.FromJson(e.GetProperty("pattern"), at), JsonFields.Str(e, "content") ?? "");
             case "ByteFallback": return new ByteFallbackDecoder();
             case "Fuse": return new FuseDecoder();
             case "Strip":
                 {
-                    string content = Json.Str(e, "content") ?? " ";
-                    return new StripDecoder(char.ConvertToUtf32(content, 0), Json.Int(e, "start", 0), Json.Int(e, "stop", 0));
+                    string content = JsonFields.Str(e, "content") ?? " ";
+                    return new StripDecoder(char.ConvertToUtf32(content, 0), JsonFields.Int(e, "start", 0), JsonFields.Int(e, "stop", 0));
                 }
             case "Metaspace":
                 {
-                    string rep = Json.Str(e, "replacement") ?? "\u2581";
-                    string scheme = Json.Str(e, "prepend_scheme") ?? (Json.Bool(e, "add_prefix_space", true) ? "always" : "never");
+                    string rep = JsonFields.Str(e, "replacement") ?? "\u2581";
+                    string scheme = JsonFields.Str(e, "prepend_scheme") ?? (JsonFields.Bool(e, "add_prefix_space", true) ? "always" : "never");
                     return new MetaspaceDecoder(rep[0], scheme != "never");
                 }
             default:
@@ -62,19 +62,18 @@ internal sealed class ByteLevelDecoder : Decoder
 
 internal sealed class ReplaceDecoder(SplitPattern pattern, string content) : Decoder
 {
-    readonly List<(int Start, int End)> _m = [];
-
     public override List<string> DecodeChain(List<string> tokens)
     {
         var result = new List<string>(tokens.Count);
+        var matches = new List<(int Start, int End)>();
         foreach (var t in tokens)
         {
             if (pattern is LiteralPattern lp) { result.Add(lp.Literal.Length == 0 ? t : t.Replace(lp.Literal, content, StringComparison.Ordinal)); continue; }
-            _m.Clear();
-            pattern.FindMatches(t, _m);
+            matches.Clear();
+            pattern.FindMatches(t, matches);
             var sb = new StringBuilder();
             int prev = 0;
-            foreach (var (s, e) in _m) { sb.Append(t, prev, s - prev).Append(content); prev = e; }
+            foreach (var (s, e) in matches) { sb.Append(t, prev, s - prev).Append(content); prev = e; }
             sb.Append(t, prev, t.Length - prev);
             result.Add(sb.ToString());
         }
@@ -126,21 +125,15 @@ internal sealed class StripDecoder(int content, int start, int stop) : Decoder
     public override List<string> DecodeChain(List<string> tokens)
     {
         var result = new List<string>(tokens.Count);
+        string c = char.ConvertFromUtf32(content);
         foreach (var t in tokens)
         {
-            var runes = t.EnumerateRunes().Select(r => r.Value).ToArray();
-            int startCut = 0;
-            for (int i = 0; i < Math.Min(start, runes.Length); i++)
-                if (runes[i] == content) startCut = i + 1; else break;
-            int stopCut = runes.Length;
-            for (int i = 0; i < stop && i < runes.Length; i++)
-            {
-                int index = runes.Length - i - 1;
-                if (runes[index] == content) stopCut = index; else break;
-            }
-            var sb = new StringBuilder();
-            for (int i = startCut; i < Math.Max(startCut, stopCut); i++) sb.Append(char.ConvertFromUtf32(runes[i]));
-            result.Add(sb.ToString());
+            // Up to `start` leading and `stop` trailing copies of the content char, never overlapping.
+            int from = 0;
+            for (int i = 0; i < start && t.AsSpan(from).StartsWith(c, StringComparison.Ordinal); i++) from += c.Length;
+            int to = t.Length;
+            for (int i = 0; i < stop && to - c.Length >= from && t.AsSpan(0, to).EndsWith(c, StringComparison.Ordinal); i++) to -= c.Length;
+            result.Add(from == 0 && to == t.Length ? t : t[from..to]);
         }
         return result;
     }

@@ -13,7 +13,7 @@ internal abstract class PostProcessor
 
     public static PostProcessor? FromJson(JsonElement e, string where)
     {
-        if (e.ValueKind == JsonValueKind.Null) return null;
+        if (e.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return null;
         string type = e.GetProperty("type").GetString() ?? "";
         string at = $"{where} ({type})";
         switch (type)
@@ -22,7 +22,7 @@ internal abstract class PostProcessor
                 return new SequencePostProcessor(e.GetProperty("processors").EnumerateArray()
                     .Select((x, i) => FromJson(x, $"{where}.processors[{i}]")!).ToArray());
             case "ByteLevel":
-                return new ByteLevelPostProcessor(Json.Bool(e, "trim_offsets", true), Json.Bool(e, "add_prefix_space", true));
+                return new ByteLevelPostProcessor(JsonFields.Bool(e, "trim_offsets", true), JsonFields.Bool(e, "add_prefix_space", true));
             case "TemplateProcessing":
                 {
                     var special = new Dictionary<string, int[]>();
@@ -70,13 +70,16 @@ internal sealed class TemplatePostProcessor(List<int[]?> items) : PostProcessor
     public override void Process(List<int> ids, List<(int Start, int End)> offsets, bool addSpecialTokens, Func<int, string?> idToToken)
     {
         if (!addSpecialTokens) return;
-        var seqIds = ids.ToArray();
-        var seqOffsets = offsets.ToArray();
-        ids.Clear(); offsets.Clear();
+        int seqStart = 0;
+        bool seenSequence = false;
         foreach (var item in items)
         {
-            if (item is null) { ids.AddRange(seqIds); offsets.AddRange(seqOffsets); }
-            else foreach (int id in item) { ids.Add(id); offsets.Add((0, 0)); }
+            if (item is null) { seenSequence = true; continue; }
+            // Special tokens before $A are inserted in front of it, those after it are appended.
+            int at = seenSequence ? ids.Count : seqStart;
+            ids.InsertRange(at, item);
+            offsets.InsertRange(at, Enumerable.Repeat((0, 0), item.Length));
+            if (!seenSequence) seqStart += item.Length;
         }
     }
 
@@ -109,5 +112,5 @@ internal sealed class ByteLevelPostProcessor(bool trimOffsets, bool addPrefixSpa
         }
     }
 
-    static bool IsSpace(char c) => c == 'Ġ' || Unicode.IsWhiteSpace(c);
+    static bool IsSpace(char c) => c == 'Ġ' || CodePoints.IsWhiteSpace(c);
 }

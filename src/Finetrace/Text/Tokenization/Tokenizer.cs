@@ -20,8 +20,11 @@ public sealed class Encoding(int[] ids, TokenSpan[] offsets, Tokenizer tokenizer
 /// A Hugging Face tokenizer read from <c>tokenizer.json</c> (and <c>tokenizer_config.json</c> for bos/eos/unk/pad),
 /// reproducing the Rust <c>tokenizers</c> pipeline: added tokens split out (raw, then in normalised segments),
 /// normaliser per segment, pre-tokenizer, BPE model, post-processor; decoding through the decoder chain.
-/// Offsets are UTF-16 spans of the input (HF reports code-point spans; they coincide on BMP text).
-/// Thread-safe: <see cref="EncodeBatch"/> encodes in parallel.
+/// Offsets are UTF-16 spans of the input (HF reports code-point spans; they coincide on BMP text); a token holding
+/// some of a character's bytes spans the whole character. Decoding is the tokenizers-level decode (no transformers
+/// <c>clean_up_tokenization_spaces</c>). <c>truncation</c>/<c>padding</c> in tokenizer.json are ignored, as transformers
+/// does by default. Supported: BPE models with the normalisers, pre-tokenizers, post-processors and decoders listed
+/// in the error raised for any other type. Thread-safe: <see cref="EncodeBatch"/> encodes in parallel.
 /// </summary>
 public sealed class Tokenizer
 {
@@ -136,6 +139,9 @@ public sealed class Tokenizer
         public readonly List<(AddedToken? Token, int Start, int End)> Raw = [], Norm = [];
         public readonly PreTokenizedString Pre = new();
         public readonly List<int> Triples = [];
+        public readonly List<int> Ids = [];
+        public readonly List<(int Start, int End)> Offsets = [];
+        public readonly NormalizedText Segment = new(256);
     }
 
     [ThreadStatic] static Scratch? t_scratch;
@@ -145,15 +151,18 @@ public sealed class Tokenizer
     {
         ArgumentNullException.ThrowIfNull(text);
         var sc = t_scratch ??= new Scratch();
-        var ids = new List<int>(text.Length / 3 + 4);
-        var offsets = new List<(int Start, int End)>(ids.Capacity);
+        var ids = sc.Ids;
+        var offsets = sc.Offsets;
+        ids.Clear(); offsets.Clear();
         // 1. Added tokens that match the raw text.
         AddedVocabulary.Split(text, _added.Raw, sc.Raw);
-        foreach (var (tok, s, e) in sc.Raw.ToArray())
+        for (int r = 0; r < sc.Raw.Count; r++)
         {
+            var (tok, s, e) = sc.Raw[r];
             if (tok is not null) { ids.Add(tok.Id); offsets.Add((s, e)); continue; }
             // 2. Normalise the segment, then split out the normalized added tokens.
-            var nt = NormalizedText.FromOriginal(text, s, e);
+            // The per-thread segment buffer is consumed before the next segment reuses it.
+            var nt = sc.Segment.ResetFromOriginal(text, s, e);
             if (_normalizer is not null) nt = _normalizer.Normalize(nt);
             if (nt.Length == 0) continue;
             AddedVocabulary.Split(nt.Span, _added.Normalized, sc.Norm);

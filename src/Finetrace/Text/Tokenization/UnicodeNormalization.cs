@@ -18,6 +18,9 @@ internal static class UnicodeNormalization
     static readonly Dictionary<int, byte> CccAstral = new();
     static readonly Dictionary<int, int> DecompIndex = new();   // cp -> index of its record in Decompositions
     static readonly Dictionary<long, int> Compose = new();
+    static readonly HashSet<int> CompositionSeconds = new();
+    /// <summary>BMP chars that NFC leaves alone and that never combine with what precedes them (NFC_QC=Yes, ccc 0).</summary>
+    static readonly bool[] NfcStableBmp = new bool[0x10000];
 
     static UnicodeNormalization()
     {
@@ -27,7 +30,12 @@ internal static class UnicodeNormalization
         var d = UnicodeNormalizationData.Decompositions;
         for (int i = 0; i < d.Length; i += 2 + (d[i + 1] & 0xFF)) DecompIndex[d[i]] = i;
         var k = UnicodeNormalizationData.Compositions;
-        for (int i = 0; i < k.Length; i += 3) Compose[((long)k[i] << 21) | (uint)k[i + 1]] = k[i + 2];
+        for (int i = 0; i < k.Length; i += 3) { Compose[((long)k[i] << 21) | (uint)k[i + 1]] = k[i + 2]; CompositionSeconds.Add(k[i + 1]); }
+        for (int ch = 0; ch < 0x10000; ch++)
+            NfcStableBmp[ch] = !char.IsSurrogate((char)ch) && CccBmp[ch] == 0 && !CompositionSeconds.Contains(ch) && !(ch >= VBase && ch < VBase + VCount) && !(ch > TBase && ch < TBase + TCount);
+        foreach (int ch in DecompIndex.Keys)
+            if (ch < 0x10000 && NfcStableBmp[ch] && (UnicodeNormalizationData.Decompositions[DecompIndex[ch] + 1] & 0x100) == 0)
+                NfcStableBmp[ch] = NormalizeSlow(NormalizedText.FromOriginal(((char)ch).ToString(), 0, 1), NormalizationKind.NFC).ToString() == ((char)ch).ToString();
     }
 
     internal static int CombiningClass(int cp) => cp < 0x10000 ? CccBmp[cp] : CccAstral.GetValueOrDefault(cp);
@@ -50,6 +58,37 @@ internal static class UnicodeNormalization
     public static NormalizedText Normalize(NormalizedText src, NormalizationKind form)
     {
         if (QuickUnchanged(src.Span, form)) return src;
+        if (form != NormalizationKind.NFC) return NormalizeSlow(src, form);
+        // NFC chunk by chunk: a stable char starts a chunk (nothing before it can change or absorb it), so only
+        // chunks holding an unstable char need the full algorithm.
+        int firstUnstable = 0;
+        while (firstUnstable < src.Length && NfcStableBmp[src.Chars[firstUnstable]]) firstUnstable++;
+        if (firstUnstable == src.Length) return src;
+        var dst = new NormalizedText(src.Length + 8);
+        int chunkStart = firstUnstable > 0 ? firstUnstable - 1 : 0;
+        dst.AppendFrom(src, 0, chunkStart);
+        var scratch = new NormalizedText(16);
+        while (chunkStart < src.Length)
+        {
+            int end = chunkStart + 1;
+            while (end < src.Length && !NfcStableBmp[src.Chars[end]]) end++;
+            bool allStable = end == chunkStart + 1 && NfcStableBmp[src.Chars[chunkStart]];
+            if (allStable) dst.AppendFrom(src, chunkStart, end);
+            else
+            {
+                scratch.Length = 0;
+                scratch.AppendFrom(src, chunkStart, end);
+                var n = NormalizeSlow(scratch, form);
+                dst.AppendFrom(n, 0, n.Length);
+            }
+            chunkStart = end;
+        }
+        return dst;
+    }
+
+    /// <summary>The whole text through the full algorithm: the reference for the chunked NFC path.</summary>
+    internal static NormalizedText NormalizeSlow(NormalizedText src, NormalizationKind form)
+    {
         bool compat = form is NormalizationKind.NFKC or NormalizationKind.NFKD;
         bool compose = form is NormalizationKind.NFC or NormalizationKind.NFKC;
         // 1. Decompose into (code point, start, end) triples.

@@ -33,7 +33,7 @@ public class ChatFormatterTests(ITestOutputHelper log)
     public void MasksSeparateContentFromTemplate(string family, string[] markers)
     {
         string dir = Shared.Path("fixtures", "tokenizers", family);
-        var f = ChatFormatter.FromFolder(dir);
+        var f = Load(dir);
         var enc = f.Format(Conversation, addGenerationPrompt: false);
         log.WriteLine($"{family}: {enc.Count} tokens; roles {string.Join("", enc.Roles.Select(r => "TBSUAO"[(int)r]))}");
 
@@ -61,12 +61,60 @@ public class ChatFormatterTests(ITestOutputHelper log)
         AssertSingleLeadingBos(f.Tokenizer, enc, family);
     }
 
+    /// <summary>Every rendering chat case of the family: each message's located span holds its content (as is, or
+    /// stripped as the template strips it), no token inside a content span is labelled template, and the ids are the
+    /// tokenizer's ids of the render.</summary>
+    [SharedTheory]
+    [MemberData(nameof(Families))]
+    public void EveryChatCaseLocatesEveryContent(string family, string[] markers)
+    {
+        _ = markers;
+        string dir = Shared.Path("fixtures", "tokenizers", family);
+        var f = Load(dir);
+        int cases = 0, messages = 0;
+        var mismatches = new List<string>();
+        foreach (var line in File.ReadLines(Path.Combine(dir, "chat_cases.jsonl")))
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(line);
+            var c = doc.RootElement;
+            if (!c.TryGetProperty("rendered", out var rendered)) continue;
+            cases++;
+            string name = c.GetProperty("name").GetString()!;
+            var msgs = (List<object?>)PyJson.FromJson(c.GetProperty("messages"))!;
+            var extra = c.GetProperty("template_vars").EnumerateObject().ToDictionary(p => p.Name, p => PyJson.FromJson(p.Value));
+            var enc = f.Format(msgs, c.GetProperty("add_generation_prompt").GetBoolean(), extra);
+            if (enc.Text != rendered.GetString()) { mismatches.Add($"{name}: render differs"); continue; }
+            for (int i = 0; i < msgs.Count; i++)
+            {
+                var m = (PyDict)msgs[i]!;
+                if (m["content"] is not string content || content.Trim().Length == 0) continue;
+                // Some templates drop messages (Gemma and Llama 2 print a system message only before a first user turn).
+                if (!enc.Text.Contains(content.Trim())) continue;
+                messages++;
+                var spans = enc.Spans.Where(s => s.Message == i).ToList();
+                if (spans.Count == 0) { mismatches.Add($"{name}: message {i} not located"); continue; }
+                string found = string.Concat(spans.Select(s => enc.Text[s.Start..s.End]));
+                string reasoning = m.TryGetValue("reasoning_content", out var rc) && rc is string rs ? rs.Trim('\n') : "";
+                bool ok = found == content || found == content.Trim() || found == content.Trim('\n') || found == reasoning + content
+                          || (content.Contains("</think>") && found.Contains(content.Split("</think>")[^1].Trim()));
+                if (!ok) mismatches.Add($"{name}: message {i} located as {System.Text.Json.JsonSerializer.Serialize(found)}, content {System.Text.Json.JsonSerializer.Serialize(content)}");
+                foreach (var s in spans)
+                    for (int t = 0; t < enc.Count; t++)
+                        if (enc.Offsets[t].Start >= s.Start && enc.Offsets[t].End <= s.End && enc.Offsets[t].End > enc.Offsets[t].Start && enc.Roles[t] != ChatFormatter.RoleOf(m["role"] as string))
+                        { mismatches.Add($"{name}: token {t} inside message {i} is {enc.Roles[t]}"); break; }
+            }
+        }
+        log.WriteLine($"{family}: {cases} cases, {messages} messages, {mismatches.Count} mismatches");
+        foreach (var m in mismatches) log.WriteLine(m);
+        Assert.True(mismatches.Count == 0, string.Join("\n", mismatches));
+    }
+
     [SharedTheory]
     [MemberData(nameof(Families))]
     public void GenerationPromptIsTemplate(string family, string[] markers)
     {
         _ = markers;
-        var f = ChatFormatter.FromFolder(Shared.Path("fixtures", "tokenizers", family));
+        var f = Load(Shared.Path("fixtures", "tokenizers", family));
         var msgs = Conversation.Skip(1).Take(1).ToArray();
         var with = f.Format(msgs, addGenerationPrompt: true);
         var without = f.Format(msgs, addGenerationPrompt: false);
@@ -80,7 +128,7 @@ public class ChatFormatterTests(ITestOutputHelper log)
     public void GemmaContentPartsAndContentThatLooksLikeTemplate()
     {
         // "user" and "model" as content also occur in Gemma's role headers; the diff-based location must not take the header.
-        var f = ChatFormatter.FromFolder(Shared.Path("fixtures", "tokenizers", "gemma3"));
+        var f = Load(Shared.Path("fixtures", "tokenizers", "gemma3"));
         var enc = f.Format([new("user", "user"), new("assistant", "model")]);
         Assert.Equal(["user"], Runs(enc, TokenRole.User).Select(r => f.Tokenizer.Decode(r)));
         Assert.Equal(["model"], Runs(enc, TokenRole.Assistant).Select(r => f.Tokenizer.Decode(r)));
@@ -97,9 +145,31 @@ public class ChatFormatterTests(ITestOutputHelper log)
     }
 
     [SharedFact]
+    public void TryFormatAndFormatManyReportTemplateErrors()
+    {
+        var f = Load(Shared.Path("fixtures", "tokenizers", "gemma3"));
+        var bad = new ChatMessage[] { new("user", "a"), new("user", "b") };
+        Assert.False(f.TryFormat(bad, false, out var none, out string? error));
+        Assert.Null(none);
+        Assert.Equal("Conversation roles must alternate user/assistant/user/assistant/...", error);
+
+        var many = f.FormatMany([Conversation, bad, Conversation.Skip(1).ToArray()], true, out var errors);
+        Assert.NotNull(many[0]);
+        Assert.Null(many[1]);
+        Assert.NotNull(errors[1]);
+        Assert.Equal(f.Format(Conversation, true).Ids, many[0]!.Ids);
+        Assert.Equal(f.Format(Conversation.Skip(1).ToArray(), true).Ids, many[2]!.Ids);
+
+        // Gemma 3 folds the system prompt into the first user turn itself; the helper does the same for templates that cannot.
+        var folded = ChatFormatter.FoldSystemIntoFirstUser(Conversation);
+        Assert.Equal(Conversation.Length - 1, folded.Count);
+        Assert.Equal(f.Format(Conversation).Text, f.Format(folded).Text);
+    }
+
+    [SharedFact]
     public void QwenThinkingAssistantIsAllAssistant()
     {
-        var f = ChatFormatter.FromFolder(Shared.Path("fixtures", "tokenizers", "qwen3"));
+        var f = Load(Shared.Path("fixtures", "tokenizers", "qwen3"));
         var enc = f.Format([new("user", "Q?"), new("assistant", "<think>\nlet me see\n</think>\n\nThe answer.")]);
         string assistant = f.Tokenizer.Decode(enc.Ids.Where((_, i) => enc.Roles[i] == TokenRole.Assistant).ToArray());
         Assert.Contains("let me see", assistant);
@@ -112,7 +182,7 @@ public class ChatFormatterTests(ITestOutputHelper log)
     {
         // models/README.md §3: the training tokenization of "User: Can Tom play with fire?\nAssistant:" with BOS.
         int[] expected = [1, 410, 471, 419, 285, 467, 410, 457, 303, 274, 287, 337, 335, 272, 417, 276, 450, 13, 447, 419, 419, 293, 413, 303, 413, 467];
-        var f = ChatFormatter.FromFolder(Shared.Path("models", "stories260K-chat"));
+        var f = Load(Shared.Path("models", "stories260K-chat"));
         var enc = f.Format([new("user", "Can Tom play with fire?")], addGenerationPrompt: true);
         Assert.Equal("<s>User: Can Tom play with fire?\nAssistant:", enc.Text);
         Assert.Equal(expected, enc.Ids);
@@ -133,6 +203,28 @@ public class ChatFormatterTests(ITestOutputHelper log)
             Runs(enc2, TokenRole.Assistant).Select(r => f.Tokenizer.Decode(r).Trim()));
         Assert.Equal(2, enc2.Ids.Where((id, i) => id == 2 && enc2.Roles[i] == TokenRole.Template).Count());
         Assert.Throws<TemplateException>(() => f.Format([new("system", "x"), new("user", "y")]));
+    }
+
+    // Loading a tokenizer.json takes up to a second (gemma3: 14 MB); each folder is loaded once for all tests.
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<ChatFormatter>> Cache = new();
+    static ChatFormatter Load(string dir) => Cache.GetOrAdd(dir, d => new Lazy<ChatFormatter>(() => ChatFormatter.FromFolder(d))).Value;
+
+    [SharedFact]
+    public void GenerationBlocksGiveTransformersAssistantMask()
+    {
+        // The stories260K-chat template with {% generation %} around the answer and EOS, as assistant-mask templates write it.
+        var tok = Load(Shared.Path("models", "stories260K-chat")).Tokenizer;
+        var template = new ChatTemplate("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n' }}{% else %}{{ 'Assistant: ' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{% endif %}{% endfor %}",
+            new Dictionary<string, string> { ["bos_token"] = "<s>", ["eos_token"] = "</s>" });
+        var f = new ChatFormatter(tok, template);
+        var enc = f.Format([new("user", "Hi?"), new("assistant", "Bye bye, little friend!")]);
+        Assert.Equal("<s>User: Hi?\nAssistant: Bye bye, little friend!</s>", enc.Text);
+        var gen = enc.GenerationMask!;
+        Assert.Equal("Bye bye, little friend!</s>", tok.Decode(enc.Ids.Where((_, i) => gen[i]).ToArray()).Trim());
+        // The content mask is the same tokens without the EOS.
+        Assert.Equal(enc.Ids.Where((_, i) => gen[i] && enc.Ids[i] != 2), enc.Ids.Where((_, i) => enc.Roles[i] == TokenRole.Assistant));
+        // No generation block rendered (no assistant turn): no mask.
+        Assert.Null(f.Format([new("user", "x")]).GenerationMask);
     }
 
     static void AssertSingleLeadingBos(Tokenizer tok, ChatEncoding enc, string family)

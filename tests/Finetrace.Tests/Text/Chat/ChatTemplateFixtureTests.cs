@@ -73,6 +73,53 @@ public class ChatTemplateFixtureTests(ITestOutputHelper log)
         Assert.Equal(expected.OrderBy(k => k.Key), template.SpecialTokens.Select(kv => new KeyValuePair<string, string?>(kv.Key, kv.Value)).OrderBy(k => k.Key));
     }
 
+    /// <summary>Data/jinja_cases.jsonl (made by Data/make_jinja_cases.py with Python Jinja2 3.1.6 configured as
+    /// transformers configures it): real-world templates (ChatML, Zephyr, Mistral, Phi-3, Llama 3.1 with tools, macros)
+    /// and feature probes, including error messages. Syntax errors must raise a syntax error; their wording is not compared.</summary>
+    [Fact]
+    public void ExtraCasesMatchPythonJinja2()
+    {
+        // FINETRACE_JINJA_CASES points the test at another file of the same format (e.g. generated fuzz cases).
+        string path = Environment.GetEnvironmentVariable("FINETRACE_JINJA_CASES") is { Length: > 0 } other ? other
+            : Path.Combine(AppContext.BaseDirectory, "Text", "Chat", "Data", "jinja_cases.jsonl");
+        var (cases, mismatches) = RunCases(File.ReadLines(path));
+        log.WriteLine($"jinja_cases: {cases} cases, {mismatches.Count} mismatches");
+        foreach (var m in mismatches) log.WriteLine(m);
+        Assert.True(cases >= 100, $"only {cases} cases read from {path}");
+        Assert.True(mismatches.Count == 0, $"{cases} cases, {mismatches.Count} mismatches:\n{string.Join("\n", mismatches)}");
+    }
+
+    static (int, List<string>) RunCases(IEnumerable<string> lines)
+    {
+        int cases = 0;
+        var mismatches = new List<string>();
+        foreach (var line in lines)
+        {
+            if (line.Length == 0) continue;
+            cases++;
+            using var doc = JsonDocument.Parse(line);
+            var c = doc.RootElement;
+            string name = c.GetProperty("name").GetString()!;
+            var ctx = (PyDict)PyJson.FromJson(c.GetProperty("context"))!;
+            var vars = ctx.ToDictionary(kv => (string)kv.Key, kv => kv.Value);
+            string? got = null, err = null, kind = null;
+            try { got = new JinjaTemplate(c.GetProperty("template").GetString()!).Render(vars); }
+            catch (TemplateException e) { err = $"{e.Kind}: {e.Message}"; kind = e.Kind; }
+            if (c.TryGetProperty("rendered", out var r))
+            {
+                if (got != r.GetString()) mismatches.Add($"{name}: {Describe(r.GetString()!, got, err)}");
+            }
+            else
+            {
+                string expected = c.GetProperty("error").GetString()!;
+                bool syntax = expected.StartsWith("TemplateSyntaxError") || expected.StartsWith("SyntaxError");
+                bool ok = syntax ? kind == "TemplateSyntaxError" : err == expected;
+                if (!ok) mismatches.Add($"{name}: expected error {expected}, got {(err is null ? JsonSerializer.Serialize(got) : "error " + err)}");
+            }
+        }
+        return (cases, mismatches);
+    }
+
     [SharedFact]
     public void JinjaProbesMatchPythonJinja2()
     {

@@ -11,7 +11,8 @@ namespace Finetrace.Tests.Text.Tokenization;
 /// </summary>
 public sealed class FixtureTests(ITestOutputHelper output)
 {
-    public static TheoryData<string> Families => new() { "gemma3", "llama3_1", "llama2", "qwen3", "deepseek_v3", "gpt4o", "gpt2" };
+    internal static readonly string[] FamilyNames = ["gemma3", "llama3_1", "llama2", "qwen3", "deepseek_v3", "gpt4o", "gpt2"];
+    public static TheoryData<string> Families => new(FamilyNames);
 
     static readonly Dictionary<string, Tokenizer> Loaded = new();
 
