@@ -1,10 +1,12 @@
 using System.CommandLine;
 using Finetrace.Models;
+using Finetrace.Text.Tokenization;
 
 namespace Finetrace.Cli.Commands;
 
 /// <summary><c>finetrace generate --model DIR [--adapter DIR] --prompt TEXT | --ids 1,2,3 [--max-new-tokens N]
-/// [--temperature T] [--seed S]</c>: greedy (T = 0) or temperature sampling with a key/value cache.</summary>
+/// [--temperature T] [--seed S]</c>: greedy (T = 0) or temperature sampling with a key/value cache. Prints the continuation
+/// (decoded with the model's tokenizer.json when present, else as ids) on stdout, the prompt and generated ids on stderr.</summary>
 public sealed class GenerateCommand : ICliCommand
 {
     public Command Build()
@@ -23,21 +25,44 @@ public sealed class GenerateCommand : ICliCommand
         return cmd;
     }
 
+    /// <summary>EOS ids of config.json plus those of generation_config.json (chat models often list extra end-of-turn ids there).</summary>
+    static HashSet<int> StopIds(string modelDir, ModelConfig config)
+    {
+        var ids = new HashSet<int>(config.EosTokenIds);
+        string gen = Path.Combine(modelDir, "generation_config.json");
+        if (File.Exists(gen))
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(gen));
+            if (doc.RootElement.TryGetProperty("eos_token_id", out var e))
+            {
+                if (e.ValueKind == System.Text.Json.JsonValueKind.Number) ids.Add(e.GetInt32());
+                else if (e.ValueKind == System.Text.Json.JsonValueKind.Array)
+                    foreach (var x in e.EnumerateArray()) if (x.ValueKind == System.Text.Json.JsonValueKind.Number) ids.Add(x.GetInt32());
+            }
+        }
+        return ids;
+    }
+
     static int Run(string modelDir, string? adapterDir, string? prompt, string? idsText, int maxNew, float temperature, int seed)
     {
         if ((prompt is null) == (idsText is null)) throw new ArgumentException("give exactly one of --prompt TEXT or --ids 1,2,3");
         if (maxNew < 0) throw new ArgumentException("--max-new-tokens must be ≥ 0");
         using var lm = CausalLM.Load(modelDir, adapterDir);
+        bool hasTokenizer = File.Exists(Path.Combine(modelDir, "tokenizer.json"));
+        var tokenizer = hasTokenizer ? Tokenizer.FromFolder(modelDir) : null;
         int[] promptIds;
         if (idsText is not null)
             promptIds = idsText.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out int v) ? v : throw new ArgumentException($"--ids: '{s}' is not an integer")).ToArray();
         else
-            throw new NotSupportedException("--prompt needs the tokenizer, which this build does not include yet; pass token ids with --ids");
+            promptIds = (tokenizer ?? throw new FileNotFoundException($"{modelDir}: no tokenizer.json, so --prompt cannot be tokenized; pass token ids with --ids"))
+                .Encode(prompt!, addSpecialTokens: true).Ids;
+        if (promptIds.Length == 0) throw new ArgumentException("the prompt encodes to no tokens (this tokenizer adds no BOS); give some text or --ids");
 
-        var stop = lm.Config.EosTokenIds;
-        var output = new Generator(lm).Generate(promptIds, maxNew, temperature, seed, stop);
-        Console.WriteLine(string.Join(",", output));
+        var output = new Generator(lm).Generate(promptIds, maxNew, temperature, seed, StopIds(modelDir, lm.Config));
+        Console.Error.WriteLine($"prompt ids: {string.Join(",", promptIds)}");
+        Console.Error.WriteLine($"generated ids: {string.Join(",", output)}");
+        Console.WriteLine(tokenizer is null ? string.Join(",", output) : tokenizer.Decode(output.ToArray(), skipSpecialTokens: true));
         return 0;
     }
 }

@@ -8,6 +8,7 @@ namespace Finetrace.Models;
 /// kept in their stored dtype. The forward is split at the residual stream so that callers can run part of one model,
 /// edit the residual, and continue with another: <see cref="Embed"/>, <see cref="RunLayers"/>,
 /// <see cref="FinalNorm"/>, <see cref="Unembed"/>. <see cref="Forward"/> chains them with hooks.
+/// An instance reuses its activation buffers between calls: run one forward at a time per instance.
 /// </summary>
 public sealed class CausalLM : IDisposable
 {
@@ -24,8 +25,12 @@ public sealed class CausalLM : IDisposable
 
     /// <summary>Parameters that take part in matrix products per token (all projections and the unembedding).</summary>
     public long MatmulParameters { get; }
+    public long UnembedParameters => _unembed.MatmulParameters;
+    /// <summary>Bytes of all parameters in their stored dtypes (what stays mapped in memory).</summary>
+    public long WeightBytes { get; }
 
     public int Layers => Config.Layers;
+    public int Hidden => Config.Hidden;
 
     /// <summary>Where forward time goes (seconds), for <c>bench forward</c>; off unless enabled.</summary>
     internal sealed class Profile
@@ -35,7 +40,6 @@ public sealed class CausalLM : IDisposable
         public static long Now() => Current is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
         public static double Since(long t0) => (System.Diagnostics.Stopwatch.GetTimestamp() - t0) / (double)System.Diagnostics.Stopwatch.Frequency;
     }
-    public int Hidden => Config.Hidden;
 
     sealed record Norm(NormKind Kind, float[] W, float[]? B, float Eps);
 
@@ -121,6 +125,7 @@ public sealed class CausalLM : IDisposable
             foreach (var l in new[] { b.Q, b.K, b.V, b.Qkv, b.O, b.Gate, b.Up, b.Down })
                 if (l is not null) mp += l.MatmulParameters;
         MatmulParameters = mp;
+        WeightBytes = w.Values.Sum(x => x.Count * (x.DType == DType.F32 ? 4 : 2));
     }
 
     /// <summary>Loads config.json and the safetensors weights of <paramref name="folder"/>, checking every tensor's presence and
@@ -211,7 +216,7 @@ public sealed class CausalLM : IDisposable
     {
         if (from < 0 || to >= Layers || from > to + 1) throw new ArgumentOutOfRangeException(nameof(from), $"layers {from}..{to} of {Layers}");
         if (hBTD.Length != batch.Count * Hidden) throw new ArgumentException($"residual {hBTD} does not match batch [{batch.Batch}, {batch.Seq}] × hidden {Hidden}");
-        var ws = new Workspace(Config, batch);
+        var ws = WorkspaceFor(batch.Count);
         for (int i = from; i <= to; i++)
         {
             if (i > 0) hooks?.Fire(HookNames.ResidPre(i), hBTD, batch);
@@ -279,10 +284,11 @@ public sealed class CausalLM : IDisposable
         public readonly float[] X, Q, K, V, Attn, Proj, MlpA, MlpB, MlpOut;
         public readonly float[]? Fused;
 
-        public Workspace(ModelConfig c, TokenBatch b) : this(c, b.Count) { }
+        public readonly int Rows;
 
         public Workspace(ModelConfig c, int m)
         {
+            Rows = m;
             X = Tensor.Allocate((long)m * c.Hidden, false);
             Q = Tensor.Allocate((long)m * c.Heads * c.HeadDim, false);
             K = Tensor.Allocate((long)m * c.KvHeads * c.HeadDim, false);
@@ -294,6 +300,16 @@ public sealed class CausalLM : IDisposable
             MlpOut = Tensor.Allocate((long)m * c.Hidden, false);
             if (c.Arch is Architecture.Gpt2 or Architecture.GptNeox) Fused = Tensor.Allocate((long)m * 3 * c.Hidden, false);
         }
+    }
+
+    Workspace? _ws;
+
+    /// <summary>Activation buffers for at least <paramref name="m"/> rows, reused across calls (so a model instance is not
+    /// safe to run from two threads at once).</summary>
+    Workspace WorkspaceFor(int m)
+    {
+        if (_ws is null || _ws.Rows < m) _ws = new Workspace(Config, m);
+        return _ws;
     }
 
     void ApplyNorm(Norm n, ReadOnlySpan<float> x, int m, Span<float> y)
@@ -475,14 +491,13 @@ public sealed class CausalLM : IDisposable
     // ---------------------------------------------------------------- key/value cache (generation, one sequence)
 
     /// <summary>Keys and values (after norms and RoPE) of every block for the tokens seen so far, one sequence.</summary>
-    public sealed class KvCache : IDisposable
+    public sealed class KvCache
     {
         internal readonly float[][] K, V; // per layer [capacity, kv·hd]
         internal int Length;
         internal int Capacity;
         internal KvCache(int layers) { K = new float[layers][]; V = new float[layers][]; for (int i = 0; i < layers; i++) { K[i] = []; V[i] = []; } }
         public int Tokens => Length;
-        public void Dispose() { }
     }
 
     public KvCache NewCache() => new(Layers);
@@ -503,14 +518,10 @@ public sealed class CausalLM : IDisposable
             }
             cache.Capacity = cap;
         }
-        // positions start..total-1 via a one-row batch whose mask covers the cached prefix
-        var positions = new int[n];
-        for (int t = 0; t < n; t++) positions[t] = start + t;
-        var batch = new TokenBatch(ids, 1, n);
-        Array.Copy(positions, batch.Positions, n);
+        var batch = TokenBatch.Continuation(ids, start);
+        var positions = batch.Positions;
         var h = Embed(batch);
-        var ws = new Workspace(c, n);
-        int d = Hidden;
+        var ws = WorkspaceFor(n);
         for (int i = 0; i < Layers; i++)
         {
             var blk = _blocks[i];

@@ -19,7 +19,7 @@ public sealed class Generator(CausalLM model)
         var rng = new Random(seed);
         var ids = new List<int>(prompt);
         var output = new List<int>();
-        using var cache = UseCache ? model.NewCache() : null;
+        var cache = UseCache ? model.NewCache() : null;
         int fed = 0;
         for (int step = 0; step < maxNewTokens; step++)
         {

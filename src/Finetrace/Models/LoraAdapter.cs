@@ -54,6 +54,15 @@ public sealed class LoraAdapter
 
     public static LoraAdapter Load(string folder)
     {
+        if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"{folder}: adapter folder not found");
+        if (!File.Exists(Path.Combine(folder, "adapter_config.json")))
+        {
+            // PEFT saves a non-default adapter name in a sub-folder of that name
+            var named = Directory.GetDirectories(folder).Where(d => File.Exists(Path.Combine(d, "adapter_config.json"))).ToList();
+            if (named.Count == 1) folder = named[0];
+            else if (named.Count > 1)
+                throw new InvalidDataException($"{folder}: several adapters ({string.Join(", ", named.Select(Path.GetFileName))}); pass one of these sub-folders to --adapter");
+        }
         string cfgPath = Path.Combine(folder, "adapter_config.json");
         string weights = Path.Combine(folder, "adapter_model.safetensors");
         if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{folder}: no adapter_config.json; --adapter expects a PEFT adapter folder", cfgPath);

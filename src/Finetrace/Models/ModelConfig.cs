@@ -111,15 +111,17 @@ public sealed class ModelConfig
         int heads = r.Int("num_attention_heads");
         int kv = r.OptInt("num_key_value_heads") ?? heads;
         if (heads % kv != 0) throw r.Fail("num_key_value_heads", $"{kv} does not divide num_attention_heads {heads}");
-        int headDim = r.OptInt("head_dim") ?? (hidden % heads == 0 ? hidden / heads : throw r.Fail("head_dim", $"missing and hidden_size {hidden} is not a multiple of num_attention_heads {heads}"));
-        var rope = ReadRope(r, headDim, defaultTheta: 10000f, partialKey: null);
+        int headDim = r.OptInt("head_dim") ?? (arch == Architecture.Gemma2 ? 256 : hidden % heads == 0 ? hidden / heads : throw r.Fail("head_dim", $"missing and hidden_size {hidden} is not a multiple of num_attention_heads {heads}"));
+        var rope = ReadRope(r, headDim, defaultTheta: 10000f, partialKey: null, defaultPartial: 1f);
         bool gemma = arch == Architecture.Gemma2;
 
         string actKey = gemma && r.Has("hidden_activation") ? "hidden_activation" : "hidden_act";
         var act = ParseActivation(r, actKey, gemma ? "gelu_pytorch_tanh" : "silu");
 
         // Sliding window per layer (model-facts.md §10).
-        int window = r.OptInt("sliding_window") ?? r.OptInt("sliding_window_size") ?? 0;
+        // Gemma2Config and MistralConfig default to a 4096 window when the key is absent; an explicit null means none.
+        int window = r.OptInt("sliding_window") ?? r.OptInt("sliding_window_size")
+            ?? (!r.Present("sliding_window") && arch is (Architecture.Gemma2 or Architecture.Mistral) ? 4096 : 0);
         var sliding = new bool[layers];
         string[]? layerTypes = r.StrArray("layer_types");
         if (layerTypes is not null)
@@ -157,7 +159,7 @@ public sealed class ModelConfig
         float scale = 1f / MathF.Sqrt(headDim);
         if (gemma)
         {
-            float qpas = r.OptFloat("query_pre_attn_scalar") ?? headDim;
+            float qpas = r.OptFloat("query_pre_attn_scalar") ?? 256; // Gemma2Config default
             scale = (float)Math.Pow(qpas, -0.5);
         }
         else
@@ -183,8 +185,9 @@ public sealed class ModelConfig
             RopeTheta = rope.theta, RotaryDim = rope.rotaryDim, Rope = rope.type, RopeFactor = rope.factor,
             RopeLowFreqFactor = rope.low, RopeHighFreqFactor = rope.high, RopeOriginalMaxPositions = rope.original,
             AttnScale = scale,
-            AttnSoftcap = gemma ? r.OptFloat("attn_logit_softcapping") : null,
-            FinalSoftcap = gemma ? r.OptFloat("final_logit_softcapping") : null,
+            // Gemma2Config defaults (50, 30) apply when the key is absent; an explicit null disables the cap
+            AttnSoftcap = gemma ? r.OptFloat("attn_logit_softcapping") ?? (r.Present("attn_logit_softcapping") ? null : 50f) : null,
+            FinalSoftcap = gemma ? r.OptFloat("final_logit_softcapping") ?? (r.Present("final_logit_softcapping") ? null : 30f) : null,
             SlidingWindow = window, SlidingLayers = sliding,
             EmbedScale = gemma ? (float)Math.Sqrt(hidden) : 1f,
             BosTokenId = r.OptInt("bos_token_id"), EosTokenIds = r.IntOrIntArray("eos_token_id"),
@@ -226,7 +229,7 @@ public sealed class ModelConfig
         int layers = r.Int("num_hidden_layers");
         if (hidden % heads != 0) throw r.Fail("num_attention_heads", $"{heads} does not divide hidden_size {hidden}");
         int headDim = hidden / heads;
-        var rope = ReadRope(r, headDim, defaultTheta: r.OptFloat("rotary_emb_base") ?? 10000f, partialKey: "rotary_pct");
+        var rope = ReadRope(r, headDim, defaultTheta: r.OptFloat("rotary_emb_base") ?? 10000f, partialKey: "rotary_pct", defaultPartial: 0.25f);
         bool bias = r.OptBool("attention_bias") ?? true;
         return new ModelConfig
         {
@@ -264,10 +267,10 @@ public sealed class ModelConfig
 
     /// <summary>RoPE fields in either shape: v4 rope_theta + rope_scaling {rope_type|type, …}, or v5 rope_parameters
     /// {rope_type, rope_theta, partial_rotary_factor, …} (possibly keyed by layer type).</summary>
-    static RopeSpec ReadRope(Reader r, int headDim, float defaultTheta, string? partialKey)
+    static RopeSpec ReadRope(Reader r, int headDim, float defaultTheta, string? partialKey, float defaultPartial)
     {
         float theta = r.OptFloat("rope_theta") ?? defaultTheta;
-        float partial = (partialKey is null ? null : r.OptFloat(partialKey)) ?? r.OptFloat("partial_rotary_factor") ?? 1f;
+        float partial = (partialKey is null ? null : r.OptFloat(partialKey)) ?? r.OptFloat("partial_rotary_factor") ?? defaultPartial;
         JsonElement? scaling = null;
         string scalingKey = "rope_scaling";
         if (r.Obj("rope_parameters") is { } p)
@@ -323,6 +326,9 @@ public sealed class ModelConfig
         public Exception Fail(string field, string problem) => new InvalidDataException($"{source}: field '{field}': {problem}");
 
         public bool Has(string key) => root.TryGetProperty(key, out var v) && v.ValueKind != JsonValueKind.Null;
+
+        /// <summary>The key exists, possibly with a null value.</summary>
+        public bool Present(string key) => root.TryGetProperty(key, out _);
 
         JsonElement? Get(string key) => root.TryGetProperty(key, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
 

@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Finetrace.Models.Safetensors;
@@ -24,18 +25,75 @@ public static class SyntheticCheckpoint
         if (node.ContainsKey("dtype")) node["dtype"] = dtypeName; else node["torch_dtype"] = dtypeName;
 
         Directory.CreateDirectory(outDir);
-        var tensors = new List<TensorData>();
-        var rng = new Gaussian((ulong)seed);
-        foreach (var p in ModelLayout.Parameters(config))
+        var specs = ModelLayout.Parameters(config).OrderBy(p => p.Name, StringComparer.Ordinal).ToList();
+        int bytesPer = dtype == DType.BF16 ? 2 : 4;
+        // Streamed (tensor by tensor, chunk by chunk) so a multi-GB model never sits in memory. The layout is the
+        // reference writer's: one dtype, so tensors in name order; header padded with spaces to a multiple of 8.
+        string path = Path.Combine(outDir, "model.safetensors");
+        string tmp = path + ".tmp-" + Environment.ProcessId;
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
         {
-            long n = Tensor.ShapeLength(p.Shape);
-            var values = Tensor.Allocate(n, zeroed: false);
-            float offset = p.Role == ParameterRole.NormWeight && config.Norm != NormKind.GemmaRmsNorm ? 1f : 0f;
-            for (long i = 0; i < n; i++) values[i] = offset + 0.02f * rng.Next();
-            tensors.Add(dtype == DType.BF16 ? TensorData.BF16(p.Name, values, p.Shape) : TensorData.F32(p.Name, values, p.Shape));
+            var header = Header(specs, dtype, bytesPer);
+            Span<byte> len = stackalloc byte[8];
+            BitConverter.TryWriteBytes(len, (ulong)header.Length);
+            fs.Write(len);
+            fs.Write(header);
+            var rng = new Gaussian((ulong)seed);
+            const int Chunk = 1 << 20;
+            var values = new float[Chunk];
+            var bits = new ushort[Chunk];
+            foreach (var p in specs)
+            {
+                float offset = p.Role == ParameterRole.NormWeight && config.Norm != NormKind.GemmaRmsNorm ? 1f : 0f;
+                for (long done = 0, n = Tensor.ShapeLength(p.Shape); done < n; done += Chunk)
+                {
+                    int k = (int)Math.Min(Chunk, n - done);
+                    for (int i = 0; i < k; i++) values[i] = offset + 0.02f * rng.Next();
+                    if (dtype == DType.BF16)
+                    {
+                        Precision.F32ToBF16(values.AsSpan(0, k), bits);
+                        fs.Write(MemoryMarshal.AsBytes(bits.AsSpan(0, k)));
+                    }
+                    else fs.Write(MemoryMarshal.AsBytes(values.AsSpan(0, k)));
+                }
+            }
         }
-        SafetensorsWriter.Write(Path.Combine(outDir, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        File.Move(tmp, path, overwrite: true);
         File.WriteAllText(Path.Combine(outDir, "config.json"), node.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    static byte[] Header(List<ParameterSpec> specs, DType dtype, int bytesPer)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms))
+        {
+            w.WriteStartObject();
+            w.WriteStartObject("__metadata__");
+            w.WriteString("format", "pt");
+            w.WriteEndObject();
+            long offset = 0;
+            foreach (var p in specs)
+            {
+                long bytes = Tensor.ShapeLength(p.Shape) * bytesPer;
+                w.WriteStartObject(p.Name);
+                w.WriteString("dtype", dtype.ToString());
+                w.WriteStartArray("shape");
+                foreach (int d in p.Shape) w.WriteNumberValue(d);
+                w.WriteEndArray();
+                w.WriteStartArray("data_offsets");
+                w.WriteNumberValue(offset);
+                w.WriteNumberValue(offset + bytes);
+                w.WriteEndArray();
+                w.WriteEndObject();
+                offset += bytes;
+            }
+            w.WriteEndObject();
+        }
+        var raw = ms.ToArray();
+        var padded = new byte[(raw.Length + 7) / 8 * 8];
+        raw.CopyTo(padded, 0);
+        for (int i = raw.Length; i < padded.Length; i++) padded[i] = (byte)' ';
+        return padded;
     }
 
     /// <summary>Standard normal draws: xoshiro256** uniforms through Box–Muller (both outputs used).</summary>

@@ -20,7 +20,12 @@ public sealed class TokenBatch
     public int[] FirstReal { get; }
     public int[] LastReal { get; }
 
-    public TokenBatch(int[] ids, int batch, int seq, byte[]? mask = null)
+    public TokenBatch(int[] ids, int batch, int seq, byte[]? mask = null) : this(ids, batch, seq, mask, 0) { }
+
+    /// <summary>One unpadded sequence whose positions start at <paramref name="startPosition"/> (tokens fed after a key/value cache).</summary>
+    public static TokenBatch Continuation(int[] ids, int startPosition) => new(ids, 1, ids.Length, null, startPosition);
+
+    TokenBatch(int[] ids, int batch, int seq, byte[]? mask, int startPosition)
     {
         if (batch <= 0 || seq <= 0) throw new ArgumentException($"batch [{batch}, {seq}] must be non-empty");
         if (ids.Length != batch * seq) throw new ArgumentException($"{ids.Length} ids for a [{batch}, {seq}] batch");
@@ -44,7 +49,7 @@ public sealed class TokenBatch
                     last = t;
                     count++;
                 }
-                Positions[i] = Math.Max(count - 1, 0);
+                Positions[i] = startPosition + Math.Max(count - 1, 0);
             }
             FirstReal[b] = first < 0 ? 0 : first;
             LastReal[b] = first < 0 ? -1 : last;

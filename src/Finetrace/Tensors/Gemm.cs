@@ -52,9 +52,32 @@ public static class Gemm
             return;
         }
         if (Backend == GemmBackend.OpenBlas)
-            OpenBlas.Sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        {
+            if (m < SgemvBelowM) SgemvRows(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            else OpenBlas.Sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        }
         else
             ManagedGemm.Sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    /// <summary>Below this many rows OpenBLAS runs the product as one sgemv per row: a short product is memory-bound,
+    /// and sgemm pays for packing B that it then barely reuses (style.md §2.1).</summary>
+    internal static int SgemvBelowM = 8;
+
+    // C[i,:] = alpha · op(A)[i,:] · op(B) + beta · C[i,:] for each row i, through cblas_sgemv.
+    static unsafe void SgemvRows(bool transA, bool transB, int m, int n, int k, float alpha,
+        ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)
+    {
+        fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
+            for (int i = 0; i < m; i++)
+            {
+                // row i of op(A): a[i·lda + p] (stride 1), or a[p·lda + i] (stride lda) when A is stored transposed
+                float* x = transA ? pa + i : pa + (long)i * lda;
+                int incx = transA ? lda : 1;
+                // op(B) = Bᵀ with B [n,k]: y = B·x (no transpose); op(B) = B [k,n]: y = Bᵀ·x
+                if (transB) OpenBlas.Sgemv(false, n, k, alpha, pb, ldb, x, incx, beta, pc + (long)i * ldc, 1);
+                else OpenBlas.Sgemv(true, k, n, alpha, pb, ldb, x, incx, beta, pc + (long)i * ldc, 1);
+            }
     }
 
     /// <summary>y[m,n] = x[m,k] · w[n,k]ᵀ (+ y when accumulate): a linear layer with PyTorch's [out,in] weight.</summary>
@@ -72,7 +95,7 @@ public static class Gemm
     public static void MatMulTN(ReadOnlySpan<float> xKM, ReadOnlySpan<float> wKN, int m, int k, int n, Span<float> yMN, bool accumulate = false)
         => Sgemm(true, false, m, n, k, 1f, xKM, m, wKN, n, accumulate ? 1f : 0f, yMN, n);
 
-    static void CheckShapes(bool transA, bool transB, int m, int n, int k, int aLen, int lda, int bLen, int ldb, int cLen, int ldc)
+    internal static void CheckShapes(bool transA, bool transB, int m, int n, int k, int aLen, int lda, int bLen, int ldb, int cLen, int ldc)
     {
         if (m < 0 || n < 0 || k < 0) throw new ArgumentException($"negative gemm size m={m} n={n} k={k}");
         int aRows = transA ? k : m, aCols = transA ? m : k;

@@ -68,6 +68,10 @@ public static class KernelsReference
         for (int i = 0; i < x.Length; i++) y[i] = (float)(x[i] - lse);
     }
 
+    /// <summary>y = exp(x).</summary>
+    // src: [n]; dst: [n]
+    public static void Exp(ReadOnlySpan<float> src, Span<float> dst) { for (int i = 0; i < src.Length; i++) dst[i] = (float)Math.Exp(src[i]); }
+
     /// <summary>y = 0.5 · x · (1 + tanh(sqrt(2/π) · (x + 0.044715 · x³)))  (PyTorch gelu, approximate="tanh").</summary>
     public static float GeluTanh(float x)
     {

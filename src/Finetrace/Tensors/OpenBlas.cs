@@ -66,6 +66,10 @@ public static unsafe partial class OpenBlas
             cblas_sgemv(RowMajor, transA ? Trans : NoTrans, m, n, alpha, pa, lda, px, 1, beta, py, 1);
     }
 
+    // y = alpha · op(A) x + beta · y with strides: the form Gemm needs for one row of a short product.
+    internal static void Sgemv(bool transA, int m, int n, float alpha, float* a, int lda, float* x, int incx, float beta, float* y, int incy)
+        => cblas_sgemv(RowMajor, transA ? Trans : NoTrans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+
     [LibraryImport(Lib)] private static partial void cblas_sgemm(int order, int transA, int transB, int m, int n, int k,
         float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc);
     [LibraryImport(Lib)] private static partial void cblas_sgemv(int order, int trans, int m, int n,

@@ -36,6 +36,54 @@ public sealed class BatchingTests(ITestOutputHelper log)
         }
     }
 
+    [SharedTheory]
+    [InlineData("gemma2")]
+    [InlineData("gpt2")]
+    [InlineData("qwen3")]
+    public void LeftPaddedBatchEqualsOneByOne(string folder)
+    {
+        using var model = CausalLM.Load(Shared.Path("fixtures", "arch", folder));
+        int seq = Rows.Max(r => r.Length);
+        var ids = new int[Rows.Length * seq];
+        var mask = new byte[ids.Length];
+        for (int b = 0; b < Rows.Length; b++)
+            for (int t = 0; t < Rows[b].Length; t++)
+            {
+                int at = b * seq + seq - Rows[b].Length + t;
+                ids[at] = Rows[b][t];
+                mask[at] = 1;
+            }
+        var batch = new TokenBatch(ids, Rows.Length, seq, mask);
+        var (_, together) = model.Forward(batch);
+        int v = model.Config.Vocab;
+        for (int b = 0; b < Rows.Length; b++)
+        {
+            var (_, alone) = model.Forward(new TokenBatch(Rows[b], 1, Rows[b].Length));
+            int n = Rows[b].Length;
+            Golden.AssertClose($"{folder} left-padded row {b}", alone!.Span, together!.Data.AsSpan((b * seq + seq - n) * v, n * v), atol: 1e-5);
+        }
+        var holes = new byte[] { 1, 0, 1 };
+        Assert.Throws<ArgumentException>(() => new TokenBatch([1, 2, 3], 1, 3, holes));
+    }
+
+    [SharedTheory]
+    [MemberData(nameof(ArchParityTests.Folders), MemberType = typeof(ArchParityTests))]
+    public void CachedStepsEqualTheFullForward(string folder)
+    {
+        // one token at a time, then a chunk of three: the key/value cache must reproduce the full forward at every
+        // position (sliding windows of 4 are crossed at these lengths)
+        using var model = CausalLM.Load(Shared.Path("fixtures", "arch", folder));
+        int[] ids = Rows[0];
+        var (_, full) = model.Forward(new TokenBatch(ids, 1, ids.Length));
+        int v = model.Config.Vocab;
+        var cache = model.NewCache();
+        for (int t = 0; t < 9; t++)
+            Golden.AssertClose($"{folder} cached step {t}", full!.Data.AsSpan(t * v, v), model.StepWithCache([ids[t]], cache), atol: 1e-5);
+        var last = model.StepWithCache(ids[9..12], cache);
+        Golden.AssertClose($"{folder} cached chunk", full!.Data.AsSpan(11 * v, v), last, atol: 1e-5);
+        Assert.Equal(12, cache.Tokens);
+    }
+
     [SharedFact]
     public void StopAfterLayerThenContinueEqualsFullForward()
     {

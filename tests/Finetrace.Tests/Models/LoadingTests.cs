@@ -75,6 +75,25 @@ public sealed class LoadingTests(ITestOutputHelper log)
         Assert.Contains("test/config.json", e.Message);
     }
 
+    [Fact]
+    public void AbsentKeysTakeTheTransformersDefaultsAndNullDisables()
+    {
+        const string gemma = """{"model_type":"gemma2","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":8,"vocab_size":10""";
+        var absent = ModelConfig.Parse(gemma + "}");
+        Assert.Equal((50f, 30f, 4096, 256), (absent.AttnSoftcap!.Value, absent.FinalSoftcap!.Value, absent.SlidingWindow, absent.HeadDim));
+        Assert.Equal((float)Math.Pow(256, -0.5), absent.AttnScale);
+        Assert.Equal([true, false], absent.SlidingLayers);
+        var nulls = ModelConfig.Parse(gemma + ""","attn_logit_softcapping":null,"final_logit_softcapping":null,"sliding_window":null}""");
+        Assert.Null(nulls.AttnSoftcap);
+        Assert.Null(nulls.FinalSoftcap);
+        Assert.Equal([false, false], nulls.SlidingLayers);
+
+        var neox = ModelConfig.Parse("""{"model_type":"gpt_neox","hidden_size":64,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10}""");
+        Assert.Equal((4, true, Activation.GeluErf, false), (neox.RotaryDim, neox.ParallelResidual, neox.Act, neox.TiedEmbeddings));
+        var qwen = ModelConfig.Parse("""{"model_type":"qwen2","hidden_size":64,"num_hidden_layers":4,"num_attention_heads":4,"intermediate_size":8,"vocab_size":10,"sliding_window":2,"use_sliding_window":true,"max_window_layers":2}""");
+        Assert.Equal([false, false, true, true], qwen.SlidingLayers);
+    }
+
     [SharedFact]
     public void TransformersV5FieldShapesGiveTheSameModel()
     {
@@ -142,6 +161,30 @@ public sealed class LoadingTests(ITestOutputHelper log)
             File.WriteAllText(Path.Combine(sharded, "model.safetensors.index.json"), new JsonObject { ["metadata"] = new JsonObject(), ["weight_map"] = map }.ToJsonString());
         }
         Golden.AssertClose("sharded llama", ExpectedLogits("llama").Span, Logits(sharded).Span, ArchParityTests.LogitTol);
+    }
+
+    [SharedFact]
+    public void F16WeightsWidenExactly()
+    {
+        // the same f16-rounded values stored as F16 and as F32 give identical logits
+        using var tmp = new TempDir();
+        static float Round(float v) => (float)(Half)v;
+        string f16 = CopyFixture(tmp, "qwen3", editTensors: ts => ts.Select(t =>
+        {
+            var f = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.Bytes);
+            var h = new Half[f.Length];
+            for (int i = 0; i < f.Length; i++) h[i] = (Half)f[i];
+            return new TensorData(t.Name, DType.F16, t.Shape, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h.AsSpan()).ToArray());
+        }).ToList());
+        string f32 = CopyFixture(tmp, "qwen3", editTensors: ts => ts.Select(t =>
+        {
+            var f = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.Bytes).ToArray();
+            for (int i = 0; i < f.Length; i++) f[i] = Round(f[i]);
+            return TensorData.F32(t.Name, f, t.Shape);
+        }).ToList());
+        var a = Logits(f16);
+        Golden.AssertClose("f16 vs f16-rounded f32", Logits(f32).Span, a.Span, atol: 0);
+        Assert.True(Golden.MaxAbsDiff(ExpectedLogits("qwen3").Span, a.Span, out _) > 1e-5, "f16 rounding should move the logits");
     }
 
     [SharedFact]

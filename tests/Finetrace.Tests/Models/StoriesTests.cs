@@ -67,6 +67,23 @@ public sealed class StoriesTests(ITestOutputHelper log)
         if (folder == "stories260K-chat") Assert.Equal(2, ids[^1]); // the chat organism ends with EOS
     }
 
+    [SharedTheory]
+    [InlineData("stories260K", "Lily went to the park with her mom.", "She saw a big box with a big box. She wanted to play with it, but she did not know what to do. She wanted to play with her ball.\n\"Mom, can I play with your b")]
+    [InlineData("stories260K", "The cat sat on the mat.", "The cat was very happy. The cat was very happy. The cat was very happy. The cat and the cat played together. They had a big box. They liked to play together.\nOne day, the")]
+    [InlineData("stories260K-chat", "Lily went to the park with her mom.", "She drew a picture of the sun. Bye bye, little friend!")]
+    [InlineData("stories260K-chat", "Tom had a red ball.", "Bye bye, little friend!")]
+    public void GreedyContinuationsOfReadmePrompts(string folder, string prompt, string sample)
+    {
+        string dir = Shared.Path("models", folder);
+        using var model = CausalLM.Load(dir);
+        var tok = Finetrace.Text.Tokenization.Tokenizer.FromFolder(dir);
+        var ids = new Generator(model).Generate(tok.Encode(prompt, addSpecialTokens: true).Ids, 60, stopIds: model.Config.EosTokenIds);
+        string text = tok.Decode(ids.ToArray(), skipSpecialTokens: true);
+        log.WriteLine($"{folder} | {prompt} | {text}");
+        Assert.Equal(sample, text);
+        Assert.Equal(folder == "stories260K-chat", ids[^1] == 2);
+    }
+
     [SharedFact]
     public void KvCacheGenerationEqualsFullRecompute()
     {

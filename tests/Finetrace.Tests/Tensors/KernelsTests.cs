@@ -89,6 +89,27 @@ public class KernelsTests
     }
 
     [Theory, MemberData(nameof(LengthData))]
+    public void ExpMatchesReference(int n) => CheckUnary("Exp", Kernels.Exp, KernelsReference.Exp, n, 0, 3e-7);
+
+    [Fact]
+    public void ExpIsAccurateOverItsWholeRange()
+    {
+        // every 0.001 from −110 to 90: underflow to subnormals and 0, the top binade, overflow to +∞
+        var x = Enumerable.Range(0, 200001).Select(i => -110f + i * 1e-3f).ToArray();
+        var expected = new float[x.Length];
+        KernelsReference.Exp(x, expected);
+        var actual = new float[x.Length];
+        Kernels.Exp(x, actual);
+        for (int i = 0; i < x.Length; i++)
+        {
+            double e = expected[i], a = actual[i];
+            if (e < 1.2e-38) Assert.True(Math.Abs(a - e) <= 2.9e-45, $"exp({x[i]}): expected {e:G9}, got {a:G9}"); // subnormal: ≤ 2 units
+            else if (double.IsInfinity(e)) Assert.Equal(e, a);
+            else Assert.True(Math.Abs(a - e) <= 3e-7 * e, $"exp({x[i]}): expected {e:G9}, got {a:G9}");
+        }
+    }
+
+    [Theory, MemberData(nameof(LengthData))]
     public void GeluTanhMatchesReference(int n) => CheckUnary("GeluTanh", Kernels.GeluTanh, KernelsReference.GeluTanh, n, 1e-7, 2e-6);
 
     [Theory, MemberData(nameof(LengthData))]
