@@ -64,20 +64,26 @@ public sealed class HarvestBench : IBenchCommand
                     var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
                     long n = 0;
                     var rows = new List<int[]>(batch);
+                    // The harvest's batching exactly: whole batches of `batch` samples until the target is reached
+                    // (the harvest stores only up to the target, but computes the whole last batch).
                     foreach (var s in new SampleStream(data, encoder, context).Read())
                     {
                         rows.Add(s.Ids);
-                        n += s.Ids.Length;
-                        if (rows.Count == batch || n >= tokens)
-                        {
-                            var tb = TokenBatch.RightPadded(rows);
-                            baseModel.Forward(tb, null, maxLayer);
-                            ftModel.Forward(tb, null, maxLayer);
-                            rows.Clear();
-                        }
+                        if (rows.Count < batch) continue;
+                        var tb = TokenBatch.RightPadded(rows);
+                        baseModel.Forward(tb, null, maxLayer);
+                        ftModel.Forward(tb, null, maxLayer);
+                        foreach (var r in rows) if (n < tokens) n += r.Length;   // stored: whole samples up to the target
+                        rows.Clear();
                         if (n >= tokens) break;
                     }
-                    if (rows.Count > 0) { var tb = TokenBatch.RightPadded(rows); baseModel.Forward(tb, null, maxLayer); ftModel.Forward(tb, null, maxLayer); }
+                    if (rows.Count > 0 && n < tokens)
+                    {
+                        var tb = TokenBatch.RightPadded(rows);
+                        baseModel.Forward(tb, null, maxLayer);
+                        ftModel.Forward(tb, null, maxLayer);
+                        foreach (var r in rows) n += r.Length;
+                    }
                     fwdTokens = n;
                     bestForward = Math.Max(bestForward, n / sw.Elapsed.TotalSeconds);
                     cpuForward = Math.Min(cpuForward, (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / n);
