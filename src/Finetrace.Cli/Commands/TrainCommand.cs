@@ -82,6 +82,8 @@ public sealed class TrainCommand : ICliCommand
                 "batchtopk" => Activation.BatchTopK, "topk" => Activation.TopK, "relu" => Activation.Relu, "jumprelu" => Activation.JumpRelu,
                 _ => throw new ArgumentException($"--activation {act}: expected batchtopk, topk, relu or jumprelu"),
             };
+            if (kind == "crosscoder" && a is Activation.TopK or Activation.JumpRelu)
+                throw new ArgumentException($"--activation {act}: crosscoders are trained as batchtopk (--k) or relu (--l1); there is no file format for other crosscoder activations");
             if (a is Activation.Relu or Activation.JumpRelu && mu is null) throw new ArgumentException($"--activation {act} needs a sparsity coefficient: --l1 MU");
             int kk = r.GetValue(k) ?? 100;
             int D = st.DModel;

@@ -63,6 +63,29 @@ public static class Kernels
         Gemm.Sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }
 
+    /// <summary>Number of entries &gt; 0 (chunked; integer counts, so the order does not matter).</summary>
+    public static unsafe long CountPositive(ReadOnlySpan<float> v)
+    {
+        int n = v.Length, nc = Chunks(n, 1 << 16);
+        var counts = new long[nc];
+        fixed (float* p = v)
+        {
+            float* P = p;
+            Parallel.For(0, nc, Opts(n), c =>
+            {
+                int lo = (int)((long)n * c / nc), hi = (int)((long)n * (c + 1) / nc);
+                long k = 0; int i = lo;
+                var zero = System.Runtime.Intrinsics.Vector256<float>.Zero;
+                for (; i + 8 <= hi; i += 8)
+                    k += System.Numerics.BitOperations.PopCount(System.Runtime.Intrinsics.Vector256.ExtractMostSignificantBits(
+                        System.Runtime.Intrinsics.Vector256.GreaterThan(System.Runtime.Intrinsics.Vector256.Load(P + i), zero)));
+                for (; i < hi; i++) if (P[i] > 0) k++;
+                counts[c] = k;
+            });
+        }
+        return counts.Sum();
+    }
+
     internal static int Chunks(int n, int grain) => Math.Max(1, Math.Min(64, n / grain));
 
     // ---------------------------------------------------------------- decoder forward

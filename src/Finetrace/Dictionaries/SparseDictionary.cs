@@ -153,30 +153,50 @@ public static class CodeNorms
 {
     public static float Norm(ReadOnlySpan<float> v)
     {
-        double s = 0;
-        for (int i = 0; i < v.Length; i++) s += (double)v[i] * v[i];
-        return (float)Math.Sqrt(s);
+        // four double accumulators: exact enough for any width, and not latency-bound
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int i = 0;
+        for (; i + 4 <= v.Length; i += 4)
+        {
+            s0 += (double)v[i] * v[i]; s1 += (double)v[i + 1] * v[i + 1];
+            s2 += (double)v[i + 2] * v[i + 2]; s3 += (double)v[i + 3] * v[i + 3];
+        }
+        for (; i < v.Length; i++) s0 += (double)v[i] * v[i];
+        return (float)Math.Sqrt((s0 + s1) + (s2 + s3));
     }
 
     // wDecMFD: [M, F, D] → cF: [F]
     public static void Compute(ReadOnlySpan<float> wDecMFD, int models, int f, int d, CodeNormalization mode, float alphaSae, float alphaCc, Span<float> cF)
     {
         if (mode == CodeNormalization.None) { cF.Fill(1f); return; }
-        for (int j = 0; j < f; j++)
+        // parallel over latents (disjoint outputs): this reads the whole decoder every step
+        unsafe
         {
-            double sum = 0, sumSq = 0;
-            for (int m = 0; m < models; m++)
+            fixed (float* w = wDecMFD, c = cF)
             {
-                float n = Norm(wDecMFD.Slice((m * f + j) * d, d));
-                sum += n; sumSq += (double)n * n;
+                float* W = w, Cc = c;
+                int nc = Kernels.Chunks(f, 64);
+                Parallel.For(0, nc, Kernels.Opts((long)f * models * d), ch =>
+                {
+                    int lo = (int)((long)f * ch / nc), hi = (int)((long)f * (ch + 1) / nc);
+                    for (int j = lo; j < hi; j++)
+                    {
+                        double sum = 0, sumSq = 0;
+                        for (int m = 0; m < models; m++)
+                        {
+                            float n = Norm(new ReadOnlySpan<float>(W + ((long)m * f + j) * d, d));
+                            sum += n; sumSq += (double)n * n;
+                        }
+                        Cc[j] = mode switch
+                        {
+                            CodeNormalization.Crosscoder or CodeNormalization.Decoupled => (float)sum,
+                            CodeNormalization.Sae => (float)Math.Sqrt(sumSq),
+                            CodeNormalization.Mixed => (float)(alphaSae * Math.Sqrt(sumSq) + alphaCc * sum),
+                            _ => 1f,
+                        };
+                    }
+                });
             }
-            cF[j] = mode switch
-            {
-                CodeNormalization.Crosscoder or CodeNormalization.Decoupled => (float)sum,
-                CodeNormalization.Sae => (float)Math.Sqrt(sumSq),
-                CodeNormalization.Mixed => (float)(alphaSae * Math.Sqrt(sumSq) + alphaCc * sum),
-                _ => 1f,
-            };
         }
     }
 

@@ -325,8 +325,7 @@ public sealed class DictionaryTrainer
                 else { double rc = Math.Sqrt(c[j]); sparsity += rc * colSum[j]; gc[j] = rc > 0 ? (float)(mu * colSum[j] / (2 * rc) / B) : 0; }
             }
             sparsity /= B;
-            for (int i = 0; i < B * F; i++) if (pre[i] > 0) l0Relu++;
-            l0Relu /= B;
+            l0Relu = (double)Kernels.CountPositive(pre) / B;
         }
         else if (Dict.Activation == Activation.JumpRelu)
         {
