@@ -14,11 +14,7 @@ public sealed class SynthCommand : ICliCommand
     {
         var synth = new Command("synth", "Synthetic paired activations with known ground truth (features shared, exclusive, shrunk, decoupled)");
         synth.Subcommands.Add(BuildMake());
-        // `synth score` lives with the dictionaries (SynthScoreCommand.cs, a static Build()); it is attached when that
-        // stage is built in, so this file does not depend on it.
-        var score = typeof(SynthCommand).Assembly.GetType("Finetrace.Cli.Commands.SynthScoreCommand")
-            ?.GetMethod("Build", System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Static, Type.EmptyTypes);
-        if (score?.Invoke(null, null) is Command scoreCmd) synth.Subcommands.Add(scoreCmd);
+        synth.Subcommands.Add(SynthScoreCommand.Build()); // scoring lives with the dictionaries (SynthScoreCommand.cs)
         return synth;
     }
 
