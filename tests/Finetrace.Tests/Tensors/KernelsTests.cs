@@ -236,6 +236,8 @@ public class KernelsTests
     {
         Assert.Throws<ArgumentException>(() => Kernels.RmsNorm(new float[10], new float[4], 3, 1e-6f, false, new float[12]));
         Assert.Throws<ArgumentException>(() => Kernels.LayerNorm(new float[12], new float[4], new float[3], 3, 1e-5f, new float[12]));
+        Assert.Throws<ArgumentException>(() => Kernels.RmsNorm(new float[12], new float[4], 3, 1e-6f, false, new float[11]));
+        Assert.Throws<ArgumentException>(() => Kernels.LayerNorm(new float[12], new float[4], default, 3, 1e-5f, new float[11]));
     }
 
     [Theory]

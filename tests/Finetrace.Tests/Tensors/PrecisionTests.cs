@@ -19,6 +19,22 @@ public class PrecisionTests
     }
 
     [Fact]
+    public void F16SpanConversionMatchesHalfForEveryBitPattern()
+    {
+        var bits = Enumerable.Range(0, 65536).Select(i => (ushort)i).ToArray();
+        var f = new float[bits.Length];
+        Precision.F16ToF32(bits, f);
+        var back = new ushort[bits.Length];
+        Precision.F32ToF16(f, back);
+        for (int i = 0; i < bits.Length; i++)
+        {
+            float expected = (float)BitConverter.UInt16BitsToHalf(bits[i]);
+            Assert.True(expected.Equals(f[i]), $"f16 {i:X4}: expected {expected}, got {f[i]}");
+            if (!float.IsNaN(f[i])) Assert.Equal(bits[i], back[i]); // every f16 value survives f32 exactly
+        }
+    }
+
+    [Fact]
     public void F32ToBF16RoundsToNearestEven()
     {
         var r = new Random(3);
