@@ -25,6 +25,15 @@ public sealed class TokenizeCommand : ICliCommand
         return cmd;
     }
 
+    /// <summary>On a terminal: one status line with progress through the input file, rate and ETA.</summary>
+    static void ReportProgress(Stream input, long lines, long tokens, Stopwatch sw)
+    {
+        if (Console.IsErrorRedirected || !input.CanSeek || input.Length == 0) return;
+        double done = (double)input.Position / input.Length, s = sw.Elapsed.TotalSeconds;
+        double eta = done > 0 ? s * (1 - done) / done : 0;
+        Console.Error.Write($"\r\u001b[K{done:P0}  {lines:N0} lines  {tokens:N0} tokens  {input.Position / 1e6 / Math.Max(s, 1e-3):F1} MB/s  ETA {TimeSpan.FromSeconds(Math.Round(eta)):c}");
+    }
+
     static readonly JsonSerializerOptions WriteOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     static int Run(string dir, string inPath, string outPath, bool addSpecial)
@@ -69,8 +78,10 @@ public sealed class TokenizeCommand : ICliCommand
                 }
                 lines += batch.Count;
                 batch.Clear();
+                ReportProgress(reader.BaseStream, lines, tokens, sw);
             }
         }
+        if (!Console.IsErrorRedirected) Console.Error.Write("\r\u001b[K");
         File.Move(tmp, outPath, overwrite: true);
         Console.Error.WriteLine($"tokenized {lines:N0} lines into {tokens:N0} tokens in {sw.Elapsed.TotalSeconds:F1} s -> {outPath}");
         return 0;

@@ -23,8 +23,8 @@ internal sealed class AddedVocabulary
         foreach (var t in addedTokens.EnumerateArray())
         {
             var tok = new AddedToken(t.GetProperty("id").GetInt32(), t.GetProperty("content").GetString() ?? "",
-                Json.Bool(t, "single_word", false), Json.Bool(t, "lstrip", false), Json.Bool(t, "rstrip", false),
-                Json.Bool(t, "normalized", false), Json.Bool(t, "special", false));
+                JsonFields.Bool(t, "single_word", false), JsonFields.Bool(t, "lstrip", false), JsonFields.Bool(t, "rstrip", false),
+                JsonFields.Bool(t, "normalized", false), JsonFields.Bool(t, "special", false));
             Tokens.Add(tok);
             ById[tok.Id] = tok;
             ByContent[tok.Content] = tok;
@@ -57,12 +57,12 @@ internal sealed class AddedVocabulary
             if (tok.LStrip)
             {
                 int ns = start;
-                while (ns > 0 && Unicode.IsWhiteSpace(s[ns - 1])) ns--;
+                while (ns > 0 && CodePoints.IsWhiteSpace(s[ns - 1])) ns--;
                 start = Math.Max(ns, startOffset);
             }
             if (tok.RStrip)
             {
-                while (stop < s.Length && Unicode.IsWhiteSpace(s[stop])) stop++;
+                while (stop < s.Length && CodePoints.IsWhiteSpace(s[stop])) stop++;
                 pos = stop;
             }
             if (startOffset < start) output.Add((null, startOffset, start));
@@ -79,8 +79,8 @@ internal sealed class AddedVocabulary
         if (before) cp = at >= 2 && char.IsSurrogatePair(s[at - 2], s[at - 1]) ? char.ConvertToUtf32(s[at - 2], s[at - 1]) : s[at - 1];
         else cp = at + 1 < s.Length && char.IsSurrogatePair(s[at], s[at + 1]) ? char.ConvertToUtf32(s[at], s[at + 1]) : s[at];
         if (cp == '_') return true;
-        var c = Unicode.Category(cp);
-        return Unicode.IsLetter(cp) || c is System.Globalization.UnicodeCategory.DecimalDigitNumber
+        var c = CodePoints.Category(cp);
+        return CodePoints.IsLetter(cp) || c is System.Globalization.UnicodeCategory.DecimalDigitNumber
             or System.Globalization.UnicodeCategory.NonSpacingMark or System.Globalization.UnicodeCategory.SpacingCombiningMark
             or System.Globalization.UnicodeCategory.EnclosingMark or System.Globalization.UnicodeCategory.ConnectorPunctuation;
     }

@@ -39,27 +39,30 @@ internal sealed class BpeModel
 
     public BpeModel(JsonElement model, string where)
     {
-        string type = Json.Str(model, "type") ?? "BPE";
+        string type = JsonFields.Str(model, "type") ?? "BPE";
         if (type != "BPE") throw new NotSupportedException($"{where}: model type '{type}' is not supported (only BPE)");
-        var vocabEl = model.GetProperty("vocab");
-        Vocab = new Dictionary<string, int>(vocabEl.EnumerateObject().Count(), StringComparer.Ordinal);
+        // Vocab: decode the names in parallel (the transcoding dominates), insert in file order.
+        var props = model.GetProperty("vocab").EnumerateObject().ToArray();
+        var names = new string[props.Length];
+        var ids = new int[props.Length];
+        Parallel.For(0, props.Length, i => { names[i] = props[i].Name; ids[i] = props[i].Value.GetInt32(); });
+        Vocab = new Dictionary<string, int>(props.Length, StringComparer.Ordinal);
         int maxId = -1;
-        foreach (var p in vocabEl.EnumerateObject())
+        for (int i = 0; i < names.Length; i++)
         {
-            int id = p.Value.GetInt32();
-            Vocab[p.Name] = id;
-            if (id > maxId) maxId = id;
+            Vocab[names[i]] = ids[i];
+            if (ids[i] > maxId) maxId = ids[i];
         }
         _vocabSpan = Vocab.GetAlternateLookup<ReadOnlySpan<char>>();
         IdToToken = new string?[maxId + 1];
         foreach (var (k, v) in Vocab) IdToToken[v] = k;
 
-        _unkToken = Json.Str(model, "unk_token");
-        _fuseUnk = Json.Bool(model, "fuse_unk", false);
-        _byteFallback = Json.Bool(model, "byte_fallback", false);
-        _ignoreMerges = Json.Bool(model, "ignore_merges", false);
-        _prefix = Json.Str(model, "continuing_subword_prefix");
-        _suffix = Json.Str(model, "end_of_word_suffix");
+        _unkToken = JsonFields.Str(model, "unk_token");
+        _fuseUnk = JsonFields.Bool(model, "fuse_unk", false);
+        _byteFallback = JsonFields.Bool(model, "byte_fallback", false);
+        _ignoreMerges = JsonFields.Bool(model, "ignore_merges", false);
+        _prefix = JsonFields.Str(model, "continuing_subword_prefix");
+        _suffix = JsonFields.Str(model, "end_of_word_suffix");
         if (string.IsNullOrEmpty(_prefix)) _prefix = null;
         if (string.IsNullOrEmpty(_suffix)) _suffix = null;
         int prefixLen = _prefix?.Length ?? 0;

@@ -18,18 +18,18 @@ internal abstract class Decoder
             case "Sequence":
                 return new SequenceDecoder(e.GetProperty("decoders").EnumerateArray().Select((x, i) => FromJson(x, $"{where}.decoders[{i}]")!).ToArray());
             case "ByteLevel": return new ByteLevelDecoder();
-            case "Replace": return new ReplaceDecoder(SplitPattern.FromJson(e.GetProperty("pattern"), at), Json.Str(e, "content") ?? "");
+            case "Replace": return new ReplaceDecoder(SplitPattern.FromJson(e.GetProperty("pattern"), at), JsonFields.Str(e, "content") ?? "");
             case "ByteFallback": return new ByteFallbackDecoder();
             case "Fuse": return new FuseDecoder();
             case "Strip":
                 {
-                    string content = Json.Str(e, "content") ?? " ";
-                    return new StripDecoder(char.ConvertToUtf32(content, 0), Json.Int(e, "start", 0), Json.Int(e, "stop", 0));
+                    string content = JsonFields.Str(e, "content") ?? " ";
+                    return new StripDecoder(char.ConvertToUtf32(content, 0), JsonFields.Int(e, "start", 0), JsonFields.Int(e, "stop", 0));
                 }
             case "Metaspace":
                 {
-                    string rep = Json.Str(e, "replacement") ?? "\u2581";
-                    string scheme = Json.Str(e, "prepend_scheme") ?? (Json.Bool(e, "add_prefix_space", true) ? "always" : "never");
+                    string rep = JsonFields.Str(e, "replacement") ?? "\u2581";
+                    string scheme = JsonFields.Str(e, "prepend_scheme") ?? (JsonFields.Bool(e, "add_prefix_space", true) ? "always" : "never");
                     return new MetaspaceDecoder(rep[0], scheme != "never");
                 }
             default:

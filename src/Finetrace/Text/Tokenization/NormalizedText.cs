@@ -20,9 +20,14 @@ internal sealed class NormalizedText
     }
 
     /// <summary>The identity alignment over text[start..end).</summary>
-    public static NormalizedText FromOriginal(string text, int start, int end)
+    public static NormalizedText FromOriginal(string text, int start, int end) => new NormalizedText(end - start).ResetFromOriginal(text, start, end);
+
+    /// <summary>Makes this the identity alignment over text[start..end), reusing the buffers.</summary>
+    public NormalizedText ResetFromOriginal(string text, int start, int end)
     {
-        var n = new NormalizedText(end - start);
+        var n = this;
+        n.Length = 0;
+        n.EnsureCapacity(end - start);
         text.AsSpan(start, end - start).CopyTo(n.Chars);
         for (int i = start; i < end; i++)
         {
@@ -65,6 +70,13 @@ internal sealed class NormalizedText
         Array.Copy(src.Start, from, Start, Length, n);
         Array.Copy(src.End, from, End, Length, n);
         Length += n;
+    }
+
+    /// <summary>Empties the text and makes room for <paramref name="capacity"/> units without further growth.</summary>
+    public void EnsureCapacity(int capacity)
+    {
+        Length = 0;
+        if (Chars.Length < capacity) { Chars = new char[capacity]; Start = new int[capacity]; End = new int[capacity]; }
     }
 
     void Grow(int need)

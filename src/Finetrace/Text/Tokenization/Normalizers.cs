@@ -22,10 +22,10 @@ internal abstract class Normalizer
             "NFD" => new UnicodeNormalizer(NormalizationKind.NFD),
             "NFKC" => new UnicodeNormalizer(NormalizationKind.NFKC),
             "NFKD" => new UnicodeNormalizer(NormalizationKind.NFKD),
-            "Prepend" => new PrependNormalizer(Json.Str(e, "prepend") ?? throw new FormatException($"{at}: missing 'prepend'")),
-            "Replace" => new ReplaceNormalizer(SplitPattern.FromJson(e.GetProperty("pattern"), at), Json.Str(e, "content") ?? ""),
+            "Prepend" => new PrependNormalizer(JsonFields.Str(e, "prepend") ?? throw new FormatException($"{at}: missing 'prepend'")),
+            "Replace" => new ReplaceNormalizer(SplitPattern.FromJson(e.GetProperty("pattern"), at), JsonFields.Str(e, "content") ?? ""),
             "Lowercase" => new LowercaseNormalizer(),
-            "Strip" => new StripNormalizer(Json.Bool(e, "strip_left", true), Json.Bool(e, "strip_right", true)),
+            "Strip" => new StripNormalizer(JsonFields.Bool(e, "strip_left", true), JsonFields.Bool(e, "strip_right", true)),
             "StripAccents" => new StripAccentsNormalizer(),
             _ => throw new NotSupportedException($"{at}: normalizer type '{type}' is not supported (supported: Sequence, NFC, NFD, NFKC, NFKD, Prepend, Replace, Lowercase, Strip, StripAccents)"),
         };
@@ -114,8 +114,8 @@ internal sealed class StripNormalizer(bool left, bool right) : Normalizer
     public override NormalizedText Normalize(NormalizedText t)
     {
         int s = 0, e = t.Length;
-        if (left) while (s < e && Unicode.IsWhiteSpace(t.Chars[s])) s++;
-        if (right) while (e > s && Unicode.IsWhiteSpace(t.Chars[e - 1])) e--;
+        if (left) while (s < e && CodePoints.IsWhiteSpace(t.Chars[s])) s++;
+        if (right) while (e > s && CodePoints.IsWhiteSpace(t.Chars[e - 1])) e--;
         if (s == 0 && e == t.Length) return t;
         var d = new NormalizedText(e - s);
         d.AppendFrom(t, s, e);

@@ -13,11 +13,14 @@ internal static class PatternScanners
     internal const string Llama3Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     internal const string QwenPattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+    internal const string O200kPattern = @"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
     public static Scanner? For(string pattern) => pattern switch
     {
         ByteLevelPreTokenizer.Gpt2Pattern => Gpt2,
         Llama3Pattern => (s, m) => Llama3(s, m, 3),
         QwenPattern => (s, m) => Llama3(s, m, 1),
+        O200kPattern => O200k,
         _ => null,
     };
 
@@ -28,7 +31,7 @@ internal static class PatternScanners
     {
         var k = new byte[128];
         for (int c = 0; c < 128; c++)
-            k[c] = Unicode.IsWhiteSpace(c) ? Space : char.IsAsciiLetter((char)c) ? Letter : char.IsAsciiDigit((char)c) ? Number : Other;
+            k[c] = CodePoints.IsWhiteSpace(c) ? Space : char.IsAsciiLetter((char)c) ? Letter : char.IsAsciiDigit((char)c) ? Number : Other;
         return k;
     }
 
@@ -41,9 +44,9 @@ internal static class PatternScanners
         int cp = c;
         width = 1;
         if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1])) { cp = char.ConvertToUtf32(c, s[i + 1]); width = 2; }
-        if (Unicode.IsWhiteSpace(cp)) return Space;
-        if (Unicode.IsLetter(cp)) return Letter;
-        if (Unicode.IsNumber(cp)) return Number;
+        if (CodePoints.IsWhiteSpace(cp)) return Space;
+        if (CodePoints.IsLetter(cp)) return Letter;
+        if (CodePoints.IsNumber(cp)) return Number;
         return Other;
     }
 
@@ -123,6 +126,98 @@ internal static class PatternScanners
             else
             {
                 // White_Space: \s*[\r\n]+ ends after the last CR/LF of the run; else \s+(?!\S)|\s+.
+                int j = RunOf(s, i, Space), lastNl = -1;
+                for (int p = i; p < j; p++) if (s[p] is '\r' or '\n') lastNl = p;
+                end = lastNl >= 0 ? lastNl + 1 : Whitespace(s, i);
+            }
+            matches.Add((i, end));
+            i = end;
+        }
+    }
+
+    // o200k's letter classes: U = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] ("upper"), W = [\p{Ll}\p{Lm}\p{Lo}\p{M}] ("lower").
+    const int InU = 1, InW = 2;
+
+    static int LetterSets(ReadOnlySpan<char> s, int i, out int width)
+    {
+        width = 0;
+        if (i >= s.Length) return 0;
+        char c = s[i];
+        width = 1;
+        if (c < 128) return c is >= 'A' and <= 'Z' ? InU : c is >= 'a' and <= 'z' ? InW : 0;
+        int cp = c;
+        if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1])) { cp = char.ConvertToUtf32(c, s[i + 1]); width = 2; }
+        return CodePoints.Category(cp) switch
+        {
+            System.Globalization.UnicodeCategory.UppercaseLetter or System.Globalization.UnicodeCategory.TitlecaseLetter => InU,
+            System.Globalization.UnicodeCategory.LowercaseLetter => InW,
+            System.Globalization.UnicodeCategory.ModifierLetter or System.Globalization.UnicodeCategory.OtherLetter or
+            System.Globalization.UnicodeCategory.NonSpacingMark or System.Globalization.UnicodeCategory.SpacingCombiningMark or
+            System.Globalization.UnicodeCategory.EnclosingMark => InU | InW,
+            _ => 0,
+        };
+    }
+
+    /// <summary>U*W+ at j (greedy U*, backtracking into W+): the end, or -1.</summary>
+    static int UStarWPlus(ReadOnlySpan<char> s, int j)
+    {
+        int q = j, lastW = -1, lastWidth = 0;
+        while (true)
+        {
+            int sets = LetterSets(s, q, out int w);
+            if ((sets & InU) == 0) break;
+            if ((sets & InW) != 0) { lastW = q; lastWidth = w; }
+            q += w;
+        }
+        if ((LetterSets(s, q, out _) & InW) != 0)
+        {
+            while ((LetterSets(s, q, out int w) & InW) != 0) q += w;
+            return q;
+        }
+        // U* gives back chars until W+ can take one: the last W char of the U run, which W+ cannot extend.
+        return lastW >= 0 ? lastW + lastWidth : -1;
+    }
+
+    /// <summary>U+W* at j: the end, or -1.</summary>
+    static int UPlusWStar(ReadOnlySpan<char> s, int j)
+    {
+        int q = j;
+        while ((LetterSets(s, q, out int w) & InU) != 0) q += w;
+        if (q == j) return -1;
+        while ((LetterSets(s, q, out int w) & InW) != 0) q += w;
+        return q;
+    }
+
+    /// <summary>The o200k_base (GPT-4o) pattern.</summary>
+    static void O200k(ReadOnlySpan<char> s, List<(int Start, int End)> matches)
+    {
+        int i = 0;
+        while (i < s.Length)
+        {
+            byte k = KindAt(s, i, out int w);
+            // [^\r\n\p{L}\p{N}]? : any char that is not CR, LF, a letter or a number (marks included).
+            bool prefixable = k != Letter && k != Number && s[i] != '\r' && s[i] != '\n';
+            int end = -1;
+            if (prefixable) end = UStarWPlus(s, i + w);
+            if (end < 0) end = UStarWPlus(s, i);
+            if (end < 0 && prefixable) end = UPlusWStar(s, i + w);
+            if (end < 0) end = UPlusWStar(s, i);
+            if (end >= 0)
+            {
+                if (end < s.Length) end += Contraction(s, end, ignoreCase: true);
+            }
+            else if (k == Number)
+            {
+                end = i + w;
+                for (int d = 1; d < 3 && KindAt(s, end, out int dw) == Number; d++) end += dw;
+            }
+            else if (k == Other || (s[i] == ' ' && KindAt(s, i + 1, out _) == Other))
+            {
+                end = RunOf(s, k == Other ? i : i + 1, Other);
+                while (end < s.Length && s[end] is '\r' or '\n' or '/') end++;
+            }
+            else
+            {
                 int j = RunOf(s, i, Space), lastNl = -1;
                 for (int p = i; p < j; p++) if (s[p] is '\r' or '\n') lastNl = p;
                 end = lastNl >= 0 ? lastNl + 1 : Whitespace(s, i);

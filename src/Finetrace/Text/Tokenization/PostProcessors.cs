@@ -22,7 +22,7 @@ internal abstract class PostProcessor
                 return new SequencePostProcessor(e.GetProperty("processors").EnumerateArray()
                     .Select((x, i) => FromJson(x, $"{where}.processors[{i}]")!).ToArray());
             case "ByteLevel":
-                return new ByteLevelPostProcessor(Json.Bool(e, "trim_offsets", true), Json.Bool(e, "add_prefix_space", true));
+                return new ByteLevelPostProcessor(JsonFields.Bool(e, "trim_offsets", true), JsonFields.Bool(e, "add_prefix_space", true));
             case "TemplateProcessing":
                 {
                     var special = new Dictionary<string, int[]>();
@@ -112,5 +112,5 @@ internal sealed class ByteLevelPostProcessor(bool trimOffsets, bool addPrefixSpa
         }
     }
 
-    static bool IsSpace(char c) => c == 'Ġ' || Unicode.IsWhiteSpace(c);
+    static bool IsSpace(char c) => c == 'Ġ' || CodePoints.IsWhiteSpace(c);
 }

@@ -46,35 +46,35 @@ internal abstract class PreTokenizer
                 return new SequencePreTokenizer(e.GetProperty("pretokenizers").EnumerateArray()
                     .Select((x, i) => FromJson(x, $"{where}.pretokenizers[{i}]")!).ToArray());
             case "ByteLevel":
-                return new ByteLevelPreTokenizer(Json.Bool(e, "add_prefix_space", true), Json.Bool(e, "use_regex", true));
+                return new ByteLevelPreTokenizer(JsonFields.Bool(e, "add_prefix_space", true), JsonFields.Bool(e, "use_regex", true));
             case "Split":
                 return new SplitPreTokenizer(SplitPattern.FromJson(e.GetProperty("pattern"), at),
-                    SplitLogic.ParseBehavior(e.GetProperty("behavior").GetString(), at), Json.Bool(e, "invert", false));
+                    SplitLogic.ParseBehavior(e.GetProperty("behavior").GetString(), at), JsonFields.Bool(e, "invert", false));
             case "Metaspace":
                 {
-                    string rep = Json.Str(e, "replacement") ?? "\u2581";
-                    string scheme = Json.Str(e, "prepend_scheme") ?? (Json.Bool(e, "add_prefix_space", true) ? "always" : "never");
-                    return new MetaspacePreTokenizer(rep, scheme, Json.Bool(e, "split", true), at);
+                    string rep = JsonFields.Str(e, "replacement") ?? "\u2581";
+                    string scheme = JsonFields.Str(e, "prepend_scheme") ?? (JsonFields.Bool(e, "add_prefix_space", true) ? "always" : "never");
+                    return new MetaspacePreTokenizer(rep, scheme, JsonFields.Bool(e, "split", true), at);
                 }
             case "Digits":
-                return new SplitFixed(new CharPredicatePattern(Unicode.IsNumber),
-                    Json.Bool(e, "individual_digits", false) ? SplitBehavior.Isolated : SplitBehavior.Contiguous);
+                return new SplitFixed(new CharPredicatePattern(CodePoints.IsNumber),
+                    JsonFields.Bool(e, "individual_digits", false) ? SplitBehavior.Isolated : SplitBehavior.Contiguous);
             case "Punctuation":
                 return new SplitFixed(new CharPredicatePattern(IsPunctuation),
                     e.TryGetProperty("behavior", out var b) ? SplitLogic.ParseBehavior(b.GetString(), at) : SplitBehavior.Isolated);
             case "WhitespaceSplit":
-                return new SplitFixed(new CharPredicatePattern(Unicode.IsWhiteSpace), SplitBehavior.Removed);
+                return new SplitFixed(new CharPredicatePattern(CodePoints.IsWhiteSpace), SplitBehavior.Removed);
             case "Whitespace":
                 return new SplitFixed(RegexPattern.Create(@"\w+|[^\w\s]+"), SplitBehavior.Removed, invert: true);
             case "CharDelimiterSplit":
                 {
-                    string d = Json.Str(e, "delimiter") ?? throw new FormatException($"{at}: missing delimiter");
+                    string d = JsonFields.Str(e, "delimiter") ?? throw new FormatException($"{at}: missing delimiter");
                     int cp = char.ConvertToUtf32(d, 0);
                     return new SplitFixed(new CharPredicatePattern(c => c == cp), SplitBehavior.Removed);
                 }
             case "BertPreTokenizer":
                 return new SequencePreTokenizer([
-                    new SplitFixed(new CharPredicatePattern(Unicode.IsWhiteSpace), SplitBehavior.Removed),
+                    new SplitFixed(new CharPredicatePattern(CodePoints.IsWhiteSpace), SplitBehavior.Removed),
                     new SplitFixed(new CharPredicatePattern(IsPunctuation), SplitBehavior.Isolated)]);
             default:
                 throw new NotSupportedException($"{at}: pre-tokenizer type '{type}' is not supported (supported: ByteLevel, Split, Metaspace, Sequence, Digits, Punctuation, Whitespace, WhitespaceSplit, CharDelimiterSplit, BertPreTokenizer)");
@@ -85,7 +85,7 @@ internal abstract class PreTokenizer
     internal static bool IsPunctuation(int cp)
     {
         if (cp < 128) return cp is >= 33 and <= 47 or >= 58 and <= 64 or >= 91 and <= 96 or >= 123 and <= 126;
-        var c = Unicode.Category(cp);
+        var c = CodePoints.Category(cp);
         return c is >= System.Globalization.UnicodeCategory.ConnectorPunctuation and <= System.Globalization.UnicodeCategory.OtherPunctuation;
     }
 }
@@ -154,11 +154,17 @@ internal sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) 
         Transform(p);
     }
 
-    /// <summary>Rewrites every piece as byte chars.</summary>
+    [ThreadStatic] static NormalizedText? t_bytes;
+
+    /// <summary>Rewrites every piece as byte chars (into a per-thread buffer: the caller consumes the pieces before the next call).</summary>
     internal static void Transform(PreTokenizedString p)
     {
         var src = p.Text;
-        var dst = new NormalizedText(src.Length * 3 / 2 + 8);
+        int need = 0;
+        foreach (var (s, e) in p.Pieces) need += System.Text.Encoding.UTF8.GetByteCount(src.Chars.AsSpan(s, e - s));
+        var dst = t_bytes is { } buffer && buffer != src ? buffer : new NormalizedText(need);
+        t_bytes = dst;
+        dst.EnsureCapacity(need);
         p.Spare.Clear();
         Span<byte> utf8 = stackalloc byte[4];
         var map = ByteLevelMap.ByteToChar;
@@ -218,7 +224,7 @@ internal sealed class MetaspacePreTokenizer : PreTokenizer
     }
 }
 
-internal static class Json
+internal static class JsonFields
 {
     public static bool Bool(JsonElement e, string name, bool dflt) =>
         e.TryGetProperty(name, out var v) && v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : dflt;

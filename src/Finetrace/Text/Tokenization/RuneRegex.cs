@@ -524,19 +524,19 @@ public sealed class RuneRegex
             foreach (var (lo, hi) in Ranges) if (cp >= lo && cp <= hi) { m = true; break; }
             if (!m && (Categories != 0 || NotCategories.Count > 0))
             {
-                ulong bit = 1UL << (int)Unicode.Category(cp);
+                ulong bit = 1UL << (int)CodePoints.Category(cp);
                 if ((Categories & bit) != 0) m = true;
                 else foreach (var nc in NotCategories) if ((nc & bit) == 0) { m = true; break; }
             }
-            if (!m && Space && Unicode.IsWhiteSpace(cp)) m = true;
-            if (!m && NotSpace && !Unicode.IsWhiteSpace(cp)) m = true;
+            if (!m && Space && CodePoints.IsWhiteSpace(cp)) m = true;
+            if (!m && NotSpace && !CodePoints.IsWhiteSpace(cp)) m = true;
             return m ^ Negated;
         }
     }
 }
 
 /// <summary>Code point classification as Rust/Oniguruma see it.</summary>
-internal static class Unicode
+internal static class CodePoints
 {
     public static UnicodeCategory Category(int cp) =>
         cp < 0x10000 ? CharUnicodeInfo.GetUnicodeCategory((char)cp) : Rune.GetUnicodeCategory(new Rune(cp));

@@ -139,6 +139,9 @@ public sealed class Tokenizer
         public readonly List<(AddedToken? Token, int Start, int End)> Raw = [], Norm = [];
         public readonly PreTokenizedString Pre = new();
         public readonly List<int> Triples = [];
+        public readonly List<int> Ids = [];
+        public readonly List<(int Start, int End)> Offsets = [];
+        public readonly NormalizedText Segment = new(256);
     }
 
     [ThreadStatic] static Scratch? t_scratch;
@@ -148,8 +151,9 @@ public sealed class Tokenizer
     {
         ArgumentNullException.ThrowIfNull(text);
         var sc = t_scratch ??= new Scratch();
-        var ids = new List<int>(text.Length / 3 + 4);
-        var offsets = new List<(int Start, int End)>(ids.Capacity);
+        var ids = sc.Ids;
+        var offsets = sc.Offsets;
+        ids.Clear(); offsets.Clear();
         // 1. Added tokens that match the raw text.
         AddedVocabulary.Split(text, _added.Raw, sc.Raw);
         for (int r = 0; r < sc.Raw.Count; r++)
@@ -157,7 +161,8 @@ public sealed class Tokenizer
             var (tok, s, e) = sc.Raw[r];
             if (tok is not null) { ids.Add(tok.Id); offsets.Add((s, e)); continue; }
             // 2. Normalise the segment, then split out the normalized added tokens.
-            var nt = NormalizedText.FromOriginal(text, s, e);
+            // The per-thread segment buffer is consumed before the next segment reuses it.
+            var nt = sc.Segment.ResetFromOriginal(text, s, e);
             if (_normalizer is not null) nt = _normalizer.Normalize(nt);
             if (nt.Length == 0) continue;
             AddedVocabulary.Split(nt.Span, _added.Normalized, sc.Norm);

@@ -9,12 +9,12 @@ namespace Finetrace.Tests.Text.Tokenization;
 /// <summary>The pieces of the pipeline against slow references and hand-checkable cases.</summary>
 public sealed class ComponentTests(ITestOutputHelper output)
 {
-    static readonly string[] ScannerPatterns = [ByteLevelPreTokenizer.Gpt2Pattern, PatternScanners.Llama3Pattern, PatternScanners.QwenPattern];
+    static readonly string[] ScannerPatterns = [ByteLevelPreTokenizer.Gpt2Pattern, PatternScanners.Llama3Pattern, PatternScanners.QwenPattern, PatternScanners.O200kPattern];
 
     /// <summary>Random strings over characters that stress the patterns: cases, contractions, astral letters, digits of several scripts, every kind of space.</summary>
     static IEnumerable<string> TrickyStrings(int count, bool bmpOnly, bool withLongS)
     {
-        string[] atoms = ["a", "Z", "é", "ß", "Ж", "中", "ا", "'", "'s", "'S", "'Re", "'ll", "'LL", "'d", "'x", "1", "23", "4567", "٣", "Ⅻ", "½",
+        string[] atoms = ["a", "Z", "é", "HELLO", "Camel", "ǅ", "ʰ", "\u0301", "a\u0301", "\u0903", "ab/", "//\n", "ß", "Ж", "中", "ا", "'", "'s", "'S", "'Re", "'ll", "'LL", "'d", "'x", "1", "23", "4567", "٣", "Ⅻ", "½",
             " ", "  ", "\t", "\n", "\r\n", "\n\n", "\u00A0", "\u3000", "\u0085", "\uFEFF", "\u2028", ".", ",", "!?", "(", "-", "_", "…", "€", "\u0301",
             "🤗", "𝐀", "𝐀𝐁", "𦕒", "\U00010400", "😀😃", "/", "\r", "\v", "\f"];
         var rng = new Random(42);

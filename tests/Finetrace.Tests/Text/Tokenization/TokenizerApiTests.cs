@@ -165,6 +165,27 @@ public sealed class TokenizerApiTests
         Assert.Equal("Hello world", meta.Decode(meta.Encode("Hello world", addSpecialTokens: false).Ids));
     }
 
+    /// <summary>
+    /// ByteLevel with add_prefix_space (GPT-2/RoBERTa layout): a space is prefixed, and the post-processor's
+    /// trim_offsets takes the Ġ out of the spans except on the first token (as in HF's RoBERTa offsets).
+    /// </summary>
+    [SharedFact]
+    public void ByteLevel_AddPrefixSpace_AndTrimOffsets()
+    {
+        using var dir = new TempDir();
+        var root = JsonNode.Parse(File.ReadAllText(Shared.Path("fixtures", "tokenizers", "gpt2", "tokenizer.json")))!.AsObject();
+        root["pre_tokenizer"] = JsonNode.Parse("""{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true}""");
+        root["post_processor"] = JsonNode.Parse("""{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true}""");
+        File.WriteAllText(dir.File("tokenizer.json"), root.ToJsonString());
+        var t = Tokenizer.FromFolder(dir.Path);
+        var gpt2 = FixtureTests.Load("gpt2");
+        var e = t.Encode("Hello world");
+        Assert.Equal(["ĠHello", "Ġworld"], e.Tokens);
+        Assert.Equal(gpt2.Encode(" Hello world").Ids, e.Ids);
+        Assert.Equal([new TokenSpan(0, 5), new TokenSpan(6, 11)], e.Offsets);
+        Assert.Equal(gpt2.Encode(" already spaced").Ids, t.Encode(" already spaced").Ids);   // no second space
+    }
+
     [SharedFact]
     public void EncodeBatch_EqualsEncode()
     {
