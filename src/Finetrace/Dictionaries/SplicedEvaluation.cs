@@ -1,0 +1,354 @@
+using Finetrace.Activations;
+using Finetrace.Models;
+using Finetrace.Tensors;
+
+namespace Finetrace.Dictionaries;
+
+/// <summary>Settings of a spliced-model evaluation.</summary>
+public sealed record SpliceOptions
+{
+    /// <summary>Layer number whose blocks.{L}.hook_resid_post is replaced.</summary>
+    public required int Layer { get; init; }
+    /// <summary>Stored tokens that are spliced and scored (the eval filter).</summary>
+    public MaskFilter Filter { get; init; } = MaskFilter.All;
+    /// <summary>Stored sequences to sample (fewer when the store has fewer usable ones).</summary>
+    public int Sequences { get; init; } = 64;
+    public int Seed { get; init; }
+    /// <summary>Only sequences starting at or after this store row (held-out rows).</summary>
+    public long FirstRow { get; init; }
+    /// <summary>Padded tokens per forward batch.</summary>
+    public int BatchTokens { get; init; } = 2048;
+    /// <summary>A sequence whose recomputed residual at the layer differs from the stored one by more than this
+    /// relative L2 error (any model) is left out: its tokens or model do not match the store.</summary>
+    public double MaxStoreMismatch { get; init; } = 0.05;
+}
+
+/// <summary>CE and KL of one spliced model, means over the scored positions (next-token prediction).</summary>
+public sealed record SpliceModelReport(int Model, string Name, long Positions, double CeClean, double CeSpliced, double CeZero, double KlSpliced, double KlZero)
+{
+    /// <summary>(CE_zero − CE_spliced) / (CE_zero − CE_clean) (methods.md §14 CE loss score).</summary>
+    public double LossRecovered => (CeZero - CeSpliced) / (CeZero - CeClean);
+    /// <summary>(KL_zero − KL_spliced) / KL_zero, KL(p_clean ‖ p_new).</summary>
+    public double KlScore => (KlZero - KlSpliced) / KlZero;
+}
+
+/// <summary>What a spliced evaluation ran on and found.</summary>
+public sealed record SpliceReport(int Sequences, int Unusable, int Mismatched, double MaxMismatch, IReadOnlyList<SpliceModelReport> Models)
+{
+    /// <summary>Why sequences were unusable (first reason seen), or null.</summary>
+    public string? UnusableReason { get; init; }
+}
+
+/// <summary>
+/// Which models get a reconstruction and how it is made from the clean residuals of all store models.
+/// <see cref="Reconstruct"/> maps xNMD [n, storeModels, D] (raw) to x̂ [n, Spliced.Length, D] (raw).
+/// <see cref="Needed"/> are the models whose residuals the reconstruction reads.
+/// </summary>
+public sealed record SpliceReconstruction(int[] Spliced, int[] Needed, Func<float[], int, float[]> Reconstruct)
+{
+    /// <summary>The reconstruction a dictionary gives for an eval input: "paired" (crosscoder: model m gets its own
+    /// decoder's output from the joint code), "model:I" (SAE on model I), "diff:A-B" (diff-SAE: x̂_A = x_B + SAE(x_A − x_B)).</summary>
+    public static SpliceReconstruction ForDictionary(SparseDictionary d, string input, int storeModels)
+    {
+        int D = d.DModel;
+        if (input == "paired")
+        {
+            if (d.Models != storeModels) throw new ArgumentException($"the crosscoder reads {d.Models} models but the store holds {storeModels}");
+            var all = Enumerable.Range(0, storeModels).ToArray();
+            return new(all, all, (x, n) => Evaluation.ReconstructRaw(d, x.AsSpan(0, n * storeModels * D)).XHat);
+        }
+        if (input.StartsWith("model:") && int.TryParse(input[6..], out int mi))
+        {
+            if ((uint)mi >= (uint)storeModels) throw new ArgumentException($"--input {input}: the store has models 0..{storeModels - 1}");
+            if (d.Models != 1) throw new ArgumentException($"--input {input} needs a single-model dictionary, this one reads {d.Models}");
+            return new([mi], [mi], (x, n) =>
+            {
+                var xi = new float[n * D];
+                for (int t = 0; t < n; t++) x.AsSpan((t * storeModels + mi) * D, D).CopyTo(xi.AsSpan(t * D, D));
+                return Evaluation.ReconstructRaw(d, xi).XHat;
+            });
+        }
+        if (input.StartsWith("diff:"))
+        {
+            var p = input[5..].Split('-');
+            if (p.Length != 2 || !int.TryParse(p[0], out int a) || !int.TryParse(p[1], out int b) || (uint)a >= (uint)storeModels || (uint)b >= (uint)storeModels || a == b)
+                throw new ArgumentException($"--input {input}: expected diff:A-B with two different models of 0..{storeModels - 1}");
+            if (d.Models != 1) throw new ArgumentException($"--input {input} needs a single-model (diff-SAE) dictionary, this one reads {d.Models}");
+            return new([a], [a, b], (x, n) =>
+            {
+                var diff = new float[n * D];
+                for (int t = 0; t < n; t++)
+                    for (int i = 0; i < D; i++) diff[t * D + i] = x[(t * storeModels + a) * D + i] - x[(t * storeModels + b) * D + i];
+                var xh = Evaluation.ReconstructRaw(d, diff).XHat;
+                for (int t = 0; t < n; t++)
+                    for (int i = 0; i < D; i++) xh[t * D + i] += x[(t * storeModels + b) * D + i];
+                return xh;
+            });
+        }
+        throw new ArgumentException($"--input {input}: expected paired, model:I or diff:A-B");
+    }
+}
+
+/// <summary>
+/// Spliced-model evaluation (methods.md §14 "CE loss score" / "KL score"): re-runs each model on stored token ids and, at
+/// the stored (filter-passing) positions, replaces blocks.{L}.hook_resid_post by the dictionary's reconstruction, or by
+/// zeros (zero ablation). Positions the store did not keep (dropped BOS, outliers) keep their clean residual and are not
+/// scored. Scored: every spliced position whose next token is known; CE of that token and KL(p_clean ‖ p_new) over the
+/// vocabulary, means over positions, per model.
+/// </summary>
+public static class SplicedEvaluation
+{
+    /// <summary>Loads the models the reconstruction needs from the store's manifest, with overrides for model 0
+    /// (<paramref name="baseDir"/>) and model 1 (<paramref name="ftDir"/>, <paramref name="adapterDir"/>).
+    /// Missing folders throw <see cref="DirectoryNotFoundException"/> naming the folder and the option to pass.</summary>
+    public static CausalLM?[] LoadModels(ActivationStore store, IEnumerable<int> needed, string? baseDir = null, string? ftDir = null, string? adapterDir = null)
+    {
+        var models = new CausalLM?[store.Models];
+        try
+        {
+            foreach (int m in needed.Distinct())
+            {
+                var sm = store.Manifest.Settings.Models[m];
+                string option = m switch { 0 => "--base DIR", 1 => "--finetuned DIR", _ => "" };
+                string? over = m switch { 0 => baseDir, 1 => ftDir, _ => null };
+                string folder = over ?? sm.Path;
+                string? adapter = m == 1 && adapterDir is not null ? adapterDir : over is null ? sm.Adapter : null;
+                string what = $"model {m} ({(string.IsNullOrEmpty(sm.Name) ? "unnamed" : sm.Name)})";
+                if (over is null && (sm.Path is "" or "synthetic"))
+                    throw new DirectoryNotFoundException($"{what}: the store {store.Directory} records no model folder (synthetic activations); spliced evaluation needs the model{(option != "" ? $": pass {option}" : "")}");
+                if (!Directory.Exists(folder))
+                    throw new DirectoryNotFoundException($"{what}: model folder {folder} not found{(over is null ? " (the folder the store's manifest records)" : "")}; " +
+                        (option != "" ? $"pass {option} with the model's folder, or --no-splice to skip the spliced evaluation" : "pass --no-splice to skip the spliced evaluation"));
+                if (adapter is not null && !Directory.Exists(adapter))
+                    throw new DirectoryNotFoundException($"{what}: adapter folder {adapter} not found; pass --adapter DIR, or --no-splice to skip the spliced evaluation");
+                models[m] = CausalLM.Load(folder, adapter);
+                if (models[m]!.Hidden != store.DModel)
+                    throw new InvalidDataException($"{what}: {folder} has hidden size {models[m]!.Hidden} but the store holds d_model {store.DModel}; wrong model folder?");
+            }
+            return models;
+        }
+        catch
+        {
+            foreach (var x in models) x?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>One stored sequence as a model input: the known token prefix and its stored rows.</summary>
+    sealed record Plan(int Sequence, int[] Ids, long[] Rows, int[] Positions, bool[] Splice);
+
+    /// <summary>Runs the evaluation. <paramref name="models"/> is indexed by store model; entries that
+    /// <paramref name="recon"/> needs must be loaded.</summary>
+    public static SpliceReport Run(ActivationStore store, IReadOnlyList<CausalLM?> models, SpliceReconstruction recon, SpliceOptions o, Action<int, int>? progress = null)
+    {
+        int layer = o.Layer, D = store.DModel, M = store.Models;
+        store.LayerIndex(layer);
+        if (o.Sequences < 1) throw new ArgumentException($"--splice-sequences must be at least 1, got {o.Sequences}");
+        foreach (int m in recon.Needed)
+        {
+            var lm = models[m] ?? throw new ArgumentException($"model {m} is needed for the spliced evaluation but was not loaded");
+            if (layer >= lm.Layers) throw new ArgumentException($"layer {layer}: {lm.Folder} has layers 0..{lm.Layers - 1}");
+        }
+        var (plans, unusable, reason) = Sample(store, o);
+        if (plans.Count == 0)
+            throw new InvalidOperationException($"{store.Directory}: no stored sequence (from row {o.FirstRow}) can be re-run for the spliced evaluation" +
+                (reason is null ? "" : $": {reason}"));
+
+        var acc = recon.Spliced.Select(_ => new double[5]).ToArray();   // CE clean, spliced, zero; KL spliced, zero
+        var count = new long[recon.Spliced.Length];
+        int mismatched = 0, done = 0;
+        double maxMismatch = 0;
+        int start = 0;
+        while (start < plans.Count)
+        {
+            int end = start + 1, longest = plans[start].Ids.Length;
+            while (end < plans.Count && (long)Math.Max(longest, plans[end].Ids.Length) * (end - start + 1) <= o.BatchTokens) { longest = Math.Max(longest, plans[end].Ids.Length); end++; }
+            var group = plans.GetRange(start, end - start);
+            var (mm, worst) = RunBatch(store, models, recon, group, layer, D, M, o.MaxStoreMismatch, acc, count);
+            mismatched += mm; maxMismatch = Math.Max(maxMismatch, worst);
+            done += group.Count;
+            progress?.Invoke(done, plans.Count);
+            start = end;
+        }
+        if (mismatched == plans.Count)
+            throw new InvalidDataException($"the models do not reproduce the store's activations at layer {layer} (relative error up to {maxMismatch:G3} on all {plans.Count} sampled sequences); " +
+                $"check that the model folders (--base/--finetuned/--adapter) are the ones {store.Directory} was harvested with");
+        var reports = new List<SpliceModelReport>();
+        for (int s = 0; s < recon.Spliced.Length; s++)
+        {
+            int m = recon.Spliced[s];
+            double n = count[s];
+            var a = acc[s];
+            reports.Add(new SpliceModelReport(m, store.Manifest.Settings.Models[m].Name, count[s], a[0] / n, a[1] / n, a[2] / n, a[3] / n, a[4] / n));
+        }
+        return new SpliceReport(plans.Count - mismatched, unusable, mismatched, maxMismatch, reports) { UnusableReason = reason };
+    }
+
+    /// <summary>Deterministic sample of usable stored sequences. A sequence is usable from its first stored position up
+    /// to its first gap: a leading gap of one position is filled with BOS when the store dropped BOS; other leading gaps
+    /// (skip-first) make it unusable; a later gap (an outlier dropped) ends the input there.</summary>
+    static (List<Plan> Plans, int Unusable, string? Reason) Sample(ActivationStore store, SpliceOptions o)
+    {
+        var opts = store.Settings.Options;
+        bool dropBos = opts.TryGetValue("drop_bos", out var db) && db == "true";
+        int skipFirst = opts.TryGetValue("skip_first", out var sf) && int.TryParse(sf, out int k) ? k : 0;
+        int? bosId = BosId(store);
+        var ranges = store.SequenceRanges();
+        var candidates = new List<int>();
+        for (int s = 0; s + 1 < ranges.Length; s++)
+            if (ranges[s] >= o.FirstRow && ranges[s + 1] - ranges[s] >= 2) candidates.Add(s);
+        var rng = new Random(o.Seed);
+        // partial Fisher–Yates: examine candidates in a seeded random order until enough are usable
+        var plans = new List<Plan>();
+        int unusable = 0;
+        string? reason = null;
+        for (int i = 0; i < candidates.Count && plans.Count < o.Sequences; i++)
+        {
+            int j = rng.Next(i, candidates.Count);
+            (candidates[i], candidates[j]) = (candidates[j], candidates[i]);
+            int s = candidates[i];
+            var p = MakePlan(store, s, ranges[s], (int)(ranges[s + 1] - ranges[s]), dropBos, skipFirst, bosId, o.Filter, out string? why);
+            if (p is null) { unusable++; reason ??= why; }
+            else plans.Add(p);
+        }
+        // similar lengths together: less padding
+        plans.Sort((a, b) => a.Ids.Length != b.Ids.Length ? a.Ids.Length.CompareTo(b.Ids.Length) : a.Sequence.CompareTo(b.Sequence));
+        return (plans, unusable, reason);
+    }
+
+    static int? BosId(ActivationStore store)
+    {
+        if (store.Settings.Options.TryGetValue("tokenizer", out var dir) && File.Exists(Path.Combine(dir, "tokenizer.json")))
+        {
+            try { if (Text.Tokenization.Tokenizer.FromFolder(dir).BosId is int b) return b; }
+            catch (Exception e) when (e is IOException or InvalidDataException or System.Text.Json.JsonException) { }
+        }
+        foreach (var m in store.Settings.Models)
+            if (Directory.Exists(m.Path) && File.Exists(Path.Combine(m.Path, "config.json")))
+                try { if (ModelConfig.Load(m.Path).BosTokenId is int b) return b; }
+                catch (Exception e) when (e is IOException or InvalidDataException or System.Text.Json.JsonException) { }
+        return null;
+    }
+
+    static Plan? MakePlan(ActivationStore store, int seq, long row0, int len, bool dropBos, int skipFirst, int? bosId, MaskFilter filter, out string? why)
+    {
+        why = null;
+        int first = store.Position(row0);
+        var ids = new List<int>();
+        if (first > 0)
+        {
+            if (first == 1 && dropBos && skipFirst == 0 && bosId is int b) ids.Add(b);
+            else
+            {
+                why = skipFirst > 0 ? $"the store dropped the first {skipFirst} positions of every sample (skip_first), so their token ids are unknown"
+                    : $"sequence {seq} starts at position {first} and the dropped tokens' ids are unknown";
+                return null;
+            }
+        }
+        var rows = new List<long>(); var pos = new List<int>(); var splice = new List<bool>();
+        for (int i = 0; i < len; i++)
+        {
+            long r = row0 + i;
+            int p = store.Position(r);
+            if (p != ids.Count) break;   // a gap: the next token id is unknown, stop here
+            ids.Add(store.TokenId(r));
+            rows.Add(r); pos.Add(p); splice.Add(filter.Keeps(store.Mask(r)));
+        }
+        // scored = spliced positions whose next token is in the input
+        bool any = false;
+        for (int i = 0; i < pos.Count; i++) if (splice[i] && pos[i] + 1 < ids.Count) { any = true; break; }
+        if (!any) { why = $"sequence {seq} has no stored token passing the filter with a known next token"; return null; }
+        return new Plan(seq, ids.ToArray(), rows.ToArray(), pos.ToArray(), splice.ToArray());
+    }
+
+    static (int Mismatched, double Worst) RunBatch(ActivationStore store, IReadOnlyList<CausalLM?> models, SpliceReconstruction recon, List<Plan> group,
+        int layer, int D, int M, double maxMismatch, double[][] acc, long[] count)
+    {
+        var tb = TokenBatch.RightPadded(group.Select(p => p.Ids).ToList());
+        int T = tb.Seq;
+        // spliced slots: (batch row, position, store row, sequence in group)
+        var slots = new List<(int B, int Pos, long Row, int G)>();
+        for (int g = 0; g < group.Count; g++)
+            for (int i = 0; i < group[g].Rows.Length; i++)
+                if (group[g].Splice[i]) slots.Add((g, group[g].Positions[i], group[g].Rows[i], g));
+        int n = slots.Count;
+
+        // clean residuals at the layer, and the store check per sequence
+        var hL = new Tensor?[M];
+        var xNMD = new float[n * M * D];
+        var errSq = new double[group.Count]; var refSq = new double[group.Count];
+        var stored = new float[D];
+        foreach (int m in recon.Needed)
+        {
+            var lm = models[m]!;
+            var h = lm.Embed(tb);
+            lm.RunLayers(0, layer, h, tb);
+            hL[m] = h;
+            for (int s = 0; s < n; s++)
+            {
+                var (b, p, row, g) = slots[s];
+                var src = h.Data.AsSpan((b * T + p) * D, D);
+                src.CopyTo(xNMD.AsSpan((s * M + m) * D, D));
+                store.ReadRows(m, layer, row, 1, stored);
+                for (int i = 0; i < D; i++) { double e = src[i] - stored[i]; errSq[g] += e * e; refSq[g] += (double)stored[i] * stored[i]; }
+            }
+        }
+        var bad = new bool[group.Count];
+        int mismatched = 0; double worst = 0;
+        for (int g = 0; g < group.Count; g++)
+        {
+            double rel = Math.Sqrt(errSq[g] / Math.Max(refSq[g], 1e-30));
+            worst = Math.Max(worst, rel);
+            if (rel > maxMismatch) { bad[g] = true; mismatched++; }
+        }
+        var xHat = recon.Reconstruct(xNMD, n);   // [n, S, D]
+        int S = recon.Spliced.Length;
+
+        // scored positions: spliced slots with a known next token, in sequences that match the store
+        var scored = new List<(int Slot, int Target)>();
+        for (int s = 0; s < n; s++)
+        {
+            var (b, p, _, g) = slots[s];
+            if (!bad[g] && p + 1 < group[g].Ids.Length) scored.Add((s, group[g].Ids[p + 1]));
+        }
+        for (int k = 0; k < S; k++)
+        {
+            int m = recon.Spliced[k];
+            var lm = models[m]!;
+            int V = lm.Config.Vocab;
+            float[] Logits(Action<Tensor>? edit)
+            {
+                var h = hL[m]!.Clone();
+                edit?.Invoke(h);
+                lm.RunLayers(layer + 1, lm.Layers - 1, h, tb);
+                return lm.FinalNormAndLogits(h, tb).Data;
+            }
+            var clean = Logits(null);
+            var spliced = Logits(h => { for (int s = 0; s < n; s++) xHat.AsSpan((s * S + k) * D, D).CopyTo(h.Data.AsSpan((slots[s].B * T + slots[s].Pos) * D, D)); });
+            var zero = Logits(h => { for (int s = 0; s < n; s++) h.Data.AsSpan((slots[s].B * T + slots[s].Pos) * D, D).Clear(); });
+            var lc = new double[V]; var ls = new double[V]; var lz = new double[V];
+            foreach (var (s, target) in scored)
+            {
+                long o = ((long)slots[s].B * T + slots[s].Pos) * V;
+                LogSoftmax(clean.AsSpan((int)o, V), lc); LogSoftmax(spliced.AsSpan((int)o, V), ls); LogSoftmax(zero.AsSpan((int)o, V), lz);
+                double kls = 0, klz = 0;
+                for (int v = 0; v < V; v++) { double pc = Math.Exp(lc[v]); kls += pc * (lc[v] - ls[v]); klz += pc * (lc[v] - lz[v]); }
+                acc[k][0] -= lc[target]; acc[k][1] -= ls[target]; acc[k][2] -= lz[target];
+                acc[k][3] += kls; acc[k][4] += klz;
+                count[k]++;
+            }
+        }
+        return (mismatched, worst);
+    }
+
+    /// <summary>log softmax in double of one logit row.</summary>
+    static void LogSoftmax(ReadOnlySpan<float> logitsV, double[] outV)
+    {
+        double max = double.NegativeInfinity;
+        foreach (float z in logitsV) if (z > max) max = z;
+        double sum = 0;
+        for (int v = 0; v < logitsV.Length; v++) sum += Math.Exp(logitsV[v] - max);
+        double lse = max + Math.Log(sum);
+        for (int v = 0; v < logitsV.Length; v++) outV[v] = logitsV[v] - lse;
+    }
+}
