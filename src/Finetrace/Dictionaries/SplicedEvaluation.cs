@@ -158,11 +158,14 @@ public static class SplicedEvaluation
         var count = new long[recon.Spliced.Length];
         int mismatched = 0, done = 0;
         double maxMismatch = 0;
+        // three logit tensors [B, T, V] are alive at once: keep each under about 512 MiB for large vocabularies
+        int vocab = recon.Spliced.Max(m => models[m]!.Config.Vocab);
+        long budget = Math.Clamp((1L << 27) / vocab, 1, o.BatchTokens);
         int start = 0;
         while (start < plans.Count)
         {
             int end = start + 1, longest = plans[start].Ids.Length;
-            while (end < plans.Count && (long)Math.Max(longest, plans[end].Ids.Length) * (end - start + 1) <= o.BatchTokens) { longest = Math.Max(longest, plans[end].Ids.Length); end++; }
+            while (end < plans.Count && (long)Math.Max(longest, plans[end].Ids.Length) * (end - start + 1) <= budget) { longest = Math.Max(longest, plans[end].Ids.Length); end++; }
             var group = plans.GetRange(start, end - start);
             var (mm, worst) = RunBatch(store, models, recon, group, layer, D, M, o.MaxStoreMismatch, acc, count);
             mismatched += mm; maxMismatch = Math.Max(maxMismatch, worst);
@@ -326,17 +329,23 @@ public static class SplicedEvaluation
             var clean = Logits(null);
             var spliced = Logits(h => { for (int s = 0; s < n; s++) xHat.AsSpan((s * S + k) * D, D).CopyTo(h.Data.AsSpan((slots[s].B * T + slots[s].Pos) * D, D)); });
             var zero = Logits(h => { for (int s = 0; s < n; s++) h.Data.AsSpan((slots[s].B * T + slots[s].Pos) * D, D).Clear(); });
-            var lc = new double[V]; var ls = new double[V]; var lz = new double[V];
-            foreach (var (s, target) in scored)
+            // per position in parallel (no GEMM inside), summed in order afterwards so the result does not depend on threads
+            var perPos = new double[scored.Count * 5];
+            Parallel.For(0, scored.Count, () => (new double[V], new double[V], new double[V]), (q, _, buf) =>
             {
+                var (lc, ls, lz) = buf;
+                var (s, target) = scored[q];
                 long o = ((long)slots[s].B * T + slots[s].Pos) * V;
                 LogSoftmax(clean.AsSpan((int)o, V), lc); LogSoftmax(spliced.AsSpan((int)o, V), ls); LogSoftmax(zero.AsSpan((int)o, V), lz);
                 double kls = 0, klz = 0;
                 for (int v = 0; v < V; v++) { double pc = Math.Exp(lc[v]); kls += pc * (lc[v] - ls[v]); klz += pc * (lc[v] - lz[v]); }
-                acc[k][0] -= lc[target]; acc[k][1] -= ls[target]; acc[k][2] -= lz[target];
-                acc[k][3] += kls; acc[k][4] += klz;
-                count[k]++;
-            }
+                perPos[q * 5] = -lc[target]; perPos[q * 5 + 1] = -ls[target]; perPos[q * 5 + 2] = -lz[target];
+                perPos[q * 5 + 3] = kls; perPos[q * 5 + 4] = klz;
+                return buf;
+            }, _ => { });
+            for (int q = 0; q < scored.Count; q++)
+                for (int c = 0; c < 5; c++) acc[k][c] += perPos[q * 5 + c];
+            count[k] += scored.Count;
         }
         return (mismatched, worst);
     }

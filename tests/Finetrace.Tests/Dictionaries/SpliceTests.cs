@@ -100,6 +100,59 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
     }
 
     [SharedFact]
+    public void Matches_a_direct_hooked_forward_of_every_stored_sequence()
+    {
+        // reference: each sequence on its own, BOS put back, a hook on blocks.2.hook_resid_post that halves (or zeroes) the
+        // stored positions, CE of every stored token's next token, KL against the clean forward
+        using var st = ActivationStore.Open(fx.Store);
+        int D = st.DModel, M = st.Models;
+        var half = new SpliceReconstruction([1], [1], (x, n) =>
+        {
+            var y = new float[n * D];
+            for (int t = 0; t < n; t++) for (int i = 0; i < D; i++) y[t * D + i] = 0.5f * x[(t * M + 1) * D + i];
+            return y;
+        });
+        var rep = Run(st, half, sequences: 1000).Models[0];
+
+        using var lm = Finetrace.Models.CausalLM.Load(Shared.Path("models", "stories260K-zog"));
+        var ranges = st.SequenceRanges();
+        double ceC = 0, ceH = 0, ceZ = 0, klH = 0, klZ = 0; long n = 0;
+        for (int s = 0; s + 1 < ranges.Length; s++)
+        {
+            int len = (int)(ranges[s + 1] - ranges[s]);
+            if (len < 2) continue;
+            var ids = new int[len + 1];
+            ids[0] = 1;   // stories260K's BOS, dropped by the harvest
+            for (int i = 0; i < len; i++) { Assert.Equal(i + 1, st.Position(ranges[s] + i)); ids[i + 1] = st.TokenId(ranges[s] + i); }
+            var tb = new Finetrace.Models.TokenBatch(ids, 1, ids.Length);
+            float[] Logits(float scale)
+            {
+                var hooks = new Finetrace.Models.HookSet();
+                if (scale != 1) hooks.On(Finetrace.Models.HookNames.ResidPost(SpliceStoreFixture.Layer), (a, _) => { for (int i = D; i < a.Length; i++) a.Data[i] *= scale; });
+                return lm.Forward(tb, hooks).Logits!.Data;
+            }
+            var lc = Logits(1); var lh = Logits(0.5f); var lz = Logits(0);
+            int V = lm.Config.Vocab;
+            for (int p = 1; p + 1 < ids.Length; p++)
+            {
+                double[] Lsm(float[] l) { var r = new double[V]; double mx = l.Skip(p * V).Take(V).Max(); double z = 0; for (int v = 0; v < V; v++) z += Math.Exp(l[p * V + v] - mx); for (int v = 0; v < V; v++) r[v] = l[p * V + v] - mx - Math.Log(z); return r; }
+                var c = Lsm(lc); var h = Lsm(lh); var zz = Lsm(lz);
+                ceC -= c[ids[p + 1]]; ceH -= h[ids[p + 1]]; ceZ -= zz[ids[p + 1]];
+                for (int v = 0; v < V; v++) { klH += Math.Exp(c[v]) * (c[v] - h[v]); klZ += Math.Exp(c[v]) * (c[v] - zz[v]); }
+                n++;
+            }
+        }
+        log.WriteLine($"positions {rep.Positions} vs {n}; CE {rep.CeClean:F6}/{rep.CeSpliced:F6}/{rep.CeZero:F6} vs {ceC / n:F6}/{ceH / n:F6}/{ceZ / n:F6}");
+        Assert.Equal(n, rep.Positions);
+        Assert.Equal(ceC / n, rep.CeClean, 4);
+        Assert.Equal(ceH / n, rep.CeSpliced, 4);
+        Assert.Equal(ceZ / n, rep.CeZero, 4);
+        Assert.Equal(klH / n, rep.KlSpliced, 4);
+        Assert.Equal(klZ / n, rep.KlZero, 4);
+        Assert.True(rep.CeSpliced > rep.CeClean + 1e-3);
+    }
+
+    [SharedFact]
     public void Sampled_positions_follow_the_store_and_the_filter()
     {
         using var st = ActivationStore.Open(fx.Store);
