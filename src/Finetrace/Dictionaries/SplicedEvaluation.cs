@@ -187,36 +187,145 @@ public static class SplicedEvaluation
         return new SpliceReport(plans.Count - mismatched, unusable, mismatched, maxMismatch, reports) { UnusableReason = reason };
     }
 
-    /// <summary>Deterministic sample of usable stored sequences. A sequence is usable from its first stored position up
-    /// to its first gap: a leading gap of one position is filled with BOS when the store dropped BOS; other leading gaps
-    /// (skip-first) make it unusable; a later gap (an outlier dropped) ends the input there.</summary>
+    /// <summary>Deterministic sample of stored sequences as model inputs. The store keeps token ids only of the tokens it
+    /// kept, so a sequence with dropped tokens needs their ids: a single dropped leading BOS is put back from the
+    /// tokenizer; other gaps (skip-first, outliers) are filled by re-reading and re-tokenizing the store's data sources
+    /// (the i-th sample of the harvest's sample stream is stored sequence i) when the files are still there, checked
+    /// against every stored token id. Without them a sequence is re-run up to its first gap, or left out when the gap
+    /// is at its start.</summary>
     static (List<Plan> Plans, int Unusable, string? Reason) Sample(ActivationStore store, SpliceOptions o)
     {
         var opts = store.Settings.Options;
         bool dropBos = opts.TryGetValue("drop_bos", out var db) && db == "true";
-        int skipFirst = opts.TryGetValue("skip_first", out var sf) && int.TryParse(sf, out int k) ? k : 0;
         int? bosId = BosId(store);
         var ranges = store.SequenceRanges();
         var candidates = new List<int>();
         for (int s = 0; s + 1 < ranges.Length; s++)
             if (ranges[s] >= o.FirstRow && ranges[s + 1] - ranges[s] >= 2) candidates.Add(s);
+        // seeded partial Fisher–Yates: the first N of a random order
         var rng = new Random(o.Seed);
-        // partial Fisher–Yates: examine candidates in a seeded random order until enough are usable
-        var plans = new List<Plan>();
-        int unusable = 0;
-        string? reason = null;
-        for (int i = 0; i < candidates.Count && plans.Count < o.Sequences; i++)
+        int take = Math.Min(o.Sequences, candidates.Count);
+        for (int i = 0; i < take; i++)
         {
             int j = rng.Next(i, candidates.Count);
             (candidates[i], candidates[j]) = (candidates[j], candidates[i]);
-            int s = candidates[i];
-            var p = MakePlan(store, s, ranges[s], (int)(ranges[s + 1] - ranges[s]), dropBos, skipFirst, bosId, o.Filter, out string? why);
-            if (p is null) { unusable++; reason ??= why; }
-            else plans.Add(p);
+        }
+        var chosen = candidates.GetRange(0, take);
+        chosen.Sort();
+
+        var plans = new List<Plan>();
+        var gapped = new List<int>();
+        int unusable = 0;
+        string? reason = null;
+        foreach (int s in chosen)
+        {
+            var ids = StoredIds(store, ranges[s], (int)(ranges[s + 1] - ranges[s]), dropBos, bosId, out bool complete);
+            if (complete) AddPlan(s, ids!);
+            else gapped.Add(s);
+        }
+        if (gapped.Count > 0)
+        {
+            var full = Retokenize(store, gapped, out string? why);
+            foreach (int s in gapped)
+            {
+                int[]? ids = full?.GetValueOrDefault(s);
+                if (ids is not null && !MatchesStore(store, ranges[s], (int)(ranges[s + 1] - ranges[s]), ids))
+                {
+                    ids = null;
+                    why = $"re-tokenizing the store's data sources does not reproduce the stored token ids of sequence {s} (the data files changed?)";
+                }
+                // fall back to the stored prefix up to the first gap
+                ids ??= StoredIds(store, ranges[s], (int)(ranges[s + 1] - ranges[s]), dropBos, bosId, out _);
+                if (ids is null) { unusable++; reason ??= $"sequence {s} starts at position {store.Position(ranges[s])} and the dropped tokens' ids are unknown: {why}"; continue; }
+                AddPlan(s, ids);
+            }
         }
         // similar lengths together: less padding
         plans.Sort((a, b) => a.Ids.Length != b.Ids.Length ? a.Ids.Length.CompareTo(b.Ids.Length) : a.Sequence.CompareTo(b.Sequence));
         return (plans, unusable, reason);
+
+        void AddPlan(int s, int[] ids)
+        {
+            var p = MakePlan(store, s, ranges[s], (int)(ranges[s + 1] - ranges[s]), ids, o.Filter);
+            if (p is null) { unusable++; reason ??= $"sequence {s} has no stored token passing the filter with a known next token"; }
+            else plans.Add(p);
+        }
+    }
+
+    /// <summary>The token ids of a stored sequence from its position 0 up to its first gap (a dropped leading BOS put
+    /// back); null when the start is missing. <paramref name="complete"/>: no stored token was left out.</summary>
+    static int[]? StoredIds(ActivationStore store, long row0, int len, bool dropBos, int? bosId, out bool complete)
+    {
+        complete = false;
+        var ids = new List<int>();
+        int first = store.Position(row0);
+        if (first == 1 && dropBos && bosId is int b) ids.Add(b);
+        else if (first != 0) return null;
+        for (int i = 0; i < len; i++)
+        {
+            if (store.Position(row0 + i) != ids.Count) return ids.ToArray();   // a gap: the next id is unknown
+            ids.Add(store.TokenId(row0 + i));
+        }
+        complete = true;
+        return ids.ToArray();
+    }
+
+    static bool MatchesStore(ActivationStore store, long row0, int len, int[] ids)
+    {
+        for (int i = 0; i < len; i++)
+        {
+            int p = store.Position(row0 + i);
+            if (p >= ids.Length || ids[p] != store.TokenId(row0 + i)) return false;
+        }
+        return true;
+    }
+
+    /// <summary>Token ids of the given sequences from the harvest's sample stream (null when the sources or tokenizer
+    /// are not available). Reads the stream up to the last wanted sequence.</summary>
+    static Dictionary<int, int[]>? Retokenize(ActivationStore store, List<int> sequences, out string? why)
+    {
+        var st = store.Settings;
+        why = null;
+        try
+        {
+            if (!st.Options.TryGetValue("tokenizer", out var tokDir) || !File.Exists(Path.Combine(tokDir, "tokenizer.json")))
+            { why = "the tokenizer the store records is not available"; return null; }
+            if (!st.Options.TryGetValue("context_length", out var cl) || !int.TryParse(cl, out int context)) { why = "the store records no context length"; return null; }
+            var specs = new List<Text.Datasets.DataSourceSpec>();
+            foreach (var src in st.Sources)
+            {
+                if (!File.Exists(src.Path) && !Directory.Exists(src.Path)) { why = $"data source {src.Path} is not available"; return null; }
+                if (!Enum.TryParse<Text.Datasets.DataKind>(src.Kind, ignoreCase: true, out var kind)) { why = $"data source kind '{src.Kind}' cannot be re-read"; return null; }
+                specs.Add(new Text.Datasets.DataSourceSpec
+                {
+                    Kind = kind, Path = src.Path, Name = src.Name, Weight = src.Proportion,
+                    Field = src.Options.GetValueOrDefault("field"),
+                    MaxSamples = src.Options.TryGetValue("max_samples", out var ms) ? long.Parse(ms, System.Globalization.CultureInfo.InvariantCulture) : long.MaxValue,
+                    MaxTokens = src.Options.TryGetValue("max_tokens", out var mt) ? long.Parse(mt, System.Globalization.CultureInfo.InvariantCulture) : long.MaxValue,
+                    SplitBlankLines = src.Options.GetValueOrDefault("split") != "file",
+                });
+            }
+            var tok = Text.Tokenization.Tokenizer.FromFolder(tokDir);
+            Text.Datasets.ModelSampleEncoder enc;
+            if (st.Options.TryGetValue("chat_template_from", out var tdir))
+                enc = new(tok, new Text.Chat.ChatFormatter(tok, Text.Chat.ChatTemplate.FromFolder(tdir)));
+            else enc = new(tok, null);
+            var want = new HashSet<int>(sequences);
+            int last = sequences.Max();
+            var result = new Dictionary<int, int[]>();
+            int i = 0;
+            foreach (var sample in new Text.Datasets.SampleStream(specs, enc, context).Read())
+            {
+                if (want.Contains(i)) result[i] = sample.Ids;
+                if (++i > last) break;
+            }
+            return result;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or InvalidOperationException or ArgumentException or FormatException or System.Text.Json.JsonException)
+        {
+            why = $"re-reading the data sources failed: {e.Message}";
+            return null;
+        }
     }
 
     static int? BosId(ActivationStore store)
@@ -233,35 +342,23 @@ public static class SplicedEvaluation
         return null;
     }
 
-    static Plan? MakePlan(ActivationStore store, int seq, long row0, int len, bool dropBos, int skipFirst, int? bosId, MaskFilter filter, out string? why)
+    /// <summary>Stored rows of a sequence inside <paramref name="ids"/>; null when none is scored.</summary>
+    static Plan? MakePlan(ActivationStore store, int seq, long row0, int len, int[] ids, MaskFilter filter)
     {
-        why = null;
-        int first = store.Position(row0);
-        var ids = new List<int>();
-        if (first > 0)
-        {
-            if (first == 1 && dropBos && skipFirst == 0 && bosId is int b) ids.Add(b);
-            else
-            {
-                why = skipFirst > 0 ? $"the store dropped the first {skipFirst} positions of every sample (skip_first), so their token ids are unknown"
-                    : $"sequence {seq} starts at position {first} and the dropped tokens' ids are unknown";
-                return null;
-            }
-        }
         var rows = new List<long>(); var pos = new List<int>(); var splice = new List<bool>();
+        bool any = false;
         for (int i = 0; i < len; i++)
         {
             long r = row0 + i;
             int p = store.Position(r);
-            if (p != ids.Count) break;   // a gap: the next token id is unknown, stop here
-            ids.Add(store.TokenId(r));
-            rows.Add(r); pos.Add(p); splice.Add(filter.Keeps(store.Mask(r)));
+            if (p >= ids.Length) break;
+            rows.Add(r); pos.Add(p);
+            bool keep = filter.Keeps(store.Mask(r));
+            splice.Add(keep);
+            // scored = spliced positions whose next token is in the input
+            any |= keep && p + 1 < ids.Length;
         }
-        // scored = spliced positions whose next token is in the input
-        bool any = false;
-        for (int i = 0; i < pos.Count; i++) if (splice[i] && pos[i] + 1 < ids.Count) { any = true; break; }
-        if (!any) { why = $"sequence {seq} has no stored token passing the filter with a known next token"; return null; }
-        return new Plan(seq, ids.ToArray(), rows.ToArray(), pos.ToArray(), splice.ToArray());
+        return any ? new Plan(seq, ids, rows.ToArray(), pos.ToArray(), splice.ToArray()) : null;
     }
 
     static (int Mismatched, double Worst) RunBatch(ActivationStore store, IReadOnlyList<CausalLM?> models, SpliceReconstruction recon, List<Plan> group,

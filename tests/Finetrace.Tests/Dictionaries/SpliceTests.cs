@@ -253,6 +253,55 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
         Assert.NotEqual(0, Finetrace.Cli.Program.Main(["eval", dictDir, "--store", copy, "--json", "--tokens", "200", "--base", moved]));
     }
 
+    [SharedFact]
+    public void Dropped_tokens_and_wrong_models_are_handled()
+    {
+        using var tmp = new TempDir();
+        string text = tmp.File("t.txt");
+        File.WriteAllText(text, string.Join("\n\n", Enumerable.Range(0, 60).Select(i => $"Tom went to the park with {i % 7} friends. They ran and ran until the sun went down and it was dark.")));
+        HarvestOptions Opts(string name, int skipFirst, double outlier) => new()
+        {
+            BaseModel = Shared.Path("models", "stories260K"), FineTunedModel = Shared.Path("models", "stories260K-zog"),
+            Data = [DataSourceSpec.Parse(text)], Layers = [SpliceStoreFixture.Layer], Tokens = 800, Out = tmp.File(name), ContextLength = 32, BatchSize = 8,
+            Dtype = "f32", SkipFirst = skipFirst, OutlierFactor = outlier,
+        };
+        // outliers dropped: the gaps' token ids come from re-tokenizing the data, so every stored token is scored
+        var o = Opts("outliers", 0, 1.2);
+        var res = Harvester.Run(o);
+        Assert.True(res.DroppedTokens > 0);
+        using (var st = ActivationStore.Open(o.Out))
+        {
+            var rep = Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:0", st.Models), sequences: 1000);
+            log.WriteLine($"outliers: {rep.Sequences} sequences, {rep.Unusable} unusable, {rep.Models[0].Positions} positions of {st.Tokens} stored, mismatch ≤ {rep.MaxMismatch:G3}");
+            Assert.Equal(0, rep.Mismatched);
+            Assert.Equal(0, rep.Unusable);
+            Assert.InRange(rep.Models[0].Positions, st.Tokens - rep.Sequences, st.Tokens);
+            Assert.Equal(1.0, rep.Models[0].LossRecovered, 6);
+
+            // models other than the harvested ones do not reproduce the store: an error, not numbers
+            var models = SplicedEvaluation.LoadModels(st, [1], ftDir: Shared.Path("models", "stories260K-chat"));
+            var e = Assert.Throws<InvalidDataException>(() => SplicedEvaluation.Run(st, models, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:1", st.Models),
+                new SpliceOptions { Layer = SpliceStoreFixture.Layer, Sequences = 8 }));
+            Assert.Contains("do not reproduce", e.Message);
+            foreach (var m in models) m?.Dispose();
+        }
+        // the first positions skipped: re-tokenized as well …
+        o = Opts("skip", 2, 0);
+        Harvester.Run(o);
+        using (var st = ActivationStore.Open(o.Out))
+        {
+            var rep = Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:1", st.Models), sequences: 5);
+            Assert.Equal(5, rep.Sequences);
+            Assert.Equal(1.0, rep.Models[0].LossRecovered, 6);
+            // … but not once the data file is gone: the error says why
+            File.Delete(text);
+            var e = Assert.Throws<InvalidOperationException>(() => Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:0", st.Models)));
+            log.WriteLine(e.Message);
+            Assert.Contains(text, e.Message);
+            Assert.Contains("not available", e.Message);
+        }
+    }
+
     static void CopyDir(string from, string to)
     {
         foreach (var dir in Directory.EnumerateDirectories(from, "*", SearchOption.AllDirectories)) Directory.CreateDirectory(dir.Replace(from, to));
