@@ -100,7 +100,8 @@ public static class SplicedEvaluation
 {
     /// <summary>Loads the models the reconstruction needs from the store's manifest, with overrides for model 0
     /// (<paramref name="baseDir"/>) and model 1 (<paramref name="ftDir"/>, <paramref name="adapterDir"/>).
-    /// Missing folders throw <see cref="DirectoryNotFoundException"/> naming the folder and the option to pass.</summary>
+    /// An adapter the manifest records is kept unless <paramref name="adapterDir"/> replaces it (model 1). Missing folders
+    /// throw <see cref="DirectoryNotFoundException"/> naming the folder and the option to pass.</summary>
     public static CausalLM?[] LoadModels(ActivationStore store, IEnumerable<int> needed, string? baseDir = null, string? ftDir = null, string? adapterDir = null)
     {
         var models = new CausalLM?[store.Models];
@@ -112,7 +113,7 @@ public static class SplicedEvaluation
                 string option = m switch { 0 => "--base DIR", 1 => "--finetuned DIR", _ => "" };
                 string? over = m switch { 0 => baseDir, 1 => ftDir, _ => null };
                 string folder = over ?? sm.Path;
-                string? adapter = m == 1 && adapterDir is not null ? adapterDir : over is null ? sm.Adapter : null;
+                string? adapter = m == 1 && adapterDir is not null ? adapterDir : sm.Adapter;   // the recorded adapter stays with a moved folder
                 string what = $"model {m} ({(string.IsNullOrEmpty(sm.Name) ? "unnamed" : sm.Name)})";
                 if (over is null && (sm.Path is "" or "synthetic"))
                     throw new DirectoryNotFoundException($"{what}: the store {store.Directory} records no model folder (synthetic activations); spliced evaluation needs the model{(option != "" ? $": pass {option}" : "")}");
