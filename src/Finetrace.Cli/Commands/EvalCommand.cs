@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using Finetrace.Activations;
 using Finetrace.Dictionaries;
+using Finetrace.Models;
 using Spectre.Console;
 
 namespace Finetrace.Cli.Commands;
@@ -19,14 +20,24 @@ public sealed class EvalCommand : ICliCommand
         var filter = new Option<string>("--filter") { Description = "Token filter, e.g. '!bos'", DefaultValueFactory = _ => "all" };
         var input = new Option<string?>("--input") { Description = "paired (crosscoder), model:I (SAE), diff:A-B (diff-SAE); default from finetrace.json" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object" };
-        var cmd = new Command("eval", "Evaluate a dictionary on stored activations: L0, FVE per model (against the mean), MSE, dead/dense fractions, log10 density histogram");
+        var noSplice = new Option<bool>("--no-splice") { Description = "Skip the spliced-model CE/KL loss-recovered evaluation (it re-runs the models)" };
+        var spliceSeqs = new Option<int>("--splice-sequences") { Description = "Stored sequences to re-run for the spliced evaluation", DefaultValueFactory = _ => 64 };
+        var spliceSeed = new Option<int>("--splice-seed") { Description = "Seed of the sequence sample", DefaultValueFactory = _ => 0 };
+        var baseDir = new Option<string?>("--base") { Description = "Base model folder (default: the one the store's manifest records)" };
+        var ftDir = new Option<string?>("--finetuned") { Description = "Fine-tuned model folder (default: from the store's manifest)" };
+        var adapter = new Option<string?>("--adapter") { Description = "LoRA adapter of the fine-tuned model (default: from the store's manifest)" };
+        var cmd = new Command("eval", "Evaluate a dictionary on stored activations: L0, FVE per model (against the mean), MSE, dead/dense fractions, log10 density histogram, " +
+            "and spliced-model CE/KL loss recovered against zero ablation (re-runs the models on a sample of stored sequences)");
         cmd.Arguments.Add(dir);
-        foreach (var o in new Option[] { store, layer, tokens, offset, filter, input, json }) cmd.Options.Add(o);
-        cmd.SetAction(r => Run(r.GetValue(dir)!, r.GetValue(store)!, r.GetValue(layer), r.GetValue(tokens), r.GetValue(offset), r.GetValue(filter)!, r.GetValue(input), r.GetValue(json)));
+        foreach (var o in new Option[] { store, layer, tokens, offset, filter, input, json, noSplice, spliceSeqs, spliceSeed, baseDir, ftDir, adapter }) cmd.Options.Add(o);
+        cmd.SetAction(r => Run(r.GetValue(dir)!, r.GetValue(store)!, r.GetValue(layer), r.GetValue(tokens), r.GetValue(offset), r.GetValue(filter)!, r.GetValue(input), r.GetValue(json),
+            new SpliceArgs(!r.GetValue(noSplice), r.GetValue(spliceSeqs), r.GetValue(spliceSeed), r.GetValue(baseDir), r.GetValue(ftDir), r.GetValue(adapter))));
         return cmd;
     }
 
-    static int Run(string dir, string storeDir, int? layerOpt, long tokens, long offset, string filter, string? input, bool json)
+    sealed record SpliceArgs(bool Enabled, int Sequences, int Seed, string? Base, string? FineTuned, string? Adapter);
+
+    static int Run(string dir, string storeDir, int? layerOpt, long tokens, long offset, string filter, string? input, bool json, SpliceArgs sa)
     {
         var d = DictionaryIO.Load(dir, n => { if (!json) AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"); });
         var side = FinetraceSidecar.Read(dir);
@@ -54,12 +65,24 @@ public sealed class EvalCommand : ICliCommand
         else AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
             .Start(ctx => { var task = ctx.AddTask("eval", maxValue: tokens); rep = Evaluation.Run(d, src, tokens, progress: n => task.Value = n); });
 
+        var (splice, spliceNote) = sa.Enabled ? Splice(d, st, input, layer, offset, filter, sa, json) : (null, "skipped (--no-splice)");
+
         if (json)
         {
             Console.WriteLine(JsonSerializer.Serialize(new
             {
                 tokens = rep.Tokens, l0 = rep.L0, fve = rep.Fve, mse = rep.Mse, cosine = rep.Cosine, dead_fraction = rep.DeadFraction, dense_fraction = rep.DenseFraction,
                 log10_density_histogram = new { edges = EvalReport.HistogramEdges, counts = rep.DensityHistogram }, input, layer,
+                splice = splice is null ? null : new
+                {
+                    sequences = splice.Sequences, unusable_sequences = splice.Unusable, mismatched_sequences = splice.Mismatched, max_store_mismatch = splice.MaxMismatch,
+                    models = splice.Models.Select(m => new
+                    {
+                        model = m.Model, name = m.Name, positions = m.Positions, ce_clean = m.CeClean, ce_spliced = m.CeSpliced, ce_zero = m.CeZero,
+                        loss_recovered = m.LossRecovered, kl_spliced = m.KlSpliced, kl_zero = m.KlZero, kl_score = m.KlScore,
+                    }).ToArray(),
+                },
+                splice_skipped = splice is null ? spliceNote : null,
             }));
             return 0;
         }
@@ -70,12 +93,48 @@ public sealed class EvalCommand : ICliCommand
             t.AddRow(rep.Fve.Length > 1 ? $"model {m}: FVE / MSE / cos" : "FVE / MSE / cos", $"{rep.Fve[m]:F4} / {rep.Mse[m]:G4} / {rep.Cosine[m]:F4}");
         t.AddRow("dead (never fired)", $"{rep.DeadFraction:P2}");
         t.AddRow("dense (density > 0.1)", $"{rep.DenseFraction:P2}");
+        if (splice is not null)
+        {
+            foreach (var m in splice.Models)
+            {
+                string who = splice.Models.Count > 1 || m.Model != 0 ? $"model {m.Model}: " : "";
+                t.AddRow($"{who}CE clean / spliced / zero", $"{m.CeClean:F4} / {m.CeSpliced:F4} / {m.CeZero:F4}");
+                t.AddRow($"{who}CE loss recovered", $"{m.LossRecovered:F4}");
+                t.AddRow($"{who}KL(clean‖spliced) / KL score", $"{m.KlSpliced:G4} / {m.KlScore:F4}");
+            }
+            t.AddRow("spliced positions", $"{splice.Models[0].Positions:N0} in {splice.Sequences} sequences" +
+                (splice.Unusable + splice.Mismatched > 0 ? $" ({splice.Unusable} unusable, {splice.Mismatched} not matching the store)" : ""));
+        }
         AnsiConsole.Write(t);
         var chart = new BarChart().Label("latents per log10 firing density").Width(60);
         for (int i = 0; i < rep.DensityHistogram.Length; i++)
             chart.AddItem($"[[{EvalReport.HistogramEdges[i]:F0},{EvalReport.HistogramEdges[i + 1]:F0})", rep.DensityHistogram[i], Color.SteelBlue);
         AnsiConsole.Write(chart);
-        AnsiConsole.MarkupLine("[grey]spliced-model CE/KL loss recovered needs the model runner; not computed here[/]");
+        if (splice is null) AnsiConsole.MarkupLine($"[grey]spliced-model CE/KL loss recovered: {Markup.Escape(spliceNote ?? "")}[/]");
         return 0;
+    }
+
+    /// <summary>The spliced evaluation, or null and why it was skipped: models the store records but that are not on
+    /// this machine skip it with a note; folders given on the command line must exist.</summary>
+    static (SpliceReport? Report, string? Note) Splice(SparseDictionary d, ActivationStore st, string input, int layer, long offset, string filter, SpliceArgs sa, bool json)
+    {
+        var recon = SpliceReconstruction.ForDictionary(d, input, st.Models);
+        CausalLM?[] models;
+        try { models = SplicedEvaluation.LoadModels(st, recon.Needed, sa.Base, sa.FineTuned, sa.Adapter); }
+        catch (DirectoryNotFoundException e) when (sa.Base is null && sa.FineTuned is null && sa.Adapter is null)
+        {
+            if (!json) AnsiConsole.MarkupLine($"[yellow]spliced evaluation skipped: {Markup.Escape(e.Message)}[/]");
+            return (null, e.Message);
+        }
+        try
+        {
+            var o = new SpliceOptions { Layer = layer, Filter = MaskFilter.Parse(filter), Sequences = sa.Sequences, Seed = sa.Seed, FirstRow = offset };
+            if (json) return (SplicedEvaluation.Run(st, models, recon, o), null);
+            SpliceReport rep = null!;
+            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(ctx => { var task = ctx.AddTask("spliced runs", maxValue: 1); rep = SplicedEvaluation.Run(st, models, recon, o, (i, n) => { task.MaxValue = n; task.Value = i; }); });
+            return (rep, null);
+        }
+        finally { foreach (var m in models) m?.Dispose(); }
     }
 }
