@@ -11,7 +11,10 @@ using Xunit.Abstractions;
 namespace Finetrace.Tests.Activations;
 
 /// <summary>The issue's "done when" run: stories260K vs stories260K-zog on a few thousand generated stories and chat
-/// conversations through <c>finetrace harvest</c>, then <c>finetrace store info</c> reporting it.</summary>
+/// conversations through <c>finetrace harvest</c>, then <c>finetrace store info</c> reporting it, and random stored
+/// tokens equal to what <c>finetrace activations</c> gives for their sequence. Under the managed GEMM (deterministic per
+/// row whatever the batch) that equality is exact.</summary>
+[Collection("GemmBackend")]
 public class HarvestCliTests(ITestOutputHelper log)
 {
     static readonly string[] Names = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max", "Kim", "Sam"];
@@ -53,6 +56,14 @@ public class HarvestCliTests(ITestOutputHelper log)
 
     [SharedFact]
     public void HarvestThousandsOfStoriesAndChats_ThenStoreInfo_ReportsTheCounts()
+    {
+        var savedBackend = Finetrace.Tensors.Gemm.Backend;
+        Finetrace.Tensors.Gemm.Backend = Finetrace.Tensors.GemmBackend.Managed;
+        try { HarvestInfoAndCompare(); }
+        finally { Finetrace.Tensors.Gemm.Backend = savedBackend; }
+    }
+
+    void HarvestInfoAndCompare()
     {
         const int stories = 2000, chats = 1500, context = 64;
         using var tmp = new TempDir();
@@ -115,6 +126,39 @@ public class HarvestCliTests(ITestOutputHelper log)
         Assert.Equal(templateErrors, Count(info, $@"skipped in chats:.*?([\d,]+) {Regex.Escape(SkipCounts.TemplateError)}"));
         // One norm row per model and layer.
         Assert.Equal(4, Regex.Matches(info, @"│\s*stories260K(-zog)?\s*│\s*[13]\s*│").Count);
+
+        // Random stored tokens are exactly (after bf16 rounding) what `finetrace activations` gives for their sequence.
+        using (var st = ActivationStore.Open(store))
+        {
+            var ranges = st.SequenceRanges();
+            var rng = new Random(3);
+            var row = new float[st.DModel];
+            for (int k = 0; k < 4; k++)
+            {
+                long t = rng.NextInt64(st.Tokens);
+                int seq = Array.BinarySearch(ranges, t);
+                if (seq < 0) seq = ~seq - 1;
+                while (ranges[seq + 1] == ranges[seq]) seq++;
+                long start = ranges[seq];
+                int len = (int)(ranges[seq + 1] - start), pos = (int)(t - start);
+                var ids = Enumerable.Range(0, len).Select(i => (long)st.TokenId(start + i)).ToArray();
+                string idsFile = tmp.File($"ids{k}.safetensors");
+                Finetrace.Models.Safetensors.SafetensorsWriter.Write(idsFile, [Finetrace.Models.Safetensors.TensorData.I64("input_ids", ids, 1, len)]);
+                foreach (var (m, model) in new[] { (0, "stories260K"), (1, "stories260K-zog") })
+                {
+                    string acts = tmp.File($"acts{k}-{m}.safetensors");
+                    Assert.Equal(0, Cli("activations", "--model", Shared.Path("models", model), "--input-ids", idsFile, "--out", acts).Code);
+                    using var direct = new Finetrace.Models.Safetensors.SafetensorsFile(acts);
+                    foreach (int layer in new[] { 1, 3 })
+                    {
+                        var want = direct.ReadF32($"blocks.{layer}.hook_resid_post").Data.AsSpan(pos * st.DModel, st.DModel).ToArray()
+                            .Select(v => Finetrace.Tensors.Precision.BF16ToF32(Finetrace.Tensors.Precision.F32ToBF16(v))).ToArray();
+                        st.ReadRows(m, layer, t, 1, row);
+                        Golden.AssertClose($"token {t} (sequence {seq}, position {pos}) {model} layer {layer}", want, row, 0);
+                    }
+                }
+            }
+        }
 
         // A re-run of the finished harvest changes nothing and says so through the same counts.
         var before = Directory.GetFiles(store).ToDictionary(f => f, File.GetLastWriteTimeUtc);
