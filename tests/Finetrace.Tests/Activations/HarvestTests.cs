@@ -36,13 +36,15 @@ public class HarvestTests(ITestOutputHelper log)
         return (s, c);
     }
 
-    static HarvestOptions Options(TempDir tmp, string outName, long tokens = 3000, string dtype = "f32", int batch = 4, long shard = 700, string ft = "stories260K-zog")
+    static HarvestOptions Options(TempDir tmp, string outName, long tokens = 3000, string dtype = "f32", int batch = 4, long shard = 700, string ft = "stories260K-zog",
+        string? ftDir = null, string? adapter = null)
     {
         var (s, c) = Data(tmp);
         return new HarvestOptions
         {
             BaseModel = Shared.Path("models", "stories260K"),
-            FineTunedModel = Shared.Path("models", ft),
+            FineTunedModel = ftDir ?? Shared.Path("models", ft),
+            Adapter = adapter,
             Data = [DataSourceSpec.Parse(s), DataSourceSpec.Parse("chat:" + c + ",weight=0.5")],
             Layers = [1, 4],
             Tokens = tokens,
@@ -109,6 +111,96 @@ public class HarvestTests(ITestOutputHelper log)
             }
         }
         log.WriteLine($"max abs diff store vs direct forward: {worst:E2}");
+    }
+
+    static readonly string[] LoraModules = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj", "model.layers.2.mlp.down_proj", "model.layers.3.mlp.gate_proj"];
+
+    /// <summary>A PEFT LoRA adapter (r 4, alpha 16) for stories260K and a checkpoint folder with its merged weights
+    /// W + (alpha/r)·B·A written out. The merge uses the loader's arithmetic (float GEMM for B·A, then one float
+    /// multiply-add per weight) so the merged weights are bit-identical and the harvests can be compared exactly.</summary>
+    static void WriteAdapterAndMerged(string baseDir, string adapterDir, string mergedDir)
+    {
+        const int r = 4;
+        const float alpha = 16f;
+        Directory.CreateDirectory(adapterDir);
+        Directory.CreateDirectory(mergedDir);
+        using var baseFile = new Finetrace.Models.Safetensors.SafetensorsFile(Path.Combine(baseDir, "model.safetensors"));
+        var rng = new Random(11);
+        var adapter = new List<Finetrace.Models.Safetensors.TensorData>();
+        var merged = new Dictionary<string, float[]>();
+        foreach (var module in LoraModules)
+        {
+            var w = baseFile.ReadF32(module + ".weight");
+            int outF = w.Shape[0], inF = w.Shape[1];
+            var a = Enumerable.Range(0, r * inF).Select(_ => (float)(rng.NextDouble() - 0.5) * 0.2f).ToArray();
+            var b = Enumerable.Range(0, outF * r).Select(_ => (float)(rng.NextDouble() - 0.5) * 0.2f).ToArray();
+            adapter.Add(Finetrace.Models.Safetensors.TensorData.F32($"base_model.model.{module}.lora_A.weight", a, r, inF));
+            adapter.Add(Finetrace.Models.Safetensors.TensorData.F32($"base_model.model.{module}.lora_B.weight", b, outF, r));
+            var delta = new float[outF * inF];
+            Finetrace.Tensors.Gemm.MatMulNN(b, a, outF, r, inF, delta);
+            var m = w.Data.ToArray();
+            for (int i = 0; i < m.Length; i++) m[i] += alpha / r * delta[i];
+            merged[module + ".weight"] = m;
+        }
+        Finetrace.Models.Safetensors.SafetensorsWriter.Write(Path.Combine(adapterDir, "adapter_model.safetensors"), adapter, new Dictionary<string, string> { ["format"] = "pt" });
+        File.WriteAllText(Path.Combine(adapterDir, "adapter_config.json"), JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["peft_type"] = "LORA", ["task_type"] = "CAUSAL_LM", ["r"] = r, ["lora_alpha"] = alpha, ["lora_dropout"] = 0.0, ["use_rslora"] = false,
+            ["fan_in_fan_out"] = false, ["bias"] = "none", ["use_dora"] = false, ["target_modules"] = new[] { "q_proj", "v_proj", "down_proj", "gate_proj" },
+        }));
+        var tensors = baseFile.Tensors.Keys.Select(name =>
+        {
+            var t = baseFile.ReadF32(name);
+            return Finetrace.Models.Safetensors.TensorData.F32(name, merged.GetValueOrDefault(name) ?? t.Data, t.Shape);
+        }).ToList();
+        Finetrace.Models.Safetensors.SafetensorsWriter.Write(Path.Combine(mergedDir, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        foreach (var f in new[] { "config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json" })
+            File.Copy(Path.Combine(baseDir, f), Path.Combine(mergedDir, f));
+    }
+
+    [SharedFact]
+    public void Harvest_BasePlusLoraAdapter_EqualsHarvestOfTheMergedCheckpoint()
+    {
+        var savedBackend = Finetrace.Tensors.Gemm.Backend;
+        Finetrace.Tensors.Gemm.Backend = Finetrace.Tensors.GemmBackend.Managed;
+        try
+        {
+            using var tmp = new TempDir();
+            string baseDir = Shared.Path("models", "stories260K"), adapterDir = tmp.File("adapter"), mergedDir = tmp.File("merged");
+            WriteAdapterAndMerged(baseDir, adapterDir, mergedDir);
+            var viaAdapter = Options(tmp, "via-adapter", tokens: 1500, ftDir: baseDir, adapter: adapterDir);
+            var viaMerged = Options(tmp, "via-merged", tokens: 1500, ftDir: mergedDir);
+            Harvester.Run(viaAdapter);
+            Harvester.Run(viaMerged);
+            using var a = ActivationStore.Open(viaAdapter.Out);
+            using var m = ActivationStore.Open(viaMerged.Out);
+            // The adapter is recorded for the fine-tuned model only, with its files hashed.
+            Assert.Null(a.Settings.Models[0].Adapter);
+            Assert.Equal(Path.GetFullPath(adapterDir), a.Settings.Models[1].Adapter);
+            Assert.Contains(a.Settings.Models[1].Files, f => f.Name.EndsWith("adapter_model.safetensors", StringComparison.Ordinal) && f.Sha256.Length == 64);
+            Assert.Equal(m.Tokens, a.Tokens);
+            Assert.Equal(m.SequenceRanges(), a.SequenceRanges());
+            Assert.Equal(Enumerable.Range(0, (int)m.Tokens).Select(r => m.TokenId(r)), Enumerable.Range(0, (int)a.Tokens).Select(r => a.TokenId(r)));
+            int n = (int)a.Tokens, d = a.DModel;
+            var x = new float[n * d];
+            var y = new float[n * d];
+            foreach (int layer in new[] { 1, 4 })
+            {
+                for (int model = 0; model < 2; model++)
+                {
+                    a.ReadRows(model, layer, 0, n, x);
+                    m.ReadRows(model, layer, 0, n, y);
+                    Golden.AssertClose($"layer {layer} model {model}: base+adapter vs merged checkpoint", y, x, 0);
+                }
+                // The adapter changes the fine-tuned rows (so the equality above is not base = base).
+                var b0 = new float[n * d];
+                a.ReadRows(0, layer, 0, n, b0);
+                double change = Golden.MaxAbsDiff(b0, x, out _);
+                log.WriteLine($"layer {layer}: the adapter moves the residual by up to {change:E2}");
+                Assert.True(change > 1e-2, $"layer {layer}: the adapter had no effect");
+            }
+        }
+        finally { Finetrace.Tensors.Gemm.Backend = savedBackend; }
     }
 
     [SharedFact]

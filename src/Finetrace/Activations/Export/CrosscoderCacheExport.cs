@@ -33,11 +33,8 @@ public static class CrosscoderCacheExport
         if (ids.Distinct(StringComparer.Ordinal).Count() != ids.Count)
             throw new InvalidOperationException($"the models' safe ids collide ({string.Join(", ", ids)}); they must differ to export side by side");
 
-        // Token-level arrays shared by every model.
-        var tokens = new long[store.Tokens];
-        long at = 0;
-        foreach (var sh in store.Shards)
-            foreach (int t in sh.Tokens) tokens[at++] = t;
+        // Token-level arrays shared by every model. The token ids (int32 in the store, int64 in the cache) are streamed
+        // shard by shard: a store of a few hundred million tokens would not fit one array of bytes.
         var ranges = store.SequenceRanges();
         var shards = store.Shards.Where(sh => sh.Rows > 0).ToList();
         var result = new List<string>();
@@ -47,10 +44,9 @@ public static class CrosscoderCacheExport
             string dir = Path.Combine(outDir, ids[m], dataset, split);
             Directory.CreateDirectory(dir);
             log?.Invoke(dir);
-            TorchSave.Write(Path.Combine(dir, "tokens.pt"), tokens, tokens.Length);
+            TorchSave.Write(Path.Combine(dir, "tokens.pt"), TorchSave.Storage.Long, store.Tokens * 8, [store.Tokens], sink => TokensAsLong(store, sink));
             TorchSave.Write(Path.Combine(dir, "sequence_ranges.pt"), ranges, ranges.Length);
-            SafetensorsWriter.Write(Path.Combine(dir, "tokens.safetensors"),
-                [TensorData.I64("tokens", tokens, tokens.Length), TensorData.I64("sequence_ranges", ranges, ranges.Length)]);
+            WriteTokensSafetensors(store, ranges, Path.Combine(dir, "tokens.safetensors"));
             for (int li = 0; li < s.Layers.Length; li++)
             {
                 int layer = s.Layers[li];
@@ -98,6 +94,44 @@ public static class CrosscoderCacheExport
             result.Add(dir);
         }
         return result;
+    }
+
+    /// <summary>The store's token ids as int64 little-endian bytes, in chunks.</summary>
+    static void TokensAsLong(ActivationStore store, ZipWriter.ChunkSink sink)
+    {
+        var buf = new long[1 << 16];
+        foreach (var sh in store.Shards)
+        {
+            var t = sh.Tokens;
+            for (int i = 0; i < t.Length; i += buf.Length)
+            {
+                int n = Math.Min(buf.Length, t.Length - i);
+                for (int k = 0; k < n; k++) buf[k] = t[i + k];
+                sink(System.Runtime.InteropServices.MemoryMarshal.AsBytes(buf.AsSpan(0, n)));
+            }
+        }
+    }
+
+    /// <summary>tokens.safetensors with I64 <c>sequence_ranges</c> and <c>tokens</c>, streamed (the header layout of
+    /// <see cref="SafetensorsWriter"/>: JSON padded with spaces to a multiple of 8, tensors ordered by name).</summary>
+    static void WriteTokensSafetensors(ActivationStore store, long[] ranges, string path)
+    {
+        long rb = ranges.LongLength * 8, tb = store.Tokens * 8;
+        string json = $"{{\"sequence_ranges\":{{\"dtype\":\"I64\",\"shape\":[{ranges.LongLength}],\"data_offsets\":[0,{rb}]}}," +
+                      $"\"tokens\":{{\"dtype\":\"I64\",\"shape\":[{store.Tokens}],\"data_offsets\":[{rb},{rb + tb}]}}}}";
+        json = json.PadRight((json.Length + 7) / 8 * 8);
+        string tmp = path + ".tmp";
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            Span<byte> len = stackalloc byte[8];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)json.Length);
+            fs.Write(len);
+            fs.Write(System.Text.Encoding.ASCII.GetBytes(json));
+            fs.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(ranges.AsSpan()));
+            TokensAsLong(store, chunk => fs.Write(chunk));
+            fs.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, path, overwrite: true);
     }
 
     static void WriteSidecar(ActivationStore store, int model, int layer, string dataset, string split, string path)

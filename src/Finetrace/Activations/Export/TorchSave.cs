@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
 
@@ -23,28 +24,67 @@ public static class TorchSave
 
     static int ElementSize(Storage s) => s switch { Storage.Long or Storage.Double => 8, Storage.Int or Storage.Float => 4, _ => 2 };
 
-    public static void Write(string path, ReadOnlySpan<long> values, params long[] shape) => Write(path, Storage.Long, MemoryMarshal.AsBytes(values), shape);
-    public static void Write(string path, ReadOnlySpan<double> values, params long[] shape) => Write(path, Storage.Double, MemoryMarshal.AsBytes(values), shape);
-    public static void Write(string path, ReadOnlySpan<float> values, params long[] shape) => Write(path, Storage.Float, MemoryMarshal.AsBytes(values), shape);
+    public static void Write(string path, ReadOnlySpan<long> values, params long[] shape) => Write(path, Storage.Long, values, shape);
+    public static void Write(string path, ReadOnlySpan<double> values, params long[] shape) => Write(path, Storage.Double, values, shape);
+    public static void Write(string path, ReadOnlySpan<float> values, params long[] shape) => Write(path, Storage.Float, values, shape);
 
-    /// <summary>Writes raw little-endian element bytes as a tensor of <paramref name="shape"/> (empty = scalar).</summary>
-    public static void Write(string path, Storage storage, ReadOnlySpan<byte> data, params long[] shape)
+    /// <summary>Writes little-endian elements as a tensor of <paramref name="shape"/> (empty = scalar). Any size:
+    /// the bytes are streamed in chunks (a span of more than 2 GiB cannot be viewed as bytes at once) and the zip
+    /// switches to ZIP64 records where a size or offset needs them.</summary>
+    public static void Write<T>(string path, Storage storage, ReadOnlySpan<T> values, params long[] shape) where T : unmanaged
+    {
+        if (Unsafe.SizeOf<T>() != ElementSize(storage) && typeof(T) != typeof(byte))
+            throw new ArgumentException($"{path}: {typeof(T).Name} elements do not match {storage}");
+        long bytes = (long)values.Length * Unsafe.SizeOf<T>();
+        CheckShape(path, storage, bytes, shape);
+        string tmp = path + ".tmp";
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            var zip = new ZipWriter(fs);
+            string stem = Stem(path);
+            zip.Add($"{stem}/data.pkl", Pickle(storage, bytes / ElementSize(storage), shape));
+            zip.Add($"{stem}/byteorder", "little"u8);
+            zip.Add($"{stem}/data/0", values);
+            zip.Add($"{stem}/version", "3\n"u8);
+            zip.Finish();
+            fs.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    /// <summary>Writes a tensor whose <paramref name="bytes"/> little-endian element bytes come from
+    /// <paramref name="produce"/> (called twice: once for the checksum, once to write; it must give the same bytes).</summary>
+    public static void Write(string path, Storage storage, long bytes, long[] shape, Action<ZipWriter.ChunkSink> produce)
+    {
+        CheckShape(path, storage, bytes, shape);
+        string tmp = path + ".tmp";
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            var zip = new ZipWriter(fs);
+            string stem = Stem(path);
+            zip.Add($"{stem}/data.pkl", Pickle(storage, bytes / ElementSize(storage), shape));
+            zip.Add($"{stem}/byteorder", "little"u8);
+            zip.Add($"{stem}/data/0", bytes, produce);
+            zip.Add($"{stem}/version", "3\n"u8);
+            zip.Finish();
+            fs.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    static void CheckShape(string path, Storage storage, long bytes, long[] shape)
     {
         if (shape.Length > 2) throw new ArgumentException("TorchSave writes 0-D, 1-D and 2-D tensors only");
         long numel = 1;
         foreach (long d in shape) numel *= d;
-        if (numel * ElementSize(storage) != data.Length)
-            throw new ArgumentException($"{path}: {data.Length} bytes do not hold {numel} {storage} elements");
+        if (numel * ElementSize(storage) != bytes)
+            throw new ArgumentException($"{path}: {bytes} bytes do not hold {numel} {storage} elements");
+    }
+
+    static string Stem(string path)
+    {
         string stem = Path.GetFileNameWithoutExtension(path);
-        if (stem.Length == 0 || stem.Any(c => c is '/' or '\\' || c > 0x7E)) stem = "archive";
-        var entries = new List<(string Name, byte[] Data)>
-        {
-            ($"{stem}/data.pkl", Pickle(storage, numel, shape)),
-            ($"{stem}/byteorder", "little"u8.ToArray()),
-            ($"{stem}/data/0", data.ToArray()),
-            ($"{stem}/version", "3\n"u8.ToArray()),
-        };
-        StoreFiles.WriteAtomic(path, Zip(entries));
+        return stem.Length == 0 || stem.Any(c => c is '/' or '\\' || c > 0x7E) ? "archive" : stem;
     }
 
     // Protocol-2 program: _rebuild_tensor_v2(persistent storage, 0, size, stride, False, OrderedDict()).
@@ -102,66 +142,6 @@ public static class TorchSave
         return p.ToArray();
     }
 
-    /// <summary>A zip of stored entries whose data start at multiples of 64 (padding in the local header's extra field).</summary>
-    internal static byte[] Zip(List<(string Name, byte[] Data)> entries)
-    {
-        using var ms = new MemoryStream();
-        var central = new MemoryStream();
-        Span<byte> h = stackalloc byte[46];
-        foreach (var (name, data) in entries)
-        {
-            var nameBytes = Encoding.UTF8.GetBytes(name);
-            long offset = ms.Position;
-            long dataStart = offset + 30 + nameBytes.Length + 4;
-            int pad = (int)((64 - dataStart % 64) % 64);
-            int extraLen = 4 + pad;
-            uint crc = Crc32(data);
-            h.Clear();
-            BinaryPrimitives.WriteUInt32LittleEndian(h, 0x04034b50);
-            BinaryPrimitives.WriteUInt16LittleEndian(h[4..], 20);          // version needed
-            BinaryPrimitives.WriteUInt16LittleEndian(h[6..], 0);           // flags
-            BinaryPrimitives.WriteUInt16LittleEndian(h[8..], 0);           // stored
-            BinaryPrimitives.WriteUInt16LittleEndian(h[10..], 0);          // time
-            BinaryPrimitives.WriteUInt16LittleEndian(h[12..], 0x21);       // date 1980-01-01
-            BinaryPrimitives.WriteUInt32LittleEndian(h[14..], crc);
-            BinaryPrimitives.WriteUInt32LittleEndian(h[18..], checked((uint)data.Length));
-            BinaryPrimitives.WriteUInt32LittleEndian(h[22..], (uint)data.Length);
-            BinaryPrimitives.WriteUInt16LittleEndian(h[26..], (ushort)nameBytes.Length);
-            BinaryPrimitives.WriteUInt16LittleEndian(h[28..], (ushort)extraLen);
-            ms.Write(h[..30]);
-            ms.Write(nameBytes);
-            // Extra field 'FB' (PyTorch's padding record) of pad bytes 'Z'.
-            ms.Write([(byte)'F', (byte)'B', (byte)(pad & 0xFF), (byte)(pad >> 8)]);
-            for (int i = 0; i < pad; i++) ms.WriteByte((byte)'Z');
-            ms.Write(data);
-
-            h.Clear();
-            BinaryPrimitives.WriteUInt32LittleEndian(h, 0x02014b50);
-            BinaryPrimitives.WriteUInt16LittleEndian(h[4..], 20);           // made by
-            BinaryPrimitives.WriteUInt16LittleEndian(h[6..], 20);           // needed
-            BinaryPrimitives.WriteUInt16LittleEndian(h[12..], 0);
-            BinaryPrimitives.WriteUInt16LittleEndian(h[14..], 0x21);
-            BinaryPrimitives.WriteUInt32LittleEndian(h[16..], crc);
-            BinaryPrimitives.WriteUInt32LittleEndian(h[20..], (uint)data.Length);
-            BinaryPrimitives.WriteUInt32LittleEndian(h[24..], (uint)data.Length);
-            BinaryPrimitives.WriteUInt16LittleEndian(h[28..], (ushort)nameBytes.Length);
-            BinaryPrimitives.WriteUInt32LittleEndian(h[42..], checked((uint)offset));
-            central.Write(h);
-            central.Write(nameBytes);
-        }
-        long cdStart = ms.Position;
-        central.Position = 0;
-        central.CopyTo(ms);
-        Span<byte> e = stackalloc byte[22];
-        BinaryPrimitives.WriteUInt32LittleEndian(e, 0x06054b50);
-        BinaryPrimitives.WriteUInt16LittleEndian(e[8..], (ushort)entries.Count);
-        BinaryPrimitives.WriteUInt16LittleEndian(e[10..], (ushort)entries.Count);
-        BinaryPrimitives.WriteUInt32LittleEndian(e[12..], (uint)central.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(e[16..], checked((uint)cdStart));
-        ms.Write(e);
-        return ms.ToArray();
-    }
-
     static readonly uint[] CrcTable = MakeCrcTable();
 
     static uint[] MakeCrcTable()
@@ -176,10 +156,13 @@ public static class TorchSave
         return t;
     }
 
-    internal static uint Crc32(ReadOnlySpan<byte> data)
+    internal static uint Crc32(ReadOnlySpan<byte> data) => Crc32Update(0, data);
+
+    /// <summary>CRC-32 of the bytes so far (<paramref name="crc"/>, 0 to start) followed by <paramref name="data"/>.</summary>
+    internal static uint Crc32Update(uint crc, ReadOnlySpan<byte> data)
     {
-        uint c = 0xFFFFFFFFu;
+        uint c = ~crc;
         foreach (byte b in data) c = CrcTable[(c ^ b) & 0xFF] ^ (c >> 8);
-        return c ^ 0xFFFFFFFFu;
+        return ~c;
     }
 }

@@ -93,10 +93,13 @@ public class DatasetTests
             """{"messages": [{"role": "assistant", "content": "first"}]}""",
             """{"conversations": [{"from": "human", "value": "hey"}, {"from": "gpt", "value": "yo"}]}""",
             """{"messages": []}""",
+            // LMSYS-Chat-1M export: a "conversation" array next to other fields
+            """{"conversation_id": "c1", "model": "vicuna-13b", "conversation": [{"content": "Name a color.", "role": "user"}, {"content": "Blue.", "role": "assistant"}], "turn": 1, "language": "English"}""",
         ]);
         var skipped = new SkipCounts();
         var samples = RawSamples.Read(DataSourceSpec.Parse(tmp.File("c.jsonl")), skipped).ToList();
-        Assert.Equal([0L, 2, 4], samples.Select(s => s.Index));
+        Assert.Equal([0L, 2, 4, 6], samples.Select(s => s.Index));
+        Assert.Equal([new ChatMessage("user", "Name a color."), new ChatMessage("assistant", "Blue.")], samples[3].Messages!);
         Assert.Equal("part", samples[1].Messages![2].Content);
         Assert.Equal(new ChatMessage("user", "hey"), samples[2].Messages![0]);
         Assert.Equal(new ChatMessage("assistant", "yo"), samples[2].Messages![1]);
