@@ -108,6 +108,16 @@ public sealed class HarvestCommand : ICliCommand
             $"({(res.Tokens - res.ResumedTokens) / Math.Max(res.LoopSeconds, 1e-9):N0} tokens/s over {res.LoopSeconds:F1} s of batches, {res.ForwardSeconds:F1} s of it in forwards){(res.DroppedTokens > 0 ? $"; {res.DroppedTokens:N0} tokens dropped (BOS / first-n / outliers)" : "")}");
         foreach (var (name, skipped, toks) in res.Sources)
             AnsiConsole.MarkupLine($"  {Markup.Escape(name)}: {toks:N0} tokens; skipped samples: {Markup.Escape(skipped.ToString())}");
+        if (res.Tokens < o.Tokens)
+        {
+            // The data ran out before the token target: say so, and show how far the mixture drifted from the stated
+            // proportions once the smaller sources were used up.
+            double total = o.Data.Sum(d => d.Weight);
+            AnsiConsole.MarkupLine($"[yellow]warning[/]: the data ran out after {res.Tokens:N0} of the requested {o.Tokens:N0} tokens; " +
+                                   "add data or lower --tokens. Shares stored vs stated:");
+            for (int i = 0; i < res.Sources.Count && i < o.Data.Count; i++)
+                AnsiConsole.MarkupLine($"  {Markup.Escape(res.Sources[i].Source)}: {res.Sources[i].Tokens / (double)Math.Max(1, res.Tokens):P1} vs {o.Data[i].Weight / total:P1}");
+        }
         AnsiConsole.MarkupLine($"store: {Markup.Escape(Path.GetFullPath(o.Out))}  (finetrace store info to inspect)");
         return 0;
     }
