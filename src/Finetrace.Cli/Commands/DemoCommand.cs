@@ -64,7 +64,7 @@ public sealed class DemoCommand : ICliCommand
         AnsiConsole.MarkupLine($"• BatchTopK recovered [bold]{sB.Fraction:P0}[/] of the true features at cosine ≥ 0.9, with {sB.FalseExclusiveLatents} false 'exclusive' latents.");
         AnsiConsole.MarkupLine($"• L1 recovered {sL.Fraction:P0}, but [bold]{sL.FalseExclusiveLatents}[/] of its 'exclusive-looking' latents are really shared features " +
                                $"({shrunkL1.FalseExclusive} of them stand for the {shrunkL1.Features} shrunk features): the L1 penalty drives a weak base decoder to zero (Complete Shrinkage),");
-        AnsiConsole.MarkupLine("  so reading L1 crosscoder norms alone over-reports what fine-tuning added; BatchTopK training avoids most of it (methods.md §2, §5).");
+        AnsiConsole.MarkupLine("  so reading L1 crosscoder norms alone over-reports what fine-tuning added; BatchTopK training avoids most of it.");
         AnsiConsole.MarkupLine($"Everything is in [bold]{Markup.Escape(dir)}[/]: try `finetrace store info {Markup.Escape(store)}`, `finetrace eval {Markup.Escape(btk)} --store {Markup.Escape(store)}`, " +
                                $"or `finetrace convert {Markup.Escape(btk)} {Markup.Escape(Path.Combine(dir, "saelens"))} --to saelens`.");
         return 0;
