@@ -30,9 +30,6 @@ public sealed class DemoCommand : ICliCommand
     {
         Directory.CreateDirectory(dir);
         string store = Path.Combine(dir, "store"), btk = Path.Combine(dir, "batchtopk"), l1 = Path.Combine(dir, "l1");
-        string tokens = quick ? "1000000" : "3000000";
-        string steps = quick ? "1950" : "5860"; // tokens / batch 512
-        int decay = int.Parse(steps) * 8 / 10, warmup = int.Parse(steps) / 20;
 
         AnsiConsole.Write(new Rule("[bold]Finetrace demo[/]").LeftJustified());
         AnsiConsole.MarkupLine(
@@ -41,16 +38,7 @@ public sealed class DemoCommand : ICliCommand
             "(present in both, 4× weaker in the base) and some are [purple]decoupled[/] (the base writes them as a mix of shared features).\n" +
             "A good model-diffing dictionary finds every feature and gives each its true relative decoder norm.\n");
 
-        Step(1, "Synthesise 200,000 paired tokens with known ground truth",
-            ["synth", "make", "--d", "64", "--features", "256", "--tokens", "200000", "--seed", "1", "--dtype", "f32", "--out", store]);
-        Step(2, "Train a BatchTopK crosscoder (k = 8, 512 latents)",
-            ["train", "crosscoder", "--store", store, "--layer", "0", "--k", "8", "--dict-size", "512", "--batch", "512", "--tokens", tokens,
-             "--lr", "4e-3", "--warmup", $"{warmup}", "--decay-start", $"{decay}", "--threshold-start", $"{int.Parse(steps) / 2}", "--out", btk]);
-        Step(3, "Score it against the ground truth", ["synth", "score", "--dictionary", btk, "--truth", store]);
-        Step(4, "Train an L1 crosscoder (μ = 0.3, 512 latents) on the same data",
-            ["train", "crosscoder", "--store", store, "--layer", "0", "--l1", "0.3", "--dict-size", "512", "--batch", "512", "--tokens", tokens,
-             "--lr", "3e-3", "--warmup", $"{warmup}", "--decay-start", $"{decay}", "--norm-init-scale", "0.1", "--out", l1]);
-        Step(5, "Score it against the ground truth", ["synth", "score", "--dictionary", l1, "--truth", store]);
+        foreach (var (n, title, args) in Steps(dir, quick)) Step(n, title, args);
 
         var truth = SyntheticTruth.Load(store);
         var sB = SyntheticScoring.Score(DictionaryIO.Load(btk), truth);
@@ -68,6 +56,28 @@ public sealed class DemoCommand : ICliCommand
         AnsiConsole.MarkupLine($"Everything is in [bold]{Markup.Escape(dir)}[/]: try `finetrace store info {Markup.Escape(store)}`, `finetrace eval {Markup.Escape(btk)} --store {Markup.Escape(store)}`, " +
                                $"or `finetrace convert {Markup.Escape(btk)} {Markup.Escape(Path.Combine(dir, "saelens"))} --to saelens`.");
         return 0;
+    }
+
+    /// <summary>The demo's steps: exactly the commands a user would type (tests parse them against the real CLI).</summary>
+    internal static IReadOnlyList<(int N, string Title, string[] Args)> Steps(string dir, bool quick)
+    {
+        string store = Path.Combine(dir, "store"), btk = Path.Combine(dir, "batchtopk"), l1 = Path.Combine(dir, "l1");
+        string tokens = quick ? "1000000" : "3000000";
+        int steps = quick ? 1950 : 5860; // tokens / batch 512
+        string decay = $"{steps * 8 / 10}", warmup = $"{steps / 20}", thresholdStart = $"{steps / 2}";
+        return
+        [
+            (1, "Synthesise 200,000 paired tokens with known ground truth",
+                ["synth", "make", "--d", "64", "--features", "256", "--tokens", "200000", "--seed", "1", "--dtype", "f32", "--out", store]),
+            (2, "Train a BatchTopK crosscoder (k = 8, 512 latents)",
+                ["train", "crosscoder", "--store", store, "--layer", "0", "--k", "8", "--dict-size", "512", "--batch", "512", "--tokens", tokens,
+                 "--lr", "4e-3", "--warmup", warmup, "--decay-start", decay, "--threshold-start", thresholdStart, "--out", btk]),
+            (3, "Score it against the ground truth", ["synth", "score", "--dictionary", btk, "--truth", store]),
+            (4, "Train an L1 crosscoder (μ = 0.3, 512 latents) on the same data",
+                ["train", "crosscoder", "--store", store, "--layer", "0", "--l1", "0.3", "--dict-size", "512", "--batch", "512", "--tokens", tokens,
+                 "--lr", "3e-3", "--warmup", warmup, "--decay-start", decay, "--norm-init-scale", "0.1", "--out", l1]),
+            (5, "Score it against the ground truth", ["synth", "score", "--dictionary", l1, "--truth", store]),
+        ];
     }
 
     static void Step(int n, string title, string[] args)
