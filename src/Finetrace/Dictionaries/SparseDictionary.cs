@@ -110,10 +110,15 @@ public sealed class SparseDictionary
     // → normsMF: [M, F]
     public float[] DecoderNorms()
     {
-        var n = new float[Models * DictSize];
-        for (int m = 0; m < Models; m++)
-            for (int j = 0; j < DictSize; j++)
-                n[m * DictSize + j] = CodeNorms.Norm(WDec.AsSpan((m * DictSize + j) * DModel, DModel));
+        // parallel over rows (disjoint outputs): DECOUPLED training reads the whole decoder every step
+        int rows = Models * DictSize, d = DModel, nc = Kernels.Chunks(rows, 64);
+        var n = new float[rows];
+        var w = WDec;
+        Parallel.For(0, nc, Kernels.Opts((long)rows * d), ch =>
+        {
+            int lo = (int)((long)rows * ch / nc), hi = (int)((long)rows * (ch + 1) / nc);
+            for (int r = lo; r < hi; r++) n[r] = CodeNorms.Norm(w.AsSpan(r * d, d));
+        });
         return n;
     }
 }

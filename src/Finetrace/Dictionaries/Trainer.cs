@@ -201,13 +201,15 @@ public sealed class DictionaryTrainer
 
         Ensure(ref _c, F);
         var c = _c.AsSpan(0, F);
-        Dict.CodeNorm(c);
+        bool perModel = Dict.PerModelCodes;
+        float[] nMF = perModel ? Dict.DecoderNorms() : [];
+        if (perModel)   // c_j = Σ_m n_j^m (AuxK ranking, reported code), from the per-model norms already computed
+            for (int j = 0; j < F; j++) { double s = 0; for (int m = 0; m < M; m++) s += nMF[m * F + j]; c[j] = (float)s; }
+        else Dict.CodeNorm(c);
         bool ranked = Dict.CodeNormalization != CodeNormalization.None;
 
         int k = CurrentK(step);
         float minKept = 0;
-        bool perModel = Dict.PerModelCodes;
-        float[] nMF = perModel ? Dict.DecoderNorms() : [];
         float[] minKeptM = [];
         switch (Dict.Activation)
         {
