@@ -34,7 +34,7 @@ public sealed class TrainCommand : ICliCommand
         var warmup = new Option<int?>("--warmup") { Description = "Linear LR warm-up steps (default 1000, at most a tenth of the run)" };
         var decay = new Option<long?>("--decay-start") { Description = "Step where a linear LR decay to 0 begins" };
         var loss = new Option<string>("--loss") { Description = "mse (Σ_m‖e‖², default), l2 (un-squared, dictionary_learning-compatible), mse-mean-models", DefaultValueFactory = _ => "mse" };
-        var codeNorm = new Option<string>("--code-norm") { Description = "Crosscoder code normalisation: crosscoder, sae, mixed, none", DefaultValueFactory = _ => "crosscoder" };
+        var codeNorm = new Option<string>("--code-norm") { Description = "Crosscoder code normalisation: crosscoder, sae, mixed, none, decoupled (per-model top-k and thresholds with batchtopk)", DefaultValueFactory = _ => "crosscoder" };
         var sqrtL1 = new Option<bool>("--sqrt-l1") { Description = "Penalise Σ sqrt(f·c) instead of Σ f·c" };
         var l1Warmup = new Option<int>("--l1-warmup") { Description = "Ramp μ linearly from 0 over this many steps", DefaultValueFactory = _ => 0 };
         var kMax = new Option<int?>("--k-max") { Description = "Anneal k from this value down to --k" };
@@ -93,7 +93,7 @@ public sealed class TrainCommand : ICliCommand
             {
                 "crosscoder" => CodeNormalization.Crosscoder, "sae" => CodeNormalization.Sae, "mixed" => CodeNormalization.Mixed, "none" => CodeNormalization.None,
                 "decoupled" => CodeNormalization.Decoupled,
-                var s => throw new ArgumentException($"--code-norm {s}: expected crosscoder, sae, mixed, none"),
+                var s => throw new ArgumentException($"--code-norm {s}: expected crosscoder, sae, mixed, none, decoupled"),
             };
             var dict = new SparseDictionary(source.Models, D, F, a, cn, sae, a is Activation.BatchTopK or Activation.TopK ? kk : 0);
             var rng = new SplitMix64(r.GetValue(seed) * 0x9E3779B97F4A7C15UL + 17);

@@ -29,6 +29,7 @@ public static class TrainingCheckpoint
             TensorData.I64("counters", [tr.StepCount, tr.Optimizer.Step, (long)tr.SplitMix64.State, dataPosition], 4),
         };
         if (d.JumpThreshold is not null) list.Add(TensorData.F32("jump_threshold", d.JumpThreshold, d.DictSize));
+        if (d.ModelThreshold is not null) list.Add(TensorData.F32("model_threshold", d.ModelThreshold, d.Models));
         for (int i = 0; i < tr.Optimizer.ExpAvg.Length; i++)
         {
             list.Add(TensorData.F32($"adam.exp_avg.{i}", tr.Optimizer.ExpAvg[i], tr.Optimizer.ExpAvg[i].Length));
@@ -76,6 +77,7 @@ public static class TrainingCheckpoint
         f.ReadF32("b_dec").Data.CopyTo(d.BDec, 0);
         d.Threshold = f.ReadF32("threshold").Data[0];
         if (d.JumpThreshold is not null) f.ReadF32("jump_threshold").Data.CopyTo(d.JumpThreshold, 0);
+        if (d.ModelThreshold is not null) f.ReadF32("model_threshold").Data.CopyTo(d.ModelThreshold, 0);
         if (f.Contains("norm.mean"))
             d.Normalizer = new Normalizer { Mean = f.ReadF32("norm.mean").Data, Std = f.ReadF32("norm.std").Data, Scale = f.ReadF32("norm.scale").Data, TargetRms = f.ReadF32("norm.target_rms").Data[0] };
         var counters = f.ReadI64("counters");

@@ -113,8 +113,18 @@ public static class DictionaryLearningFormat
         if (act == Activation.BatchTopK)
         {
             var th = Need("threshold");
-            if (th.ElementCount != 1) throw new DictionaryFormatException($"{file.Path}: '{Key("threshold")}' has shape {th.ShapeText}; per-model thresholds (DECOUPLED) are not supported yet");
-            d.Threshold = F32("threshold")[0];
+            if (d.PerModelCodes)
+            {
+                // DECOUPLED: one threshold per model, [M] (formats.md §1.2)
+                if (th.ElementCount != models || th.Shape.Length != 1)
+                    throw new DictionaryFormatException($"{file.Path}: '{Key("threshold")}' has shape {th.ShapeText}; a DECOUPLED BatchTopKCrossCoder needs one threshold per model, shape [{models}]");
+                F32("threshold").CopyTo(d.ModelThreshold!, 0);
+            }
+            else
+            {
+                if (th.ElementCount != 1) throw new DictionaryFormatException($"{file.Path}: '{Key("threshold")}' has shape {th.ShapeText}; a scalar is expected unless code_normalization_id is DECOUPLED (5)");
+                d.Threshold = F32("threshold")[0];
+            }
         }
 
         string[] normKeys = ["target_rms", "activation_mean", "activation_std", "activation_global_scale"];
@@ -182,7 +192,7 @@ public static class DictionaryLearningFormat
         if (cls != "CrossCoder")
         {
             list.Add(new TensorData(prefix + "k", DType.I32, [], BitConverter.GetBytes(d.K)));
-            list.Add(TensorData.F32(prefix + "threshold", [d.Threshold]));
+            list.Add(d.ModelThreshold is not null ? TensorData.F32(prefix + "threshold", d.ModelThreshold, M) : TensorData.F32(prefix + "threshold", [d.Threshold]));
         }
         return list;
     }

@@ -31,8 +31,7 @@ public static class Evaluation
     {
         var x = xRawBMD.ToArray();
         d.Normalizer?.Normalize(x, d.Models, d.DModel);
-        var codes = Inference.Encode(d, x);
-        var xh = Inference.Decode(d, codes);
+        var (codes, xh) = Inference.Reconstruct(d, x);
         d.Normalizer?.Denormalize(xh, d.Models, d.DModel);
         return (codes, xh);
     }

@@ -24,10 +24,14 @@ public static class Inference
     }
 
     /// <summary>Inference-mode codes (what evaluation, Latent Scaling and dashboards use).</summary>
+    /// <remarks>DECOUPLED BatchTopK: the union of the per-model supports with the shared f (a latent is active for a
+    /// token when any model's rule kept it); its reported activation is f · c_j with c_j = Σ_m n_j^m (methods.md §2.3).
+    /// The reconstruction needs the per-model codes: <see cref="EncodeModels"/>, <see cref="Reconstruct"/>.</remarks>
     public static SparseCodes Encode(SparseDictionary d, ReadOnlySpan<float> xBMD)
     {
         int b = xBMD.Length / (d.Models * d.DModel);
         var codes = new SparseCodes(b, d.DictSize);
+        if (d.PerModelCodes) { Selection.Union(EncodeModels(d, xBMD), null, codes, default); return codes; }
         var c = new float[d.DictSize];
         d.CodeNorm(c);
         bool ranked = d.CodeNormalization != CodeNormalization.None;
@@ -49,6 +53,12 @@ public static class Inference
     public static SparseCodes EncodeTraining(SparseDictionary d, ReadOnlySpan<float> xBMD)
     {
         if (d.Activation != Activation.BatchTopK) return Encode(d, xBMD);
+        if (d.PerModelCodes)
+        {
+            var u = new SparseCodes(xBMD.Length / (d.Models * d.DModel), d.DictSize);
+            Selection.Union(EncodeModels(d, xBMD, training: true), null, u, default);
+            return u;
+        }
         int b = xBMD.Length / (d.Models * d.DModel);
         var codes = new SparseCodes(b, d.DictSize);
         var c = new float[d.DictSize];
@@ -57,10 +67,40 @@ public static class Inference
         return codes;
     }
 
+    /// <summary>DECOUPLED BatchTopK codes, one [B, F] per model: f · [f ⊙ n^m &gt; θ_m] once every θ_m is set
+    /// (crosscoder_learning's encode_decoupled with use_threshold), else (or with <paramref name="training"/>) each
+    /// model's batch top-k·B of f ⊙ n^m.</summary>
+    // xBMD: [B, M, D] (normalised space) → codesM[m]: [B, F]
+    public static SparseCodes[] EncodeModels(SparseDictionary d, ReadOnlySpan<float> xBMD, bool training = false)
+    {
+        if (!d.PerModelCodes) throw new InvalidOperationException("per-model codes exist only for DECOUPLED BatchTopK crosscoders");
+        int b = xBMD.Length / (d.Models * d.DModel);
+        var f = PostRelu(d, xBMD);
+        var nMF = d.DecoderNorms();
+        var codesM = Enumerable.Range(0, d.Models).Select(_ => new SparseCodes(b, d.DictSize)).ToArray();
+        if (training || d.ModelThreshold!.Any(t => t < 0)) Selection.BatchTopKPerModel(f, nMF, b, d.DictSize, (long)d.K * b, codesM);
+        else Selection.ThresholdPerModel(f, nMF, d.ModelThreshold, b, d.DictSize, codesM);
+        return codesM;
+    }
+
+    /// <summary>Inference-mode reconstruction x̂ (normalised space), per-model codes included.</summary>
+    // xBMD: [B, M, D] → codes (as <see cref="Encode"/>), xHatBMD: [B, M, D]
+    public static (SparseCodes Codes, float[] XHat) Reconstruct(SparseDictionary d, ReadOnlySpan<float> xBMD)
+    {
+        if (!d.PerModelCodes) { var c = Encode(d, xBMD); return (c, Decode(d, c)); }
+        var codesM = EncodeModels(d, xBMD);
+        var u = new SparseCodes(codesM[0].Rows, d.DictSize);
+        Selection.Union(codesM, null, u, default);
+        var xh = new float[codesM[0].Rows * d.Models * d.DModel];
+        Kernels.DecodeSparse(codesM, d.WDec, d.BDec, d.Models, d.DModel, d.DictSize, xh);
+        return (u, xh);
+    }
+
     /// <summary>x̂ = decode(f) including the decoder bias (normalised space).</summary>
     // codes [B, F] → xHatBMD: [B, M, D]
     public static float[] Decode(SparseDictionary d, SparseCodes codes)
     {
+        if (d.PerModelCodes) throw new InvalidOperationException("a DECOUPLED BatchTopK crosscoder decodes per-model codes: use Inference.Reconstruct or EncodeModels + Kernels.DecodeSparse");
         var xh = new float[codes.Rows * d.Models * d.DModel];
         Kernels.DecodeSparse(codes, d.WDec, d.BDec, d.Models, d.DModel, d.DictSize, xh);
         return xh;

@@ -26,6 +26,7 @@ public static class Initialization
         else for (int i = 0; i < d.WDec.Length; i++) d.WDec[i] = (float)rng.Uniform(-bound, bound);
         Array.Clear(d.BEnc); Array.Clear(d.BDec);
         d.Threshold = -1;
+        if (d.ModelThreshold is not null) Array.Fill(d.ModelThreshold, -1f);
         if (d.JumpThreshold is not null) Array.Fill(d.JumpThreshold, 0.001f);
     }
 
@@ -45,6 +46,7 @@ public static class Initialization
         System.Numerics.Tensors.TensorPrimitives.Multiply(d.WDec, encoderInitNorm, d.WEnc);
         Array.Clear(d.BEnc); Array.Clear(d.BDec);
         d.Threshold = -1;
+        if (d.ModelThreshold is not null) Array.Fill(d.ModelThreshold, -1f);
         if (d.JumpThreshold is not null) Array.Fill(d.JumpThreshold, 0.001f);
     }
 }

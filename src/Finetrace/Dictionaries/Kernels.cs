@@ -92,17 +92,27 @@ public static class Kernels
 
     /// <summary>x̂[b, m, :] = Σ_{j active in b} f[b, j] · WDec[m, j, :] (+ bDec[m]). Sparse: cost nnz·M·D.</summary>
     // codes: [B, F] sparse; wDecMFD: [M, F, D]; bDecMD: [M, D] or empty (no bias) → xHatBMD: [B, M, D]
-    public static unsafe void DecodeSparse(SparseCodes codes, ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> bDecMD, int models, int d, int f, Span<float> xHatBMD)
+    public static void DecodeSparse(SparseCodes codes, ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> bDecMD, int models, int d, int f, Span<float> xHatBMD)
+        => DecodeSparse(Shared(codes, models), wDecMFD, bDecMD, models, d, f, xHatBMD);
+
+    // The same code for every model (the shared-code dictionaries).
+    static SparseCodes[] Shared(SparseCodes codes, int models) { var a = new SparseCodes[models]; Array.Fill(a, codes); return a; }
+
+    /// <summary>Per-model codes (DECOUPLED BatchTopK): x̂[b, m, :] = Σ_{j active for m in b} f[b, j] · WDec[m, j, :] (+ bDec[m]).</summary>
+    // codesM[m]: [B, F] sparse; wDecMFD: [M, F, D]; bDecMD: [M, D] or empty → xHatBMD: [B, M, D]
+    public static unsafe void DecodeSparse(SparseCodes[] codesM, ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> bDecMD, int models, int d, int f, Span<float> xHatBMD)
     {
-        int rows = codes.Rows;
+        int rows = codesM[0].Rows;
         bool bias = !bDecMD.IsEmpty;
+        long nnz = codesM.Distinct().Sum(c => (long)c.Count);
         fixed (float* w = wDecMFD, bd = bDecMD, xh = xHatBMD)
         {
             float* W = w, BD = bd, XH = xh;
-            Parallel.For(0, rows, Opts((long)codes.Count * models * d), bi =>
+            Parallel.For(0, rows, Opts(nnz * d), bi =>
             {
                 for (int m = 0; m < models; m++)
                 {
+                    var codes = codesM[m];
                     var acc = new Span<float>(XH + ((long)bi * models + m) * d, d);
                     if (bias) new ReadOnlySpan<float>(BD + m * d, d).CopyTo(acc); else acc.Clear();
                     for (int e = codes.RowStart[bi]; e < codes.RowStart[bi + 1]; e++)
@@ -118,13 +128,15 @@ public static class Kernels
 
     /// <summary>Dense reference: x̂_m = f · WDec[m] (+ bDec[m]) as a GEMM per model.</summary>
     // fBF: [B, F]; wDecMFD: [M, F, D]; bDecMD: [M, D] or empty → xHatBMD: [B, M, D]
-    public static void DecodeDense(ReadOnlySpan<float> fBF, ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> bDecMD, int b, int models, int d, int f, Span<float> xHatBMD)
+    // model ≥ 0: only that model's slice of x̂ is written (DECOUPLED codes differ per model)
+    public static void DecodeDense(ReadOnlySpan<float> fBF, ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> bDecMD, int b, int models, int d, int f, Span<float> xHatBMD, int model = -1)
     {
-        for (int m = 0; m < models; m++)
+        int lo = model < 0 ? 0 : model, hi = model < 0 ? models : model + 1;
+        for (int m = lo; m < hi; m++)
             Sgemm(false, false, b, d, f, 1f, fBF, f, wDecMFD.Slice(m * f * d, f * d), d, 0f, xHatBMD.Slice(m * d), models * d);
         if (!bDecMD.IsEmpty)
             for (int t = 0; t < b; t++)
-                for (int m = 0; m < models; m++)
+                for (int m = lo; m < hi; m++)
                     TensorPrimitives.Add(xHatBMD.Slice((t * models + m) * d, d), bDecMD.Slice(m * d, d), xHatBMD.Slice((t * models + m) * d, d));
     }
 
@@ -133,12 +145,19 @@ public static class Kernels
     /// <summary>gWDec[m, j, :] = Σ_{b: j active} f[b, j] · δ[b, m, :] (+ the same over a second code set with its own δ).
     /// Rows of latents active nowhere are zeroed. Per-latent loops over tokens in ascending order (deterministic).</summary>
     // codes (columns built), δBMD: [B, M, D]; optional codes2/δ2 → gWDecMFD: [M, F, D]
-    public static unsafe void DecoderGradSparse(SparseCodes codes, ReadOnlySpan<float> deltaBMD, SparseCodes? codes2, ReadOnlySpan<float> delta2BMD, int models, int d, int f, Span<float> gWDecMFD)
+    public static void DecoderGradSparse(SparseCodes codes, ReadOnlySpan<float> deltaBMD, SparseCodes? codes2, ReadOnlySpan<float> delta2BMD, int models, int d, int f, Span<float> gWDecMFD)
+        => DecoderGradSparse(Shared(codes, models), deltaBMD, codes2, delta2BMD, models, d, f, gWDecMFD);
+
+    /// <summary>Per-model codes (DECOUPLED): gWDec[m, j, :] = Σ_{b: j active for m} f[b, j] · δ[b, m, :] (+ the shared
+    /// second code set, AuxK, for every model).</summary>
+    // codesM[m] (columns built), δBMD: [B, M, D]; optional codes2/δ2 → gWDecMFD: [M, F, D]
+    public static unsafe void DecoderGradSparse(SparseCodes[] codesM, ReadOnlySpan<float> deltaBMD, SparseCodes? codes2, ReadOnlySpan<float> delta2BMD, int models, int d, int f, Span<float> gWDecMFD)
     {
+        long nnz = codesM.Distinct().Sum(c => (long)c.Count);
         fixed (float* dl = deltaBMD, dl2 = delta2BMD, g = gWDecMFD)
         {
             float* DL = dl, DL2 = dl2, G = g;
-            Parallel.For(0, Chunks(f, 64), Opts((long)(codes.Count + (codes2?.Count ?? 0) + f) * models * d), c =>
+            Parallel.For(0, Chunks(f, 64), Opts((nnz + (codes2?.Count ?? 0) + f) * models * d), c =>
             {
                 int nc = Chunks(f, 64);
                 int lo = (int)((long)f * c / nc), hi = (int)((long)f * (c + 1) / nc);
@@ -147,7 +166,7 @@ public static class Kernels
                     {
                         var acc = new Span<float>(G + ((long)m * f + j) * d, d);
                         acc.Clear();
-                        AccumulateColumn(codes, j, DL, m, models, d, acc);
+                        AccumulateColumn(codesM[m], j, DL, m, models, d, acc);
                         if (codes2 is not null) AccumulateColumn(codes2, j, DL2, m, models, d, acc);
                     }
             });
@@ -166,16 +185,19 @@ public static class Kernels
 
     /// <summary>Dense reference: gWDec[m] = fᵀ · δ_m.</summary>
     // fBF: [B, F]; δBMD: [B, M, D] → gWDecMFD: [M, F, D] (accumulate: += instead of =)
-    public static void DecoderGradDense(ReadOnlySpan<float> fBF, ReadOnlySpan<float> deltaBMD, int b, int models, int d, int f, Span<float> gWDecMFD, bool accumulate = false)
+    // model ≥ 0: only gWDec[model] (DECOUPLED codes differ per model)
+    public static void DecoderGradDense(ReadOnlySpan<float> fBF, ReadOnlySpan<float> deltaBMD, int b, int models, int d, int f, Span<float> gWDecMFD, bool accumulate = false, int model = -1)
     {
-        for (int m = 0; m < models; m++)
+        for (int m = model < 0 ? 0 : model; m < (model < 0 ? models : model + 1); m++)
             Sgemm(true, false, f, d, b, 1f, fBF, f, deltaBMD.Slice(m * d), models * d, accumulate ? 1f : 0f, gWDecMFD.Slice(m * f * d, f * d), d);
     }
 
     /// <summary>∂L/∂f at every stored entry: g[e] = Σ_m WDec[m, j, :] · δ[b, m, :].</summary>
     // codes: [B, F] sparse; wDecMFD: [M, F, D]; δBMD: [B, M, D] → gValue: [nnz]
-    public static unsafe void CodeGradSparse(SparseCodes codes, ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> deltaBMD, int models, int d, int f, Span<float> gValue)
+    // model ≥ 0: g[e] = WDec[model, j, :] · δ[b, model, :] only (DECOUPLED: model m's decoder saw f only where m selected it)
+    public static unsafe void CodeGradSparse(SparseCodes codes, ReadOnlySpan<float> wDecMFD, ReadOnlySpan<float> deltaBMD, int models, int d, int f, Span<float> gValue, int model = -1)
     {
+        int lo = model < 0 ? 0 : model, hi = model < 0 ? models : model + 1;
         fixed (float* w = wDecMFD, dl = deltaBMD, gv = gValue)
         {
             float* W = w, DL = dl, GV = gv;
@@ -185,7 +207,7 @@ public static class Kernels
                 {
                     int j = codes.Index[e];
                     float s = 0;
-                    for (int m = 0; m < models; m++)
+                    for (int m = lo; m < hi; m++)
                         s += TensorPrimitives.Dot(new ReadOnlySpan<float>(W + ((long)m * f + j) * d, d), new ReadOnlySpan<float>(DL + ((long)bi * models + m) * d, d));
                     GV[e] = s;
                 }
@@ -195,10 +217,12 @@ public static class Kernels
 
     /// <summary>Dense reference: gF = Σ_m δ_m · WDec[m]ᵀ.</summary>
     // δBMD: [B, M, D]; wDecMFD: [M, F, D] → gFBF: [B, F]
-    public static void CodeGradDense(ReadOnlySpan<float> deltaBMD, ReadOnlySpan<float> wDecMFD, int b, int models, int d, int f, Span<float> gFBF)
+    // model ≥ 0: gF = δ_model · WDec[model]ᵀ only
+    public static void CodeGradDense(ReadOnlySpan<float> deltaBMD, ReadOnlySpan<float> wDecMFD, int b, int models, int d, int f, Span<float> gFBF, int model = -1)
     {
-        for (int m = 0; m < models; m++)
-            Sgemm(false, true, b, f, d, 1f, deltaBMD.Slice(m * d), models * d, wDecMFD.Slice(m * f * d, f * d), d, m == 0 ? 0f : 1f, gFBF, f);
+        int lo = model < 0 ? 0 : model, hi = model < 0 ? models : model + 1;
+        for (int m = lo; m < hi; m++)
+            Sgemm(false, true, b, f, d, 1f, deltaBMD.Slice(m * d), models * d, wDecMFD.Slice(m * f * d, f * d), d, m == lo ? 0f : 1f, gFBF, f);
     }
 
     // ---------------------------------------------------------------- encoder backward

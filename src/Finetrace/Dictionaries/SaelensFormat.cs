@@ -17,6 +17,8 @@ public static class SaelensFormat
 
     public static void Save(SparseDictionary d, string dir, float[]? log10DensityF = null, IReadOnlyDictionary<string, object?>? metadata = null, IReadOnlyDictionary<string, object?>? finetrace = null)
     {
+        if (d.PerModelCodes)
+            throw new DictionaryFormatException("SAELens has no per-model (DECOUPLED) thresholds or codes, nor crosscoders; save this DECOUPLED BatchTopK crosscoder as a crosscoder_learning folder (--to dictionary-learning)");
         if (d.Models != 1 || !d.IsSae)
             throw new DictionaryFormatException($"SAELens folders hold SAEs only; this is a {d.Models}-model crosscoder — save it as a crosscoder_learning folder (--to dictionary-learning)");
         int D = d.DModel, F = d.DictSize;

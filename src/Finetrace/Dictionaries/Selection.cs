@@ -46,6 +46,61 @@ public static class Selection
         }
     }
 
+    /// <summary>DECOUPLED batch top-k (crosscoder_learning's encode_decoupled): for every model m separately, the
+    /// k·B largest s_m = f ⊙ n^m (n^m = ‖d_j^m‖) over the whole batch; model m's code keeps the unscaled f there.
+    /// Returns each model's smallest selected s_m (0 when none), the input of that model's threshold EMA.</summary>
+    // fBF: [B, F]; nMF: [M, F] → codesM[m]: [B, F] each
+    public static float[] BatchTopKPerModel(ReadOnlySpan<float> fBF, ReadOnlySpan<float> nMF, int b, int f, long kTotal, SparseCodes[] codesM)
+    {
+        var min = new float[codesM.Length];
+        for (int m = 0; m < codesM.Length; m++) min[m] = BatchTopK(fBF, nMF.Slice(m * f, f), b, f, kTotal, codesM[m]);
+        return min;
+    }
+
+    /// <summary>DECOUPLED inference rule: model m's code is f · [f ⊙ n^m &gt; θ_m].</summary>
+    // fBF: [B, F]; nMF: [M, F]; thetaM: [M] → codesM[m]: [B, F] each
+    public static void ThresholdPerModel(ReadOnlySpan<float> fBF, ReadOnlySpan<float> nMF, ReadOnlySpan<float> thetaM, int b, int f, SparseCodes[] codesM)
+    {
+        for (int m = 0; m < codesM.Length; m++) Threshold(fBF, nMF.Slice(m * f, f), thetaM[m], b, f, codesM[m]);
+    }
+
+    /// <summary>Per token, the union of the per-model supports (values f, which all models share); with
+    /// <paramref name="gM"/>, <paramref name="gUnion"/>[e] = Σ_m gM[m] at the same (b, j) — the gradient on the shared
+    /// pre-activation when model m's decoder saw f only where model m selected it.</summary>
+    // codesM[m]: [B, F] (rows sorted by latent) → union: [B, F]; gM[m]: [nnz_m] → gUnion: [nnz_union]
+    public static void Union(SparseCodes[] codesM, float[][]? gM, SparseCodes union, Span<float> gUnion)
+    {
+        int rows = codesM[0].Rows, models = codesM.Length;
+        union.Reset(rows);
+        union.EnsureCapacity(codesM.Sum(c => c.Count));
+        Span<int> pos = models <= 64 ? stackalloc int[models] : new int[models];
+        int n = 0;
+        for (int t = 0; t < rows; t++)
+        {
+            union.RowStart[t] = n;
+            for (int m = 0; m < models; m++) pos[m] = codesM[m].RowStart[t];
+            while (true)
+            {
+                int j = int.MaxValue;
+                for (int m = 0; m < models; m++)
+                    if (pos[m] < codesM[m].RowStart[t + 1]) j = Math.Min(j, codesM[m].Index[pos[m]]);
+                if (j == int.MaxValue) break;
+                float v = 0, g = 0;
+                for (int m = 0; m < models; m++)
+                    if (pos[m] < codesM[m].RowStart[t + 1] && codesM[m].Index[pos[m]] == j)
+                    {
+                        v = codesM[m].Value[pos[m]];
+                        if (gM is not null) g += gM[m][pos[m]];
+                        pos[m]++;
+                    }
+                union.Index[n] = j; union.Value[n] = v;
+                if (gM is not null) gUnion[n] = g;
+                n++;
+            }
+        }
+        union.RowStart[rows] = n;
+    }
+
     // A value expected slightly below the cut: about the (1.25·k·B·rows/B + 16)-th largest s of a row sample, rounded
     // down to a 16-bit bucket of the float's bit pattern (a histogram instead of a sort: O(sample)).
     static unsafe float EstimateCut(float* F, float* C, bool scaled, int b, int f, long kTotal)

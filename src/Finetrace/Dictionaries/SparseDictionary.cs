@@ -58,8 +58,8 @@ public sealed class SparseDictionary
         if (models < 1 || dModel < 1 || dictSize < 1) throw new ArgumentException($"dictionary sizes must be positive: models={models}, d_model={dModel}, dict_size={dictSize}");
         if (activation is Activation.BatchTopK or Activation.TopK && (k < 1 || k > dictSize))
             throw new ArgumentException($"k = {k} must be between 1 and dict_size = {dictSize}");
-        if (codeNorm == CodeNormalization.Decoupled && activation != Activation.Relu)
-            throw new NotSupportedException("DECOUPLED code normalisation is implemented for the L1 crosscoder only (per-model top-k and thresholds are not supported yet); use crosscoder, sae, mixed or none");
+        if (codeNorm == CodeNormalization.Decoupled && activation is not (Activation.Relu or Activation.BatchTopK))
+            throw new NotSupportedException($"DECOUPLED code normalisation exists for the L1 and BatchTopK crosscoders only, not {activation}; use crosscoder, sae, mixed or none");
         Models = models; DModel = dModel; DictSize = dictSize;
         Activation = activation; CodeNormalization = codeNorm; SubtractDecoderBias = subtractDecoderBias; K = k;
         long n = (long)models * dictSize * dModel;
@@ -68,7 +68,27 @@ public sealed class SparseDictionary
         BEnc = new float[dictSize];
         BDec = new float[models * dModel];
         if (activation == Activation.JumpRelu) JumpThreshold = new float[dictSize];
+        if (codeNorm == CodeNormalization.Decoupled && activation == Activation.BatchTopK) ModelThreshold = Enumerable.Repeat(-1f, models).ToArray();
     }
+
+    /// <summary>BatchTopK with DECOUPLED code normalisation: one batch top-k and one inference threshold per model
+    /// (methods.md §2.3, §2.5); codes are [B, M, F] (see <see cref="Inference.EncodeModels"/>).</summary>
+    /// <remarks>What crosscoder_learning's BatchTopKCrossCoder.encode_decoupled and BatchTopKCrossCoderTrainer do, and
+    /// Finetrace with them: the encoder still gives one post-ReLU f [B, F]; s[b, m, j] = f[b, j] · ‖d_j^m‖; for each
+    /// model m separately the k·B largest s[:, m, :] over the whole batch are kept (k per model, not split), and the
+    /// code is f[b, j] · mask[b, m, j] — [B, M, F], so model m's decoder sees f only where model m selected it
+    /// (the decoder einsum "b m f, m f d → b m d"). The gradient on f is therefore Σ_m mask_m · (d_j^m · δ_m), and no
+    /// gradient flows through the ranking. A latent fired (dead tracking) when any model selected it. The threshold
+    /// EMA runs per model on min over positive s[:, m, :]·mask (update_decoupled_threshold), and inference keeps
+    /// f · [s[b, m, j] &gt; θ_m]. AuxK has no decoupled branch: it ranks the dead latents by f · Σ_m ‖d_j^m‖ (the
+    /// summed post-ReLU scaled code encode_decoupled returns) and decodes one shared aux code through every model's
+    /// decoder — exactly the CROSSCODER AuxK, which Finetrace reuses. The reported activation is f · Σ_m ‖d_j^m‖ on
+    /// the union of the per-model supports (methods.md §2.3; the reference's get_activations sums s over the selected
+    /// models only, which agrees wherever every model selected the latent). The state-dict threshold is [M].</remarks>
+    public bool PerModelCodes => CodeNormalization == CodeNormalization.Decoupled && Activation == Activation.BatchTopK;
+
+    /// <summary>Per-model inference thresholds θ_m [M] for DECOUPLED BatchTopK (−1 = unset; null otherwise).</summary>
+    public float[]? ModelThreshold { get; set; }
 
     public bool IsSae => SubtractDecoderBias;
 
@@ -78,6 +98,7 @@ public sealed class SparseDictionary
         { Threshold = Threshold, AlphaSae = AlphaSae, AlphaCc = AlphaCc, Normalizer = Normalizer?.Clone() };
         WEnc.CopyTo(c.WEnc, 0); WDec.CopyTo(c.WDec, 0); BEnc.CopyTo(c.BEnc, 0); BDec.CopyTo(c.BDec, 0);
         if (JumpThreshold is not null) JumpThreshold.CopyTo(c.JumpThreshold!, 0);
+        if (ModelThreshold is not null) ModelThreshold.CopyTo(c.ModelThreshold!, 0);
         return c;
     }
 
@@ -89,10 +110,15 @@ public sealed class SparseDictionary
     // → normsMF: [M, F]
     public float[] DecoderNorms()
     {
-        var n = new float[Models * DictSize];
-        for (int m = 0; m < Models; m++)
-            for (int j = 0; j < DictSize; j++)
-                n[m * DictSize + j] = CodeNorms.Norm(WDec.AsSpan((m * DictSize + j) * DModel, DModel));
+        // parallel over rows (disjoint outputs): DECOUPLED training reads the whole decoder every step
+        int rows = Models * DictSize, d = DModel, nc = Kernels.Chunks(rows, 64);
+        var n = new float[rows];
+        var w = WDec;
+        Parallel.For(0, nc, Kernels.Opts((long)rows * d), ch =>
+        {
+            int lo = (int)((long)rows * ch / nc), hi = (int)((long)rows * (ch + 1) / nc);
+            for (int r = lo; r < hi; r++) n[r] = CodeNorms.Norm(w.AsSpan(r * d, d));
+        });
         return n;
     }
 }

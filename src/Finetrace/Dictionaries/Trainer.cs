@@ -69,6 +69,9 @@ public sealed record StepStats
     public double Lr { get; init; }
     public int K { get; init; }
     public float Threshold { get; init; }
+    /// <summary>DECOUPLED BatchTopK: mean active latents per token for each model's code, and θ_m.</summary>
+    public double[] L0PerModel { get; init; } = [];
+    public float[] ModelThreshold { get; init; } = [];
 }
 
 /// <summary>
@@ -98,6 +101,9 @@ public sealed class DictionaryTrainer
     // The last step's codes (training mode) — tests read them.
     public SparseCodes Codes { get; }
     public SparseCodes AuxCodes { get; }
+    /// <summary>DECOUPLED BatchTopK: each model's code [B, F] (then <see cref="Codes"/> is their union, which the encoder
+    /// gradient, dead tracking and the reported code use); empty otherwise.</summary>
+    public SparseCodes[] ModelCodes { get; }
 
     /// <summary>Seconds spent per phase since construction (benchmarks print the breakdown).</summary>
     public Dictionary<string, double> PhaseSeconds { get; } = new();
@@ -130,6 +136,7 @@ public sealed class DictionaryTrainer
         if (dict.Activation == Activation.JumpRelu) GJump = new float[F];
         Codes = new SparseCodes(0, F);
         AuxCodes = new SparseCodes(0, F);
+        ModelCodes = dict.PerModelCodes ? Enumerable.Range(0, M).Select(_ => new SparseCodes(0, F)).ToArray() : [];
     }
 
     public IReadOnlyList<float[]> Parameters => Dict.Activation == Activation.JumpRelu
@@ -194,26 +201,54 @@ public sealed class DictionaryTrainer
 
         Ensure(ref _c, F);
         var c = _c.AsSpan(0, F);
-        Dict.CodeNorm(c);
+        bool perModel = Dict.PerModelCodes;
+        float[] nMF = perModel ? Dict.DecoderNorms() : [];
+        if (perModel)   // c_j = Σ_m n_j^m (AuxK ranking, reported code), from the per-model norms already computed
+            for (int j = 0; j < F; j++) { double s = 0; for (int m = 0; m < M; m++) s += nMF[m * F + j]; c[j] = (float)s; }
+        else Dict.CodeNorm(c);
         bool ranked = Dict.CodeNormalization != CodeNormalization.None;
 
         int k = CurrentK(step);
         float minKept = 0;
+        float[] minKeptM = [];
         switch (Dict.Activation)
         {
+            // DECOUPLED (crosscoder_learning encode_decoupled): s_m = f ⊙ n^m per model, batch top-k·B of each s_m
+            // separately; model m's decoder sees f only where model m selected it; the union is the shared support.
+            case Activation.BatchTopK when perModel:
+                minKeptM = Selection.BatchTopKPerModel(pre, nMF, B, F, (long)k * B, ModelCodes);
+                Selection.Union(ModelCodes, null, Codes, default);
+                break;
             case Activation.BatchTopK: minKept = Selection.BatchTopK(pre, ranked ? c : default, B, F, (long)k * B, Codes); break;
             case Activation.TopK: Selection.TopKPerRow(pre, ranked ? c : default, default, B, F, k, Codes); break;
             case Activation.Relu: Codes.Reset(B); break;   // ReLU codes stay dense: f is the post-ReLU matrix itself
             case Activation.JumpRelu: Selection.Jump(_preRaw.AsSpan(0, B * F), Dict.JumpThreshold, B, F, Codes); break;
         }
         Phase("select");
-        if (updateState && Dict.Activation == Activation.BatchTopK && step > Options.ThresholdStartStep)
+        if (updateState && perModel && step > Options.ThresholdStartStep)
+        {
+            // one EMA per model over that model's smallest selected s_m (update_decoupled_threshold)
+            var th = Dict.ModelThreshold!;
+            for (int m = 0; m < M; m++)
+                th[m] = th[m] < 0 ? minKeptM[m] : Options.ThresholdBeta * th[m] + (1 - Options.ThresholdBeta) * minKeptM[m];
+        }
+        else if (updateState && Dict.Activation == Activation.BatchTopK && step > Options.ThresholdStartStep)
             Dict.Threshold = Dict.Threshold < 0 ? minKept : Options.ThresholdBeta * Dict.Threshold + (1 - Options.ThresholdBeta) * minKept;
 
         bool relu = Dict.Activation == Activation.Relu;
         bool dense = Options.Dense || Dict.Activation is Activation.JumpRelu;
         var xhat = _xhat.AsSpan(0, B * rowLen);
         if (relu) Kernels.DecodeDense(pre, Dict.WDec, Dict.BDec, B, M, D, F, xhat);
+        else if (perModel && dense)
+        {
+            Ensure(ref _dense1, (long)B * F);
+            for (int m = 0; m < M; m++)
+            {
+                ModelCodes[m].ToDense(_dense1);
+                Kernels.DecodeDense(_dense1.AsSpan(0, B * F), Dict.WDec, Dict.BDec, B, M, D, F, xhat, model: m);
+            }
+        }
+        else if (perModel) Kernels.DecodeSparse(ModelCodes, Dict.WDec, Dict.BDec, M, D, F, xhat);
         else if (dense)
         {
             Ensure(ref _dense1, (long)B * F);
@@ -347,6 +382,32 @@ public sealed class DictionaryTrainer
             Kernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, gPre);
             ReluPenaltyGrad(pre, c, B, mu, gPre);
         }
+        else if (perModel)
+        {
+            // ∂L/∂f[b, j] = Σ_m [j selected for m in b] · WDec[m, j, :] · δ[b, m, :]
+            var gM = new float[M][];
+            for (int m = 0; m < M; m++)
+            {
+                gM[m] = new float[Math.Max(ModelCodes[m].Count, 1)];
+                if (dense)
+                {
+                    Ensure(ref _dense2, (long)B * F);
+                    Kernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, _dense2.AsSpan(0, B * F), model: m);
+                    GatherEntries(ModelCodes[m], _dense2.AsSpan(0, B * F), F, gM[m]);
+                }
+                else Kernels.CodeGradSparse(ModelCodes[m], Dict.WDec, delta, M, D, F, gM[m], model: m);
+            }
+            Selection.Union(ModelCodes, gM, Codes, gVal);
+            if (haveAux)
+            {
+                if (dense)
+                {
+                    Kernels.CodeGradDense(deltaAux, Dict.WDec, B, M, D, F, _dense2.AsSpan(0, B * F));
+                    GatherEntries(AuxCodes, _dense2.AsSpan(0, B * F), F, gValAux);
+                }
+                else Kernels.CodeGradSparse(AuxCodes, Dict.WDec, deltaAux, M, D, F, gValAux);
+            }
+        }
         else if (dense)
         {
             Ensure(ref _dense2, (long)B * F);
@@ -385,7 +446,13 @@ public sealed class DictionaryTrainer
         else if (dense)
         {
             var fBF = _dense1.AsSpan(0, B * F);
-            Kernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec);
+            if (perModel)
+                for (int m = 0; m < M; m++)
+                {
+                    ModelCodes[m].ToDense(fBF);
+                    Kernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec, model: m);
+                }
+            else Kernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec);
             if (haveAux)
             {
                 Ensure(ref _dense3, (long)B * F);
@@ -400,6 +467,12 @@ public sealed class DictionaryTrainer
                 for (int bi = 0; bi < B; bi++)
                     for (int e = AuxCodes.RowStart[bi]; e < AuxCodes.RowStart[bi + 1]; e++) gPre[bi * F + AuxCodes.Index[e]] += gValAux[e];
             Kernels.EncoderGradDense(gPre, xin, B, M, D, F, GWEnc, GBEnc);
+        }
+        else if (perModel)
+        {
+            foreach (var mc in ModelCodes) mc.BuildColumns();
+            Kernels.DecoderGradSparse(ModelCodes, delta, aux, deltaAux, M, D, F, GWDec);
+            Kernels.EncoderGradSparse(Codes, gVal, aux, gValAux, xin, M, D, F, GWEnc, GBEnc);
         }
         else
         {
@@ -433,7 +506,9 @@ public sealed class DictionaryTrainer
         {
             Step = step, Total = total, Recon = (float)recon, Mse = (float)(sqSum / ((double)B * M)), Sparsity = (float)sparsity,
             AuxK = (float)auxk, AuxKPreNorm = (float)auxPre, L0 = l0, Dead = deadCount, DeadFraction = (double)deadCount / F,
-            Fve = fve, K = k, Threshold = Dict.Threshold,
+            Fve = fve, K = k, Threshold = perModel ? Dict.ModelThreshold!.Min() : Dict.Threshold,
+            L0PerModel = perModel ? ModelCodes.Select(mc => (double)mc.Count / B).ToArray() : [],
+            ModelThreshold = perModel ? (float[])Dict.ModelThreshold!.Clone() : [],
         };
     }
 

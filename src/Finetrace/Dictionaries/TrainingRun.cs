@@ -26,6 +26,8 @@ public sealed class TrainingRun
     public DictionaryTrainer Trainer { get; private set; }
     public IActivationBatches Source { get; }
     public RunOptions Options { get; }
+    static readonly JsonSerializerOptions SkipNulls = new() { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull };
+
     public string CheckpointDir => Path.Combine(OutDir, "checkpoint");
     public string MetricsPath => Path.Combine(OutDir, "metrics.jsonl");
 
@@ -87,7 +89,10 @@ public sealed class TrainingRun
                     step = st.Step, tokens = (st.Step + 1) * (long)Options.BatchSize, loss = st.Total, recon = st.Recon, mse = st.Mse, sparsity = st.Sparsity,
                     auxk = st.AuxK, l0 = st.L0, fve = st.Fve.Select(v => double.IsFinite(v) ? v : (double?)null).ToArray(), dead_fraction = st.DeadFraction,
                     lr = st.Lr, grad_norm = st.GradNorm, k = st.K, threshold = st.Threshold,
-                }));
+                    // DECOUPLED BatchTopK only (absent otherwise): per-model L0 and θ_m; "threshold" is then min_m θ_m
+                    l0_per_model = st.L0PerModel.Length > 0 ? st.L0PerModel : null,
+                    model_threshold = st.ModelThreshold.Length > 0 ? st.ModelThreshold : null,
+                }, SkipNulls));
             progress?.Invoke(st);
             if (Options.CheckpointEvery > 0 && tr.StepCount % Options.CheckpointEvery == 0 && tr.StepCount < Options.Steps)
             {

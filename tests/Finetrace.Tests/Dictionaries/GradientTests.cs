@@ -15,6 +15,13 @@ public sealed class GradientTests(ITestOutputHelper log)
         for (int i = 0; i < dict.BEnc.Length; i++) dict.BEnc[i] = (float)(r.Normal() * 0.1);
         for (int i = 0; i < dict.BDec.Length; i++) dict.BDec[i] = (float)(r.Normal() * 0.1);
         if (act == Activation.JumpRelu) Array.Fill(dict.JumpThreshold!, 0.05f);
+        // DECOUPLED: per-model decoder norms that differ, so each model's top-k differs from the others'
+        if (cn == CodeNormalization.Decoupled)
+            for (int row = 0; row < models * f; row++)
+            {
+                float s = (float)(0.3 + 1.4 * r.NextDouble());
+                for (int i = 0; i < d; i++) dict.WDec[row * d + i] *= s;
+            }
         return dict;
     }
 
@@ -33,6 +40,8 @@ public sealed class GradientTests(ITestOutputHelper log)
     [InlineData(Activation.TopK, CodeNormalization.None, true, SparsityPenalty.L1, ReconLoss.Mse)]
     [InlineData(Activation.BatchTopK, CodeNormalization.Sae, false, SparsityPenalty.L1, ReconLoss.Mse)]
     [InlineData(Activation.BatchTopK, CodeNormalization.Mixed, false, SparsityPenalty.L1, ReconLoss.L2)]
+    [InlineData(Activation.BatchTopK, CodeNormalization.Decoupled, false, SparsityPenalty.L1, ReconLoss.Mse)]
+    [InlineData(Activation.BatchTopK, CodeNormalization.Decoupled, false, SparsityPenalty.L1, ReconLoss.L2)]
     public void Gradients_match_finite_differences(Activation act, CodeNormalization cn, bool sae, SparsityPenalty pen, ReconLoss loss)
     {
         int models = sae ? 1 : 3, d = 6, f = 10, b = 12;
@@ -45,6 +54,9 @@ public sealed class GradientTests(ITestOutputHelper log)
         Array.Fill(tr.TokensSinceFired, 100);
         var counters = (long[])tr.TokensSinceFired.Clone();
         tr.ForwardBackward(x, 1, updateState: true);
+        if (cn == CodeNormalization.Decoupled)
+            Assert.False(tr.ModelCodes.Skip(1).All(c => c.Index.AsSpan(0, c.Count).SequenceEqual(tr.ModelCodes[0].Index.AsSpan(0, tr.ModelCodes[0].Count))),
+                "the per-model selections should differ for this test to mean anything");
         float[][] grads = [.. tr.Gradients.Select(g => (float[])g.Clone())];
         var parameters = tr.Parameters;
         double worst = 0; int skipped = 0, checkedN = 0;
@@ -70,7 +82,7 @@ public sealed class GradientTests(ITestOutputHelper log)
     static string Support(DictionaryTrainer tr)
     {
         var sb = new System.Text.StringBuilder();
-        foreach (var c in new[] { tr.Codes, tr.AuxCodes })
+        foreach (var c in tr.ModelCodes.Append(tr.Codes).Append(tr.AuxCodes))
         {
             for (int e = 0; e < c.Count; e++) sb.Append(c.Index[e]).Append(c.Value[e] > 0 ? '+' : '0').Append(',');
             sb.Append('|');
@@ -87,15 +99,16 @@ public sealed class GradientTests(ITestOutputHelper log)
     }
 
     [Theory]
-    [InlineData(Activation.BatchTopK, false)]
-    [InlineData(Activation.TopK, true)]
-    public void Sparse_step_matches_dense_step(Activation act, bool sae)
+    [InlineData(Activation.BatchTopK, false, CodeNormalization.Crosscoder)]
+    [InlineData(Activation.BatchTopK, false, CodeNormalization.Decoupled)]
+    [InlineData(Activation.TopK, true, CodeNormalization.None)]
+    public void Sparse_step_matches_dense_step(Activation act, bool sae, CodeNormalization cn)
     {
         int models = sae ? 1 : 2, d = 12, f = 48, b = 32;
         var x = Data(b, models * d, 9);
         SparseDictionary Run(bool dense)
         {
-            var dict = Make(act, sae ? CodeNormalization.None : CodeNormalization.Crosscoder, sae, models, d, f, 4, 3);
+            var dict = Make(act, cn, sae, models, d, f, 4, 3);
             var tr = new DictionaryTrainer(dict, new TrainerOptions { Lr = 1e-2, WarmupSteps = 0, Dense = dense, DeadTokens = 64, ThresholdStartStep = 0, UnitNormDecoder = sae });
             for (int s = 0; s < 6; s++) tr.Step(x);
             return dict;
@@ -107,9 +120,14 @@ public sealed class GradientTests(ITestOutputHelper log)
         Infrastructure.Golden.AssertClose("WDec", c.WDec, a.WDec, 1e-4, 1e-4, log);
         Infrastructure.Golden.AssertClose("BEnc", c.BEnc, a.BEnc, 1e-4, 1e-4, log);
         Infrastructure.Golden.AssertClose("BDec", c.BDec, a.BDec, 1e-4, 1e-4, log);
+        if (cn == CodeNormalization.Decoupled)
+        {
+            Assert.All(a.ModelThreshold!, t => Assert.True(t > 0, "per-model thresholds were set by the EMA"));
+            Infrastructure.Golden.AssertClose("θ_m", c.ModelThreshold!, a.ModelThreshold!, 1e-4, 1e-4, log);
+        }
         DictionaryTrainer Grad(bool dense)
         {
-            var dict = Make(act, sae ? CodeNormalization.None : CodeNormalization.Crosscoder, sae, models, d, f, 4, 3);
+            var dict = Make(act, cn, sae, models, d, f, 4, 3);
             var tr = new DictionaryTrainer(dict, new TrainerOptions { Dense = dense, DeadTokens = 1 });
             Array.Fill(tr.TokensSinceFired, 100);
             tr.ForwardBackward(x, 1);

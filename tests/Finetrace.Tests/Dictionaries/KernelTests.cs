@@ -20,6 +20,55 @@ public sealed class KernelTests(ITestOutputHelper log)
     }
 
     [Theory]
+    [InlineData(2, 16, 64, 4)]
+    [InlineData(3, 9, 130, 11)]
+    public void Per_model_kernels_match_dense_references_and_union_sums_gradients(int models, int d, int f, int perRow)
+    {
+        var r = new SplitMix64(43);
+        int b = 29;
+        var codesM = Enumerable.Range(0, models).Select(_ => RandomCodes(r, b, f, perRow)).ToArray();
+        var w = Random(r, models * f * d); var bias = Random(r, models * d); var delta = Random(r, b * models * d);
+        var fBF = new float[b * f];
+
+        var xs = new float[b * models * d]; var xd = new float[b * models * d];
+        Kernels.DecodeSparse(codesM, w, bias, models, d, f, xs);
+        var gs = new float[models * f * d]; var gd = new float[models * f * d];
+        Array.Fill(gs, 9f);
+        Kernels.DecoderGradSparse(codesM, delta, null, default, models, d, f, gs);
+        var gM = new float[models][]; var gF = new float[b * f];
+        for (int m = 0; m < models; m++)
+        {
+            codesM[m].ToDense(fBF);
+            Kernels.DecodeDense(fBF, w, bias, b, models, d, f, xd, model: m);
+            Kernels.DecoderGradDense(fBF, delta, b, models, d, f, gd, model: m);
+            gM[m] = new float[codesM[m].Count];
+            Kernels.CodeGradSparse(codesM[m], w, delta, models, d, f, gM[m], model: m);
+            Kernels.CodeGradDense(delta, w, b, models, d, f, gF, model: m);
+            var gathered = new float[codesM[m].Count];
+            for (int t = 0; t < b; t++) for (int e = codesM[m].RowStart[t]; e < codesM[m].RowStart[t + 1]; e++) gathered[e] = gF[t * f + codesM[m].Index[e]];
+            Golden.AssertClose($"code grad, model {m}", gathered, gM[m], 1e-5, 1e-5, log);
+        }
+        Golden.AssertClose("per-model decode", xd, xs, 1e-5, 1e-5, log);
+        Golden.AssertClose("per-model decoder grad", gd, gs, 1e-5, 1e-5, log);
+
+        // union: every (b, j) any model holds, once, with the per-model gradients summed
+        var union = new SparseCodes(b, f); var gU = new float[codesM.Sum(c => c.Count)];
+        Selection.Union(codesM, gM, union, gU);
+        var want = new Dictionary<long, float>();
+        for (int m = 0; m < models; m++)
+            for (int t = 0; t < b; t++)
+                for (int e = codesM[m].RowStart[t]; e < codesM[m].RowStart[t + 1]; e++)
+                    want[(long)t * f + codesM[m].Index[e]] = want.GetValueOrDefault((long)t * f + codesM[m].Index[e]) + gM[m][e];
+        Assert.Equal(want.Count, union.Count);
+        for (int t = 0; t < b; t++)
+            for (int e = union.RowStart[t]; e < union.RowStart[t + 1]; e++)
+            {
+                if (e > union.RowStart[t]) Assert.True(union.Index[e] > union.Index[e - 1], "union rows stay sorted");
+                Assert.Equal(want[(long)t * f + union.Index[e]], gU[e], 5);
+            }
+    }
+
+    [Theory]
     [InlineData(1, 7, 33, 3)]
     [InlineData(2, 16, 64, 4)]
     [InlineData(3, 9, 130, 11)]
