@@ -14,7 +14,7 @@ namespace Finetrace.Tests.Activations;
 /// conversations through <c>finetrace harvest</c>, then <c>finetrace store info</c> reporting it, and random stored
 /// tokens equal to what <c>finetrace activations</c> gives for their sequence. Under the managed GEMM (deterministic per
 /// row whatever the batch) that equality is exact.</summary>
-[Collection("GemmBackend")]
+[Collection(ProcessWide.Name)]
 public class HarvestCliTests(ITestOutputHelper log)
 {
     static readonly string[] Names = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max", "Kim", "Sam"];

@@ -9,7 +9,7 @@ using Xunit.Abstractions;
 
 namespace Finetrace.Tests.Activations;
 
-[Collection("GemmBackend")]
+[Collection(ProcessWide.Name)]
 public class HarvestTests(ITestOutputHelper log)
 {
     static readonly string[] Names = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max"];

@@ -5,6 +5,7 @@ using Finetrace.Tests.Infrastructure;
 
 namespace Finetrace.Tests.Activations;
 
+[Collection(ProcessWide.Name)]
 public class StoreCliTests
 {
     [Fact]

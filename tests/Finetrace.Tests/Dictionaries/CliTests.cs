@@ -7,7 +7,7 @@ namespace Finetrace.Tests.Dictionaries;
 
 /// <summary>train / eval / convert / synth score through the command line on a small synthetic store. (In the
 /// collection of the other tests that redirect Console.Out, so their captured output never interleaves.)</summary>
-[Collection("GemmBackend")]
+[Collection(ProcessWide.Name)]
 public sealed class CliTests
 {
     static int Cli(params string[] args) => Finetrace.Cli.Program.Main(args);

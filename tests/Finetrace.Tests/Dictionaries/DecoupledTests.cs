@@ -191,7 +191,7 @@ public sealed class DecoupledTests(ITestOutputHelper log)
 
 /// <summary>`finetrace train crosscoder --code-norm decoupled` end to end. In the collection of the other tests that
 /// redirect Console.Out (CliTests, SpliceTests, HarvestCliTests), so captured output never interleaves.</summary>
-[Collection("GemmBackend")]
+[Collection(ProcessWide.Name)]
 public sealed class DecoupledCliTests
 {
     [Fact]

@@ -45,7 +45,7 @@ public sealed class SpliceStoreFixture : IDisposable
     public void Dispose() => _tmp.Dispose();
 }
 
-[Collection("GemmBackend")]
+[Collection(ProcessWide.Name)]
 public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : IClassFixture<SpliceStoreFixture>
 {
     /// <summary>A ReLU dictionary whose decode(encode(x)) is exactly x: per model and dimension one latent reads +x_i and

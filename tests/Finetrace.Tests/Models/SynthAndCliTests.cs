@@ -6,6 +6,7 @@ using Xunit.Abstractions;
 namespace Finetrace.Tests.Models;
 
 /// <summary><c>model synth</c> writes exactly the layout save_pretrained writes; <c>activations</c> reproduces the fixtures.</summary>
+[Collection(ProcessWide.Name)]
 public sealed class SynthAndCliTests(ITestOutputHelper log)
 {
     [SharedTheory]

@@ -4,7 +4,7 @@ using Finetrace.Tests.Infrastructure;
 namespace Finetrace.Tests.Tensors;
 
 /// <summary>Tests that switch the process-wide GEMM backend share one collection so they never run concurrently.</summary>
-[Collection("GemmBackend")]
+[Collection(ProcessWide.Name)]
 public class GemmTests
 {
     public static IEnumerable<object[]> Shapes()

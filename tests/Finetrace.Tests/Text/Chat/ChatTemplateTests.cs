@@ -6,6 +6,7 @@ namespace Finetrace.Tests.Text.Chat;
 
 /// <summary>ChatTemplate loading and variables, {% generation %} spans, and the `finetrace chat-template` command,
 /// on templates written here (no shared fixtures needed).</summary>
+[Collection(ProcessWide.Name)]
 public class ChatTemplateTests
 {
     const string Simple = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";

@@ -6,6 +6,7 @@ using Finetrace.Text.Tokenization;
 namespace Finetrace.Tests.Text.Tokenization;
 
 /// <summary>Public API behaviour: offsets, batch, special tokens from tokenizer_config.json, BPE semantics on tiny vocabularies, CLI.</summary>
+[Collection(ProcessWide.Name)]
 public sealed class TokenizerApiTests
 {
     /// <summary>A tokenizer.json with a whitespace pre-tokenizer-free BPE over the given vocab and merges.</summary>
