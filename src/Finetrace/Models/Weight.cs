@@ -84,12 +84,7 @@ public sealed unsafe class Weight
         long start = (long)r0 * Cols;
         int n = checked(count * Cols);
         if (r0 < 0 || r0 + count > Rows) throw new ArgumentOutOfRangeException(nameof(r0), $"rows {r0}..{r0 + count} of '{Name}' with {Rows} rows");
-        switch (DType)
-        {
-            case DType.F32: new ReadOnlySpan<float>(_ptr + start * 4, n).CopyTo(dst); break;
-            case DType.BF16: Precision.BF16ToF32(new ReadOnlySpan<ushort>(_ptr + start * 2, n), dst); break;
-            case DType.F16: System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(_ptr + start * 2, n), dst); break;
-        }
+        DTypes.TryWiden(DType, _ptr, start, dst[..n]); // DType is F32, BF16 or F16 (checked in the constructor)
     }
 
     public float[] ToArray()

@@ -23,6 +23,24 @@ public static class DTypes
     };
 
     public static bool TryParse(string s, out DType t) => Enum.TryParse(s, ignoreCase: false, out t) && Enum.IsDefined(t);
+
+    /// <summary>Widens elements [start, start + dst.Length) of floating data at <paramref name="data"/> to float32; false for a
+    /// non-floating dtype. The one widening routine of stored tensors (safetensors reads and model weights).</summary>
+    // data: [≥ start + n] elements of dtype; dst: [n]
+    internal static unsafe bool TryWiden(DType dtype, byte* data, long start, Span<float> dst)
+    {
+        switch (dtype)
+        {
+            case DType.F32: new ReadOnlySpan<float>(data + start * 4, dst.Length).CopyTo(dst); return true;
+            case DType.BF16: Precision.BF16ToF32(new ReadOnlySpan<ushort>(data + start * 2, dst.Length), dst); return true;
+            case DType.F16: Precision.F16ToF32(new ReadOnlySpan<ushort>(data + start * 2, dst.Length), dst); return true;
+            case DType.F64:
+                var d = new ReadOnlySpan<double>(data + start * 8, dst.Length);
+                for (int i = 0; i < d.Length; i++) dst[i] = (float)d[i];
+                return true;
+            default: return false;
+        }
+    }
 }
 
 /// <summary>One tensor's header entry; <see cref="Offset"/> is absolute in the file.</summary>
@@ -197,18 +215,8 @@ public sealed unsafe class SafetensorsFile : IDisposable
     public void ReadF32Into(TensorInfo t, long start, Span<float> dst)
     {
         if (start < 0 || start + dst.Length > t.ElementCount) throw new ArgumentOutOfRangeException(nameof(start), $"{Path}: slice past the end of '{t.Name}'");
-        byte* p = _base + t.Offset;
-        switch (t.DType)
-        {
-            case DType.F32: new ReadOnlySpan<float>(p + start * 4, dst.Length).CopyTo(dst); break;
-            case DType.BF16: Precision.BF16ToF32(new ReadOnlySpan<ushort>(p + start * 2, dst.Length), dst); break;
-            case DType.F16: System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p + start * 2, dst.Length), dst); break;
-            case DType.F64:
-                var d = new ReadOnlySpan<double>(p + start * 8, dst.Length);
-                for (int i = 0; i < d.Length; i++) dst[i] = (float)d[i];
-                break;
-            default: throw new InvalidOperationException($"{Path}: tensor '{t.Name}' has dtype {t.DType}, expected a floating type");
-        }
+        if (!DTypes.TryWiden(t.DType, _base + t.Offset, start, dst))
+            throw new InvalidOperationException($"{Path}: tensor '{t.Name}' has dtype {t.DType}, expected a floating type");
     }
 
     /// <summary>Reads an integer tensor (I64, I32, U8, …) as int64.</summary>
