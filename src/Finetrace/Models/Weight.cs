@@ -54,17 +54,11 @@ public sealed unsafe class Weight
                 owner = a; p = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(a));
                 break;
             }
-            case DType.BF16:
+            case DType.BF16 or DType.F16:
             {
                 var a = GC.AllocateUninitializedArray<ushort>(values.Length, pinned: true);
-                Precision.F32ToBF16(values, a);
-                owner = a; p = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(a));
-                break;
-            }
-            case DType.F16:
-            {
-                var a = GC.AllocateUninitializedArray<Half>(values.Length, pinned: true);
-                System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(values, a);
+                if (dtype == DType.BF16) Precision.F32ToBF16(values, a);
+                else Precision.F32ToF16(values, a);
                 owner = a; p = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(a));
                 break;
             }
