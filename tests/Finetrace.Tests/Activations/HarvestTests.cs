@@ -343,7 +343,7 @@ public class HarvestTests(ITestOutputHelper log)
         File.WriteAllText(Path.Combine(ft, "tokenizer.json"), json.ToJsonString());
         var o0 = Options(tmp, "store", tokens: 300);
         var o = new HarvestOptions { BaseModel = o0.BaseModel, FineTunedModel = ft, Data = [o0.Data[0]], Layers = [1], Tokens = 300, Out = o0.Out, ContextLength = 48 };
-        var e = Assert.ThrowsAny<Exception>(() => Harvester.Run(o));
+        var e = Assert.Throws<InvalidOperationException>(() => Harvester.Run(o));
         log.WriteLine(e.Message);
         Assert.Contains("disagree on token id", e.Message);
     }
