@@ -76,33 +76,18 @@ public sealed class HarvestCommand : ICliCommand
 
     static int Run(HarvestOptions o)
     {
-        using var cts = new CancellationTokenSource();
-        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
-        Console.CancelKeyPress += onCancel;
         HarvestResult? result = null;
-        try
+        bool done = TokenProgress.Run("harvest", o.Tokens, "the store is consistent (complete shards kept)", (task, cancel) =>
         {
-            AnsiConsole.Progress()
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TokensPerSecondColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
-                {
-                    var task = ctx.AddTask("harvest", maxValue: o.Tokens);
-                    bool first = true;
-                    result = Harvester.Run(o, p =>
-                    {
-                        if (first && p.ResumedTokens > 0) { AnsiConsole.MarkupLine($"resuming after {p.ResumedTokens:N0} stored tokens"); first = false; }
-                        task.Description = $"harvest {ActivationStoreWriter.Human(p.BytesWritten)}";
-                        task.Value = Math.Min(p.Tokens, o.Tokens);
-                    }, cts.Token);
-                    task.Value = o.Tokens;
-                });
-        }
-        catch (OperationCanceledException)
-        {
-            AnsiConsole.MarkupLine("[yellow]interrupted[/]: the store is consistent (complete shards kept); run the same command again to resume");
-            return 130;
-        }
-        finally { Console.CancelKeyPress -= onCancel; }
+            bool first = true;
+            result = Harvester.Run(o, p =>
+            {
+                if (first && p.ResumedTokens > 0) { AnsiConsole.MarkupLine($"resuming after {p.ResumedTokens:N0} stored tokens"); first = false; }
+                task.Description = $"harvest {ActivationStoreWriter.Human(p.BytesWritten)}";
+                task.Value = Math.Min(p.Tokens, o.Tokens);
+            }, cancel);
+        });
+        if (!done) return 130;
         var res = result!;
         AnsiConsole.MarkupLine($"stored {res.Tokens:N0} tokens from {res.Samples:N0} samples in {res.Seconds:F1} s " +
             $"({(res.Tokens - res.ResumedTokens) / Math.Max(res.LoopSeconds, 1e-9):N0} tokens/s over {res.LoopSeconds:F1} s of batches, {res.ForwardSeconds:F1} s of it in forwards){(res.DroppedTokens > 0 ? $"; {res.DroppedTokens:N0} tokens dropped (BOS / first-n / outliers)" : "")}");

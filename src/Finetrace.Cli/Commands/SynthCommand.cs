@@ -64,7 +64,26 @@ public sealed class SynthCommand : ICliCommand
     {
         spec.Validate();
         var sw = Stopwatch.StartNew();
-        SyntheticTruth? truth = null;
+        if (!TokenProgress.Run("synth", spec.Tokens, "the store holds the complete shards",
+                (task, cancel) => SyntheticGenerator.Make(spec, dir, shardTokens, t => task.Value = t, cancel)))
+            return 130;
+        double secs = sw.Elapsed.TotalSeconds;
+        using var store = ActivationStore.Open(dir);
+        var c = spec.Counts();
+        AnsiConsole.MarkupLine($"wrote {store.Tokens:N0} tokens × {spec.Models} models × d {spec.DModel} ({spec.Dtype}) in {secs:F2} s ({store.Tokens / Math.Max(secs, 1e-9):N0} tokens/s), {ActivationStoreWriter.Human(store.DiskBytes())}");
+        AnsiConsole.MarkupLine($"features: {spec.Features} = shared {c.Shared} + exclusive {c.Exclusive} + shrunk {c.Shrunk} (×{spec.ShrinkFactor} in base) + decoupled {c.Decoupled}");
+        AnsiConsole.MarkupLine($"ground truth: {Markup.Escape(Path.Combine(store.Directory, SyntheticTruth.TensorFile))}, {SyntheticTruth.JsonFile}");
+        return 0;
+    }
+}
+
+/// <summary>A token-counting progress bar around a resumable job, with Ctrl-C cancelling the job's token.</summary>
+static class TokenProgress
+{
+    /// <summary>Runs <paramref name="job"/> under a bar of <paramref name="total"/> tokens; false (after printing that
+    /// the run was interrupted, what <paramref name="kept"/>, and how to resume) when Ctrl-C cancelled it.</summary>
+    public static bool Run(string name, long total, string kept, Action<ProgressTask, CancellationToken> job)
+    {
         using var cts = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
         Console.CancelKeyPress += onCancel;
@@ -74,24 +93,18 @@ public sealed class SynthCommand : ICliCommand
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TokensPerSecondColumn(), new RemainingTimeColumn())
                 .Start(ctx =>
                 {
-                    var task = ctx.AddTask("synth", maxValue: spec.Tokens);
-                    truth = SyntheticGenerator.Make(spec, dir, shardTokens, t => task.Value = t, cts.Token);
-                    task.Value = spec.Tokens;
+                    var task = ctx.AddTask(name, maxValue: total);
+                    job(task, cts.Token);
+                    task.Value = total;
                 });
+            return true;
         }
         catch (OperationCanceledException)
         {
-            AnsiConsole.MarkupLine("[yellow]interrupted[/]: the store holds the complete shards; run the same command again to resume");
-            return 130;
+            AnsiConsole.MarkupLine($"[yellow]interrupted[/]: {kept}; run the same command again to resume");
+            return false;
         }
         finally { Console.CancelKeyPress -= onCancel; }
-        double secs = sw.Elapsed.TotalSeconds;
-        using var store = ActivationStore.Open(dir);
-        var c = spec.Counts();
-        AnsiConsole.MarkupLine($"wrote {store.Tokens:N0} tokens × {spec.Models} models × d {spec.DModel} ({spec.Dtype}) in {secs:F2} s ({store.Tokens / Math.Max(secs, 1e-9):N0} tokens/s), {ActivationStoreWriter.Human(store.DiskBytes())}");
-        AnsiConsole.MarkupLine($"features: {spec.Features} = shared {c.Shared} + exclusive {c.Exclusive} + shrunk {c.Shrunk} (×{spec.ShrinkFactor} in base) + decoupled {c.Decoupled}");
-        AnsiConsole.MarkupLine($"ground truth: {Markup.Escape(Path.Combine(store.Directory, SyntheticTruth.TensorFile))}, {SyntheticTruth.JsonFile}");
-        return 0;
     }
 }
 

@@ -1,6 +1,7 @@
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
 using Finetrace.Models.Safetensors;
+using Finetrace.Tensors;
 
 namespace Finetrace.Activations;
 
@@ -207,7 +208,7 @@ public sealed unsafe class StoreShard : IDisposable
         var m = Map(model, layerIndex);
         long n = (long)count * d;
         if (Store.Settings.DType == StoreDType.BF16)
-            Bf16.Widen(new ReadOnlySpan<ushort>((ushort*)m.Pointer + (long)row * d, (int)n), dstND[..(int)n]);
+            Precision.BF16ToF32(new ReadOnlySpan<ushort>((ushort*)m.Pointer + (long)row * d, (int)n), dstND[..(int)n]);
         else
             new ReadOnlySpan<float>((float*)m.Pointer + (long)row * d, (int)n).CopyTo(dstND);
     }

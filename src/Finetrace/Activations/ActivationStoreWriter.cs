@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Finetrace.Models.Safetensors;
+using Finetrace.Tensors;
 
 namespace Finetrace.Activations;
 
@@ -280,12 +281,12 @@ public sealed class ActivationStoreWriter : IDisposable
                 {
                     if (_bits.Length < src.Length) _bits = new ushort[src.Length];
                     var bits = _bits.AsSpan(0, src.Length);
-                    Bf16.Narrow(src, bits);
+                    Precision.F32ToBF16(src, bits);
                     _files[i].Write(MemoryMarshal.AsBytes(bits));
                     // Statistics of the stored (rounded) values: what every reader will see.
                     for (int t = 0; t < len; t++)
                     {
-                        Bf16.Widen(bits.Slice(t * d, d), _row);
+                        Precision.BF16ToF32(bits.Slice(t * d, d), _row);
                         _stats[i].Add(_row);
                     }
                 }

@@ -273,9 +273,7 @@ sealed class RowPlan
             long from = Cum(g, k, w), to = Cum(g, k + 1, w);
             if (from >= to) continue;
             var cum = _cum[g];
-            int run = Array.BinarySearch(cum, from);
-            if (run < 0) run = ~run - 1;
-            while (run + 1 < cum.Length - 1 && cum[run + 1] <= from) run++;
+            int run = RunOf(cum, from);
             long at = from;
             while (at < to)
             {
@@ -291,11 +289,17 @@ sealed class RowPlan
     /// <summary>The global row of the i-th kept row of group 0 (used by the subset reader, which builds one group).</summary>
     public long RowOf(long i)
     {
-        var cum = _cum[0];
+        int run = RunOf(_cum[0], i);
+        return _starts[0][run] + (i - _cum[0][run]);
+    }
+
+    /// <summary>The run of a group holding its kept row <paramref name="i"/>: the last run with cum[run] ≤ i.</summary>
+    static int RunOf(long[] cum, long i)
+    {
         int run = Array.BinarySearch(cum, i);
         if (run < 0) run = ~run - 1;
         while (run + 1 < cum.Length - 1 && cum[run + 1] <= i) run++;
-        return _starts[0][run] + (i - cum[run]);
+        return run;
     }
 }
 
@@ -316,7 +320,6 @@ public sealed class RandomSubsetBatches : IActivationBatches
     readonly int _layer;
     readonly long[] _rows;
     int _pos;
-    readonly float[] _row;
 
     public RandomSubsetBatches(ActivationStore store, int layer, int count, ulong seed, MaskFilter filter = default)
     {
@@ -345,7 +348,6 @@ public sealed class RandomSubsetBatches : IActivationBatches
         }
         _rows = new long[picks.Length];
         for (int i = 0; i < picks.Length; i++) _rows[i] = plan.RowOf(picks[i]);
-        _row = new float[DModel];
     }
 
     // xBND: [rows, Models, DModel]

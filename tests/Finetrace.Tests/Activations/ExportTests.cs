@@ -208,6 +208,9 @@ public class ExportTests
         }
         using (var z = ZipFile.OpenRead(Path.Combine(dirs[0], "sequence_ranges.pt")))
             Assert.Equal(store.SequenceRanges(), MemoryMarshal.Cast<byte, long>(Entry(z, "sequence_ranges/data/0")).ToArray());
+        // The token-level files do not depend on the model: every model's folder holds the same bytes.
+        foreach (string f in new[] { "tokens.pt", "sequence_ranges.pt", "tokens.safetensors" })
+            Assert.Equal(File.ReadAllBytes(Path.Combine(dirs[0], f)), File.ReadAllBytes(Path.Combine(dirs[1], f)));
 
         for (int m = 0; m < 2; m++)
             for (int li = 0; li < 2; li++)

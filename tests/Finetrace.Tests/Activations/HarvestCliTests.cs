@@ -57,10 +57,7 @@ public class HarvestCliTests(ITestOutputHelper log)
     [SharedFact]
     public void HarvestThousandsOfStoriesAndChats_ThenStoreInfo_ReportsTheCounts()
     {
-        var savedBackend = Finetrace.Tensors.Gemm.Backend;
-        Finetrace.Tensors.Gemm.Backend = Finetrace.Tensors.GemmBackend.Managed;
-        try { HarvestInfoAndCompare(); }
-        finally { Finetrace.Tensors.Gemm.Backend = savedBackend; }
+        ManagedGemm.Run(HarvestInfoAndCompare);
     }
 
     void HarvestInfoAndCompare()

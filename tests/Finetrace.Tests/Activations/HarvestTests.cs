@@ -62,10 +62,7 @@ public class HarvestTests(ITestOutputHelper log)
         // Bit-exact: the managed GEMM computes every output row in the same order whatever the number of rows, so a
         // token's activations do not depend on which batch it was harvested in. (OpenBLAS picks kernels by matrix
         // size, so under it the same comparison agrees only to ~1e-6.)
-        var savedBackend = Finetrace.Tensors.Gemm.Backend;
-        Finetrace.Tensors.Gemm.Backend = Finetrace.Tensors.GemmBackend.Managed;
-        try { HarvestAndCompareExactly(); }
-        finally { Finetrace.Tensors.Gemm.Backend = savedBackend; }
+        ManagedGemm.Run(HarvestAndCompareExactly);
     }
 
     void HarvestAndCompareExactly()
@@ -161,9 +158,7 @@ public class HarvestTests(ITestOutputHelper log)
     [SharedFact]
     public void Harvest_BasePlusLoraAdapter_EqualsHarvestOfTheMergedCheckpoint()
     {
-        var savedBackend = Finetrace.Tensors.Gemm.Backend;
-        Finetrace.Tensors.Gemm.Backend = Finetrace.Tensors.GemmBackend.Managed;
-        try
+        ManagedGemm.Run(() =>
         {
             using var tmp = new TempDir();
             string baseDir = Shared.Path("models", "stories260K"), adapterDir = tmp.File("adapter"), mergedDir = tmp.File("merged");
@@ -199,8 +194,7 @@ public class HarvestTests(ITestOutputHelper log)
                 log.WriteLine($"layer {layer}: the adapter moves the residual by up to {change:E2}");
                 Assert.True(change > 1e-2, $"layer {layer}: the adapter had no effect");
             }
-        }
-        finally { Finetrace.Tensors.Gemm.Backend = savedBackend; }
+        });
     }
 
     [SharedFact]
@@ -228,11 +222,7 @@ public class HarvestTests(ITestOutputHelper log)
         using var tmp = new TempDir();
         var o = Options(tmp, "store", tokens: 500);
         Harvester.Run(o);
-        var other = new HarvestOptions
-        {
-            BaseModel = o.BaseModel, FineTunedModel = o.FineTunedModel, Data = o.Data, Layers = [2], Tokens = 500, Out = o.Out,
-            ContextLength = o.ContextLength, BatchSize = o.BatchSize, Dtype = o.Dtype, ShardTokens = o.ShardTokens, DropBos = true,
-        };
+        var other = o with { Layers = [2], DropBos = true };
         var e = Assert.Throws<StoreSettingsMismatchException>(() => Harvester.Run(other));
         Assert.Contains(e.Differences, d => d.StartsWith("layers"));
         Assert.Contains(e.Differences, d => d.StartsWith("options.drop_bos"));
@@ -244,12 +234,7 @@ public class HarvestTests(ITestOutputHelper log)
         using var tmp = new TempDir();
         var plainOpts = Options(tmp, "plain", tokens: 1500);
         Harvester.Run(plainOpts);
-        var o = new HarvestOptions
-        {
-            BaseModel = plainOpts.BaseModel, FineTunedModel = plainOpts.FineTunedModel, Data = plainOpts.Data, Layers = plainOpts.Layers, Tokens = 800,
-            Out = tmp.File("dropped"), ContextLength = plainOpts.ContextLength, BatchSize = plainOpts.BatchSize, Dtype = "f32", ShardTokens = plainOpts.ShardTokens,
-            DropBos = true, SkipFirst = 3, OutlierFactor = 1.2,
-        };
+        var o = plainOpts with { Tokens = 800, Out = tmp.File("dropped"), DropBos = true, SkipFirst = 3, OutlierFactor = 1.2 };
         var res = Harvester.Run(o);
         Assert.True(res.DroppedTokens > 0);
         using var store = ActivationStore.Open(o.Out);
@@ -358,7 +343,7 @@ public class HarvestTests(ITestOutputHelper log)
         File.WriteAllText(Path.Combine(ft, "tokenizer.json"), json.ToJsonString());
         var o0 = Options(tmp, "store", tokens: 300);
         var o = new HarvestOptions { BaseModel = o0.BaseModel, FineTunedModel = ft, Data = [o0.Data[0]], Layers = [1], Tokens = 300, Out = o0.Out, ContextLength = 48 };
-        var e = Assert.ThrowsAny<Exception>(() => Harvester.Run(o));
+        var e = Assert.Throws<InvalidOperationException>(() => Harvester.Run(o));
         log.WriteLine(e.Message);
         Assert.Contains("disagree on token id", e.Message);
     }

@@ -44,9 +44,18 @@ public static class CrosscoderCacheExport
             string dir = Path.Combine(outDir, ids[m], dataset, split);
             Directory.CreateDirectory(dir);
             log?.Invoke(dir);
-            TorchSave.Write(Path.Combine(dir, "tokens.pt"), TorchSave.Storage.Long, store.Tokens * 8, [store.Tokens], sink => TokensAsLong(store, sink));
-            TorchSave.Write(Path.Combine(dir, "sequence_ranges.pt"), ranges, ranges.Length);
-            WriteTokensSafetensors(store, ranges, Path.Combine(dir, "tokens.safetensors"));
+            if (m == 0)
+            {
+                TorchSave.Write(Path.Combine(dir, "tokens.pt"), TorchSave.Storage.Long, store.Tokens * 8, [store.Tokens], sink => TokensAsLong(store, sink));
+                TorchSave.Write(Path.Combine(dir, "sequence_ranges.pt"), ranges, ranges.Length);
+                WriteTokensSafetensors(store, ranges, Path.Combine(dir, "tokens.safetensors"));
+            }
+            else
+            {
+                // The token-level files are the same for every model: copy the first model's rather than rebuild them.
+                foreach (string f in (string[])["tokens.pt", "sequence_ranges.pt", "tokens.safetensors"])
+                    CopyAtomic(Path.Combine(result[0], f), Path.Combine(dir, f));
+            }
             for (int li = 0; li < s.Layers.Length; li++)
             {
                 int layer = s.Layers[li];
@@ -54,9 +63,7 @@ public static class CrosscoderCacheExport
                 Directory.CreateDirectory(site);
                 for (int i = 0; i < shards.Count; i++)
                 {
-                    string dst = Path.Combine(site, $"shard_{i}.memmap");
-                    File.Copy(shards[i].ActivationPath(m, li), dst + ".tmp", overwrite: true);
-                    File.Move(dst + ".tmp", dst, overwrite: true);
+                    CopyAtomic(shards[i].ActivationPath(m, li), Path.Combine(site, $"shard_{i}.memmap"));
                     var meta = new JsonObject { ["shape"] = new JsonArray(shards[i].Rows, s.DModel), ["dtype"] = StoreDTypes.TorchName(s.DType) };
                     StoreFiles.WriteAtomic(Path.Combine(site, $"shard_{i}.meta"), System.Text.Encoding.UTF8.GetBytes(meta.ToJsonString()));
                 }
@@ -94,6 +101,12 @@ public static class CrosscoderCacheExport
             result.Add(dir);
         }
         return result;
+    }
+
+    static void CopyAtomic(string src, string dst)
+    {
+        File.Copy(src, dst + ".tmp", overwrite: true);
+        File.Move(dst + ".tmp", dst, overwrite: true);
     }
 
     /// <summary>The store's token ids as int64 little-endian bytes, in chunks.</summary>

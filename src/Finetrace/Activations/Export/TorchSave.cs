@@ -37,19 +37,13 @@ public static class TorchSave
             throw new ArgumentException($"{path}: {typeof(T).Name} elements do not match {storage}");
         long bytes = (long)values.Length * Unsafe.SizeOf<T>();
         CheckShape(path, storage, bytes, shape);
-        string tmp = path + ".tmp";
-        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        using (var fs = new FileStream(path + ".tmp", FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
         {
-            var zip = new ZipWriter(fs);
-            string stem = Stem(path);
-            zip.Add($"{stem}/data.pkl", Pickle(storage, bytes / ElementSize(storage), shape));
-            zip.Add($"{stem}/byteorder", "little"u8);
-            zip.Add($"{stem}/data/0", values);
-            zip.Add($"{stem}/version", "3\n"u8);
-            zip.Finish();
-            fs.Flush(flushToDisk: true);
+            var (zip, dataName) = Begin(fs, path, storage, bytes, shape);
+            zip.Add(dataName, values);
+            Finish(fs, zip, path);
         }
-        File.Move(tmp, path, overwrite: true);
+        File.Move(path + ".tmp", path, overwrite: true);
     }
 
     /// <summary>Writes a tensor whose <paramref name="bytes"/> little-endian element bytes come from
@@ -57,19 +51,31 @@ public static class TorchSave
     public static void Write(string path, Storage storage, long bytes, long[] shape, Action<ZipWriter.ChunkSink> produce)
     {
         CheckShape(path, storage, bytes, shape);
-        string tmp = path + ".tmp";
-        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        using (var fs = new FileStream(path + ".tmp", FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
         {
-            var zip = new ZipWriter(fs);
-            string stem = Stem(path);
-            zip.Add($"{stem}/data.pkl", Pickle(storage, bytes / ElementSize(storage), shape));
-            zip.Add($"{stem}/byteorder", "little"u8);
-            zip.Add($"{stem}/data/0", bytes, produce);
-            zip.Add($"{stem}/version", "3\n"u8);
-            zip.Finish();
-            fs.Flush(flushToDisk: true);
+            var (zip, dataName) = Begin(fs, path, storage, bytes, shape);
+            zip.Add(dataName, bytes, produce);
+            Finish(fs, zip, path);
         }
-        File.Move(tmp, path, overwrite: true);
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    // The two Write overloads differ only in how the data record is added (a span cannot be captured in a
+    // delegate), so the records before and after it are written here: data.pkl and byteorder, then version.
+    static (ZipWriter Zip, string DataName) Begin(FileStream fs, string path, Storage storage, long bytes, long[] shape)
+    {
+        var zip = new ZipWriter(fs);
+        string stem = Stem(path);
+        zip.Add($"{stem}/data.pkl", Pickle(storage, bytes / ElementSize(storage), shape));
+        zip.Add($"{stem}/byteorder", "little"u8);
+        return (zip, $"{stem}/data/0");
+    }
+
+    static void Finish(FileStream fs, ZipWriter zip, string path)
+    {
+        zip.Add($"{Stem(path)}/version", "3\n"u8);
+        zip.Finish();
+        fs.Flush(flushToDisk: true);
     }
 
     static void CheckShape(string path, Storage storage, long bytes, long[] shape)

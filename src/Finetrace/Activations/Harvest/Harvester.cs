@@ -9,7 +9,7 @@ using Finetrace.Text.Tokenization;
 namespace Finetrace.Activations.Harvest;
 
 /// <summary>Settings of one harvest (<c>finetrace harvest</c>).</summary>
-public sealed class HarvestOptions
+public sealed record HarvestOptions
 {
     public required string BaseModel { get; init; }
     public string? BaseAdapter { get; init; }
