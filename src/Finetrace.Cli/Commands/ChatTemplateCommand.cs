@@ -1,6 +1,4 @@
 using System.CommandLine;
-using System.Text;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Finetrace.Text.Chat;
@@ -24,24 +22,27 @@ public sealed class ChatTemplateCommand : ICliCommand
         return cmd;
     }
 
-    static readonly JsonSerializerOptions WriteOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-
     static int Run(string tokenizerDir, string inPath, string outPath)
     {
         if (!Directory.Exists(tokenizerDir)) throw new DirectoryNotFoundException($"--tokenizer {tokenizerDir}: no such folder");
         if (!File.Exists(inPath)) throw new FileNotFoundException($"--in {inPath}: no such file");
         var template = ChatTemplate.FromFolder(tokenizerDir);
-        int lineNo = 0, rendered = 0, errors = 0;
-        using var writer = new StreamWriter(outPath, false, new UTF8Encoding(false));
-        foreach (var line in File.ReadLines(inPath))
+        int rendered = 0, errors = 0;
+        using var reader = new StreamReader(inPath);
+        using var writer = JsonLines.CreateWriter(outPath);
+        foreach (var (lineNo, line) in JsonLines.NonBlank(reader))
         {
-            lineNo++;
-            if (string.IsNullOrWhiteSpace(line)) continue;
-            JsonObject obj;
-            try { obj = JsonNode.Parse(line) as JsonObject ?? throw new JsonException("not a JSON object"); }
+            // One parse per line: the object written back is a view of the same document the fields are read from.
+            JsonDocument doc;
+            try
+            {
+                doc = JsonDocument.Parse(line);
+                if (doc.RootElement.ValueKind != JsonValueKind.Object) { doc.Dispose(); throw new JsonException("not a JSON object"); }
+            }
             catch (JsonException e) { throw new InvalidDataException($"{inPath}:{lineNo}: invalid JSON line: {e.Message}"); }
-            using var doc = JsonDocument.Parse(line);
+            using var _ = doc;
             var root = doc.RootElement;
+            var obj = JsonObject.Create(root)!;
             if (!root.TryGetProperty("messages", out var msgs) || msgs.ValueKind != JsonValueKind.Array)
                 throw new InvalidDataException($"{inPath}:{lineNo}: \"messages\" must be an array of {{role, content}} objects");
             bool gen = false;
@@ -70,7 +71,7 @@ public sealed class ChatTemplateCommand : ICliCommand
                 obj["error"] = e.Message;
                 errors++;
             }
-            writer.WriteLine(obj.ToJsonString(WriteOptions));
+            writer.WriteLine(obj.ToJsonString(JsonLines.WriteOptions));
         }
         Console.Error.WriteLine($"chat-template: {rendered} rendered, {errors} raised, written to {outPath}");
         return 0;

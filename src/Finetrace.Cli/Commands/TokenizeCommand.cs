@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Diagnostics;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Finetrace.Text.Tokenization;
@@ -34,8 +33,6 @@ public sealed class TokenizeCommand : ICliCommand
         Console.Error.Write($"\r\u001b[K{done:P0}  {lines:N0} lines  {tokens:N0} tokens  {input.Position / 1e6 / Math.Max(s, 1e-3):F1} MB/s  ETA {TimeSpan.FromSeconds(Math.Round(eta)):c}");
     }
 
-    static readonly JsonSerializerOptions WriteOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-
     static int Run(string dir, string inPath, string outPath, bool addSpecial)
     {
         if (!File.Exists(inPath)) throw new FileNotFoundException($"--in {inPath}: file not found");
@@ -44,15 +41,11 @@ public sealed class TokenizeCommand : ICliCommand
         long lines = 0, tokens = 0;
         string tmp = outPath + ".tmp";
         using (var reader = new StreamReader(inPath))
-        using (var writer = new StreamWriter(tmp, false, new System.Text.UTF8Encoding(false)))
+        using (var writer = JsonLines.CreateWriter(tmp))
         {
             var batch = new List<(JsonObject Obj, string Text)>();
-            int lineNo = 0;
-            string? line;
-            while ((line = reader.ReadLine()) is not null)
+            foreach (var (lineNo, line) in JsonLines.NonBlank(reader))
             {
-                lineNo++;
-                if (string.IsNullOrWhiteSpace(line)) continue;
                 JsonObject obj;
                 try { obj = JsonNode.Parse(line) as JsonObject ?? throw new FormatException("not a JSON object"); }
                 catch (Exception e) when (e is JsonException or FormatException)
@@ -73,7 +66,7 @@ public sealed class TokenizeCommand : ICliCommand
                     var ids = new JsonArray();
                     foreach (int id in encs[i].Ids) ids.Add(id);
                     obj["ids"] = ids;
-                    writer.WriteLine(obj.ToJsonString(WriteOptions));
+                    writer.WriteLine(obj.ToJsonString(JsonLines.WriteOptions));
                     tokens += encs[i].Count;
                 }
                 lines += batch.Count;

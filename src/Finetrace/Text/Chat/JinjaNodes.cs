@@ -69,6 +69,16 @@ abstract class Stmt
         }
         return Flow.Normal;
     }
+
+    /// <summary>A block body rendered in its own frame, then passed through the filters ({% set x | f %}, {% filter f %}).</summary>
+    protected static object? RenderFiltered(List<Stmt> body, string[] missing, List<FilterCall> filters, Frame f)
+    {
+        var sb = new StringBuilder();
+        ExecAll(body, new Frame(f.State, f).Declare(missing), sb);
+        object? v = sb.ToString();
+        foreach (var fc in filters) v = fc.Apply(v, f);
+        return v;
+    }
 }
 
 sealed class OutputStmt(string text) : Stmt
@@ -209,11 +219,7 @@ sealed class SetBlockStmt(string name, List<FilterCall> filters, List<Stmt> body
 
     public override Flow Exec(Frame f, StringBuilder o)
     {
-        var sb = new StringBuilder();
-        ExecAll(body, new Frame(f.State, f).Declare(_missing), sb);
-        object? v = sb.ToString();
-        foreach (var fc in filters) v = fc.Apply(v, f);
-        f.Set(name, v);
+        f.Set(name, RenderFiltered(body, _missing, filters, f));
         return Flow.Normal;
     }
 }
@@ -226,11 +232,7 @@ sealed class FilterBlockStmt(List<FilterCall> filters, List<Stmt> body) : Stmt
 
     public override Flow Exec(Frame f, StringBuilder o)
     {
-        var sb = new StringBuilder();
-        ExecAll(body, new Frame(f.State, f).Declare(_missing), sb);
-        object? v = sb.ToString();
-        foreach (var fc in filters) v = fc.Apply(v, f);
-        o.Append(PyOps.Str(v));
+        o.Append(PyOps.Str(RenderFiltered(body, _missing, filters, f)));
         return Flow.Normal;
     }
 }

@@ -80,6 +80,32 @@ internal static class PatternScanners
         return last > i ? last : j;
     }
 
+    // The alternatives the Llama-3 and o200k patterns share after their letter alternatives.
+
+    /// <summary>End of \p{N}{1,maxDigits} whose first number ends at <paramref name="afterFirst"/>.</summary>
+    static int Digits(ReadOnlySpan<char> s, int afterFirst, int maxDigits)
+    {
+        int end = afterFirst;
+        for (int d = 1; d < maxDigits && KindAt(s, end, out int dw) == Number; d++) end += dw;
+        return end;
+    }
+
+    /// <summary>End of [^\s\p{L}\p{N}]+[\r\n]* at i ([\r\n/]* with <paramref name="slash"/>, as in o200k).</summary>
+    static int Punctuation(ReadOnlySpan<char> s, int i, bool slash)
+    {
+        int end = RunOf(s, i, Other);
+        while (end < s.Length && (s[end] is '\r' or '\n' || (slash && s[end] == '/'))) end++;
+        return end;
+    }
+
+    /// <summary>End of \s*[\r\n]+|\s+(?!\S)|\s+ at i (s[i] is White_Space): after the run's last CR/LF if it has one.</summary>
+    static int SpaceOrNewlines(ReadOnlySpan<char> s, int i)
+    {
+        int j = RunOf(s, i, Space), lastNl = -1;
+        for (int p = i; p < j; p++) if (s[p] is '\r' or '\n') lastNl = p;
+        return lastNl >= 0 ? lastNl + 1 : Whitespace(s, i);
+    }
+
     /// <summary><c>'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+</c></summary>
     static void Gpt2(ReadOnlySpan<char> s, List<(int Start, int End)> matches)
     {
@@ -112,24 +138,10 @@ internal static class PatternScanners
             else if (k == Letter) end = RunOf(s, i, Letter);
             // [^\r\n\p{L}\p{N}]?\p{L}+ : one non-letter, non-number (not CR/LF) before letters.
             else if (k != Number && s[i] != '\r' && s[i] != '\n' && KindAt(s, i + w, out _) == Letter) end = RunOf(s, i + w, Letter);
-            else if (k == Number)
-            {
-                end = i + w;
-                for (int d = 1; d < maxDigits && KindAt(s, end, out int dw) == Number; d++) end += dw;
-            }
+            else if (k == Number) end = Digits(s, i + w, maxDigits);
             // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
-            else if (k == Other || (s[i] == ' ' && KindAt(s, i + 1, out _) == Other))
-            {
-                end = RunOf(s, k == Other ? i : i + 1, Other);
-                while (end < s.Length && s[end] is '\r' or '\n') end++;
-            }
-            else
-            {
-                // White_Space: \s*[\r\n]+ ends after the last CR/LF of the run; else \s+(?!\S)|\s+.
-                int j = RunOf(s, i, Space), lastNl = -1;
-                for (int p = i; p < j; p++) if (s[p] is '\r' or '\n') lastNl = p;
-                end = lastNl >= 0 ? lastNl + 1 : Whitespace(s, i);
-            }
+            else if (k == Other || (s[i] == ' ' && KindAt(s, i + 1, out _) == Other)) end = Punctuation(s, k == Other ? i : i + 1, slash: false);
+            else end = SpaceOrNewlines(s, i);
             matches.Add((i, end));
             i = end;
         }
@@ -206,22 +218,10 @@ internal static class PatternScanners
             {
                 if (end < s.Length) end += Contraction(s, end, ignoreCase: true);
             }
-            else if (k == Number)
-            {
-                end = i + w;
-                for (int d = 1; d < 3 && KindAt(s, end, out int dw) == Number; d++) end += dw;
-            }
-            else if (k == Other || (s[i] == ' ' && KindAt(s, i + 1, out _) == Other))
-            {
-                end = RunOf(s, k == Other ? i : i + 1, Other);
-                while (end < s.Length && s[end] is '\r' or '\n' or '/') end++;
-            }
-            else
-            {
-                int j = RunOf(s, i, Space), lastNl = -1;
-                for (int p = i; p < j; p++) if (s[p] is '\r' or '\n') lastNl = p;
-                end = lastNl >= 0 ? lastNl + 1 : Whitespace(s, i);
-            }
+            else if (k == Number) end = Digits(s, i + w, 3);
+            // ' ?[^\s\p{L}\p{N}]+[\r\n/]*'
+            else if (k == Other || (s[i] == ' ' && KindAt(s, i + 1, out _) == Other)) end = Punctuation(s, k == Other ? i : i + 1, slash: true);
+            else end = SpaceOrNewlines(s, i);
             matches.Add((i, end));
             i = end;
         }

@@ -108,10 +108,30 @@ public class ChatTemplateTests
         Assert.Equal("no system role", rows[1].GetProperty("error").GetString());
         Assert.False(rows[1].TryGetProperty("rendered", out _));
         Assert.Equal("[user] q\n[assistant]<nothink>", rows[2].GetProperty("rendered").GetString());
+        // Written as text: input keys first and in order, non-ASCII unescaped, the result last.
+        Assert.Equal("""{"id":1,"messages":[{"role":"user","content":" héllo "}],"add_generation_prompt":true,"rendered":"<s>[user] héllo\n[assistant]"}""",
+            File.ReadLines(output).First());
 
         // A line without messages is a clear error naming the file and line.
-        File.WriteAllLines(input, ["""{"add_generation_prompt": true}"""]);
-        Assert.Equal(1, Finetrace.Cli.Program.Main(["chat-template", "--tokenizer", tmp.Path, "--in", input, "--out", output]));
+        File.WriteAllLines(input, ["", """{"add_generation_prompt": true}"""]);
+        var (rc2, err) = RunWithStderr(["chat-template", "--tokenizer", tmp.Path, "--in", input, "--out", output]);
+        Assert.Equal(1, rc2);
+        Assert.Contains($"{input}:2: \"messages\" must be an array", err);
+        // So is a line that is JSON but not an object.
+        File.WriteAllLines(input, ["[1, 2]"]);
+        (rc2, err) = RunWithStderr(["chat-template", "--tokenizer", tmp.Path, "--in", input, "--out", output]);
+        Assert.Equal(1, rc2);
+        Assert.Contains($"{input}:1: invalid JSON line: not a JSON object", err);
+    }
+
+    /// <summary>Runs the CLI with standard error captured (this class is in the ProcessWide collection).</summary>
+    static (int Rc, string Stderr) RunWithStderr(string[] args)
+    {
+        var saved = Console.Error;
+        var captured = new StringWriter();
+        Console.SetError(captured);
+        try { return (Finetrace.Cli.Program.Main(args), captured.ToString()); }
+        finally { Console.SetError(saved); }
     }
 
     /// <summary>Run over a family's chat_cases.jsonl, the command reproduces the reference file object for object

@@ -229,6 +229,7 @@ public sealed class TokenizerApiTests
         File.WriteAllLines(dir.File("in.jsonl"),
         [
             """{"id": 7, "text": "Hello world", "meta": {"k": [1, 2]}}""",
+            "", // blank lines are skipped
             """{"text": "<|begin_of_text|>ünï 🤗", "z": null}""",
         ]);
         foreach (bool noSpecial in new[] { false, true })
