@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Reflection;
 using Finetrace.Bench;
 
 namespace Finetrace.Cli;
@@ -29,29 +28,21 @@ public static class Program
             "Run base and fine-tuned models on the same text, train crosscoders and diff-SAEs on their activations,\n" +
             "and read, measure and test the latents that differ.");
         root.HelpName = "finetrace";
-        foreach (var cmd in Discover<ICliCommand>(typeof(Program).Assembly).OrderBy(c => c.Name, StringComparer.Ordinal))
+        foreach (var cmd in Discover<ICliCommand>(c => c.Build()))
             root.Subcommands.Add(cmd);
 
         var bench = new Command("bench", "Benchmarks: each prints its figures and the ratio to a stated bound (--json: one JSON object)");
-        foreach (var cmd in Discover<IBenchCommand>(typeof(IBenchCommand).Assembly).OrderBy(c => c.Name, StringComparer.Ordinal))
+        foreach (var cmd in Discover<IBenchCommand>(b => b.Build()))
             bench.Subcommands.Add(cmd);
         root.Subcommands.Add(bench);
         // Exceptions propagate to Main's handler so messages print without stack traces.
         return root;
     }
 
-    static IEnumerable<Command> Discover<T>(Assembly asm)
-    {
-        foreach (var t in asm.GetTypes())
-            if (typeof(T).IsAssignableFrom(t) && t is { IsAbstract: false, IsInterface: false })
-            {
-                var inst = Activator.CreateInstance(t)!;
-                yield return inst switch
-                {
-                    ICliCommand c => c.Build(),
-                    IBenchCommand b => b.Build(),
-                    _ => throw new InvalidOperationException(t.Name),
-                };
-            }
-    }
+    /// <summary>Every concrete <typeparamref name="T"/> in T's own assembly, built and ordered by name.</summary>
+    static IEnumerable<Command> Discover<T>(Func<T, Command> build) =>
+        typeof(T).Assembly.GetTypes()
+            .Where(t => typeof(T).IsAssignableFrom(t) && t is { IsAbstract: false, IsInterface: false })
+            .Select(t => build((T)Activator.CreateInstance(t)!))
+            .OrderBy(c => c.Name, StringComparer.Ordinal);
 }

@@ -29,7 +29,7 @@ public sealed class DemoCommand : ICliCommand
     static int Run(string dir, bool quick)
     {
         Directory.CreateDirectory(dir);
-        string store = Path.Combine(dir, "store"), btk = Path.Combine(dir, "batchtopk"), l1 = Path.Combine(dir, "l1");
+        var (store, btk, l1) = Paths(dir);
 
         AnsiConsole.Write(new Rule("[bold]Finetrace demo[/]").LeftJustified());
         AnsiConsole.MarkupLine(
@@ -38,14 +38,16 @@ public sealed class DemoCommand : ICliCommand
             "(present in both, 4× weaker in the base) and some are [purple]decoupled[/] (the base writes them as a mix of shared features).\n" +
             "A good model-diffing dictionary finds every feature and gives each its true relative decoder norm.\n");
 
-        foreach (var (n, title, args) in Steps(dir, quick)) Step(n, title, args);
+        var root = Program.BuildRoot();
+        foreach (var (n, title, args) in Steps(dir, quick)) Step(root, n, title, args);
 
         var truth = SyntheticTruth.Load(store);
-        var sB = SyntheticScoring.Score(DictionaryIO.Load(btk), truth);
-        var sL = SyntheticScoring.Score(DictionaryIO.Load(l1), truth);
+        SparseDictionary dB = DictionaryIO.Load(btk), dL = DictionaryIO.Load(l1);
+        var sB = SyntheticScoring.Score(dB, truth);
+        var sL = SyntheticScoring.Score(dL, truth);
         AnsiConsole.Write(new Rule("[bold]Relative decoder norm Δnorm of every latent (0 = base only, ½ = shared, 1 = fine-tuned only)[/]").LeftJustified());
-        Histogram("BatchTopK", DictionaryIO.Load(btk));
-        Histogram("L1", DictionaryIO.Load(l1));
+        Histogram("BatchTopK", dB);
+        Histogram("L1", dL);
 
         var shrunkL1 = sL.Categories.Single(c => c.Category == "shrunk");
         AnsiConsole.Write(new Rule("[bold]What it shows[/]").LeftJustified());
@@ -61,7 +63,7 @@ public sealed class DemoCommand : ICliCommand
     /// <summary>The demo's steps: exactly the commands a user would type (tests parse them against the real CLI).</summary>
     internal static IReadOnlyList<(int N, string Title, string[] Args)> Steps(string dir, bool quick)
     {
-        string store = Path.Combine(dir, "store"), btk = Path.Combine(dir, "batchtopk"), l1 = Path.Combine(dir, "l1");
+        var (store, btk, l1) = Paths(dir);
         string tokens = quick ? "1000000" : "3000000";
         int steps = quick ? 1950 : 5860; // tokens / batch 512
         string decay = $"{steps * 8 / 10}", warmup = $"{steps / 20}", thresholdStart = $"{steps / 2}";
@@ -80,11 +82,14 @@ public sealed class DemoCommand : ICliCommand
         ];
     }
 
-    static void Step(int n, string title, string[] args)
+    static (string Store, string BatchTopK, string L1) Paths(string dir) =>
+        (Path.Combine(dir, "store"), Path.Combine(dir, "batchtopk"), Path.Combine(dir, "l1"));
+
+    static void Step(RootCommand root, int n, string title, string[] args)
     {
         AnsiConsole.Write(new Rule($"[bold]{n}. {Markup.Escape(title)}[/]").LeftJustified());
         AnsiConsole.MarkupLine($"[grey]$ finetrace {Markup.Escape(string.Join(' ', args))}[/]");
-        int rc = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        int rc = root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         if (rc != 0) throw new InvalidOperationException($"demo step {n} ('finetrace {string.Join(' ', args)}') failed with exit code {rc}");
     }
 
