@@ -78,14 +78,7 @@ public sealed class ForwardBench : IBenchCommand
             if (i == 0) profile.Other = dt - profile.Projections - profile.Attention - profile.Unembed;
             seconds = Math.Min(seconds, dt);
 
-            sw.Restart();
-            int calls = 0;
-            while (sw.Elapsed.TotalSeconds < dt)
-            {
-                Gemm.MatMulNT(x, w, m, c.Hidden, c.Intermediate, y);
-                calls++;
-            }
-            sgemm = Math.Max(sgemm, 2.0 * m * c.Hidden * c.Intermediate * calls / sw.Elapsed.TotalSeconds / 1e9);
+            sgemm = Math.Max(sgemm, BenchSupport.SgemmGflops(x, w, m, c.Hidden, c.Intermediate, y, seconds: dt));
         }
 
         var lm0 = models[0];
@@ -100,10 +93,10 @@ public sealed class ForwardBench : IBenchCommand
 
         if (json)
         {
-            Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, double>
+            BenchSupport.PrintJson(new Dictionary<string, double>
             {
                 ["tokens_per_s"] = tokens / seconds, ["gflops"] = gflops, ["sgemm_gflops"] = sgemm, ["ratio"] = ratio,
-            }));
+            });
             return 0;
         }
         var table = new Table().AddColumns("figure", "value");

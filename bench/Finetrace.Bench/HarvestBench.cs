@@ -119,11 +119,11 @@ public sealed class HarvestBench : IBenchCommand
             double cpuOverhead = cpuHarvest / cpuForward - 1;
             if (json)
             {
-                Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, double>
+                BenchSupport.PrintJson(new Dictionary<string, double>
                 {
                     ["harvest_tokens_per_s"] = bestHarvest, ["forward_tokens_per_s"] = bestForward, ["overhead"] = overhead, ["overhead_in_run"] = bestSplit,
                     ["cpu_us_per_token_harvest"] = cpuHarvest * 1e6, ["cpu_us_per_token_forward"] = cpuForward * 1e6, ["cpu_overhead"] = cpuOverhead, ["bound"] = Bound,
-                }));
+                });
                 return 0;
             }
             var t = new Table().AddColumns("figure", "value");

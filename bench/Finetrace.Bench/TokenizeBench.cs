@@ -46,7 +46,7 @@ public sealed class TokenizeBench : IBenchCommand
         double mbps = bytes / 1e6 / s, tps = tokens / s;
         if (json)
         {
-            Console.WriteLine(JsonSerializer.Serialize(new { mb_per_s = Math.Round(mbps, 2), tokens_per_s = Math.Round(tps), bytes, tokens, seconds = Math.Round(s, 3), cpu_seconds = Math.Round(cpuS, 3), cpu_mb_per_s = Math.Round(bytes / 1e6 / cpuS, 2), load_seconds = Math.Round(loadS, 3), bound_mb_per_s = BoundMBps }));
+            BenchSupport.PrintJson(new { mb_per_s = Math.Round(mbps, 2), tokens_per_s = Math.Round(tps), bytes, tokens, seconds = Math.Round(s, 3), cpu_seconds = Math.Round(cpuS, 3), cpu_mb_per_s = Math.Round(bytes / 1e6 / cpuS, 2), load_seconds = Math.Round(loadS, 3), bound_mb_per_s = BoundMBps });
             return 0;
         }
         var table = new Table().AddColumns("figure", "value");
