@@ -130,7 +130,7 @@ public sealed class GemmBench : IBenchCommand
         AnsiConsole.MarkupLine($"managed:  {ManagedGemm.Describe}, {ManagedGemm.MaxThreads} threads");
         AnsiConsole.MarkupLine($"default backend: {Markup.Escape(DefaultBackend)}");
         AnsiConsole.MarkupLine("[grey]median GFLOP/s after warm-up; x·Wᵀ = PyTorch Linear (W stored n×k)[/]");
-        AnsiConsole.MarkupLine($"[grey]load average {Markup.Escape(LoadAverage())} (figures swing on a busy machine)[/]");
+        AnsiConsole.MarkupLine($"[grey]load average {Markup.Escape(BenchSupport.LoadAverage())} (figures swing on a busy machine)[/]");
         var t = new Table().AddColumns("shape (GFLOP/s)", "OpenBLAS", "managed", "ratio", "max |Δ|");
         for (int i = 1; i < 5; i++) t.Columns[i].RightAligned();
         foreach (var r in results)
@@ -145,54 +145,19 @@ public sealed class GemmBench : IBenchCommand
             AnsiConsole.MarkupLine($"1024³: managed {main.Managed:F1} GFLOP/s (no OpenBLAS to compare with)");
     }
 
-    static void PrintJson(List<Result> results, Result main, bool haveBlas)
+    static void PrintJson(List<Result> results, Result main, bool haveBlas) => BenchSupport.PrintJson(new
     {
-        using var stream = Console.OpenStandardOutput();
-        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = false, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        blas_gflops = Round(main.Blas), managed_gflops = Round(main.Managed), ratio = Round(main.Ratio, 3), target_ratio = 0.4,
+        blas = haveBlas ? OpenBlas.Config : "not available", blas_threads = haveBlas ? OpenBlas.Threads : 0,
+        managed = ManagedGemm.Describe, default_backend = DefaultBackend, managed_threads = ManagedGemm.MaxThreads,
+        load_average = BenchSupport.LoadAverage(),
+        shapes = results.Select(r => new
         {
-            w.WriteStartObject();
-            WriteNumber(w, "blas_gflops", main.Blas);
-            WriteNumber(w, "managed_gflops", main.Managed);
-            WriteNumber(w, "ratio", main.Ratio, 3);
-            w.WriteNumber("target_ratio", 0.4);
-            w.WriteString("blas", haveBlas ? OpenBlas.Config : "not available");
-            w.WriteNumber("blas_threads", haveBlas ? OpenBlas.Threads : 0);
-            w.WriteString("managed", ManagedGemm.Describe);
-            w.WriteString("default_backend", DefaultBackend);
-            w.WriteNumber("managed_threads", ManagedGemm.MaxThreads);
-            w.WriteString("load_average", LoadAverage());
-            w.WriteStartArray("shapes");
-            foreach (var r in results)
-            {
-                w.WriteStartObject();
-                w.WriteString("name", r.Shape.Name);
-                w.WriteNumber("m", r.Shape.M);
-                w.WriteNumber("n", r.Shape.N);
-                w.WriteNumber("k", r.Shape.K);
-                w.WriteBoolean("trans_b", r.Shape.TransB);
-                WriteNumber(w, "blas_gflops", r.Blas);
-                WriteNumber(w, "managed_gflops", r.Managed);
-                WriteNumber(w, "ratio", r.Ratio, 3);
-                if (r.MaxAbsDiff is { } d) w.WriteNumber("max_abs_diff", (float)d); else w.WriteNull("max_abs_diff");
-                w.WriteEndObject();
-            }
-            w.WriteEndArray();
-            w.WriteEndObject();
-        }
-        Console.WriteLine();
-    }
+            name = r.Shape.Name, m = r.Shape.M, n = r.Shape.N, k = r.Shape.K, trans_b = r.Shape.TransB,
+            blas_gflops = Round(r.Blas), managed_gflops = Round(r.Managed), ratio = Round(r.Ratio, 3),
+            max_abs_diff = (float?)r.MaxAbsDiff,
+        }),
+    });
 
-    // The 1-minute load average: GEMM figures on a shared machine mean little without it.
-    static string LoadAverage()
-    {
-        try { return File.ReadAllText("/proc/loadavg").Split(' ')[0]; }
-        catch (IOException) { return "unknown"; }
-        catch (UnauthorizedAccessException) { return "unknown"; }
-    }
-
-    static void WriteNumber(Utf8JsonWriter w, string name, double? v, int digits = 2)
-    {
-        if (v is { } x) w.WriteNumber(name, Math.Round(x, digits));
-        else w.WriteNull(name);
-    }
+    static double? Round(double? v, int digits = 2) => v is { } x ? Math.Round(x, digits) : null;
 }
