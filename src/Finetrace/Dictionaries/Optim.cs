@@ -106,17 +106,12 @@ public static class GeometricMedian
     }
 }
 
-/// <summary>SplitMix64: a tiny generator whose whole state is one ulong, so checkpoints can store and restore it.</summary>
+/// <summary>SplitMix64: a tiny generator whose whole state is one ulong, so checkpoints can store and restore it
+/// (the same mixer that seeds <see cref="Activations.Rng"/>).</summary>
 public sealed class SplitMix64(ulong state)
 {
     public ulong State { get; set; } = state;
-    public ulong NextU64()
-    {
-        ulong z = State += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
+    public ulong NextU64() => Activations.Rng.Mix(State += 0x9E3779B97F4A7C15UL);
     /// <summary>Uniform in [0, 1).</summary>
     public double NextDouble() => (NextU64() >> 11) * (1.0 / (1UL << 53));
     public double Uniform(double lo, double hi) => lo + (hi - lo) * NextDouble();

@@ -170,69 +170,40 @@ public static class Selection
         return all;
     }
 
-    readonly struct TopKKeep(uint cutBits, long cutIndex) : IKeep
-    {
-        public bool Keep(float s, long flat)
-        {
-            if (!(s > 0)) return false;
-            uint bits = BitConverter.SingleToUInt32Bits(s);
-            return bits > cutBits || (bits == cutBits && flat <= cutIndex);
-        }
-    }
-
-    /// <summary>Per-token top-k of s (TopK SAE).</summary>
-    // fBF: [B, F]; cF: [F] or empty → codes
+    /// <summary>Per-token top-k of s (TopK SAE), among the positive s of allowed latents; ties go to the lower index.</summary>
+    // fBF: [B, F]; cF: [F] or empty; allowedF: [F] or empty (all allowed) → codes
     public static unsafe void TopKPerRow(ReadOnlySpan<float> fBF, ReadOnlySpan<float> cF, ReadOnlySpan<bool> allowedF, int b, int f, int k, SparseCodes codes)
     {
         codes.Reset(b);
         codes.EnsureCapacity(b * k);
         var counts = new int[b];
         bool scaled = !cF.IsEmpty, masked = !allowedF.IsEmpty;
+        int kk = Math.Min(k, f);
         fixed (float* fp = fBF, cp = cF) fixed (bool* ap = allowedF)
         {
             float* F = fp, C = cp; bool* A = ap;
             var idx = codes.Index; var val = codes.Value;
-            Parallel.For(0, b, Kernels.Opts((long)b * f), () => (new float[k], new int[k]), (t, _, heap) =>
+            Parallel.For(0, b, Kernels.Opts((long)b * f), () => (new float[f], new int[kk]), (t, _, buf) =>
             {
-                var (hs, hi) = heap;
-                int n = 0;
+                var (s, top) = buf;
                 float* row = F + (long)t * f;
+                // entries that may not be stored (not positive, NaN, masked) become 0: they rank below every positive s
                 for (int j = 0; j < f; j++)
                 {
-                    if (masked && !A[j]) continue;
-                    float s = scaled ? row[j] * C[j] : row[j];
-                    if (!(s > 0)) continue;
-                    if (n < k) { hs[n] = s; hi[n] = j; n++; SiftUp(hs, hi, n - 1); }
-                    else if (s > hs[0]) { hs[0] = s; hi[0] = j; SiftDown(hs, hi, n, 0); }
-                    // equal to the minimum: keep the earlier (lower) index already held
+                    float v = scaled ? row[j] * C[j] : row[j];
+                    s[j] = v > 0 && (!masked || A[j]) ? v : 0f;
                 }
-                Array.Sort(hi, 0, n);
-                for (int e = 0; e < n; e++) { idx[t * k + e] = hi[e]; val[t * k + e] = row[hi[e]]; }
+                Tensors.Kernels.TopK(s, kk, top);
+                int n = 0;
+                while (n < kk && s[top[n]] > 0) n++;   // value descending: the positives come first
+                Array.Sort(top, 0, n);
+                for (int e = 0; e < n; e++) { idx[t * k + e] = top[e]; val[t * k + e] = row[top[e]]; }
                 counts[t] = n;
-                return heap;
+                return buf;
             }, _ => { });
         }
         Compact(codes, counts, k);
     }
-
-    // Min-heap on (value, then larger index = "smaller") so the earliest index survives ties.
-    static bool Less(float[] hs, int[] hi, int a, int c) => hs[a] < hs[c] || (hs[a] == hs[c] && hi[a] > hi[c]);
-    static void SiftUp(float[] hs, int[] hi, int i)
-    {
-        while (i > 0) { int p = (i - 1) / 2; if (!Less(hs, hi, i, p)) break; Swap(hs, hi, i, p); i = p; }
-    }
-    static void SiftDown(float[] hs, int[] hi, int n, int i)
-    {
-        while (true)
-        {
-            int l = 2 * i + 1, r = l + 1, m = i;
-            if (l < n && Less(hs, hi, l, m)) m = l;
-            if (r < n && Less(hs, hi, r, m)) m = r;
-            if (m == i) return;
-            Swap(hs, hi, i, m); i = m;
-        }
-    }
-    static void Swap(float[] hs, int[] hi, int a, int c) { (hs[a], hs[c]) = (hs[c], hs[a]); (hi[a], hi[c]) = (hi[c], hi[a]); }
 
     // Rows were written at stride k; pack them into CSR.
     static void Compact(SparseCodes codes, int[] counts, int stride)

@@ -198,7 +198,7 @@ public static class SplicedEvaluation
     {
         var opts = store.Settings.Options;
         bool dropBos = opts.TryGetValue("drop_bos", out var db) && db == "true";
-        int? bosId = BosId(store);
+        int? bosId = dropBos ? BosId(store) : null;   // only a dropped leading BOS is put back (loading a tokenizer is not free)
         var ranges = store.SequenceRanges();
         var candidates = new List<int>();
         for (int s = 0; s + 1 < ranges.Length; s++)
@@ -367,11 +367,11 @@ public static class SplicedEvaluation
     {
         var tb = TokenBatch.RightPadded(group.Select(p => p.Ids).ToList());
         int T = tb.Seq;
-        // spliced slots: (batch row, position, store row, sequence in group)
-        var slots = new List<(int B, int Pos, long Row, int G)>();
+        // spliced slots: (batch row = sequence in group, position, store row)
+        var slots = new List<(int B, int Pos, long Row)>();
         for (int g = 0; g < group.Count; g++)
             for (int i = 0; i < group[g].Rows.Length; i++)
-                if (group[g].Splice[i]) slots.Add((g, group[g].Positions[i], group[g].Rows[i], g));
+                if (group[g].Splice[i]) slots.Add((g, group[g].Positions[i], group[g].Rows[i]));
         int n = slots.Count;
 
         // clean residuals at the layer, and the store check per sequence
@@ -387,8 +387,8 @@ public static class SplicedEvaluation
             hL[m] = h;
             for (int s = 0; s < n; s++)
             {
-                var (b, p, row, g) = slots[s];
-                var src = h.Data.AsSpan((b * T + p) * D, D);
+                var (g, p, row) = slots[s];
+                var src = h.Data.AsSpan((g * T + p) * D, D);
                 src.CopyTo(xNMD.AsSpan((s * M + m) * D, D));
                 store.ReadRows(m, layer, row, 1, stored);
                 for (int i = 0; i < D; i++) { double e = src[i] - stored[i]; errSq[g] += e * e; refSq[g] += (double)stored[i] * stored[i]; }
@@ -409,7 +409,7 @@ public static class SplicedEvaluation
         var scored = new List<(int Slot, int Target)>();
         for (int s = 0; s < n; s++)
         {
-            var (b, p, _, g) = slots[s];
+            var (g, p, _) = slots[s];
             if (!bad[g] && p + 1 < group[g].Ids.Length) scored.Add((s, group[g].Ids[p + 1]));
         }
         for (int k = 0; k < S; k++)

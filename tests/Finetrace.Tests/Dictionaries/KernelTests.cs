@@ -148,6 +148,30 @@ public sealed class KernelTests(ITestOutputHelper log)
             Assert.Equal(expect, codes.RowIndices(t).ToArray());
         }
     }
+
+    [Fact]
+    public void Per_token_topk_ranks_scaled_allowed_positives_and_breaks_ties_to_the_lower_index()
+    {
+        var r = new SplitMix64(5);
+        int b = 12, f = 40, k = 6;
+        // few distinct values (many ties), about half non-positive, and a row with fewer than k positives
+        var fBF = Random(r, b * f).Select(v => MathF.Round(v * 2) / 2).ToArray();
+        for (int j = 0; j < f; j++) fBF[3 * f + j] = j % 9 == 0 ? 1f : -1f;
+        fBF[5 * f + 7] = float.NaN;
+        var c = Enumerable.Range(0, f).Select(j => j % 3 == 0 ? 2f : 1f).ToArray();
+        var allowed = Enumerable.Range(0, f).Select(j => j % 5 != 1).ToArray();
+        var codes = new SparseCodes(b, f);
+        Selection.TopKPerRow(fBF, c, allowed, b, f, k, codes);
+        for (int t = 0; t < b; t++)
+        {
+            var expect = Enumerable.Range(0, f).Where(j => allowed[j] && fBF[t * f + j] * c[j] > 0)
+                .OrderByDescending(j => fBF[t * f + j] * c[j]).ThenBy(j => j).Take(k).OrderBy(j => j).ToArray();
+            Assert.Equal(expect, codes.RowIndices(t).ToArray());
+            for (int e = codes.RowStart[t]; e < codes.RowStart[t + 1]; e++)
+                Assert.Equal(fBF[t * f + codes.Index[e]], codes.Value[e]);   // unscaled values kept
+        }
+        Assert.True(codes.RowStart[4] - codes.RowStart[3] < k);
+    }
 }
 
 public sealed class InitializationTests

@@ -8,12 +8,14 @@ namespace Finetrace.Tests.Dictionaries;
 
 /// <summary>
 /// Exactness against the reference trainers (shared/fixtures/dictionaries): every loss, gradient, parameter after 1
-/// and 5 steps, Adam state, threshold, dead counter and encoding. Tolerance: |Δ| ≤ 1e-5 · max(|expected|, scale),
-/// with scale = the tensor's largest magnitude (relative to the tensor); the max difference of every tensor is logged.
+/// and 5 steps, Adam state, threshold, dead counter and encoding. Tolerance, tighter than the 1e-5 relative asked for:
+/// a tensor's max |Δ| ≤ 3e-6 × its largest magnitude (measured worst 9.8e-7, step5.decoder.bias, with OpenBLAS and
+/// with the managed GEMM); a scalar's |Δ| ≤ 1e-6 × |expected| (measured worst 1.8e-7). The max difference of every
+/// tensor and scalar is logged.
 /// </summary>
 public sealed class ReferenceFixtureTests(ITestOutputHelper log)
 {
-    const double Rel = 1e-5;
+    const double TensorRel = 3e-6, ScalarRel = 1e-6;
 
     sealed class Fixture : IDisposable
     {
@@ -44,15 +46,15 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
             if (d > max) { max = d; at = i; }
         }
         log.WriteLine($"{name,-48} max |Δ| {max:E2}  (rel. to tensor scale {(scale > 0 ? max / scale : max):E2})");
-        if (max > Rel * Math.Max(scale, 1e-12) + 1e-12)
-            throw new Xunit.Sdk.XunitException($"{name}: max |Δ| {max:E3} at {at} (expected {expected[at]:G9}, got {actual[at]:G9}) exceeds {Rel:E0} × scale {scale:E3}");
+        if (max > TensorRel * Math.Max(scale, 1e-12) + 1e-12)
+            throw new Xunit.Sdk.XunitException($"{name}: max |Δ| {max:E3} at {at} (expected {expected[at]:G9}, got {actual[at]:G9}) exceeds {TensorRel:E0} × scale {scale:E3}");
     }
 
     void CloseScalar(string name, double expected, double actual)
     {
         double d = Math.Abs(expected - actual);
         log.WriteLine($"{name,-48} |Δ| {d:E2}  (expected {expected:G9})");
-        if (d > Rel * Math.Max(Math.Abs(expected), 1e-6)) throw new Xunit.Sdk.XunitException($"{name}: expected {expected:G9}, got {actual:G9} (|Δ| {d:E3})");
+        if (d > ScalarRel * Math.Max(Math.Abs(expected), 1e-6)) throw new Xunit.Sdk.XunitException($"{name}: expected {expected:G9}, got {actual:G9} (|Δ| {d:E3})");
     }
 
     /// <summary>Our parameter/gradient array in the reference layout.</summary>
@@ -84,6 +86,16 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
         float[][] ours = [tr.GWEnc, tr.GBEnc, tr.GWDec, tr.GBDec];
         var keys = Keys(fx);
         for (int i = 0; i < 4; i++) Close(prefix + keys[i], fx.F(prefix + keys[i]), ToRef(fx, tr.Dict, keys[i], ours[i]));
+    }
+
+    void CompareAdam(Fixture fx, DictionaryTrainer tr)
+    {
+        var keys = Keys(fx);
+        for (int i = 0; i < 4; i++)
+        {
+            Close("adam.after_step5.exp_avg." + keys[i], fx.F("adam.after_step5.exp_avg." + keys[i]), ToRef(fx, tr.Dict, keys[i], tr.Optimizer.ExpAvg[i]));
+            Close("adam.after_step5.exp_avg_sq." + keys[i], fx.F("adam.after_step5.exp_avg_sq." + keys[i]), ToRef(fx, tr.Dict, keys[i], tr.Optimizer.ExpAvgSq[i]));
+        }
     }
 
     static TrainerOptions Options(Fixture fx, bool btk)
@@ -157,14 +169,9 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
             CloseScalar($"step{n}.threshold", fx.F($"step{n}.threshold")[0], d.Threshold);
             if (n == 1 || n == 5) CompareParams(fx, d, $"step{n}.");
         }
+        CompareAdam(fx, tr);
         var keys = Keys(fx);
-        float[][] m = tr.Optimizer.ExpAvg, v = tr.Optimizer.ExpAvgSq;
-        for (int i = 0; i < 4; i++)
-        {
-            Close("adam.after_step5.exp_avg." + keys[i], fx.F("adam.after_step5.exp_avg." + keys[i]), ToRef(fx, d, keys[i], m[i]));
-            Close("adam.after_step5.exp_avg_sq." + keys[i], fx.F("adam.after_step5.exp_avg_sq." + keys[i]), ToRef(fx, d, keys[i], v[i]));
-            Assert.Equal(fx.F("adam.after_step5.step." + keys[i])[0], (float)tr.Optimizer.Step);
-        }
+        for (int i = 0; i < 4; i++) Assert.Equal(fx.F("adam.after_step5.step." + keys[i])[0], (float)tr.Optimizer.Step);
         CheckEncodings(fx, d, x, "enc.step5.", thresholdMode: true);
     }
 
@@ -176,14 +183,12 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
         if (!fx.Sae) Close(prefix + "code_normalization", fx.F(prefix + "code_normalization"), c);
         var post = Inference.PostRelu(d, x);
         Close(prefix + "topk.post_relu_f", fx.F(prefix + "topk.post_relu_f"), post);
-        var scaled = new float[post.Length];
-        for (int i = 0; i < post.Length; i++) scaled[i] = post[i] * (fx.Sae ? 1f : c[i % F]);
-        if (!fx.Sae) Close(prefix + "topk.post_relu_f_scaled", fx.F(prefix + "topk.post_relu_f_scaled"), scaled);
+        if (!fx.Sae) Close(prefix + "topk.post_relu_f_scaled", fx.F(prefix + "topk.post_relu_f_scaled"), Scale(post, c));
         var train = Inference.EncodeTraining(d, x);
         var dense = new float[b * F];
         train.ToDense(dense);
         Close(prefix + "topk.f", fx.F(prefix + "topk.f"), dense);
-        if (!fx.Sae) Close(prefix + "topk.f_scaled", fx.F(prefix + "topk.f_scaled"), Scale(dense, c, fx.Sae));
+        if (!fx.Sae) Close(prefix + "topk.f_scaled", fx.F(prefix + "topk.f_scaled"), Scale(dense, c));
         AssertActive(fx, prefix + "topk.active", train.Active());
         if (thresholdMode)
         {
@@ -193,16 +198,17 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
             AssertActive(fx, prefix + "threshold.active", inf.Active());
             if (!fx.Sae)
             {
-                Close(prefix + "threshold.f_scaled", fx.F(prefix + "threshold.f_scaled"), Scale(dense, c, false));
+                Close(prefix + "threshold.f_scaled", fx.F(prefix + "threshold.f_scaled"), Scale(dense, c));
                 Close(prefix + "threshold.x_hat", fx.F(prefix + "threshold.x_hat"), Inference.Decode(d, inf));
             }
         }
     }
 
-    static float[] Scale(float[] fBF, float[] c, bool sae)
+    // f ⊙ c (c broadcast over tokens)
+    static float[] Scale(float[] fBF, float[] c)
     {
         var r = new float[fBF.Length];
-        for (int i = 0; i < r.Length; i++) r[i] = fBF[i] * (sae ? 1f : c[i % c.Length]);
+        for (int i = 0; i < r.Length; i++) r[i] = fBF[i] * c[i % c.Length];
         return r;
     }
 
@@ -245,12 +251,7 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
             tr.OptimizerStep(lr);
             if (s == 0 || s == 4) CompareParams(fx, d, $"step{s + 1}.");
         }
-        var keys = Keys(fx);
-        for (int i = 0; i < 4; i++)
-        {
-            Close("adam.after_step5.exp_avg." + keys[i], fx.F("adam.after_step5.exp_avg." + keys[i]), ToRef(fx, d, keys[i], tr.Optimizer.ExpAvg[i]));
-            Close("adam.after_step5.exp_avg_sq." + keys[i], fx.F("adam.after_step5.exp_avg_sq." + keys[i]), ToRef(fx, d, keys[i], tr.Optimizer.ExpAvgSq[i]));
-        }
+        CompareAdam(fx, tr);
         CheckL1Encodings(fx, d, x, "enc.step5.");
     }
 
@@ -263,7 +264,7 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
         Close(prefix + "f", fx.F(prefix + "f"), dense);
         var c = new float[F];
         d.CodeNorm(c);
-        Close(prefix + "f_scaled", fx.F(prefix + "f_scaled"), Scale(dense, c, false));
+        Close(prefix + "f_scaled", fx.F(prefix + "f_scaled"), Scale(dense, c));
         Close(prefix + "x_hat", fx.F(prefix + "x_hat"), Inference.Decode(d, codes));
     }
 }
