@@ -51,10 +51,7 @@ public sealed class TrainBench : IBenchCommand
         for (int i = 0; i < w.Length; i++) w[i] = (float)rng.Uniform(-0.01, 0.01);
         var y = Tensor.Allocate((long)batch * f, zeroed: false);
         Gemm.MatMulNT(x.AsSpan(0, batch * d), w, batch, d, f, y);
-        var sw = Stopwatch.StartNew();
-        int reps = 0;
-        do { Gemm.MatMulNT(x.AsSpan(0, batch * d), w, batch, d, f, y); reps++; } while (sw.Elapsed.TotalSeconds < 1.0 && reps < 5);
-        double gemmFlops = 2.0 * batch * d * f * reps / sw.Elapsed.TotalSeconds;
+        double gemmFlops = 1e9 * BenchSupport.SgemmGflops(x.AsSpan(0, batch * d), w, batch, d, f, y, seconds: 1.0, maxCalls: 5);
         w = y = null!;
         GC.Collect();
 
@@ -68,7 +65,7 @@ public sealed class TrainBench : IBenchCommand
         {
             var o = new Dictionary<string, object> { ["tokens_per_s"] = sparseTps, ["dense_bound_tokens_per_s"] = boundTps, ["ratio"] = ratio, ["sgemm_gflops"] = gemmFlops / 1e9 };
             if (compareDense) { o["dense_tokens_per_s"] = denseTps; o["sparse_speedup"] = sparseTps / denseTps; }
-            Console.WriteLine(JsonSerializer.Serialize(o));
+            BenchSupport.PrintJson(o);
             return 0;
         }
         var t = new Table().AddColumns("figure", "value");
