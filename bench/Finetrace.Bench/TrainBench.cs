@@ -36,9 +36,9 @@ public sealed class TrainBench : IBenchCommand
     {
         var (act, sae) = kind switch
         {
-            "batchtopk-crosscoder" => (Activation.BatchTopK, false),
-            "crosscoder-l1" => (Activation.Relu, false),
-            "batchtopk-sae" => (Activation.BatchTopK, true),
+            "batchtopk-crosscoder" => (Sparsity.BatchTopK, false),
+            "crosscoder-l1" => (Sparsity.Relu, false),
+            "batchtopk-sae" => (Sparsity.BatchTopK, true),
             _ => throw new ArgumentException($"--kind {kind}: expected batchtopk-crosscoder, crosscoder-l1 or batchtopk-sae"),
         };
         int m = sae ? 1 : models;
@@ -69,7 +69,7 @@ public sealed class TrainBench : IBenchCommand
             return 0;
         }
         var t = new Table().AddColumns("figure", "value");
-        t.AddRow("kind", $"{kind} (M={m}, D={d}, F={f}{(act == Activation.Relu ? "" : $", k={k}")}, batch={batch}, {steps} timed steps)");
+        t.AddRow("kind", $"{kind} (M={m}, D={d}, F={f}{(act == Sparsity.Relu ? "" : $", k={k}")}, batch={batch}, {steps} timed steps)");
         t.AddRow("sgemm (same run)", $"{gemmFlops / 1e9:F1} GFLOP/s");
         t.AddRow("dense-FLOP bound", $"{boundTps:N0} tokens/s  (sgemm ÷ 12·M·D·F)");
         t.AddRow("training step", $"{sparseTps:N0} tokens/s");
@@ -83,14 +83,14 @@ public sealed class TrainBench : IBenchCommand
         return 0;
     }
 
-    static double Time(Activation act, bool sae, int m, int d, int f, int k, int batch, int steps, float[] x, bool dense)
+    static double Time(Sparsity act, bool sae, int m, int d, int f, int k, int batch, int steps, float[] x, bool dense)
     {
-        var dict = new SparseDictionary(m, d, f, act, sae ? CodeNormalization.None : CodeNormalization.Crosscoder, sae, act == Activation.Relu ? 0 : k);
+        var dict = new SparseDictionary(m, d, f, act, sae ? CodeNormalization.None : CodeNormalization.Crosscoder, sae, act == Sparsity.Relu ? 0 : k);
         if (sae) Initialization.Sae(dict, new SplitMix64(2)); else Initialization.Crosscoder(dict, new SplitMix64(2));
         var tr = new DictionaryTrainer(dict, new TrainerOptions
         {
-            Loss = ReconLoss.Mse, Lr = 1e-4, WarmupSteps = 0, Dense = dense, SparsityCoef = act == Activation.Relu ? 0.04f : 0,
-            ClipNorm = act == Activation.Relu ? null : 1f, UnitNormDecoder = sae, ThresholdStartStep = 0,
+            Loss = ReconLoss.Mse, Lr = 1e-4, WarmupSteps = 0, Dense = dense, SparsityCoef = act == Sparsity.Relu ? 0.04f : 0,
+            ClipNorm = act == Sparsity.Relu ? null : 1f, UnitNormDecoder = sae, ThresholdStartStep = 0,
         });
         var span = x.AsSpan(0, batch * m * d);
         tr.Step(span);   // warm-up (includes the geometric-median init)

@@ -23,10 +23,10 @@ public sealed class ConvertCommand : ICliCommand
             {
                 case "saelens": SaelensFormat.Save(d, outDir); break;
                 case "dictionary-learning":
-                    if (d.Activation == Activation.JumpRelu && d.IsSae && d.JumpThreshold!.Distinct().Count() == 1 && d.JumpThreshold![0] >= 0)
+                    if (d.Sparsity == Sparsity.JumpRelu && d.IsSae && d.JumpThreshold!.Distinct().Count() == 1 && d.JumpThreshold![0] >= 0)
                     {
                         // a BatchTopK SAE saved as SAELens jumprelu: one shared threshold makes it a BatchTopKSAE again (k unknown: written as 1)
-                        var b = new SparseDictionary(1, d.DModel, d.DictSize, Activation.BatchTopK, CodeNormalization.None, true, 1) { Threshold = d.JumpThreshold![0] };
+                        var b = new SparseDictionary(1, d.DModel, d.DictSize, Sparsity.BatchTopK, CodeNormalization.None, true, 1) { Threshold = d.JumpThreshold![0] };
                         d.WEnc.CopyTo(b.WEnc, 0); d.WDec.CopyTo(b.WDec, 0); d.BEnc.CopyTo(b.BEnc, 0); d.BDec.CopyTo(b.BDec, 0);
                         AnsiConsole.MarkupLine("[yellow]note:[/] a jumprelu SAE with one shared threshold becomes a BatchTopKSAE; its training k is unknown and is written as 1 (inference uses the threshold)");
                         d = b;

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.CommandLine;
 using System.Text.Json;
 using Finetrace.Models.Safetensors;
@@ -19,7 +20,7 @@ public sealed class InspectCommand : ICliCommand
 
     static int Run(string path)
     {
-        using var ckpt = new Checkpoint(path);
+        using var ckpt = new ShardedCheckpoint(path);
         var table = new Table().AddColumns("name", "dtype", "shape", "size");
         table.Columns[3].RightAligned();
         long total = 0, totalElems = 0;

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.CommandLine;
 using Finetrace.Models;
 using Finetrace.Models.Safetensors;

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.CommandLine;
 using Finetrace.Activations;
 using Finetrace.Activations.Export;

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.CommandLine;
 using System.Diagnostics;
 using Finetrace.Activations;
@@ -79,12 +80,12 @@ public sealed class TrainCommand : ICliCommand
             string act = r.GetValue(activation) ?? (mu is not null ? "relu" : "batchtopk");
             var a = act switch
             {
-                "batchtopk" => Activation.BatchTopK, "topk" => Activation.TopK, "relu" => Activation.Relu, "jumprelu" => Activation.JumpRelu,
+                "batchtopk" => Sparsity.BatchTopK, "topk" => Sparsity.TopK, "relu" => Sparsity.Relu, "jumprelu" => Sparsity.JumpRelu,
                 _ => throw new ArgumentException($"--activation {act}: expected batchtopk, topk, relu or jumprelu"),
             };
-            if (kind == "crosscoder" && a is Activation.TopK or Activation.JumpRelu)
+            if (kind == "crosscoder" && a is Sparsity.TopK or Sparsity.JumpRelu)
                 throw new ArgumentException($"--activation {act}: crosscoders are trained as batchtopk (--k) or relu (--l1); there is no file format for other crosscoder activations");
-            if (a is Activation.Relu or Activation.JumpRelu && mu is null) throw new ArgumentException($"--activation {act} needs a sparsity coefficient: --l1 MU");
+            if (a is Sparsity.Relu or Sparsity.JumpRelu && mu is null) throw new ArgumentException($"--activation {act} needs a sparsity coefficient: --l1 MU");
             int kk = r.GetValue(k) ?? 100;
             int D = st.DModel;
             int F = r.GetValue(dictSize) ?? r.GetValue(expansion) * D;
@@ -95,9 +96,9 @@ public sealed class TrainCommand : ICliCommand
                 "decoupled" => CodeNormalization.Decoupled,
                 var s => throw new ArgumentException($"--code-norm {s}: expected crosscoder, sae, mixed, none, decoupled"),
             };
-            var dict = new SparseDictionary(source.Models, D, F, a, cn, sae, a is Activation.BatchTopK or Activation.TopK ? kk : 0);
+            var dict = new SparseDictionary(source.Models, D, F, a, cn, sae, a is Sparsity.BatchTopK or Sparsity.TopK ? kk : 0);
             var rng = new SplitMix64(r.GetValue(seed) * 0x9E3779B97F4A7C15UL + 17);
-            if (sae) Initialization.Sae(dict, rng); else Initialization.Crosscoder(dict, rng, a == Activation.Relu && r.GetValue(normInit) == 1f ? 0.005f : r.GetValue(normInit));
+            if (sae) Initialization.Sae(dict, rng); else Initialization.Crosscoder(dict, rng, a == Sparsity.Relu && r.GetValue(normInit) == 1f ? 0.005f : r.GetValue(normInit));
             float trms = r.GetValue(targetRms);
             if (trms > 0)
                 dict.Normalizer = kind == "diff-sae" || bo.Filter != MaskFilter.All
@@ -107,7 +108,7 @@ public sealed class TrainCommand : ICliCommand
             int bs = r.GetValue(batch);
             long tok = r.GetValue(tokens);
             long steps = Math.Max(1, (tok > 0 ? tok : st.Tokens) / bs);
-            bool topk = a is Activation.BatchTopK or Activation.TopK;
+            bool topk = a is Sparsity.BatchTopK or Sparsity.TopK;
             float clipv = r.GetValue(clip);
             var opts = new TrainerOptions
             {

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 namespace Finetrace.Activations;
 
 /// <summary>Options of <see cref="StoreBatches"/>.</summary>

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.Reflection;
 using System.Text.Json;
 using System.Text.Json.Nodes;

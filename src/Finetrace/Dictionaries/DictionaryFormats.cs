@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Finetrace.Models.Safetensors;
@@ -19,12 +20,12 @@ public static class DictionaryLearningFormat
     public static readonly string[] Classes = ["CrossCoder", "BatchTopKCrossCoder", "BatchTopKSAE"];
     static readonly string[] CodeNormNames = ["", "CROSSCODER", "SAE", "MIXED", "NONE", "DECOUPLED"];
 
-    public static string DictClass(SparseDictionary d) => (d.IsSae, d.Activation) switch
+    public static string DictClass(SparseDictionary d) => (d.IsSae, d.Sparsity) switch
     {
-        (false, Activation.Relu) => "CrossCoder",
-        (false, Activation.BatchTopK) => "BatchTopKCrossCoder",
-        (true, Activation.BatchTopK) when d.Models == 1 => "BatchTopKSAE",
-        _ => throw new DictionaryFormatException($"a {(d.IsSae ? "SAE" : "crosscoder")} with {d.Activation} activation has no crosscoder_learning class; save it in the SAELens format (--to saelens)"),
+        (false, Sparsity.Relu) => "CrossCoder",
+        (false, Sparsity.BatchTopK) => "BatchTopKCrossCoder",
+        (true, Sparsity.BatchTopK) when d.Models == 1 => "BatchTopKSAE",
+        _ => throw new DictionaryFormatException($"a {(d.IsSae ? "SAE" : "crosscoder")} with {d.Sparsity} activation has no crosscoder_learning class; save it in the SAELens format (--to saelens)"),
     };
 
     /// <summary>Loads a folder (model.safetensors + config.json).</summary>
@@ -90,9 +91,9 @@ public static class DictionaryLearningFormat
         }
         else note?.Invoke($"{file.Path}: no code_normalization_id; using CROSSCODER as the Python loader does");
 
-        var act = dictClass == "CrossCoder" ? Activation.Relu : Activation.BatchTopK;
+        var act = dictClass == "CrossCoder" ? Sparsity.Relu : Sparsity.BatchTopK;
         int k = 0;
-        if (act == Activation.BatchTopK) k = (int)file.ReadI64(Need("k").Name)[0];
+        if (act == Sparsity.BatchTopK) k = (int)file.ReadI64(Need("k").Name)[0];
         var d = new SparseDictionary(models, dm, f, act, codeNorm, sae, k);
 
         var wEnc = F32("encoder.weight");
@@ -110,7 +111,7 @@ public static class DictionaryLearningFormat
             F32("decoder.bias").CopyTo(d.BDec, 0);
         }
         F32("encoder.bias").CopyTo(d.BEnc, 0);
-        if (act == Activation.BatchTopK)
+        if (act == Sparsity.BatchTopK)
         {
             var th = Need("threshold");
             if (d.PerModelCodes)

@@ -18,8 +18,8 @@ public static class Inference
             for (int t = 0; t < b; t++)
                 for (int i = 0; i < rowLen; i++) xin[t * rowLen + i] -= d.BDec[i];
         var f = Tensors.Tensor.Allocate((long)b * d.DictSize);
-        Kernels.EncoderForward(xin, d.WEnc, d.BEnc, b, d.Models, d.DModel, d.DictSize, f);
-        if (relu) Kernels.Relu(f);
+        DictionaryKernels.EncoderForward(xin, d.WEnc, d.BEnc, b, d.Models, d.DModel, d.DictSize, f);
+        if (relu) DictionaryKernels.Relu(f);
         return f;
     }
 
@@ -35,16 +35,16 @@ public static class Inference
         var c = new float[d.DictSize];
         d.CodeNorm(c);
         bool ranked = d.CodeNormalization != CodeNormalization.None;
-        switch (d.Activation)
+        switch (d.Sparsity)
         {
-            case Activation.BatchTopK:
+            case Sparsity.BatchTopK:
                 var f = PostRelu(d, xBMD);
                 if (d.Threshold < 0) Selection.BatchTopK(f, ranked ? c : default, b, d.DictSize, (long)d.K * b, codes);
                 else Selection.Threshold(f, ranked ? c : default, d.Threshold, b, d.DictSize, codes);
                 break;
-            case Activation.TopK: Selection.TopKPerRow(PostRelu(d, xBMD), ranked ? c : default, default, b, d.DictSize, d.K, codes); break;
-            case Activation.Relu: Selection.Positive(PostRelu(d, xBMD), b, d.DictSize, codes); break;
-            case Activation.JumpRelu: Selection.Jump(PostRelu(d, xBMD, relu: false), d.JumpThreshold, b, d.DictSize, codes); break;
+            case Sparsity.TopK: Selection.TopKPerRow(PostRelu(d, xBMD), ranked ? c : default, default, b, d.DictSize, d.K, codes); break;
+            case Sparsity.Relu: Selection.Positive(PostRelu(d, xBMD), b, d.DictSize, codes); break;
+            case Sparsity.JumpRelu: Selection.Jump(PostRelu(d, xBMD, relu: false), d.JumpThreshold, b, d.DictSize, codes); break;
         }
         return codes;
     }
@@ -52,7 +52,7 @@ public static class Inference
     /// <summary>Training-mode codes: batch top-k over the whole batch for BatchTopK, otherwise the inference rule.</summary>
     public static SparseCodes EncodeTraining(SparseDictionary d, ReadOnlySpan<float> xBMD)
     {
-        if (d.Activation != Activation.BatchTopK) return Encode(d, xBMD);
+        if (d.Sparsity != Sparsity.BatchTopK) return Encode(d, xBMD);
         if (d.PerModelCodes)
         {
             var u = new SparseCodes(xBMD.Length / (d.Models * d.DModel), d.DictSize);
@@ -92,7 +92,7 @@ public static class Inference
         var u = new SparseCodes(codesM[0].Rows, d.DictSize);
         Selection.Union(codesM, null, u, default);
         var xh = new float[codesM[0].Rows * d.Models * d.DModel];
-        Kernels.DecodeSparse(codesM, d.WDec, d.BDec, d.Models, d.DModel, d.DictSize, xh);
+        DictionaryKernels.DecodeSparse(codesM, d.WDec, d.BDec, d.Models, d.DModel, d.DictSize, xh);
         return (u, xh);
     }
 
@@ -100,9 +100,9 @@ public static class Inference
     // codes [B, F] → xHatBMD: [B, M, D]
     public static float[] Decode(SparseDictionary d, SparseCodes codes)
     {
-        if (d.PerModelCodes) throw new InvalidOperationException("a DECOUPLED BatchTopK crosscoder decodes per-model codes: use Inference.Reconstruct or EncodeModels + Kernels.DecodeSparse");
+        if (d.PerModelCodes) throw new InvalidOperationException("a DECOUPLED BatchTopK crosscoder decodes per-model codes: use Inference.Reconstruct or EncodeModels + DictionaryKernels.DecodeSparse");
         var xh = new float[codes.Rows * d.Models * d.DModel];
-        Kernels.DecodeSparse(codes, d.WDec, d.BDec, d.Models, d.DModel, d.DictSize, xh);
+        DictionaryKernels.DecodeSparse(codes, d.WDec, d.BDec, d.Models, d.DModel, d.DictSize, xh);
         return xh;
     }
 }

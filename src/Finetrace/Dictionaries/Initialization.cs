@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 namespace Finetrace.Dictionaries;
 
 /// <summary>Initialisations of methods.md §2.6 / §3.1 (own RNG; torch's stream is not reproduced).</summary>

@@ -32,8 +32,8 @@ public sealed class Adam
         {
             float[] p = parameters[t], g = grads[t], m = ExpAvg[t], v = ExpAvgSq[t];
             int n = p.Length;
-            int nc = Kernels.Chunks(n, 1 << 15);
-            Parallel.For(0, nc, Kernels.Opts(n), c =>
+            int nc = DictionaryKernels.Chunks(n, 1 << 15);
+            Parallel.For(0, nc, DictionaryKernels.Opts(n), c =>
             {
                 int lo = (int)((long)n * c / nc), hi = (int)((long)n * (c + 1) / nc);
                 for (int i = lo; i < hi; i++)
@@ -103,21 +103,5 @@ public static class GeometricMedian
             if (allDone) break;
         }
         for (int i = 0; i < guess.Length; i++) medianMD[i] = (float)guess[i];
-    }
-}
-
-/// <summary>SplitMix64: a tiny generator whose whole state is one ulong, so checkpoints can store and restore it
-/// (the same mixer that seeds <see cref="Activations.Rng"/>).</summary>
-public sealed class SplitMix64(ulong state)
-{
-    public ulong State { get; set; } = state;
-    public ulong NextU64() => Activations.Rng.Mix(State += 0x9E3779B97F4A7C15UL);
-    /// <summary>Uniform in [0, 1).</summary>
-    public double NextDouble() => (NextU64() >> 11) * (1.0 / (1UL << 53));
-    public double Uniform(double lo, double hi) => lo + (hi - lo) * NextDouble();
-    public double Normal()
-    {
-        double u1 = 1 - NextDouble(), u2 = NextDouble();
-        return Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
     }
 }

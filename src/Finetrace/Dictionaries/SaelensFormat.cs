@@ -38,15 +38,15 @@ public static class SaelensFormat
         };
         string arch;
         var cfg = new JsonObject();
-        switch (d.Activation)
+        switch (d.Sparsity)
         {
-            case Activation.Relu: arch = "standard"; break;
-            case Activation.TopK: arch = "topk"; cfg["k"] = d.K; cfg["rescale_acts_by_decoder_norm"] = false; break;
-            case Activation.BatchTopK:
+            case Sparsity.Relu: arch = "standard"; break;
+            case Sparsity.TopK: arch = "topk"; cfg["k"] = d.K; cfg["rescale_acts_by_decoder_norm"] = false; break;
+            case Sparsity.BatchTopK:
                 if (d.Threshold < 0) throw new DictionaryFormatException("the BatchTopK threshold is unset (−1): train past --threshold-start so inference has a threshold before saving as SAELens jumprelu");
                 arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", Enumerable.Repeat(d.Threshold, F).ToArray(), F)); break;
-            case Activation.JumpRelu: arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", d.JumpThreshold!, F)); break;
-            default: throw new DictionaryFormatException($"no SAELens architecture for {d.Activation}");
+            case Sparsity.JumpRelu: arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", d.JumpThreshold!, F)); break;
+            default: throw new DictionaryFormatException($"no SAELens architecture for {d.Sparsity}");
         }
         Directory.CreateDirectory(dir);
         SafetensorsWriter.Write(Path.Combine(dir, WeightsFile), tensors);
@@ -90,7 +90,7 @@ public static class SaelensFormat
         void Shape(string k, params int[] s) { if (!f.Info(k).Shape.SequenceEqual(s)) throw new DictionaryFormatException($"{wPath}: '{k}' has shape {f.Info(k).ShapeText}, expected [{string.Join(", ", s)}]"); }
         Shape("W_enc", D, F); Shape("W_dec", F, D); Shape("b_enc", F); Shape("b_dec", D);
         if (arch == "jumprelu") Shape("threshold", F);
-        var act = arch switch { "standard" => Activation.Relu, "topk" => Activation.TopK, _ => Activation.JumpRelu };
+        var act = arch switch { "standard" => Sparsity.Relu, "topk" => Sparsity.TopK, _ => Sparsity.JumpRelu };
         int kk = arch == "topk" ? cfg["k"]?.GetValue<int>() ?? throw new DictionaryFormatException($"{cfgPath}: topk architecture without 'k'") : 0;
         var d = new SparseDictionary(1, D, F, act, CodeNormalization.None, subtractDecoderBias: true, kk);
         DictionaryLearningFormat.Transpose(f.ReadF32("W_enc").Data, D, F, d.WEnc);
@@ -107,31 +107,7 @@ public static class SaelensFormat
                 d.BEnc[j] += (float)s;
             }
         }
-        if (act == Activation.JumpRelu) f.ReadF32("threshold").Data.CopyTo(d.JumpThreshold!, 0);
+        if (act == Sparsity.JumpRelu) f.ReadF32("threshold").Data.CopyTo(d.JumpThreshold!, 0);
         return d;
-    }
-}
-
-/// <summary>Format detection for dictionary folders.</summary>
-public static class DictionaryIO
-{
-    public static bool IsSaelens(string dir) => File.Exists(Path.Combine(dir, SaelensFormat.CfgFile));
-    public static bool IsDictionaryLearning(string dir) => File.Exists(Path.Combine(dir, "config.json")) && File.Exists(Path.Combine(dir, "model.safetensors"));
-
-    public static SparseDictionary Load(string dir, Action<string>? note = null)
-    {
-        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{dir}: no such dictionary folder");
-        if (IsDictionaryLearning(dir)) return DictionaryLearningFormat.Load(dir, note);
-        if (IsSaelens(dir)) return SaelensFormat.Load(dir);
-        throw new DictionaryFormatException($"{dir}: neither a crosscoder_learning folder (config.json + model.safetensors) nor a SAELens folder (cfg.json + sae_weights.safetensors)");
-    }
-
-    /// <summary>The format researchers expect: crosscoder_learning where it has a class, SAELens otherwise.</summary>
-    public static string Save(SparseDictionary d, string dir, IReadOnlyDictionary<string, object?>? finetrace = null, float[]? log10Density = null)
-    {
-        bool dl = (d.IsSae, d.Activation) is (false, Activation.Relu or Activation.BatchTopK) or (true, Activation.BatchTopK);
-        if (dl) { DictionaryLearningFormat.Save(d, dir, finetrace); return "dictionary-learning"; }
-        SaelensFormat.Save(d, dir, log10Density, finetrace: finetrace);
-        return "saelens";
     }
 }

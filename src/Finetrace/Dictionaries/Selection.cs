@@ -134,7 +134,7 @@ public static class Selection
     {
         int nc = Math.Max(1, Math.Min(32, b));
         var lists = new List<(uint, long)>[nc];
-        Parallel.For(0, nc, Kernels.Opts((long)b * f), c =>
+        Parallel.For(0, nc, DictionaryKernels.Opts((long)b * f), c =>
         {
             var l = new List<(uint, long)>();
             int lo = b * c / nc, hi = b * (c + 1) / nc;
@@ -183,7 +183,7 @@ public static class Selection
         {
             float* F = fp, C = cp; bool* A = ap;
             var idx = codes.Index; var val = codes.Value;
-            Parallel.For(0, b, Kernels.Opts((long)b * f), () => (new float[f], new int[kk]), (t, _, buf) =>
+            Parallel.For(0, b, DictionaryKernels.Opts((long)b * f), () => (new float[f], new int[kk]), (t, _, buf) =>
             {
                 var (s, top) = buf;
                 float* row = F + (long)t * f;
@@ -256,7 +256,7 @@ public static class Selection
         codes.Reset(b);
         var counts = new int[b];
         var mins = new float[b];
-        Parallel.For(0, b, Kernels.Opts((long)b * f), t =>
+        Parallel.For(0, b, DictionaryKernels.Opts((long)b * f), t =>
         {
             float* row = F + (long)t * f;
             int n = 0; float mn = float.PositiveInfinity;
@@ -272,7 +272,7 @@ public static class Selection
         codes.RowStart[b] = pos;
         codes.EnsureCapacity(pos);
         var idx = codes.Index; var val = codes.Value; var rs = codes.RowStart;
-        Parallel.For(0, b, Kernels.Opts((long)b * f), t =>
+        Parallel.For(0, b, DictionaryKernels.Opts((long)b * f), t =>
         {
             float* row = F + (long)t * f;
             int e = rs[t];

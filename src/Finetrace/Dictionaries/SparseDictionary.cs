@@ -1,7 +1,7 @@
 namespace Finetrace.Dictionaries;
 
 /// <summary>How the code f becomes sparse.</summary>
-public enum Activation
+public enum Sparsity
 {
     /// <summary>f = ReLU(pre); sparsity comes from an L1 (or sqrt-L1) penalty.</summary>
     Relu,
@@ -32,7 +32,7 @@ public sealed class SparseDictionary
     public int Models { get; }
     public int DModel { get; }
     public int DictSize { get; }
-    public Activation Activation { get; set; }
+    public Sparsity Sparsity { get; set; }
     public CodeNormalization CodeNormalization { get; set; }
     public float AlphaSae { get; set; } = 1.0f;
     public float AlphaCc { get; set; } = 0.1f;
@@ -53,22 +53,22 @@ public sealed class SparseDictionary
     /// <summary>Activation normaliser (methods.md §2.7), or null when training on raw activations.</summary>
     public Normalizer? Normalizer { get; set; }
 
-    public SparseDictionary(int models, int dModel, int dictSize, Activation activation, CodeNormalization codeNorm, bool subtractDecoderBias, int k = 0)
+    public SparseDictionary(int models, int dModel, int dictSize, Sparsity activation, CodeNormalization codeNorm, bool subtractDecoderBias, int k = 0)
     {
         if (models < 1 || dModel < 1 || dictSize < 1) throw new ArgumentException($"dictionary sizes must be positive: models={models}, d_model={dModel}, dict_size={dictSize}");
-        if (activation is Activation.BatchTopK or Activation.TopK && (k < 1 || k > dictSize))
+        if (activation is Sparsity.BatchTopK or Sparsity.TopK && (k < 1 || k > dictSize))
             throw new ArgumentException($"k = {k} must be between 1 and dict_size = {dictSize}");
-        if (codeNorm == CodeNormalization.Decoupled && activation is not (Activation.Relu or Activation.BatchTopK))
+        if (codeNorm == CodeNormalization.Decoupled && activation is not (Sparsity.Relu or Sparsity.BatchTopK))
             throw new NotSupportedException($"DECOUPLED code normalisation exists for the L1 and BatchTopK crosscoders only, not {activation}; use crosscoder, sae, mixed or none");
         Models = models; DModel = dModel; DictSize = dictSize;
-        Activation = activation; CodeNormalization = codeNorm; SubtractDecoderBias = subtractDecoderBias; K = k;
+        Sparsity = activation; CodeNormalization = codeNorm; SubtractDecoderBias = subtractDecoderBias; K = k;
         long n = (long)models * dictSize * dModel;
         WEnc = Tensors.Tensor.Allocate(n);
         WDec = Tensors.Tensor.Allocate(n);
         BEnc = new float[dictSize];
         BDec = new float[models * dModel];
-        if (activation == Activation.JumpRelu) JumpThreshold = new float[dictSize];
-        if (codeNorm == CodeNormalization.Decoupled && activation == Activation.BatchTopK) ModelThreshold = Enumerable.Repeat(-1f, models).ToArray();
+        if (activation == Sparsity.JumpRelu) JumpThreshold = new float[dictSize];
+        if (codeNorm == CodeNormalization.Decoupled && activation == Sparsity.BatchTopK) ModelThreshold = Enumerable.Repeat(-1f, models).ToArray();
     }
 
     /// <summary>BatchTopK with DECOUPLED code normalisation: one batch top-k and one inference threshold per model
@@ -85,7 +85,7 @@ public sealed class SparseDictionary
     /// decoder — exactly the CROSSCODER AuxK, which Finetrace reuses. The reported activation is f · Σ_m ‖d_j^m‖ on
     /// the union of the per-model supports (methods.md §2.3; the reference's get_activations sums s over the selected
     /// models only, which agrees wherever every model selected the latent). The state-dict threshold is [M].</remarks>
-    public bool PerModelCodes => CodeNormalization == CodeNormalization.Decoupled && Activation == Activation.BatchTopK;
+    public bool PerModelCodes => CodeNormalization == CodeNormalization.Decoupled && Sparsity == Sparsity.BatchTopK;
 
     /// <summary>Per-model inference thresholds θ_m [M] for DECOUPLED BatchTopK (−1 = unset; null otherwise).</summary>
     public float[]? ModelThreshold { get; set; }
@@ -94,7 +94,7 @@ public sealed class SparseDictionary
 
     public SparseDictionary Clone()
     {
-        var c = new SparseDictionary(Models, DModel, DictSize, Activation, CodeNormalization, SubtractDecoderBias, K)
+        var c = new SparseDictionary(Models, DModel, DictSize, Sparsity, CodeNormalization, SubtractDecoderBias, K)
         { Threshold = Threshold, AlphaSae = AlphaSae, AlphaCc = AlphaCc, Normalizer = Normalizer?.Clone() };
         WEnc.CopyTo(c.WEnc, 0); WDec.CopyTo(c.WDec, 0); BEnc.CopyTo(c.BEnc, 0); BDec.CopyTo(c.BDec, 0);
         if (JumpThreshold is not null) JumpThreshold.CopyTo(c.JumpThreshold!, 0);
@@ -111,10 +111,10 @@ public sealed class SparseDictionary
     public float[] DecoderNorms()
     {
         // parallel over rows (disjoint outputs): DECOUPLED training reads the whole decoder every step
-        int rows = Models * DictSize, d = DModel, nc = Kernels.Chunks(rows, 64);
+        int rows = Models * DictSize, d = DModel, nc = DictionaryKernels.Chunks(rows, 64);
         var n = new float[rows];
         var w = WDec;
-        Parallel.For(0, nc, Kernels.Opts((long)rows * d), ch =>
+        Parallel.For(0, nc, DictionaryKernels.Opts((long)rows * d), ch =>
         {
             int lo = (int)((long)rows * ch / nc), hi = (int)((long)rows * (ch + 1) / nc);
             for (int r = lo; r < hi; r++) n[r] = CodeNorms.Norm(w.AsSpan(r * d, d));
@@ -201,8 +201,8 @@ public static class CodeNorms
             fixed (float* w = wDecMFD, c = cF)
             {
                 float* W = w, Cc = c;
-                int nc = Kernels.Chunks(f, 64);
-                Parallel.For(0, nc, Kernels.Opts((long)f * models * d), ch =>
+                int nc = DictionaryKernels.Chunks(f, 64);
+                Parallel.For(0, nc, DictionaryKernels.Opts((long)f * models * d), ch =>
                 {
                     int lo = (int)((long)f * ch / nc), hi = (int)((long)f * (ch + 1) / nc);
                     for (int j = lo; j < hi; j++)

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.Numerics.Tensors;
 
 namespace Finetrace.Dictionaries;
@@ -125,7 +126,7 @@ public sealed class DictionaryTrainer
         Dict = dict; Options = options;
         M = dict.Models; D = dict.DModel; F = dict.DictSize;
         var sizes = new List<int> { dict.WEnc.Length, dict.BEnc.Length, dict.WDec.Length, dict.BDec.Length };
-        if (dict.Activation == Activation.JumpRelu) sizes.Add(F);
+        if (dict.Sparsity == Sparsity.JumpRelu) sizes.Add(F);
         Optimizer = new Adam(sizes);
         TokensSinceFired = new long[F];
         SplitMix64 = new SplitMix64(seed);
@@ -133,13 +134,13 @@ public sealed class DictionaryTrainer
         GBEnc = new float[F];
         GWDec = Tensors.Tensor.Allocate(dict.WDec.Length);
         GBDec = new float[M * D];
-        if (dict.Activation == Activation.JumpRelu) GJump = new float[F];
+        if (dict.Sparsity == Sparsity.JumpRelu) GJump = new float[F];
         Codes = new SparseCodes(0, F);
         AuxCodes = new SparseCodes(0, F);
         ModelCodes = dict.PerModelCodes ? Enumerable.Range(0, M).Select(_ => new SparseCodes(0, F)).ToArray() : [];
     }
 
-    public IReadOnlyList<float[]> Parameters => Dict.Activation == Activation.JumpRelu
+    public IReadOnlyList<float[]> Parameters => Dict.Sparsity == Sparsity.JumpRelu
         ? [Dict.WEnc, Dict.BEnc, Dict.WDec, Dict.BDec, Dict.JumpThreshold!] : [Dict.WEnc, Dict.BEnc, Dict.WDec, Dict.BDec];
     public IReadOnlyList<float[]> Gradients => GJump is not null ? [GWEnc, GBEnc, GWDec, GBDec, GJump] : [GWEnc, GBEnc, GWDec, GBDec];
 
@@ -184,7 +185,7 @@ public sealed class DictionaryTrainer
         xBMD.CopyTo(x);
         Dict.Normalizer?.Normalize(x, M, D);
 
-        if (step == 0 && updateState && Options.GeometricMedianInit && Dict.Activation is Activation.BatchTopK or Activation.TopK)
+        if (step == 0 && updateState && Options.GeometricMedianInit && Dict.Sparsity is Sparsity.BatchTopK or Sparsity.TopK)
             GeometricMedian.Compute(x, B, M, D, Dict.BDec);
 
         // encoder input: SAE subtracts b_dec
@@ -194,9 +195,9 @@ public sealed class DictionaryTrainer
         else x.CopyTo(xin);
 
         var pre = _pre.AsSpan(0, B * F);
-        Kernels.EncoderForward(xin, Dict.WEnc, Dict.BEnc, B, M, D, F, pre);
-        if (Dict.Activation == Activation.JumpRelu) { Ensure(ref _preRaw, (long)B * F); pre.CopyTo(_preRaw); }
-        Kernels.Relu(pre);   // pre now holds post-ReLU f
+        DictionaryKernels.EncoderForward(xin, Dict.WEnc, Dict.BEnc, B, M, D, F, pre);
+        if (Dict.Sparsity == Sparsity.JumpRelu) { Ensure(ref _preRaw, (long)B * F); pre.CopyTo(_preRaw); }
+        DictionaryKernels.Relu(pre);   // pre now holds post-ReLU f
         Phase("encode (GEMM)");
 
         Ensure(ref _c, F);
@@ -211,18 +212,18 @@ public sealed class DictionaryTrainer
         int k = CurrentK(step);
         float minKept = 0;
         float[] minKeptM = [];
-        switch (Dict.Activation)
+        switch (Dict.Sparsity)
         {
             // DECOUPLED (crosscoder_learning encode_decoupled): s_m = f ⊙ n^m per model, batch top-k·B of each s_m
             // separately; model m's decoder sees f only where model m selected it; the union is the shared support.
-            case Activation.BatchTopK when perModel:
+            case Sparsity.BatchTopK when perModel:
                 minKeptM = Selection.BatchTopKPerModel(pre, nMF, B, F, (long)k * B, ModelCodes);
                 Selection.Union(ModelCodes, null, Codes, default);
                 break;
-            case Activation.BatchTopK: minKept = Selection.BatchTopK(pre, ranked ? c : default, B, F, (long)k * B, Codes); break;
-            case Activation.TopK: Selection.TopKPerRow(pre, ranked ? c : default, default, B, F, k, Codes); break;
-            case Activation.Relu: Codes.Reset(B); break;   // ReLU codes stay dense: f is the post-ReLU matrix itself
-            case Activation.JumpRelu: Selection.Jump(_preRaw.AsSpan(0, B * F), Dict.JumpThreshold, B, F, Codes); break;
+            case Sparsity.BatchTopK: minKept = Selection.BatchTopK(pre, ranked ? c : default, B, F, (long)k * B, Codes); break;
+            case Sparsity.TopK: Selection.TopKPerRow(pre, ranked ? c : default, default, B, F, k, Codes); break;
+            case Sparsity.Relu: Codes.Reset(B); break;   // ReLU codes stay dense: f is the post-ReLU matrix itself
+            case Sparsity.JumpRelu: Selection.Jump(_preRaw.AsSpan(0, B * F), Dict.JumpThreshold, B, F, Codes); break;
         }
         Phase("select");
         if (updateState && perModel && step > Options.ThresholdStartStep)
@@ -232,30 +233,30 @@ public sealed class DictionaryTrainer
             for (int m = 0; m < M; m++)
                 th[m] = th[m] < 0 ? minKeptM[m] : Options.ThresholdBeta * th[m] + (1 - Options.ThresholdBeta) * minKeptM[m];
         }
-        else if (updateState && Dict.Activation == Activation.BatchTopK && step > Options.ThresholdStartStep)
+        else if (updateState && Dict.Sparsity == Sparsity.BatchTopK && step > Options.ThresholdStartStep)
             Dict.Threshold = Dict.Threshold < 0 ? minKept : Options.ThresholdBeta * Dict.Threshold + (1 - Options.ThresholdBeta) * minKept;
 
-        bool relu = Dict.Activation == Activation.Relu;
-        bool dense = Options.Dense || Dict.Activation is Activation.JumpRelu;
+        bool relu = Dict.Sparsity == Sparsity.Relu;
+        bool dense = Options.Dense || Dict.Sparsity is Sparsity.JumpRelu;
         var xhat = _xhat.AsSpan(0, B * rowLen);
-        if (relu) Kernels.DecodeDense(pre, Dict.WDec, Dict.BDec, B, M, D, F, xhat);
+        if (relu) DictionaryKernels.DecodeDense(pre, Dict.WDec, Dict.BDec, B, M, D, F, xhat);
         else if (perModel && dense)
         {
             Ensure(ref _dense1, (long)B * F);
             for (int m = 0; m < M; m++)
             {
                 ModelCodes[m].ToDense(_dense1);
-                Kernels.DecodeDense(_dense1.AsSpan(0, B * F), Dict.WDec, Dict.BDec, B, M, D, F, xhat, model: m);
+                DictionaryKernels.DecodeDense(_dense1.AsSpan(0, B * F), Dict.WDec, Dict.BDec, B, M, D, F, xhat, model: m);
             }
         }
-        else if (perModel) Kernels.DecodeSparse(ModelCodes, Dict.WDec, Dict.BDec, M, D, F, xhat);
+        else if (perModel) DictionaryKernels.DecodeSparse(ModelCodes, Dict.WDec, Dict.BDec, M, D, F, xhat);
         else if (dense)
         {
             Ensure(ref _dense1, (long)B * F);
             Codes.ToDense(_dense1);
-            Kernels.DecodeDense(_dense1.AsSpan(0, B * F), Dict.WDec, Dict.BDec, B, M, D, F, xhat);
+            DictionaryKernels.DecodeDense(_dense1.AsSpan(0, B * F), Dict.WDec, Dict.BDec, B, M, D, F, xhat);
         }
-        else Kernels.DecodeSparse(Codes, Dict.WDec, Dict.BDec, M, D, F, xhat);
+        else DictionaryKernels.DecodeSparse(Codes, Dict.WDec, Dict.BDec, M, D, F, xhat);
         Phase("decode");
 
         // reconstruction loss and δ = ∂L/∂x̂
@@ -294,7 +295,7 @@ public sealed class DictionaryTrainer
 
         // dead tracking (TopK family): counters advance, latents that fired reset
         int deadCount = 0;
-        bool topkFamily = Dict.Activation is Activation.BatchTopK or Activation.TopK;
+        bool topkFamily = Dict.Sparsity is Sparsity.BatchTopK or Sparsity.TopK;
         if (topkFamily && updateState)
         {
             for (int j = 0; j < F; j++) TokensSinceFired[j] += B;
@@ -314,7 +315,7 @@ public sealed class DictionaryTrainer
             Selection.TopKPerRow(pre, ranked ? c : default, deadMask, B, F, kAux, AuxCodes);
             Ensure(ref _xaux, (long)B * rowLen);
             var xaux = _xaux.AsSpan(0, B * rowLen);
-            Kernels.DecodeSparse(AuxCodes, Dict.WDec, default, M, D, F, xaux);
+            DictionaryKernels.DecodeSparse(AuxCodes, Dict.WDec, default, M, D, F, xaux);
             var rMean = new double[rowLen];
             for (int t = 0; t < B; t++) for (int i = 0; i < rowLen; i++) rMean[i] += x[t * rowLen + i] - xhat[t * rowLen + i];
             for (int i = 0; i < rowLen; i++) rMean[i] = (float)(rMean[i] / B);
@@ -347,12 +348,12 @@ public sealed class DictionaryTrainer
         {
             // column sums of f (L1) or √f (sqrt-L1): S = Σ_j c_j·Σ_b f / B, or Σ_j √c_j·Σ_b √f / B
             var colSum = new float[F];
-            if (Options.Penalty == SparsityPenalty.L1) Kernels.ColumnSums(pre, B, F, colSum);
+            if (Options.Penalty == SparsityPenalty.L1) DictionaryKernels.ColumnSums(pre, B, F, colSum);
             else
             {
                 var sq = Tensors.Tensor.Allocate((long)B * F, zeroed: false);
                 TensorPrimitives.Sqrt(pre, sq);
-                Kernels.ColumnSums(sq, B, F, colSum);
+                DictionaryKernels.ColumnSums(sq, B, F, colSum);
             }
             for (int j = 0; j < F; j++)
             {
@@ -360,9 +361,9 @@ public sealed class DictionaryTrainer
                 else { double rc = Math.Sqrt(c[j]); sparsity += rc * colSum[j]; gc[j] = rc > 0 ? (float)(mu * colSum[j] / (2 * rc) / B) : 0; }
             }
             sparsity /= B;
-            l0Relu = (double)Kernels.CountPositive(pre) / B;
+            l0Relu = (double)DictionaryKernels.CountPositive(pre) / B;
         }
-        else if (Dict.Activation == Activation.JumpRelu)
+        else if (Dict.Sparsity == Sparsity.JumpRelu)
         {
             for (int e = 0; e < Codes.Count; e++) if (Codes.Value[e] != 0) sparsity += 1;
             sparsity /= B;
@@ -379,7 +380,7 @@ public sealed class DictionaryTrainer
         {
             Ensure(ref _dense2, (long)B * F);
             var gPre = _dense2.AsSpan(0, B * F);
-            Kernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, gPre);
+            DictionaryKernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, gPre);
             ReluPenaltyGrad(pre, c, B, mu, gPre);
         }
         else if (perModel)
@@ -392,44 +393,44 @@ public sealed class DictionaryTrainer
                 if (dense)
                 {
                     Ensure(ref _dense2, (long)B * F);
-                    Kernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, _dense2.AsSpan(0, B * F), model: m);
+                    DictionaryKernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, _dense2.AsSpan(0, B * F), model: m);
                     GatherEntries(ModelCodes[m], _dense2.AsSpan(0, B * F), F, gM[m]);
                 }
-                else Kernels.CodeGradSparse(ModelCodes[m], Dict.WDec, delta, M, D, F, gM[m], model: m);
+                else DictionaryKernels.CodeGradSparse(ModelCodes[m], Dict.WDec, delta, M, D, F, gM[m], model: m);
             }
             Selection.Union(ModelCodes, gM, Codes, gVal);
             if (haveAux)
             {
                 if (dense)
                 {
-                    Kernels.CodeGradDense(deltaAux, Dict.WDec, B, M, D, F, _dense2.AsSpan(0, B * F));
+                    DictionaryKernels.CodeGradDense(deltaAux, Dict.WDec, B, M, D, F, _dense2.AsSpan(0, B * F));
                     GatherEntries(AuxCodes, _dense2.AsSpan(0, B * F), F, gValAux);
                 }
-                else Kernels.CodeGradSparse(AuxCodes, Dict.WDec, deltaAux, M, D, F, gValAux);
+                else DictionaryKernels.CodeGradSparse(AuxCodes, Dict.WDec, deltaAux, M, D, F, gValAux);
             }
         }
         else if (dense)
         {
             Ensure(ref _dense2, (long)B * F);
             var gF = _dense2.AsSpan(0, B * F);
-            Kernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, gF);
+            DictionaryKernels.CodeGradDense(delta, Dict.WDec, B, M, D, F, gF);
             GatherEntries(Codes, gF, F, gVal);
             if (haveAux)
             {
-                Kernels.CodeGradDense(deltaAux, Dict.WDec, B, M, D, F, gF);
+                DictionaryKernels.CodeGradDense(deltaAux, Dict.WDec, B, M, D, F, gF);
                 GatherEntries(AuxCodes, gF, F, gValAux);
             }
         }
         else
         {
-            Kernels.CodeGradSparse(Codes, Dict.WDec, delta, M, D, F, gVal);
-            if (haveAux) Kernels.CodeGradSparse(AuxCodes, Dict.WDec, deltaAux, M, D, F, gValAux);
+            DictionaryKernels.CodeGradSparse(Codes, Dict.WDec, delta, M, D, F, gVal);
+            if (haveAux) DictionaryKernels.CodeGradSparse(AuxCodes, Dict.WDec, deltaAux, M, D, F, gValAux);
         }
         // through the sparsity penalty and the activation: ∂L/∂pre at stored entries
         for (int e = 0; e < Codes.Count; e++)
         {
             float v = Codes.Value[e];
-            if (!(v > 0) && Dict.Activation != Activation.JumpRelu) gVal[e] = 0;
+            if (!(v > 0) && Dict.Sparsity != Sparsity.JumpRelu) gVal[e] = 0;
         }
         for (int e = 0; e < auxN; e++) if (!(AuxCodes.Value[e] > 0)) gValAux[e] = 0;
         if (!haveAux) AuxCodes.Reset(B);
@@ -440,8 +441,8 @@ public sealed class DictionaryTrainer
         var aux = haveAux ? AuxCodes : null;
         if (relu)
         {
-            Kernels.DecoderGradDense(pre, delta, B, M, D, F, GWDec);
-            Kernels.EncoderGradDense(_dense2.AsSpan(0, B * F), xin, B, M, D, F, GWEnc, GBEnc);
+            DictionaryKernels.DecoderGradDense(pre, delta, B, M, D, F, GWDec);
+            DictionaryKernels.EncoderGradDense(_dense2.AsSpan(0, B * F), xin, B, M, D, F, GWEnc, GBEnc);
         }
         else if (dense)
         {
@@ -450,14 +451,14 @@ public sealed class DictionaryTrainer
                 for (int m = 0; m < M; m++)
                 {
                     ModelCodes[m].ToDense(fBF);
-                    Kernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec, model: m);
+                    DictionaryKernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec, model: m);
                 }
-            else Kernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec);
+            else DictionaryKernels.DecoderGradDense(fBF, delta, B, M, D, F, GWDec);
             if (haveAux)
             {
                 Ensure(ref _dense3, (long)B * F);
                 AuxCodes.ToDense(_dense3);
-                Kernels.DecoderGradDense(_dense3.AsSpan(0, B * F), deltaAux, B, M, D, F, GWDec, accumulate: true);
+                DictionaryKernels.DecoderGradDense(_dense3.AsSpan(0, B * F), deltaAux, B, M, D, F, GWDec, accumulate: true);
             }
             var gPre = _dense2.AsSpan(0, B * F);
             gPre.Clear();
@@ -466,23 +467,23 @@ public sealed class DictionaryTrainer
             if (haveAux)
                 for (int bi = 0; bi < B; bi++)
                     for (int e = AuxCodes.RowStart[bi]; e < AuxCodes.RowStart[bi + 1]; e++) gPre[bi * F + AuxCodes.Index[e]] += gValAux[e];
-            Kernels.EncoderGradDense(gPre, xin, B, M, D, F, GWEnc, GBEnc);
+            DictionaryKernels.EncoderGradDense(gPre, xin, B, M, D, F, GWEnc, GBEnc);
         }
         else if (perModel)
         {
             foreach (var mc in ModelCodes) mc.BuildColumns();
-            Kernels.DecoderGradSparse(ModelCodes, delta, aux, deltaAux, M, D, F, GWDec);
-            Kernels.EncoderGradSparse(Codes, gVal, aux, gValAux, xin, M, D, F, GWEnc, GBEnc);
+            DictionaryKernels.DecoderGradSparse(ModelCodes, delta, aux, deltaAux, M, D, F, GWDec);
+            DictionaryKernels.EncoderGradSparse(Codes, gVal, aux, gValAux, xin, M, D, F, GWEnc, GBEnc);
         }
         else
         {
-            Kernels.DecoderGradSparse(Codes, delta, aux, deltaAux, M, D, F, GWDec);
-            Kernels.EncoderGradSparse(Codes, gVal, aux, gValAux, xin, M, D, F, GWEnc, GBEnc);
+            DictionaryKernels.DecoderGradSparse(Codes, delta, aux, deltaAux, M, D, F, GWDec);
+            DictionaryKernels.EncoderGradSparse(Codes, gVal, aux, gValAux, xin, M, D, F, GWEnc, GBEnc);
         }
         Phase("weight grads");
-        if (Dict.Activation == Activation.Relu && mu != 0)
+        if (Dict.Sparsity == Sparsity.Relu && mu != 0)
             CodeNorms.Backward(Dict.WDec, gc, M, F, D, Dict.CodeNormalization, Dict.AlphaSae, Dict.AlphaCc, GWDec);
-        if (Dict.Activation == Activation.JumpRelu) JumpThresholdGrad(B, mu);
+        if (Dict.Sparsity == Sparsity.JumpRelu) JumpThresholdGrad(B, mu);
 
         // decoder bias: Σ_b δ (+ through the SAE's input centring: −Σ_j gBEnc[j]·WEnc[j])
         var gbd = new double[rowLen];
@@ -523,7 +524,7 @@ public sealed class DictionaryTrainer
         fixed (float* fp = fBF, gp = gBF)
         {
             float* FP = fp, GP = gp;
-            Parallel.For(0, B, Kernels.Opts((long)B * f), t =>
+            Parallel.For(0, B, DictionaryKernels.Opts((long)B * f), t =>
             {
                 float* fr = FP + (long)t * f, gr = GP + (long)t * f;
                 for (int j = 0; j < f; j++)
@@ -546,7 +547,7 @@ public sealed class DictionaryTrainer
     void JumpThresholdGrad(int B, double mu)
     {
         var gF = _dense2.AsSpan(0, B * F);   // ∂L/∂f at every entry, including inactive ones near θ
-        Kernels.CodeGradDense(_delta.AsSpan(0, B * M * D), Dict.WDec, B, M, D, F, gF);
+        DictionaryKernels.CodeGradDense(_delta.AsSpan(0, B * M * D), Dict.WDec, B, M, D, F, gF);
         var pre = _preRaw.AsSpan(0, B * F);
         var th = Dict.JumpThreshold!;
         float eps = Options.JumpBandwidth;
@@ -585,8 +586,8 @@ public sealed class DictionaryTrainer
                 foreach (var g in Gradients)
                 {
                     var gg = g;
-                    int nc = Kernels.Chunks(gg.Length, 1 << 15);
-                    Parallel.For(0, nc, Kernels.Opts(gg.Length), c =>
+                    int nc = DictionaryKernels.Chunks(gg.Length, 1 << 15);
+                    Parallel.For(0, nc, DictionaryKernels.Opts(gg.Length), c =>
                     {
                         int lo = (int)((long)gg.Length * c / nc), hi = (int)((long)gg.Length * (c + 1) / nc);
                         TensorPrimitives.Multiply(gg.AsSpan(lo, hi - lo), coef, gg.AsSpan(lo, hi - lo));
@@ -599,9 +600,9 @@ public sealed class DictionaryTrainer
     // Σ g² in double over a fixed number of chunks (independent of the thread count), combined in chunk order.
     static double SumOfSquares(float[] g)
     {
-        int nc = Kernels.Chunks(g.Length, 1 << 15);
+        int nc = DictionaryKernels.Chunks(g.Length, 1 << 15);
         var part = new double[nc];
-        Parallel.For(0, nc, Kernels.Opts(g.Length), c =>
+        Parallel.For(0, nc, DictionaryKernels.Opts(g.Length), c =>
         {
             int lo = (int)((long)g.Length * c / nc), hi = (int)((long)g.Length * (c + 1) / nc);
             double s = 0;

@@ -14,7 +14,7 @@ public sealed class CausalLM : IDisposable
 {
     public ModelConfig Config { get; }
     public string Folder { get; }
-    readonly Checkpoint _ckpt;
+    readonly ShardedCheckpoint _ckpt;
     readonly Weight _embed;
     readonly Weight? _wpe;
     readonly Block[] _blocks;
@@ -57,7 +57,7 @@ public sealed class CausalLM : IDisposable
         public required Linear Up, Down;
     }
 
-    CausalLM(string folder, ModelConfig config, Checkpoint ckpt, Dictionary<string, Weight> w)
+    CausalLM(string folder, ModelConfig config, ShardedCheckpoint ckpt, Dictionary<string, Weight> w)
     {
         Folder = folder; Config = config; _ckpt = ckpt;
         var c = config;
@@ -133,7 +133,7 @@ public sealed class CausalLM : IDisposable
     public static CausalLM Load(string folder, string? adapterFolder = null)
     {
         var config = ModelConfig.Load(folder);
-        var ckpt = new Checkpoint(folder);
+        var ckpt = new ShardedCheckpoint(folder);
         try
         {
             var weights = ResolveWeights(config, ckpt, folder);
@@ -149,7 +149,7 @@ public sealed class CausalLM : IDisposable
 
     /// <summary>Maps every parameter the config needs to its tensor (names with or without the transformer./model./gpt_neox.
     /// prefix), checking shapes; missing, misshapen or unexpected tensors are errors naming tensor and file.</summary>
-    internal static Dictionary<string, Weight> ResolveWeights(ModelConfig c, Checkpoint ckpt, string folder)
+    internal static Dictionary<string, Weight> ResolveWeights(ModelConfig c, ShardedCheckpoint ckpt, string folder)
     {
         var byNormal = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var name in ckpt.Names)
@@ -363,9 +363,9 @@ public sealed class CausalLM : IDisposable
             var up = ws.MlpB.AsSpan(0, m * inter);
             switch (Config.Act)
             {
-                case Activation.Silu: Kernels.SiluMul(a, up, a); break;
-                case Activation.GeluTanh: Kernels.GeluTanhMul(a, up, a); break;
-                case Activation.GeluErf: Kernels.GeluErfMul(a, up, a); break;
+                case HiddenAct.Silu: Kernels.SiluMul(a, up, a); break;
+                case HiddenAct.GeluTanh: Kernels.GeluTanhMul(a, up, a); break;
+                case HiddenAct.GeluErf: Kernels.GeluErfMul(a, up, a); break;
             }
         }
         else
@@ -374,9 +374,9 @@ public sealed class CausalLM : IDisposable
             var a = ws.MlpA.AsSpan(0, m * inter);
             switch (Config.Act)
             {
-                case Activation.Silu: Kernels.Silu(a, a); break;
-                case Activation.GeluTanh: Kernels.GeluTanh(a, a); break;
-                case Activation.GeluErf: Kernels.GeluErf(a, a); break;
+                case HiddenAct.Silu: Kernels.Silu(a, a); break;
+                case HiddenAct.GeluTanh: Kernels.GeluTanh(a, a); break;
+                case HiddenAct.GeluErf: Kernels.GeluErf(a, a); break;
             }
         }
         blk.Down.Apply(ws.MlpA, m, ws.MlpOut, _tile);

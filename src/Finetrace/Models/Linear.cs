@@ -30,7 +30,7 @@ sealed class Linear
     public void Apply(ReadOnlySpan<float> xMIn, int m, Span<float> yMOut, TileBuffer tile)
     {
         long t0 = CausalLM.Profile.Now();
-        if (W.DType == Safetensors.DType.F32)
+        if (W.DType == DType.F32)
         {
             var w = W.F32Span;
             if (StoredInOut) Gemm.Sgemm(false, false, m, Out, In, 1f, xMIn, In, w, Out, 0f, yMOut, Out);

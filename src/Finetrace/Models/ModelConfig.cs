@@ -5,7 +5,7 @@ namespace Finetrace.Models;
 /// <summary>The seven supported decoder families (model-facts.md §4–7).</summary>
 public enum Architecture { Llama, Mistral, Qwen2, Qwen3, Gemma2, Gpt2, GptNeox }
 
-public enum Activation { Silu, GeluTanh, GeluErf }
+public enum HiddenAct { Silu, GeluTanh, GeluErf }
 
 public enum NormKind { RmsNorm, GemmaRmsNorm, LayerNorm }
 
@@ -31,7 +31,7 @@ public sealed class ModelConfig
     public int MaxPositions { get; init; }
     public required float NormEps { get; init; }
     public required NormKind Norm { get; init; }
-    public required Activation Act { get; init; }
+    public required HiddenAct Act { get; init; }
     public required bool TiedEmbeddings { get; init; }
 
     /// <summary>Q, K, V projections carry biases (Qwen2, GPT-2, NeoX, Llama with attention_bias).</summary>
@@ -251,14 +251,14 @@ public sealed class ModelConfig
         };
     }
 
-    static Activation ParseActivation(Reader r, string key, string fallback)
+    static HiddenAct ParseActivation(Reader r, string key, string fallback)
     {
         string s = r.Str(key) ?? fallback;
         return s switch
         {
-            "silu" or "swish" => Activation.Silu,
-            "gelu_pytorch_tanh" or "gelu_new" or "gelu_fast" => Activation.GeluTanh,
-            "gelu" => Activation.GeluErf,
+            "silu" or "swish" => HiddenAct.Silu,
+            "gelu_pytorch_tanh" or "gelu_new" or "gelu_fast" => HiddenAct.GeluTanh,
+            "gelu" => HiddenAct.GeluErf,
             _ => throw r.Fail(key, $"activation '{s}' is not supported; supported: silu, swish, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast"),
         };
     }

@@ -97,29 +97,13 @@ public static class SyntheticCheckpoint
     }
 
     /// <summary>Standard normal draws: xoshiro256** uniforms through Box–Muller (both outputs used).</summary>
-    sealed class Gaussian
+    sealed class Gaussian(ulong seed)
     {
-        ulong _s0, _s1, _s2, _s3;
+        Rng _rng = new(seed);
         float _spare;
         bool _hasSpare;
 
-        public Gaussian(ulong seed)
-        {
-            // splitmix64 to fill the state
-            ulong x = seed;
-            ulong Next64() { x += 0x9E3779B97F4A7C15; ulong z = x; z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) * 0x94D049BB133111EB; return z ^ (z >> 31); }
-            _s0 = Next64(); _s1 = Next64(); _s2 = Next64(); _s3 = Next64();
-        }
-
-        ulong NextU64()
-        {
-            ulong result = BitOperations.RotateLeft(_s1 * 5, 7) * 9;
-            ulong t = _s1 << 17;
-            _s2 ^= _s0; _s3 ^= _s1; _s1 ^= _s2; _s0 ^= _s3; _s2 ^= t; _s3 = BitOperations.RotateLeft(_s3, 45);
-            return result;
-        }
-
-        double Uniform() => ((NextU64() >> 11) + 0.5) * (1.0 / (1UL << 53)); // (0, 1)
+        double Uniform() => ((_rng.NextU64() >> 11) + 0.5) * (1.0 / (1UL << 53)); // (0, 1)
 
         public float Next()
         {

@@ -33,7 +33,7 @@ public sealed unsafe class Weight
         Cols = checked((int)(shape.Length >= 2 ? Tensor.ShapeLength(shape.AsSpan(1)) : Tensor.ShapeLength(shape)));
     }
 
-    public static Weight Mapped(Checkpoint ckpt, string name)
+    public static Weight Mapped(ShardedCheckpoint ckpt, string name)
     {
         var f = ckpt.FileOf(name);
         var info = f.Info(name);

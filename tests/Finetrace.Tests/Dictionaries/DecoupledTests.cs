@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.Text.Json;
 using Finetrace.Activations;
 using Finetrace.Activations.Synthetic;
@@ -17,7 +18,7 @@ public sealed class DecoupledTests(ITestOutputHelper log)
 {
     static SparseDictionary Make(int models, int d, int f, int k, ulong seed)
     {
-        var dict = new SparseDictionary(models, d, f, Activation.BatchTopK, CodeNormalization.Decoupled, false, k);
+        var dict = new SparseDictionary(models, d, f, Sparsity.BatchTopK, CodeNormalization.Decoupled, false, k);
         Initialization.Crosscoder(dict, new SplitMix64(seed), normInitScale: 0.5f);
         // make the per-model decoder norms differ, so the per-model rankings differ
         var r = new SplitMix64(seed + 7);
@@ -154,7 +155,7 @@ public sealed class DecoupledTests(ITestOutputHelper log)
         using var st = ActivationStore.Open(store.Path);
         using var src = StoreBatches.Paired(st, new StoreBatchOptions { Layer = 0, Seed = 1 });
         const int steps = 600, batch = 128, k = 4;
-        var dict = new SparseDictionary(2, 16, 64, Activation.BatchTopK, CodeNormalization.Decoupled, false, k);
+        var dict = new SparseDictionary(2, 16, 64, Sparsity.BatchTopK, CodeNormalization.Decoupled, false, k);
         Initialization.Crosscoder(dict, new SplitMix64(5), 1f);
         var tr = new DictionaryTrainer(dict, new TrainerOptions
         {
@@ -205,7 +206,7 @@ public sealed class DecoupledCliTests
             "--dict-size", "48", "--batch", "128", "--tokens", "25600", "--threshold-start", "50", "--checkpoint-every", "100", "--out", cc]));
         var d = DictionaryIO.Load(cc);
         Assert.Equal(CodeNormalization.Decoupled, d.CodeNormalization);
-        Assert.Equal(Activation.BatchTopK, d.Activation);
+        Assert.Equal(Sparsity.BatchTopK, d.Sparsity);
         Assert.Equal(2, d.ModelThreshold!.Length);
         Assert.All(d.ModelThreshold, t => Assert.True(t > 0, "θ_m set by training"));
         Assert.Equal(200, File.ReadLines(Path.Combine(cc, "metrics.jsonl")).Count());

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.Text.Json.Nodes;
 using Finetrace.Dictionaries;
 using Finetrace.Models.Safetensors;
@@ -47,7 +48,7 @@ public sealed class FormatTests(ITestOutputHelper log)
     [Fact]
     public void Unknown_or_missing_keys_are_refused_with_the_key_name()
     {
-        var d = new SparseDictionary(2, 4, 8, Activation.BatchTopK, CodeNormalization.Crosscoder, false, 2);
+        var d = new SparseDictionary(2, 4, 8, Sparsity.BatchTopK, CodeNormalization.Crosscoder, false, 2);
         Initialization.Crosscoder(d, new SplitMix64(1));
         using var dir = new TempDir();
         var tensors = DictionaryLearningFormat.StateDict(d);
@@ -68,11 +69,11 @@ public sealed class FormatTests(ITestOutputHelper log)
     }
 
     [Theory]
-    [InlineData(Activation.BatchTopK)]
-    [InlineData(Activation.TopK)]
-    [InlineData(Activation.Relu)]
-    [InlineData(Activation.JumpRelu)]
-    public void Saelens_folder_folds_the_normaliser_and_reproduces_raw_space_reconstructions(Activation act)
+    [InlineData(Sparsity.BatchTopK)]
+    [InlineData(Sparsity.TopK)]
+    [InlineData(Sparsity.Relu)]
+    [InlineData(Sparsity.JumpRelu)]
+    public void Saelens_folder_folds_the_normaliser_and_reproduces_raw_space_reconstructions(Sparsity act)
     {
         int D = 12, F = 40;
         var d = new SparseDictionary(1, D, F, act, CodeNormalization.None, subtractDecoderBias: true, k: 3);
@@ -90,7 +91,7 @@ public sealed class FormatTests(ITestOutputHelper log)
         using var dir = new TempDir();
         SaelensFormat.Save(d, dir.Path, new float[F]);
         var cfg = JsonNode.Parse(File.ReadAllText(dir.File("cfg.json")))!.AsObject();
-        Assert.Equal(act switch { Activation.Relu => "standard", Activation.TopK => "topk", _ => "jumprelu" }, cfg["architecture"]!.GetValue<string>());
+        Assert.Equal(act switch { Sparsity.Relu => "standard", Sparsity.TopK => "topk", _ => "jumprelu" }, cfg["architecture"]!.GetValue<string>());
         var back = DictionaryIO.Load(dir.Path);
         Assert.Null(back.Normalizer);
         var (codesB, xhB) = Evaluation.ReconstructRaw(back, x);

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using Finetrace.Dictionaries;
 using Xunit.Abstractions;
 
@@ -7,14 +8,14 @@ namespace Finetrace.Tests.Dictionaries;
 /// tolerance), for the variants the reference fixtures do not cover; and the sparse step against the dense step.</summary>
 public sealed class GradientTests(ITestOutputHelper log)
 {
-    static SparseDictionary Make(Activation act, CodeNormalization cn, bool sae, int models, int d, int f, int k, ulong seed)
+    static SparseDictionary Make(Sparsity act, CodeNormalization cn, bool sae, int models, int d, int f, int k, ulong seed)
     {
         var dict = new SparseDictionary(models, d, f, act, cn, sae, k);
         Initialization.Crosscoder(dict, new SplitMix64(seed), normInitScale: 0.5f);
         var r = new SplitMix64(seed + 1);
         for (int i = 0; i < dict.BEnc.Length; i++) dict.BEnc[i] = (float)(r.Normal() * 0.1);
         for (int i = 0; i < dict.BDec.Length; i++) dict.BDec[i] = (float)(r.Normal() * 0.1);
-        if (act == Activation.JumpRelu) Array.Fill(dict.JumpThreshold!, 0.05f);
+        if (act == Sparsity.JumpRelu) Array.Fill(dict.JumpThreshold!, 0.05f);
         // DECOUPLED: per-model decoder norms that differ, so each model's top-k differs from the others'
         if (cn == CodeNormalization.Decoupled)
             for (int row = 0; row < models * f; row++)
@@ -33,16 +34,16 @@ public sealed class GradientTests(ITestOutputHelper log)
     }
 
     [Theory]
-    [InlineData(Activation.Relu, CodeNormalization.Crosscoder, false, SparsityPenalty.L1, ReconLoss.Mse)]
-    [InlineData(Activation.Relu, CodeNormalization.Sae, false, SparsityPenalty.L1, ReconLoss.L2)]
-    [InlineData(Activation.Relu, CodeNormalization.Mixed, false, SparsityPenalty.SqrtL1, ReconLoss.MseMeanModels)]
-    [InlineData(Activation.Relu, CodeNormalization.None, true, SparsityPenalty.SqrtL1, ReconLoss.Mse)]
-    [InlineData(Activation.TopK, CodeNormalization.None, true, SparsityPenalty.L1, ReconLoss.Mse)]
-    [InlineData(Activation.BatchTopK, CodeNormalization.Sae, false, SparsityPenalty.L1, ReconLoss.Mse)]
-    [InlineData(Activation.BatchTopK, CodeNormalization.Mixed, false, SparsityPenalty.L1, ReconLoss.L2)]
-    [InlineData(Activation.BatchTopK, CodeNormalization.Decoupled, false, SparsityPenalty.L1, ReconLoss.Mse)]
-    [InlineData(Activation.BatchTopK, CodeNormalization.Decoupled, false, SparsityPenalty.L1, ReconLoss.L2)]
-    public void Gradients_match_finite_differences(Activation act, CodeNormalization cn, bool sae, SparsityPenalty pen, ReconLoss loss)
+    [InlineData(Sparsity.Relu, CodeNormalization.Crosscoder, false, SparsityPenalty.L1, ReconLoss.Mse)]
+    [InlineData(Sparsity.Relu, CodeNormalization.Sae, false, SparsityPenalty.L1, ReconLoss.L2)]
+    [InlineData(Sparsity.Relu, CodeNormalization.Mixed, false, SparsityPenalty.SqrtL1, ReconLoss.MseMeanModels)]
+    [InlineData(Sparsity.Relu, CodeNormalization.None, true, SparsityPenalty.SqrtL1, ReconLoss.Mse)]
+    [InlineData(Sparsity.TopK, CodeNormalization.None, true, SparsityPenalty.L1, ReconLoss.Mse)]
+    [InlineData(Sparsity.BatchTopK, CodeNormalization.Sae, false, SparsityPenalty.L1, ReconLoss.Mse)]
+    [InlineData(Sparsity.BatchTopK, CodeNormalization.Mixed, false, SparsityPenalty.L1, ReconLoss.L2)]
+    [InlineData(Sparsity.BatchTopK, CodeNormalization.Decoupled, false, SparsityPenalty.L1, ReconLoss.Mse)]
+    [InlineData(Sparsity.BatchTopK, CodeNormalization.Decoupled, false, SparsityPenalty.L1, ReconLoss.L2)]
+    public void Gradients_match_finite_differences(Sparsity act, CodeNormalization cn, bool sae, SparsityPenalty pen, ReconLoss loss)
     {
         int models = sae ? 1 : 3, d = 6, f = 10, b = 12;
         var dict = Make(act, cn, sae, models, d, f, 3, 11);
@@ -99,10 +100,10 @@ public sealed class GradientTests(ITestOutputHelper log)
     }
 
     [Theory]
-    [InlineData(Activation.BatchTopK, false, CodeNormalization.Crosscoder)]
-    [InlineData(Activation.BatchTopK, false, CodeNormalization.Decoupled)]
-    [InlineData(Activation.TopK, true, CodeNormalization.None)]
-    public void Sparse_step_matches_dense_step(Activation act, bool sae, CodeNormalization cn)
+    [InlineData(Sparsity.BatchTopK, false, CodeNormalization.Crosscoder)]
+    [InlineData(Sparsity.BatchTopK, false, CodeNormalization.Decoupled)]
+    [InlineData(Sparsity.TopK, true, CodeNormalization.None)]
+    public void Sparse_step_matches_dense_step(Sparsity act, bool sae, CodeNormalization cn)
     {
         int models = sae ? 1 : 2, d = 12, f = 48, b = 32;
         var x = Data(b, models * d, 9);

@@ -127,7 +127,7 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
         using var fx = new Fixture(name);
         var x = fx.F("input.x");
         var d = DictionaryLearningFormat.FromStateDict(fx.File, "step0_pre.", fx.DictClass);
-        Assert.Equal(Activation.BatchTopK, d.Activation);
+        Assert.Equal(Sparsity.BatchTopK, d.Sparsity);
         Assert.Equal(fx.Config["k"]!.GetValue<int>(), d.K);
 
         // geometric median of the batch = the decoder bias the reference set at step 0
@@ -227,7 +227,7 @@ public sealed class ReferenceFixtureTests(ITestOutputHelper log)
         using var fx = new Fixture(name);
         var x = fx.F("input.x");
         var d = DictionaryLearningFormat.FromStateDict(fx.File, "step0_pre.", fx.DictClass);
-        Assert.Equal(Activation.Relu, d.Activation);
+        Assert.Equal(Sparsity.Relu, d.Sparsity);
         CompareParams(fx, d, "init.");
         CheckL1Encodings(fx, d, x, "enc.step0.");
         var c = new float[d.DictSize];

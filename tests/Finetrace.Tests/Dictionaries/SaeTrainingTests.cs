@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using Finetrace.Dictionaries;
 using Xunit.Abstractions;
 
@@ -30,17 +31,17 @@ public sealed class SaeTrainingTests(ITestOutputHelper log)
         return x;
     }
 
-    (StepStats First, StepStats Last, SparseDictionary Dict) Run(Activation act, float mu, SparsityPenalty pen = SparsityPenalty.L1, int? kMax = null, int steps = 300, float targetRms = 0)
+    (StepStats First, StepStats Last, SparseDictionary Dict) Run(Sparsity act, float mu, SparsityPenalty pen = SparsityPenalty.L1, int? kMax = null, int steps = 300, float targetRms = 0)
     {
         int d = 16, f = 64, batch = 128;
         var x = Toy(4096, d, 7);
         var dict = new SparseDictionary(1, d, f, act, CodeNormalization.None, subtractDecoderBias: true, k: 3);
         Initialization.Sae(dict, new SplitMix64(1));
         if (targetRms > 0) dict.Normalizer = NormalizerStats.FromSample(new ArrayBatches(x, 1, d), targetRms, 4096);
-        bool topk = act is Activation.BatchTopK or Activation.TopK;
+        bool topk = act is Sparsity.BatchTopK or Sparsity.TopK;
         var tr = new DictionaryTrainer(dict, new TrainerOptions
         {
-            Lr = 3e-3, WarmupSteps = 20, TotalSteps = steps, SparsityCoef = mu, Penalty = pen, SparsityWarmupSteps = act == Activation.Relu ? 50 : 0,
+            Lr = 3e-3, WarmupSteps = 20, TotalSteps = steps, SparsityCoef = mu, Penalty = pen, SparsityWarmupSteps = act == Sparsity.Relu ? 50 : 0,
             UnitNormDecoder = topk, ClipNorm = 1f, ThresholdStartStep = 50, KMax = kMax, KAnnealSteps = 100, DeadTokens = 2000, JumpBandwidth = 0.05f,
         });
         var src = new ArrayBatches(x, 1, d);
@@ -59,7 +60,7 @@ public sealed class SaeTrainingTests(ITestOutputHelper log)
     [Fact]
     public void TopK_SAE_keeps_exactly_k_per_token_and_learns()
     {
-        var (first, last, d) = Run(Activation.TopK, 0);
+        var (first, last, d) = Run(Sparsity.TopK, 0);
         Assert.True(last.Fve[0] > 0.8 && last.Fve[0] > first.Fve[0] + 0.3, $"FVE {first.Fve[0]:F3} → {last.Fve[0]:F3}");
         Assert.InRange(last.L0, 2.5, 3.0);   // at most k per token, rows with fewer positive entries allowed
         foreach (var n in d.DecoderNorms()) Assert.InRange(n, 0.999f, 1.001f);   // unit-norm recipe
@@ -68,7 +69,7 @@ public sealed class SaeTrainingTests(ITestOutputHelper log)
     [Fact]
     public void BatchTopK_SAE_with_k_annealing_ends_at_k_and_sets_a_threshold()
     {
-        var (first, last, d) = Run(Activation.BatchTopK, 0, kMax: 12);
+        var (first, last, d) = Run(Sparsity.BatchTopK, 0, kMax: 12);
         Assert.Equal(12, first.K);
         Assert.Equal(3, last.K);
         Assert.Equal(3.0, last.L0, 6);
@@ -81,8 +82,8 @@ public sealed class SaeTrainingTests(ITestOutputHelper log)
     [InlineData(SparsityPenalty.SqrtL1)]
     public void Relu_SAE_trades_L0_for_reconstruction_with_mu(SparsityPenalty pen)
     {
-        var low = Run(Activation.Relu, 0.01f, pen).Last;
-        var high = Run(Activation.Relu, 0.3f, pen).Last;
+        var low = Run(Sparsity.Relu, 0.01f, pen).Last;
+        var high = Run(Sparsity.Relu, 0.3f, pen).Last;
         Assert.True(high.L0 < low.L0, $"L0 {low.L0:F2} (μ small) vs {high.L0:F2} (μ large)");
         Assert.True(low.Fve[0] > high.Fve[0]);
         Assert.True(low.Fve[0] > 0.8, $"FVE {low.Fve[0]:F3}");
@@ -91,8 +92,8 @@ public sealed class SaeTrainingTests(ITestOutputHelper log)
     [Fact]
     public void JumpRelu_SAE_learns_and_its_L0_penalty_lowers_L0()
     {
-        var low = Run(Activation.JumpRelu, 0.0001f).Last;
-        var (_, high, d) = Run(Activation.JumpRelu, 0.05f);
+        var low = Run(Sparsity.JumpRelu, 0.0001f).Last;
+        var (_, high, d) = Run(Sparsity.JumpRelu, 0.05f);
         Assert.True(high.L0 < low.L0, $"L0 {low.L0:F2} (small penalty) vs {high.L0:F2}");
         Assert.True(low.Fve[0] > 0.6, $"FVE {low.Fve[0]:F3}");
         Assert.True(d.JumpThreshold!.Average() > 0.001f, "thresholds should move up under the L0 penalty");
@@ -102,7 +103,7 @@ public sealed class SaeTrainingTests(ITestOutputHelper log)
     public void Normalised_training_saves_a_dictionary_that_works_on_raw_activations()
     {
         var x = Toy(512, 16, 9);
-        var (_, last, d) = Run(Activation.BatchTopK, 0, targetRms: 10f);
+        var (_, last, d) = Run(Sparsity.BatchTopK, 0, targetRms: 10f);
         Assert.NotNull(d.Normalizer);
         using var dir = new Infrastructure.TempDir();
         DictionaryIO.Save(d, dir.Path);

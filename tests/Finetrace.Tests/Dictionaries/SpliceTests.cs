@@ -53,7 +53,7 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
     static SparseDictionary Identity(int models, int d, bool sae)
     {
         int f = 2 * models * d;
-        var dict = new SparseDictionary(models, d, f, Activation.Relu, CodeNormalization.None, subtractDecoderBias: sae);
+        var dict = new SparseDictionary(models, d, f, Sparsity.Relu, CodeNormalization.None, subtractDecoderBias: sae);
         for (int m = 0; m < models; m++)
             for (int i = 0; i < d; i++)
                 for (int s = 0; s < 2; s++)

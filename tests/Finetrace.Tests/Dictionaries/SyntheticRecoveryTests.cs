@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using Finetrace.Activations;
 using Finetrace.Activations.Synthetic;
 using Finetrace.Dictionaries;
@@ -14,18 +15,18 @@ namespace Finetrace.Tests.Dictionaries;
 /// </summary>
 public sealed class SyntheticRecoveryTests(ITestOutputHelper log)
 {
-    static (SyntheticTruth, SparseDictionary) Train(string dir, Activation act, float mu)
+    static (SyntheticTruth, SparseDictionary) Train(string dir, Sparsity act, float mu)
     {
         var truth = SyntheticTruth.Load(dir);
         using var st = ActivationStore.Open(dir);
         using var src = StoreBatches.Paired(st, new StoreBatchOptions { Layer = 0, Seed = 1 });
         const int steps = 3000, batch = 256;
         var dict = new SparseDictionary(2, 32, 128, act, CodeNormalization.Crosscoder, false, 6);
-        Initialization.Crosscoder(dict, new SplitMix64(5), act == Activation.Relu ? 0.1f : 1f);
+        Initialization.Crosscoder(dict, new SplitMix64(5), act == Sparsity.Relu ? 0.1f : 1f);
         var tr = new DictionaryTrainer(dict, new TrainerOptions
         {
-            Lr = act == Activation.Relu ? 3e-3 : 4e-3, WarmupSteps = steps / 20, TotalSteps = steps, DecayStart = steps * 8 / 10, SparsityCoef = mu,
-            ClipNorm = act == Activation.Relu ? null : 1f, DeadTokens = 20 * batch, ThresholdStartStep = steps / 2,
+            Lr = act == Sparsity.Relu ? 3e-3 : 4e-3, WarmupSteps = steps / 20, TotalSteps = steps, DecayStart = steps * 8 / 10, SparsityCoef = mu,
+            ClipNorm = act == Sparsity.Relu ? null : 1f, DeadTokens = 20 * batch, ThresholdStartStep = steps / 2,
         });
         using var outDir = new TempDir();
         new TrainingRun(outDir.Path, tr, src, new RunOptions { BatchSize = batch, Steps = steps, LogEvery = 0 }).Run();
@@ -45,7 +46,7 @@ public sealed class SyntheticRecoveryTests(ITestOutputHelper log)
         using var store = new TempDir();
         SyntheticGenerator.Make(new SyntheticSpec { DModel = 32, Features = 64, Tokens = 100_000, Seed = 3, Dtype = "f32" }, store.Path);
 
-        var (truth, btk) = Train(store.Path, Activation.BatchTopK, 0);
+        var (truth, btk) = Train(store.Path, Sparsity.BatchTopK, 0);
         var s = SyntheticScoring.Score(btk, truth);
         Log("BatchTopK crosscoder", s);
         Assert.True(s.Fraction >= 0.9, $"BatchTopK recovered only {s.Fraction:P1} of the true features");
@@ -56,7 +57,7 @@ public sealed class SyntheticRecoveryTests(ITestOutputHelper log)
         Assert.True(shrunk.MeanAbsDeltaNormError < 0.05, $"shrunk features' Δnorm off by {shrunk.MeanAbsDeltaNormError:F3}");
         Assert.Equal(0, s.FalseExclusiveLatents);
 
-        var (_, l1) = Train(store.Path, Activation.Relu, 0.3f);
+        var (_, l1) = Train(store.Path, Sparsity.Relu, 0.3f);
         var s1 = SyntheticScoring.Score(l1, truth);
         Log("L1 crosscoder", s1);
         var shrunk1 = s1.Categories.Single(c => c.Category == "shrunk");

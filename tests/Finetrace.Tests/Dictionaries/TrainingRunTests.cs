@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using Finetrace.Dictionaries;
 using Finetrace.Tests.Infrastructure;
 
@@ -12,7 +13,7 @@ public sealed class TrainingRunTests
         return x;
     }
 
-    static DictionaryTrainer NewTrainer(Activation act, int models, int d, int f)
+    static DictionaryTrainer NewTrainer(Sparsity act, int models, int d, int f)
     {
         var dict = new SparseDictionary(models, d, f, act, CodeNormalization.Crosscoder, false, 4);
         Initialization.Crosscoder(dict, new SplitMix64(1));
@@ -20,9 +21,9 @@ public sealed class TrainingRunTests
     }
 
     [Theory]
-    [InlineData(Activation.BatchTopK)]
-    [InlineData(Activation.Relu)]
-    public void Resume_continues_bit_for_bit(Activation act)
+    [InlineData(Sparsity.BatchTopK)]
+    [InlineData(Sparsity.Relu)]
+    public void Resume_continues_bit_for_bit(Sparsity act)
     {
         int models = 2, d = 10, f = 40, n = 6, batch = 24;
         var x = Data(100, models * d, 3);   // not a multiple of the batch: the cursor matters
@@ -60,7 +61,7 @@ public sealed class TrainingRunTests
         var x = Data(16 * 10, models * d, 4);
         for (int i = 0; i < models * d; i++) x[(16 * 7 + 3) * models * d + i] = float.NaN;   // a bad row in the 8th batch (step 7)
         using var dir = new TempDir();
-        var run = new TrainingRun(dir.Path, NewTrainer(Activation.BatchTopK, models, d, f), new ArrayBatches(x, models, d, cycle: false), new RunOptions { BatchSize = batch, Steps = 10, CheckpointEvery = 5 });
+        var run = new TrainingRun(dir.Path, NewTrainer(Sparsity.BatchTopK, models, d, f), new ArrayBatches(x, models, d, cycle: false), new RunOptions { BatchSize = batch, Steps = 10, CheckpointEvery = 5 });
         var before = (float[])run.Trainer.Dict.WEnc.Clone();
         var e = Assert.Throws<InvalidOperationException>(() => run.Run());
         Assert.Contains("step 7", e.Message);

@@ -89,7 +89,7 @@ public sealed class LoadingTests(ITestOutputHelper log)
         Assert.Equal([false, false], nulls.SlidingLayers);
 
         var neox = ModelConfig.Parse("""{"model_type":"gpt_neox","hidden_size":64,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10}""");
-        Assert.Equal((4, true, Activation.GeluErf, false), (neox.RotaryDim, neox.ParallelResidual, neox.Act, neox.TiedEmbeddings));
+        Assert.Equal((4, true, HiddenAct.GeluErf, false), (neox.RotaryDim, neox.ParallelResidual, neox.Act, neox.TiedEmbeddings));
         var qwen = ModelConfig.Parse("""{"model_type":"qwen2","hidden_size":64,"num_hidden_layers":4,"num_attention_heads":4,"intermediate_size":8,"vocab_size":10,"sliding_window":2,"use_sliding_window":true,"max_window_layers":2}""");
         Assert.Equal([false, false, true, true], qwen.SlidingLayers);
     }

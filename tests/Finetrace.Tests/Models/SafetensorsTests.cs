@@ -146,7 +146,7 @@ public class SafetensorsTests
         SafetensorsWriter.Write(tmp.File("model-00002-of-00002.safetensors"), [TensorData.F32("b", new[] { 3f }, 1)]);
         File.WriteAllText(tmp.File("model.safetensors.index.json"),
             "{\"metadata\":{\"total_size\":12},\"weight_map\":{\"a\":\"model-00001-of-00002.safetensors\",\"b\":\"model-00002-of-00002.safetensors\"}}");
-        using var ck = new Checkpoint(tmp.Path);
+        using var ck = new ShardedCheckpoint(tmp.Path);
         Assert.Equal(new[] { 1f, 2f }, ck.ReadF32("a").Data);
         Assert.Equal(new[] { 3f }, ck.ReadF32("b").Data);
         Assert.Equal(2, ck.Files.Count);
@@ -159,7 +159,7 @@ public class SafetensorsTests
     {
         using var tmp = new TempDir();
         File.WriteAllText(tmp.File("model.safetensors.index.json"), "{\"weight_map\":{\"a\":\"model-00001-of-00002.safetensors\"}}");
-        var e = Assert.Throws<FileNotFoundException>(() => new Checkpoint(tmp.Path));
+        var e = Assert.Throws<FileNotFoundException>(() => new ShardedCheckpoint(tmp.Path));
         Assert.Contains("model-00001-of-00002.safetensors", e.Message);
     }
 

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using Finetrace.Models;
 using Finetrace.Models.Safetensors;
 using Finetrace.Tests.Infrastructure;

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.Globalization;
 using System.Numerics.Tensors;
 

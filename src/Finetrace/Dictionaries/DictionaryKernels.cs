@@ -9,7 +9,7 @@ namespace Finetrace.Dictionaries;
 /// against; the dense ones also serve as the "dense implementation" the train benchmark compares with.
 /// Parallel loops split over disjoint outputs (tokens or latents), so results do not depend on the thread count.
 /// </summary>
-public static class Kernels
+public static class DictionaryKernels
 {
     static readonly ParallelOptions ParAll = new() { MaxDegreeOfParallelism = Environment.ProcessorCount };
     static readonly ParallelOptions ParOne = new() { MaxDegreeOfParallelism = 1 };

@@ -1,6 +1,6 @@
 using System.Runtime.CompilerServices;
 
-namespace Finetrace.Activations;
+namespace Finetrace.Tensors;
 
 /// <summary>
 /// xoshiro256** seeded through SplitMix64: a fixed, documented generator so shuffles and synthetic data are identical

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using Finetrace.Dictionaries;
 using Finetrace.Tests.Infrastructure;
 using Xunit.Abstractions;
@@ -5,7 +6,7 @@ using Xunit.Abstractions;
 namespace Finetrace.Tests.Dictionaries;
 
 /// <summary>Every sparse kernel against its dense GEMM reference, and selection against brute force.</summary>
-public sealed class KernelTests(ITestOutputHelper log)
+public sealed class DictionaryKernelTests(ITestOutputHelper log)
 {
     static float[] Random(SplitMix64 r, int n, double scale = 1) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = (float)(r.Normal() * scale); return a; }
 
@@ -31,19 +32,19 @@ public sealed class KernelTests(ITestOutputHelper log)
         var fBF = new float[b * f];
 
         var xs = new float[b * models * d]; var xd = new float[b * models * d];
-        Kernels.DecodeSparse(codesM, w, bias, models, d, f, xs);
+        DictionaryKernels.DecodeSparse(codesM, w, bias, models, d, f, xs);
         var gs = new float[models * f * d]; var gd = new float[models * f * d];
         Array.Fill(gs, 9f);
-        Kernels.DecoderGradSparse(codesM, delta, null, default, models, d, f, gs);
+        DictionaryKernels.DecoderGradSparse(codesM, delta, null, default, models, d, f, gs);
         var gM = new float[models][]; var gF = new float[b * f];
         for (int m = 0; m < models; m++)
         {
             codesM[m].ToDense(fBF);
-            Kernels.DecodeDense(fBF, w, bias, b, models, d, f, xd, model: m);
-            Kernels.DecoderGradDense(fBF, delta, b, models, d, f, gd, model: m);
+            DictionaryKernels.DecodeDense(fBF, w, bias, b, models, d, f, xd, model: m);
+            DictionaryKernels.DecoderGradDense(fBF, delta, b, models, d, f, gd, model: m);
             gM[m] = new float[codesM[m].Count];
-            Kernels.CodeGradSparse(codesM[m], w, delta, models, d, f, gM[m], model: m);
-            Kernels.CodeGradDense(delta, w, b, models, d, f, gF, model: m);
+            DictionaryKernels.CodeGradSparse(codesM[m], w, delta, models, d, f, gM[m], model: m);
+            DictionaryKernels.CodeGradDense(delta, w, b, models, d, f, gF, model: m);
             var gathered = new float[codesM[m].Count];
             for (int t = 0; t < b; t++) for (int e = codesM[m].RowStart[t]; e < codesM[m].RowStart[t + 1]; e++) gathered[e] = gF[t * f + codesM[m].Index[e]];
             Golden.AssertClose($"code grad, model {m}", gathered, gM[m], 1e-5, 1e-5, log);
@@ -81,19 +82,19 @@ public sealed class KernelTests(ITestOutputHelper log)
         var w = Random(r, models * f * d); var bias = Random(r, models * d); var x = Random(r, b * models * d); var delta = Random(r, b * models * d);
 
         var xs = new float[b * models * d]; var xd = new float[b * models * d];
-        Kernels.DecodeSparse(codes, w, bias, models, d, f, xs);
-        Kernels.DecodeDense(fBF, w, bias, b, models, d, f, xd);
+        DictionaryKernels.DecodeSparse(codes, w, bias, models, d, f, xs);
+        DictionaryKernels.DecodeDense(fBF, w, bias, b, models, d, f, xd);
         Golden.AssertClose("decode", xd, xs, 1e-5, 1e-5, log);
 
         var gs = new float[models * f * d]; var gd = new float[models * f * d];
         Array.Fill(gs, 9f);   // untouched rows must be zeroed
-        Kernels.DecoderGradSparse(codes, delta, null, default, models, d, f, gs);
-        Kernels.DecoderGradDense(fBF, delta, b, models, d, f, gd);
+        DictionaryKernels.DecoderGradSparse(codes, delta, null, default, models, d, f, gs);
+        DictionaryKernels.DecoderGradDense(fBF, delta, b, models, d, f, gd);
         Golden.AssertClose("decoder grad", gd, gs, 1e-5, 1e-5, log);
 
         var gv = new float[codes.Count]; var gF = new float[b * f];
-        Kernels.CodeGradSparse(codes, w, delta, models, d, f, gv);
-        Kernels.CodeGradDense(delta, w, b, models, d, f, gF);
+        DictionaryKernels.CodeGradSparse(codes, w, delta, models, d, f, gv);
+        DictionaryKernels.CodeGradDense(delta, w, b, models, d, f, gF);
         var gathered = new float[codes.Count];
         for (int t = 0; t < b; t++) for (int e = codes.RowStart[t]; e < codes.RowStart[t + 1]; e++) gathered[e] = gF[t * f + codes.Index[e]];
         Golden.AssertClose("code grad", gathered, gv, 1e-5, 1e-5, log);
@@ -102,8 +103,8 @@ public sealed class KernelTests(ITestOutputHelper log)
         var gPreBF = new float[b * f];
         for (int t = 0; t < b; t++) for (int e = codes.RowStart[t]; e < codes.RowStart[t + 1]; e++) gPreBF[t * f + codes.Index[e]] = gPre[e];
         var ge = new float[models * f * d]; var gb = new float[f]; var ged = new float[models * f * d]; var gbd = new float[f];
-        Kernels.EncoderGradSparse(codes, gPre, null, default, x, models, d, f, ge, gb);
-        Kernels.EncoderGradDense(gPreBF, x, b, models, d, f, ged, gbd);
+        DictionaryKernels.EncoderGradSparse(codes, gPre, null, default, x, models, d, f, ge, gb);
+        DictionaryKernels.EncoderGradDense(gPreBF, x, b, models, d, f, ged, gbd);
         Golden.AssertClose("encoder grad", ged, ge, 1e-5, 1e-5, log);
         Golden.AssertClose("encoder bias grad", gbd, gb, 1e-5, 1e-5, log);
     }
@@ -179,7 +180,7 @@ public sealed class InitializationTests
     [Fact]
     public void Crosscoder_init_rescales_rows_shares_the_draw_and_transposes()
     {
-        var d = new SparseDictionary(3, 8, 20, Activation.BatchTopK, CodeNormalization.Crosscoder, false, 2);
+        var d = new SparseDictionary(3, 8, 20, Sparsity.BatchTopK, CodeNormalization.Crosscoder, false, 2);
         Initialization.Crosscoder(d, new SplitMix64(4), normInitScale: 0.25f);
         foreach (var n in d.DecoderNorms()) Assert.Equal(0.25f, n, 5);
         Assert.Equal(d.WEnc, d.WDec);                                                    // decoder = encoderᵀ in the reference layout
@@ -187,7 +188,7 @@ public sealed class InitializationTests
         Assert.Equal(-1f, d.Threshold);
         Assert.All(d.BEnc, v => Assert.Equal(0f, v));
 
-        var raw = new SparseDictionary(2, 8, 20, Activation.Relu, CodeNormalization.Crosscoder, false);
+        var raw = new SparseDictionary(2, 8, 20, Sparsity.Relu, CodeNormalization.Crosscoder, false);
         Initialization.Crosscoder(raw, new SplitMix64(4), normInitScale: null, sameInitForAllModels: false);
         float bound = 1f / MathF.Sqrt(8 * 20);   // kaiming_uniform(a=√5) on [M, D, F]: fan_in = D·F
         Assert.All(raw.WEnc, v => Assert.InRange(v, -bound, bound));
@@ -198,7 +199,7 @@ public sealed class InitializationTests
     [Fact]
     public void Sae_init_has_unit_decoder_rows_and_tied_encoder()
     {
-        var d = new SparseDictionary(1, 8, 20, Activation.TopK, CodeNormalization.None, true, 2);
+        var d = new SparseDictionary(1, 8, 20, Sparsity.TopK, CodeNormalization.None, true, 2);
         Initialization.Sae(d, new SplitMix64(4), encoderInitNorm: 0.5f);
         foreach (var n in d.DecoderNorms()) Assert.Equal(1f, n, 5);
         for (int i = 0; i < d.WEnc.Length; i++) Assert.Equal(0.5f * d.WDec[i], d.WEnc[i], 6);

@@ -1,3 +1,4 @@
+using Finetrace.Tensors;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -45,7 +46,7 @@ public static class TrainingCheckpoint
         var meta = new Dictionary<string, string>
         {
             ["models"] = d.Models.ToString(), ["d_model"] = d.DModel.ToString(), ["dict_size"] = d.DictSize.ToString(),
-            ["activation"] = d.Activation.ToString(), ["code_normalization"] = d.CodeNormalization.ToString(),
+            ["activation"] = d.Sparsity.ToString(), ["code_normalization"] = d.CodeNormalization.ToString(),
             ["sae"] = d.IsSae ? "true" : "false", ["k"] = d.K.ToString(),
             ["options"] = JsonSerializer.Serialize(tr.Options),
         };
@@ -69,7 +70,7 @@ public static class TrainingCheckpoint
         var m = f.Metadata;
         string Meta(string k) => m.TryGetValue(k, out var v) ? v : throw new DictionaryFormatException($"{path}: metadata '{k}' missing");
         var d = new SparseDictionary(int.Parse(Meta("models")), int.Parse(Meta("d_model")), int.Parse(Meta("dict_size")),
-            Enum.Parse<Activation>(Meta("activation")), Enum.Parse<CodeNormalization>(Meta("code_normalization")), Meta("sae") == "true", int.Parse(Meta("k")));
+            Enum.Parse<Sparsity>(Meta("activation")), Enum.Parse<CodeNormalization>(Meta("code_normalization")), Meta("sae") == "true", int.Parse(Meta("k")));
         var options = JsonSerializer.Deserialize<TrainerOptions>(Meta("options")) ?? throw new DictionaryFormatException($"{path}: unreadable options");
         f.ReadF32("w_enc").Data.CopyTo(d.WEnc, 0);
         f.ReadF32("b_enc").Data.CopyTo(d.BEnc, 0);

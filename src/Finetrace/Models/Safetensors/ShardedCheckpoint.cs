@@ -6,7 +6,7 @@ namespace Finetrace.Models.Safetensors;
 /// The tensors of a checkpoint: one safetensors file, a folder holding <c>model.safetensors</c>, or a sharded
 /// folder described by <c>model.safetensors.index.json</c> (one mapping per shard, resolved through its weight_map).
 /// </summary>
-public sealed class Checkpoint : IDisposable
+public sealed class ShardedCheckpoint : IDisposable
 {
     public string Path { get; }
     readonly List<SafetensorsFile> _files = new();
@@ -15,7 +15,7 @@ public sealed class Checkpoint : IDisposable
     public IEnumerable<string> Names => _byName.Keys;
     public IReadOnlyList<SafetensorsFile> Files => _files;
 
-    public Checkpoint(string path, string stem = "model")
+    public ShardedCheckpoint(string path, string stem = "model")
     {
         Path = path;
         try
