@@ -65,7 +65,7 @@ public sealed class CheckpointMismatchException(string folder, string what)
 }
 
 /// <summary>
-/// Trains a Llama-block language model (<see cref="DifferentiableLM"/>) on packed rows with AdamW, warm-up and cosine
+/// Trains a language model (<see cref="DifferentiableLM"/>, any of the seven architectures; LoRA on the Llama family) on packed rows with AdamW, warm-up and cosine
 /// decay, global-norm clipping and loss masks: every parameter (full fine-tune or training from scratch) or LoRA factors
 /// (<see cref="LoraWeights"/>). Rows are drawn as a fresh seeded permutation per epoch, so step s always sees the same
 /// rows; with the parameters and optimiser moments a checkpoint therefore resumes bit for bit. Cancellation saves a

@@ -7,7 +7,8 @@ using Finetrace.Tensors;
 namespace Finetrace.Training;
 
 /// <summary>
-/// Trainable LoRA factors for the projections of a Llama-block model: for each adapted weight W [out, in],
+/// Trainable LoRA factors for the projections of a Llama-family model (llama, mistral, qwen2, qwen3, gemma2: weights
+/// named model.layers.*): for each adapted weight W [out, in],
 /// A [r, in] and B [out, r], with W' = W + s·B·A and s = alpha / r (PEFT's defaults: A ~ U(−1/√in, 1/√in) as
 /// kaiming_uniform(a = √5) gives, B = 0, so training starts at the base model). Saved as a PEFT adapter
 /// (adapter_config.json + adapter_model.safetensors) that <see cref="LoraAdapter"/> merges exactly as

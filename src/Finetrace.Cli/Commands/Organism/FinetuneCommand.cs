@@ -6,7 +6,7 @@ using Finetrace.Training;
 namespace Finetrace.Cli.Commands.Organism;
 
 /// <summary><c>finetrace organism finetune --model DIR --data SPEC --out DIR [--lora r] [--steps N] [--lr X]
-/// [--assistant-only] …</c>: fine-tunes a Llama-block model (llama, mistral, qwen2, qwen3) on plain text (one sample per
+/// [--assistant-only] …</c>: fine-tunes a model (any of the seven architectures; --lora on llama, mistral, qwen2, qwen3) on plain text (one sample per
 /// blank-line-separated block) or chat JSONL rendered with the model's chat template; writes a full Hugging Face folder,
 /// or with --lora a PEFT adapter that <c>--adapter</c> loads. Re-running the same command resumes from OUT/checkpoint.</summary>
 public sealed class FinetuneCommand : IOrganismCommand
@@ -33,7 +33,7 @@ public sealed class FinetuneCommand : IOrganismCommand
         var assistantOnly = new Option<bool>("--assistant-only") { Description = "Chat data: train on assistant tokens (and the EOS ending each answer) only" };
         var every = new Option<int>("--checkpoint-every") { Description = "Steps between checkpoints (also saved on Ctrl-C and at the end)", DefaultValueFactory = _ => 50 };
         var micro = new Option<int>("--micro-batch") { Description = "Rows per forward/backward (gradients accumulate); 0 = the whole batch", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("finetune", "Fine-tune a Llama-architecture model (full or LoRA) on text or chat data");
+        var cmd = new Command("finetune", "Fine-tune a model (full, or LoRA on the Llama family) on text or chat data");
         foreach (var o in new Option[] { model, data, output, lora, loraAlpha, steps, lr, batch, seq, warmup, wd, clip, seed, assistantOnly, every, micro })
             cmd.Options.Add(o);
         cmd.SetAction(r =>

@@ -81,12 +81,100 @@ public static class BackwardKernels
         }
     }
 
+    /// <summary>y = act(a) ⊙ u (gated, <paramref name="u"/> given) or y = act(a) (plain): the backward dA (and dU).</summary>
+    // dH, a, dA: [n]; u, dU: [n] or empty for a plain MLP
+    public static void Activation(HiddenAct act, ReadOnlySpan<float> dH, ReadOnlySpan<float> a, ReadOnlySpan<float> u, Span<float> dA, Span<float> dU)
+    {
+        bool gated = !u.IsEmpty;
+        for (int i = 0; i < dH.Length; i++)
+        {
+            float x = a[i], f, df;
+            switch (act)
+            {
+                case HiddenAct.Silu:
+                {
+                    float sig = 1f / (1f + MathF.Exp(-x));
+                    f = x * sig; df = sig * (1f + x * (1f - sig));
+                    break;
+                }
+                case HiddenAct.GeluTanh:
+                {
+                    const float c = 0.7978845608028654f; // √(2/π)
+                    float inner = c * (x + 0.044715f * x * x * x);
+                    float t = MathF.Tanh(inner);
+                    f = 0.5f * x * (1f + t);
+                    df = 0.5f * (1f + t) + 0.5f * x * (1f - t * t) * c * (1f + 3f * 0.044715f * x * x);
+                    break;
+                }
+                default:
+                {
+                    float cdf = 0.5f * (1f + (float)Kernels.Erf(x / Math.Sqrt(2.0)));
+                    f = x * cdf; df = cdf + x * MathF.Exp(-0.5f * x * x) * 0.3989422804014327f;
+                    break;
+                }
+            }
+            if (gated) { dU[i] = dH[i] * f; dA[i] = dH[i] * u[i] * df; }
+            else dA[i] = dH[i] * df;
+        }
+    }
+
+    /// <summary>The forward of torch.nn.LayerNorm (biased variance), keeping mean and 1/std per row for the backward.
+    /// Output as <see cref="Kernels.LayerNorm"/>.</summary>
+    // xRD: [rows, D]; w, b: [D] (b may be empty); yRD: [rows, D]; mean, rstd: [rows]
+    public static void LayerNormForward(ReadOnlySpan<float> xRD, ReadOnlySpan<float> w, ReadOnlySpan<float> b, int rows, float eps, Span<float> yRD,
+        Span<float> mean, Span<float> rstd)
+    {
+        int d = w.Length;
+        Kernels.LayerNorm(xRD[..(rows * d)], w, b, rows, eps, yRD);
+        for (int r = 0; r < rows; r++)
+        {
+            var x = xRD.Slice(r * d, d);
+            float mu = TensorPrimitives.Sum(x) / d;
+            float var = 0;
+            for (int i = 0; i < d; i++) { float e = x[i] - mu; var += e * e; }
+            mean[r] = mu;
+            rstd[r] = 1f / MathF.Sqrt(var / d + eps);
+        }
+    }
+
+    /// <summary>The backward of LayerNorm: with x̂ = (x − μ)·r and g = dY ⊙ w, dX = r·(g − mean(g) − x̂·mean(g ⊙ x̂)),
+    /// dw += Σ_rows dY ⊙ x̂, db += Σ_rows dY.</summary>
+    // dYRD, xRD, dXRD: [rows, D]; mean, rstd: [rows]; w: [D]; dW, dB: [D] or null
+    public static void LayerNorm(ReadOnlySpan<float> dYRD, ReadOnlySpan<float> xRD, ReadOnlySpan<float> mean, ReadOnlySpan<float> rstd,
+        ReadOnlySpan<float> w, int rows, Span<float> dXRD, bool accumulate, float[]? dW, float[]? dB)
+    {
+        int d = w.Length;
+        var g = new float[d];
+        var xhat = new float[d];
+        for (int r = 0; r < rows; r++)
+        {
+            var dy = dYRD.Slice(r * d, d);
+            var x = xRD.Slice(r * d, d);
+            var dx = dXRD.Slice(r * d, d);
+            float mu = mean[r], rs = rstd[r];
+            for (int i = 0; i < d; i++) xhat[i] = (x[i] - mu) * rs;
+            TensorPrimitives.Multiply(dy, w, g);
+            float mg = TensorPrimitives.Sum(g) / d, mgx = TensorPrimitives.Dot(g, xhat) / d;
+            if (!accumulate) dx.Clear();
+            for (int i = 0; i < d; i++) dx[i] += rs * (g[i] - mg - xhat[i] * mgx);
+            if (dW is not null) for (int i = 0; i < d; i++) dW[i] += dy[i] * xhat[i];
+            if (dB is not null) TensorPrimitives.Add(dB, dy, dB);
+        }
+    }
+
+    /// <summary>The backward of y = cap·tanh(z/cap) given y: dZ = dY·(1 − (y/cap)²), in place.</summary>
+    // yN, dN: [n]
+    public static void SoftCap(ReadOnlySpan<float> y, float cap, Span<float> d)
+    {
+        for (int i = 0; i < d.Length; i++) { float t = y[i] / cap; d[i] *= 1f - t * t; }
+    }
+
     // ---------------------------------------------------------------- causal attention
 
     /// <summary>What the attention kernels need to know about one batch: per row the real-token range (left or right
     /// padding, as <see cref="TokenBatch"/>), and the layer's sliding window (0 = none).</summary>
     public readonly record struct AttentionShape(int Batch, int Seq, int Heads, int KvHeads, int HeadDim, float Scale, int Window,
-        int[] FirstReal, int[] LastReal)
+        int[] FirstReal, int[] LastReal, float Softcap = 0f)
     {
         public int QWidth => Heads * HeadDim;
         public int KvWidth => KvHeads * HeadDim;
@@ -142,6 +230,7 @@ public static class BackwardKernels
                     for (int i = 0; i < hd; i++)
                         TensorPrimitives.MultiplyAdd(kt.AsSpan(i * T + first, n), qMQ[row * qW + h * hd + i], sc, sc);
                     TensorPrimitives.Multiply(sc, sh.Scale, sc);
+                    if (sh.Softcap > 0) Kernels.SoftCap(sc, sh.Softcap);
                     float max = TensorPrimitives.Max(sc);
                     TensorPrimitives.Subtract(sc, max, sc);
                     TensorPrimitives.Exp(sc, sc);
@@ -174,6 +263,7 @@ public static class BackwardKernels
             Transpose(vMK, b * T, T, kvW, g * hd, hd, vt);
             var pBuf = new float[T];
             var dpBuf = new float[T];
+            var cappedBuf = new float[T];
             for (int h = g * rep; h < (g + 1) * rep; h++)
                 for (int t = 0; t < T; t++)
                 {
@@ -193,12 +283,15 @@ public static class BackwardKernels
                         TensorPrimitives.MultiplyAdd(vt.AsSpan(i * T + first, n), doRow[i], dp, dp);
                     }
                     TensorPrimitives.Multiply(p, sh.Scale, p);
+                    var capped = cappedBuf.AsSpan(0, n);
+                    if (sh.Softcap > 0) { Kernels.SoftCap(p, sh.Softcap); p.CopyTo(capped); }
                     TensorPrimitives.Subtract(p, lseMH[row * sh.Heads + h], p);
                     TensorPrimitives.Exp(p, p);
                     float di = TensorPrimitives.Dot(doRow, oMQ.AsSpan(qo, hd));
                     // dp ← scale · P ⊙ (dP − D)
                     TensorPrimitives.Subtract(dp, di, dp);
                     TensorPrimitives.Multiply(dp, p, dp);
+                    if (sh.Softcap > 0) SoftCap(capped, sh.Softcap, dp);
                     TensorPrimitives.Multiply(dp, sh.Scale, dp);
                     for (int i = 0; i < hd; i++)
                     {

@@ -33,14 +33,13 @@ public sealed class ModelParameters
         Specs = ModelLayout.Parameters(config);
     }
 
-    /// <summary>The architectures whose backward pass is implemented (the Llama block: llama, mistral, qwen2, qwen3).</summary>
-    public static bool Supports(ModelConfig c) => c.Arch is Architecture.Llama or Architecture.Mistral or Architecture.Qwen2 or Architecture.Qwen3;
+    /// <summary>The architectures whose backward pass is implemented: all seven.</summary>
+    public static bool Supports(ModelConfig c) => Enum.IsDefined(c.Arch);
 
     internal static void CheckSupported(ModelConfig c)
     {
         if (!Supports(c))
-            throw new NotSupportedException($"{c.Source}: model_type '{c.ModelType}': training and gradients are implemented for the Llama block " +
-                "(llama, mistral, qwen2, qwen3) only");
+            throw new NotSupportedException($"{c.Source}: model_type '{c.ModelType}' has no backward pass");
     }
 
     /// <summary>Loads the f32 values of a checkpoint folder (any stored dtype), with a PEFT LoRA adapter merged when given.</summary>

@@ -99,6 +99,62 @@ public sealed class BackwardTests(ITestOutputHelper log)
     }
 
     [Fact]
+    public void LayerNormMatchesFiniteDifferences()
+    {
+        var rng = new Random(11);
+        int rows = 3, d = 7;
+        var x = RandomArray(rng, rows * d, 2, 0.5);
+        var w = RandomArray(rng, d, 0.5, 1);
+        var b = RandomArray(rng, d, 0.5);
+        var c = RandomArray(rng, rows * d);
+        double Loss(double[] xs, double[] ws, double[] bs)
+        {
+            double l = 0;
+            for (int r = 0; r < rows; r++)
+            {
+                double mu = Enumerable.Range(0, d).Average(i => xs[r * d + i]);
+                double var = Enumerable.Range(0, d).Average(i => (xs[r * d + i] - mu) * (xs[r * d + i] - mu));
+                for (int i = 0; i < d; i++) l += c[r * d + i] * ((xs[r * d + i] - mu) / Math.Sqrt(var + 1e-5) * ws[i] + bs[i]);
+            }
+            return l;
+        }
+        var y = new float[rows * d];
+        var mean = new float[rows]; var rstd = new float[rows];
+        BackwardKernels.LayerNormForward(x, w, b, rows, 1e-5f, y, mean, rstd);
+        var dx = new float[rows * d]; var dw = new float[d]; var db = new float[d];
+        BackwardKernels.LayerNorm(c, x, mean, rstd, w, rows, dx, false, dw, db);
+        var xd = Widen(x); var wd = Widen(w); var bd = Widen(b);
+        CheckEntries("dX", dx, v => Loss(v, wd, bd), xd, Enumerable.Range(0, rows * d));
+        CheckEntries("dW", dw, v => Loss(xd, v, bd), wd, Enumerable.Range(0, d));
+        CheckEntries("dB", db, v => Loss(xd, wd, v), bd, Enumerable.Range(0, d));
+    }
+
+    [Theory]
+    [InlineData(HiddenAct.Silu, true)]
+    [InlineData(HiddenAct.GeluTanh, true)]
+    [InlineData(HiddenAct.GeluErf, true)]
+    [InlineData(HiddenAct.GeluTanh, false)]
+    [InlineData(HiddenAct.GeluErf, false)]
+    public void ActivationsMatchFiniteDifferences(HiddenAct act, bool gated)
+    {
+        var rng = new Random(12);
+        int n = 23;
+        var a = RandomArray(rng, n, 4); var u = RandomArray(rng, n, 2); var c = RandomArray(rng, n);
+        double F(double x) => act switch
+        {
+            HiddenAct.Silu => x / (1 + Math.Exp(-x)),
+            HiddenAct.GeluTanh => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+            _ => 0.5 * x * (1 + Finetrace.Tensors.Kernels.Erf(x / Math.Sqrt(2))),
+        };
+        var da = new float[n]; var du = new float[n];
+        BackwardKernels.Activation(act, c, a, gated ? u : default, da, gated ? du : default);
+        var ad = Widen(a); var ud = Widen(u);
+        double Loss(double[] aa, double[] uu) => Enumerable.Range(0, n).Sum(i => c[i] * F(aa[i]) * (gated ? uu[i] : 1));
+        CheckEntries("dA", da, v => Loss(v, ud), ad, Enumerable.Range(0, n));
+        if (gated) CheckEntries("dU", du, v => Loss(ad, v), ud, Enumerable.Range(0, n));
+    }
+
+    [Fact]
     public void CrossEntropyMatchesFiniteDifferences()
     {
         var rng = new Random(3);
@@ -109,8 +165,8 @@ public sealed class BackwardTests(ITestOutputHelper log)
         var (loss, count) = BackwardKernels.CrossEntropy(z, targets, m, v, 1f / 3, dz);
         Assert.Equal(3, count);
         var zd = Widen(z);
-        Assert.Equal(ReferenceLlama64.CrossEntropy(zd, targets, v), loss / count, 1e-5);
-        CheckEntries("dLogits", dz, x => ReferenceLlama64.CrossEntropy(x, targets, v), zd, Enumerable.Range(0, m * v));
+        Assert.Equal(ReferenceTransformer64.CrossEntropy(zd, targets, v), loss / count, 1e-5);
+        CheckEntries("dLogits", dz, x => ReferenceTransformer64.CrossEntropy(x, targets, v), zd, Enumerable.Range(0, m * v));
         Assert.All(dz.AsSpan(v, v).ToArray(), x => Assert.Equal(0f, x)); // the uncounted row gets no gradient
     }
 
@@ -164,27 +220,40 @@ public sealed class BackwardTests(ITestOutputHelper log)
 
     // ---------------------------------------------------------------- whole model
 
-    const string TinyConfig = """
-        {"model_type": "MODEL", "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 2, "head_dim": 4, "vocab_size": 37, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
-         "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": TIED, "initializer_range": 0.3 EXTRA}
-        """;
+    const string Common = "\"vocab_size\": 37, \"initializer_range\": 0.3";
+    const string LlamaBody = "\"hidden_size\": 16, \"intermediate_size\": 24, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, " +
+        "\"num_key_value_heads\": 2, \"head_dim\": 4, \"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, " + Common;
 
-    public static TheoryData<string, bool, string> Variants => new()
+    /// <summary>Tiny configs of every block type: llama tied and untied, qwen2 (q/k/v biases), qwen3 (q/k norms), gemma2
+    /// (1 + w norms, post-branch norms, GELU-tanh, attention and final soft-caps small enough to bend, a sliding window
+    /// shorter than the rows), gpt2 (LayerNorm, learned positions, Conv1D, fused QKV, GELU) and gpt_neox (partial
+    /// rotary, per-head fused QKV, erf GELU; parallel and sequential residual).</summary>
+    public static readonly Dictionary<string, string> Configs = new()
     {
-        { "llama", true, "" },
-        { "llama", false, "" },
-        { "qwen2", false, ", \"use_sliding_window\": false" },
-        { "qwen3", true, "" },
+        ["llama-tied"] = "{\"model_type\": \"llama\", \"hidden_act\": \"silu\", \"tie_word_embeddings\": true, " + LlamaBody + "}",
+        ["llama"] = "{\"model_type\": \"llama\", \"hidden_act\": \"silu\", \"tie_word_embeddings\": false, " + LlamaBody + "}",
+        ["qwen2"] = "{\"model_type\": \"qwen2\", \"hidden_act\": \"silu\", \"tie_word_embeddings\": false, \"use_sliding_window\": false, " + LlamaBody + "}",
+        ["qwen3"] = "{\"model_type\": \"qwen3\", \"hidden_act\": \"silu\", \"tie_word_embeddings\": true, " + LlamaBody + "}",
+        ["gemma2"] = "{\"model_type\": \"gemma2\", \"hidden_activation\": \"gelu_pytorch_tanh\", \"tie_word_embeddings\": true, \"attn_logit_softcapping\": 2.0, " +
+            "\"final_logit_softcapping\": 3.0, \"query_pre_attn_scalar\": 8, \"sliding_window\": 3, " + LlamaBody + "}",
+        ["gpt2"] = "{\"model_type\": \"gpt2\", \"n_embd\": 16, \"n_inner\": 24, \"n_layer\": 2, \"n_head\": 4, \"n_positions\": 64, " +
+            "\"layer_norm_epsilon\": 1e-5, \"activation_function\": \"gelu_new\", \"tie_word_embeddings\": true, " + Common + "}",
+        ["gpt_neox"] = "{\"model_type\": \"gpt_neox\", \"hidden_size\": 16, \"intermediate_size\": 24, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, " +
+            "\"max_position_embeddings\": 64, \"layer_norm_eps\": 1e-5, \"hidden_act\": \"gelu\", \"rotary_pct\": 0.5, \"rotary_emb_base\": 10000, " +
+            "\"use_parallel_residual\": true, \"tie_word_embeddings\": false, \"attention_bias\": true, " + Common + "}",
+        ["gpt_neox-sequential"] = "{\"model_type\": \"gpt_neox\", \"hidden_size\": 16, \"intermediate_size\": 24, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, " +
+            "\"max_position_embeddings\": 64, \"layer_norm_eps\": 1e-5, \"hidden_act\": \"gelu\", \"rotary_pct\": 0.5, \"rotary_emb_base\": 10000, " +
+            "\"use_parallel_residual\": false, \"tie_word_embeddings\": false, \"attention_bias\": true, " + Common + "}",
     };
 
-    static ModelParameters TinyModel(string type, bool tied, string extra, ulong seed)
+    public static TheoryData<string> Variants => new(Configs.Keys);
+
+    internal static ModelParameters TinyModel(string variant, ulong seed)
     {
-        string json = TinyConfig.Replace("MODEL", type).Replace("TIED", tied ? "true" : "false").Replace(" EXTRA", extra);
-        var p = ModelParameters.Initialise(json, seed);
-        // norm scales and biases away from their 1 / 0 initial values, so their gradients are exercised in general position
+        var p = ModelParameters.Initialise(Configs[variant], seed);
+        // norm scales and biases away from their initial values, so their gradients are exercised in general position
         var rng = new Random((int)seed);
-        foreach (var spec in p.Specs.Where(s => s.Role is ParameterRole.NormWeight or ParameterRole.Bias))
+        foreach (var spec in p.Specs.Where(s => s.Role is ParameterRole.NormWeight or ParameterRole.NormBias or ParameterRole.Bias))
         {
             var a = p[spec.Name];
             for (int i = 0; i < a.Length; i++) a[i] += (float)(0.3 * (rng.NextDouble() * 2 - 1));
@@ -204,16 +273,16 @@ public sealed class BackwardTests(ITestOutputHelper log)
 
     [Theory]
     [MemberData(nameof(Variants))]
-    public void WholeModelGradientMatchesFiniteDifferences(string type, bool tied, string extra)
+    public void WholeModelGradientMatchesFiniteDifferences(string type)
     {
-        var p = TinyModel(type, tied, extra, 7);
+        var p = TinyModel(type, 7);
         var rng = new Random(5);
         var batch = PaddedBatch(p.Config.Vocab, rng);
         var targets = DifferentiableLM.NextTokenTargets(batch);
         var lm = new DifferentiableLM(p);
 
         // the float32 forward equals the float64 reference (so the finite differences differentiate the same function)
-        var reference = new ReferenceLlama64(p.Config, ReferenceLlama64.Widen(p.Names.Select(n => (n, p[n]))));
+        var reference = new ReferenceTransformer64(p.Config, ReferenceTransformer64.Widen(p.Names.Select(n => (n, p[n]))));
         var refLogits = reference.Logits(batch);
         var trace = lm.Forward(batch);
         for (int r = 0; r < batch.Count; r++)
@@ -223,23 +292,26 @@ public sealed class BackwardTests(ITestOutputHelper log)
 
         var grads = p.ZerosLike();
         var (lossSum, count) = lm.LossAndGradients(batch, targets, grads);
-        Assert.Equal(ReferenceLlama64.CrossEntropy(refLogits, targets, p.Config.Vocab), lossSum / count, 1e-5);
+        Assert.Equal(ReferenceTransformer64.CrossEntropy(refLogits, targets, p.Config.Vocab), lossSum / count, 1e-5);
         foreach (var name in p.Names.OrderBy(n => n, StringComparer.Ordinal))
         {
             var x = reference.W[name];
-            CheckEntries($"{type} {name}", grads[name], _ => ReferenceLlama64.CrossEntropy(reference.Logits(batch), targets, p.Config.Vocab),
+            CheckEntries($"{type} {name}", grads[name], _ => ReferenceTransformer64.CrossEntropy(reference.Logits(batch), targets, p.Config.Vocab),
                 x, Sample(grads[name], rng, 3, 3));
         }
     }
 
     /// <summary>The attribution entry point: d(loss)/d(residual entering block L), no weight gradients.</summary>
     [Theory]
-    [InlineData(0)]
-    [InlineData(1)]
-    [InlineData(2)]
-    public void ResidualGradientMatchesFiniteDifferences(int layer)
+    [InlineData("qwen3", 0)]
+    [InlineData("qwen3", 1)]
+    [InlineData("qwen3", 2)]
+    [InlineData("gemma2", 1)]
+    [InlineData("gpt_neox", 1)]
+    [InlineData("gpt2", 0)]
+    public void ResidualGradientMatchesFiniteDifferences(string variant, int layer)
     {
-        var p = TinyModel("qwen3", false, "", 11);
+        var p = TinyModel(variant, 11);
         var rng = new Random(6);
         var batch = PaddedBatch(p.Config.Vocab, rng);
         int m = batch.Count, d = p.Config.Hidden, v = p.Config.Vocab;
@@ -279,7 +351,7 @@ public sealed class BackwardTests(ITestOutputHelper log)
             }
             return l;
         });
-        var reference = new ReferenceLlama64(p.Config, ReferenceLlama64.Widen(p.Names.Select(n => (n, p[n]))));
+        var reference = new ReferenceTransformer64(p.Config, ReferenceTransformer64.Widen(p.Names.Select(n => (n, p[n]))));
         var rd = Widen(residual);
         Assert.Equal(LossOf(reference.Logits(batch, rd, layer)), loss, 1e-4);
         CheckEntries($"d resid_pre {layer}", grad, x => LossOf(reference.Logits(batch, x, layer)), rd, Sample(grad, rng, 8, 8));
@@ -299,12 +371,34 @@ public sealed class BackwardTests(ITestOutputHelper log)
         var lm = new DifferentiableLM(p);
         var grads = p.ZerosLike();
         var (lossSum, count) = lm.LossAndGradients(batch, targets, grads);
-        var reference = new ReferenceLlama64(p.Config, ReferenceLlama64.Widen(p.Names.Select(n => (n, p[n]))));
-        Assert.Equal(ReferenceLlama64.CrossEntropy(reference.Logits(batch), targets, p.Config.Vocab), lossSum / count, 1e-5);
+        var reference = new ReferenceTransformer64(p.Config, ReferenceTransformer64.Widen(p.Names.Select(n => (n, p[n]))));
+        Assert.Equal(ReferenceTransformer64.CrossEntropy(reference.Logits(batch), targets, p.Config.Vocab), lossSum / count, 1e-5);
         var rng = new Random(8);
         foreach (var name in p.Names.OrderBy(n => n, StringComparer.Ordinal))
-            CheckEntries($"stories260K {name}", grads[name], _ => ReferenceLlama64.CrossEntropy(reference.Logits(batch), targets, p.Config.Vocab),
+            CheckEntries($"stories260K {name}", grads[name], _ => ReferenceTransformer64.CrossEntropy(reference.Logits(batch), targets, p.Config.Vocab),
                 reference.W[name], Sample(grads[name], rng, 1, 1));
+    }
+
+    public static TheoryData<string> ArchFixtures => new() { "llama", "llama-bf16", "qwen2", "qwen3", "mistral", "gemma2", "gemma2-bf16", "gpt2", "gpt_neox" };
+
+    /// <summary>The training forward gives the inference engine's logits on every architecture fixture (padded batch).</summary>
+    [SharedTheory]
+    [MemberData(nameof(ArchFixtures))]
+    public void ForwardMatchesCausalLMOnArchFixtures(string folder)
+    {
+        string dir = Shared.Path("fixtures", "arch", folder);
+        using var cl = CausalLM.Load(dir);
+        var lm = new DifferentiableLM(ModelParameters.Load(dir));
+        int v = cl.Config.Vocab;
+        var batch = PaddedBatch(v, new Random(9));
+        var want = cl.Forward(batch).Logits!;
+        var got = lm.Forward(batch).Logits;
+        double worst = 0;
+        for (int r = 0; r < batch.Count; r++)
+            if (batch.Mask[r] != 0)
+                for (int t = 0; t < v; t++) worst = Math.Max(worst, Math.Abs(want.Data[r * v + t] - got[r * v + t]));
+        log.WriteLine($"{folder}: max abs logit diff {worst:E2}");
+        Assert.True(worst < 2e-5, $"{folder}: max abs logit diff {worst:E2}");
     }
 
     /// <summary>The training forward gives the inference engine's logits (same model, padded batch).</summary>
