@@ -3,8 +3,8 @@ namespace Finetrace.Training;
 /// <summary>
 /// torch.optim.AdamW (single-tensor path, amsgrad off) with fp32 state: p ← p − lr·λ·p (decoupled weight decay, only on
 /// tensors marked for decay); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − (lr/(1−β₁ᵗ))·m/(√v/√(1−β₂ᵗ) + ε).
-/// Bias corrections in double, as torch computes them in Python. Element-wise and serial per tensor, so an update is
-/// bit-for-bit repeatable.
+/// Bias corrections in double, as torch computes them in Python. Element-wise (fixed chunks in parallel), so an update
+/// is bit-for-bit repeatable.
 /// </summary>
 public sealed class AdamW
 {
@@ -36,15 +36,20 @@ public sealed class AdamW
         {
             float[] p = parameters[t], g = grads[t], m = ExpAvg[t], v = ExpAvgSq[t];
             bool wd = decay[t] && WeightDecay != 0;
-            for (int i = 0; i < p.Length; i++)
+            // element-wise, so fixed chunks in parallel give the serial result exactly
+            const int Chunk = 1 << 15;
+            Parallel.For(0, (p.Length + Chunk - 1) / Chunk, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, c =>
             {
-                float gi = g[i];
-                float mi = m[i] * b1 + a1 * gi;
-                float vi = v[i] * b2 + a2 * gi * gi;
-                m[i] = mi; v[i] = vi;
-                float pi = wd ? p[i] * shrink : p[i];
-                p[i] = pi + (-stepSize * mi) / (MathF.Sqrt(vi) / bc2Sqrt + eps);
-            }
+                for (int i = c * Chunk, end = Math.Min(p.Length, c * Chunk + Chunk); i < end; i++)
+                {
+                    float gi = g[i];
+                    float mi = m[i] * b1 + a1 * gi;
+                    float vi = v[i] * b2 + a2 * gi * gi;
+                    m[i] = mi; v[i] = vi;
+                    float pi = wd ? p[i] * shrink : p[i];
+                    p[i] = pi + (-stepSize * mi) / (MathF.Sqrt(vi) / bc2Sqrt + eps);
+                }
+            });
         }
     }
 }

@@ -318,24 +318,39 @@ public static class BackwardKernels
     // logitsMV, dLogitsMV: [m, V]; targets: [m]
     public static (double Loss, int Count) CrossEntropy(ReadOnlySpan<float> logitsMV, ReadOnlySpan<int> targets, int m, int v, float scale, Span<float> dLogitsMV)
     {
+        for (int r = 0; r < m; r++)
+            if (targets[r] >= v) throw new ArgumentOutOfRangeException(nameof(targets), $"target id {targets[r]} (row {r}) is outside the vocabulary of {v}");
+        var rowLoss = new double[m];
+        unsafe
+        {
+            fixed (float* pz = logitsMV, pd = dLogitsMV)
+            fixed (int* pt = targets)
+            {
+                nint z0 = (nint)pz, d0 = (nint)pd, t0 = (nint)pt;
+                // rows are independent; each writes its own loss, summed below in row order (deterministic)
+                Parallel.For(0, (m + 63) / 64, ParallelOpts, chunk =>
+                {
+                    for (int r = chunk * 64; r < Math.Min(m, chunk * 64 + 64); r++)
+                    {
+                        var z = new ReadOnlySpan<float>((float*)z0 + (long)r * v, v);
+                        var dz = new Span<float>((float*)d0 + (long)r * v, v);
+                        int target = ((int*)t0)[r];
+                        if (target < 0) { dz.Clear(); rowLoss[r] = double.NaN; continue; }
+                        float max = TensorPrimitives.Max(z);
+                        TensorPrimitives.Subtract(z, max, dz);
+                        TensorPrimitives.Exp(dz, dz);
+                        float sum = TensorPrimitives.Sum(dz);
+                        rowLoss[r] = Math.Log(sum) + max - z[target];
+                        TensorPrimitives.Multiply(dz, scale / sum, dz);
+                        dz[target] -= scale;
+                    }
+                });
+            }
+        }
         double loss = 0;
         int count = 0;
         for (int r = 0; r < m; r++)
-        {
-            var z = logitsMV.Slice(r * v, v);
-            var dz = dLogitsMV.Slice(r * v, v);
-            int target = targets[r];
-            if (target < 0) { dz.Clear(); continue; }
-            if (target >= v) throw new ArgumentOutOfRangeException(nameof(targets), $"target id {target} (row {r}) is outside the vocabulary of {v}");
-            float max = TensorPrimitives.Max(z);
-            TensorPrimitives.Subtract(z, max, dz);
-            TensorPrimitives.Exp(dz, dz);
-            float sum = TensorPrimitives.Sum(dz);
-            loss += Math.Log(sum) + max - z[target];
-            count++;
-            TensorPrimitives.Multiply(dz, scale / sum, dz);
-            dz[target] -= scale;
-        }
+            if (targets[r] >= 0) { loss += rowLoss[r]; count++; }
         return (loss, count);
     }
 
