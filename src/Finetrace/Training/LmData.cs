@@ -43,6 +43,21 @@ public static class LmData
         return list;
     }
 
+    /// <summary>One sample per non-empty line of a plain text file (each encoded with the tokenizer's special tokens).</summary>
+    public static List<LmExample> LoadLines(string path, ISampleEncoder encoder)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no such file", path);
+        var list = new List<LmExample>();
+        long index = 0;
+        foreach (var line in File.ReadLines(path))
+        {
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            list.Add(new LmExample(encoder.EncodeText(0, index++, line).Ids));
+        }
+        if (list.Count == 0) throw new InvalidDataException($"{path}: no non-empty lines");
+        return list;
+    }
+
     /// <summary>1 on assistant tokens and on an end-of-sequence token right after an assistant token.</summary>
     public static byte[] AssistantMask(int[] ids, TokenRole[] roles, IReadOnlyCollection<int> eosIds)
     {

@@ -47,6 +47,20 @@ public sealed class OrganismFinetuneCliTests : IDisposable
     }
 
     [SharedFact]
+    public void PlainTextSamplesPerBlockOrPerLine()
+    {
+        string path = Path.Combine(_dir, "stories.txt");
+        File.WriteAllText(path, "Tom had a ball.\nHe liked it.\n\nSue had a cat.\n");
+        var encoder = ModelSampleEncoder.FromFolder(Shared.Path("models", "stories260K"));
+        var blocks = LmData.Load(DataSourceSpec.Parse(path), encoder, false, [2], new SkipCounts());
+        var lines = LmData.LoadLines(path, encoder);
+        Assert.Equal(2, blocks.Count);
+        Assert.Equal(3, lines.Count);
+        Assert.Equal(encoder.Tokenizer.Encode("He liked it.", addSpecialTokens: true).Ids, lines[1].Ids);
+        Assert.All(lines.Concat(blocks), e => Assert.Equal(1, e.Ids[0])); // each sample starts with BOS
+    }
+
+    [SharedFact]
     public void FinetuneWritesALoadableModelAndResumesAsDone()
     {
         string outDir = Path.Combine(_dir, "out");

@@ -32,9 +32,10 @@ public sealed class FinetuneCommand : IOrganismCommand
         var seed = new Option<int>("--seed") { Description = "Seed of row order and LoRA init", DefaultValueFactory = _ => 0 };
         var assistantOnly = new Option<bool>("--assistant-only") { Description = "Chat data: train on assistant tokens (and the EOS ending each answer) only" };
         var every = new Option<int>("--checkpoint-every") { Description = "Steps between checkpoints (also saved on Ctrl-C and at the end)", DefaultValueFactory = _ => 50 };
+        var perLine = new Option<bool>("--per-line") { Description = "Plain text: one sample per line instead of per blank-line-separated block" };
         var micro = new Option<int>("--micro-batch") { Description = "Rows per forward/backward (gradients accumulate); 0 = the whole batch", DefaultValueFactory = _ => 0 };
         var cmd = new Command("finetune", "Fine-tune a model (full, or LoRA on the Llama family) on text or chat data");
-        foreach (var o in new Option[] { model, data, output, lora, loraAlpha, steps, lr, batch, seq, warmup, wd, clip, seed, assistantOnly, every, micro })
+        foreach (var o in new Option[] { model, data, output, lora, loraAlpha, steps, lr, batch, seq, warmup, wd, clip, seed, assistantOnly, perLine, every, micro })
             cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
@@ -45,7 +46,8 @@ public sealed class FinetuneCommand : IOrganismCommand
             var skipped = new SkipCounts();
             var eos = new HashSet<int>(config.EosTokenIds);
             if (encoder.Tokenizer.EosId is int e) eos.Add(e);
-            var examples = LmData.Load(spec, encoder, r.GetValue(assistantOnly), eos, skipped);
+            if (r.GetValue(perLine) && spec.Kind != DataKind.Text) throw new ArgumentException("--per-line applies to plain text data only");
+            var examples = r.GetValue(perLine) ? LmData.LoadLines(spec.Path, encoder) : LmData.Load(spec, encoder, r.GetValue(assistantOnly), eos, skipped);
             var options = new LmTrainingOptions
             {
                 Steps = r.GetValue(steps), LearningRate = r.GetValue(lr), BatchRows = r.GetValue(batch), SeqLen = r.GetValue(seq),
