@@ -60,6 +60,18 @@ public sealed class ModelPair : IDisposable
     /// <summary>The decode of a span of ids (special tokens kept).</summary>
     public string Text(ReadOnlySpan<int> ids) => Tokenizer is null ? string.Join(" ", ids.ToArray().Select(i => $"<{i}>")) : Tokenizer.Decode(ids);
 
+    /// <summary>True for tokens worth listing: not special, not a byte-fallback piece (&lt;0xNN&gt;), and decoding to text
+    /// with at least one letter or digit (punctuation-only and whitespace pieces are left out, as the reference's
+    /// display option does). Without a tokenizer every id counts.</summary>
+    public bool IsWordToken(int id)
+    {
+        if (Tokenizer is null) return true;
+        if (Tokenizer.IsSpecial(id)) return false;
+        if (Tokenizer.IdToToken(id) is { Length: 6 } piece && piece.StartsWith("<0x", StringComparison.Ordinal) && piece.EndsWith('>')) return false;
+        string text = TokenText(id);
+        return !text.Contains('\uFFFD') && text.Any(char.IsLetterOrDigit);
+    }
+
     public void Dispose() { Base.Dispose(); FineTuned.Dispose(); }
 }
 

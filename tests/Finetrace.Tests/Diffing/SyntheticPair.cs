@@ -16,7 +16,9 @@ sealed class SyntheticPair : IDisposable
     public string Ft => _tmp.File("ft");
     public string File(string name) => _tmp.File(name);
 
-    public SyntheticPair(Action<Dictionary<string, float[]>>? edit = null, bool tied = false, int seed = 5)
+    /// <param name="edit">changes made to the fine-tune only</param>
+    /// <param name="editBoth">changes made to both models (before <paramref name="edit"/>)</param>
+    public SyntheticPair(Action<Dictionary<string, float[]>>? edit = null, bool tied = false, int seed = 5, Action<Dictionary<string, float[]>>? editBoth = null)
     {
         var cfg = new JsonObject
         {
@@ -32,6 +34,7 @@ sealed class SyntheticPair : IDisposable
         var weights = Read(Base);
         string unembed = tied ? "model.embed_tokens.weight" : "lm_head.weight";
         for (int i = 0; i < weights[unembed].Length; i++) weights[unembed][i] *= 150f;
+        editBoth?.Invoke(weights);
         Write(Base, weights);
         Directory.CreateDirectory(Ft);
         System.IO.File.Copy(Path.Combine(Base, "config.json"), Path.Combine(Ft, "config.json"));
