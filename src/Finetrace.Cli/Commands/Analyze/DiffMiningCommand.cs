@@ -28,7 +28,7 @@ public sealed class DiffMiningCommand : IAnalyzeCommand
             return ReadersCli.Cancellable(cancel =>
             {
                 var results = ResultsFolder.Open(outDir);
-                var progress = new SyncProgress<PairedProgress>(p => Console.Error.WriteLine(PairedForward.Describe("diff-mining", p, o.Corpus.Samples)));
+                var progress = ReadersCli.PairedProgressLine("diff-mining", o.Corpus.Samples);
                 var res = DiffMiningAnalysis.Run(o, results, progress, cancel);
                 if (json) { Console.WriteLine(File.ReadAllText(results.PathOf(DiffMiningAnalysis.OutputFile)).TrimEnd()); return 0; }
                 if (res is null) { ReadersCli.Skipped("diff-mining", outDir); return 0; }

@@ -26,7 +26,7 @@ public sealed class DiffStatsCommand : IAnalyzeCommand
             return ReadersCli.Cancellable(cancel =>
             {
                 var results = ResultsFolder.Open(outDir);
-                var progress = new SyncProgress<PairedProgress>(p => Console.Error.WriteLine(PairedForward.Describe("diff-stats", p, o.Corpus.Samples)));
+                var progress = ReadersCli.PairedProgressLine("diff-stats", o.Corpus.Samples);
                 var res = DiffStatsAnalysis.Run(o, results, progress, cancel);
                 if (json) { Console.WriteLine(File.ReadAllText(results.PathOf(DiffStatsAnalysis.OutputFile)).TrimEnd()); return 0; }
                 if (res is null) { ReadersCli.Skipped("diff-stats", outDir); return 0; }

@@ -23,7 +23,7 @@ public sealed class KlCommand : IAnalyzeCommand
             return ReadersCli.Cancellable(cancel =>
             {
                 var results = ResultsFolder.Open(outDir);
-                var progress = new SyncProgress<PairedProgress>(p => Console.Error.WriteLine(PairedForward.Describe("kl", p, o.Corpus.Samples)));
+                var progress = ReadersCli.PairedProgressLine("kl", o.Corpus.Samples);
                 var res = KlAnalysis.Run(o, results, progress, cancel);
                 if (json) { Console.WriteLine(File.ReadAllText(results.PathOf(KlAnalysis.OutputFile)).TrimEnd()); return 0; }
                 if (res is null) { ReadersCli.Skipped("kl", outDir); return 0; }

@@ -38,7 +38,7 @@ public sealed class PcaCommand : IAnalyzeCommand
             return ReadersCli.Cancellable(cancel =>
             {
                 var results = ResultsFolder.Open(outDir);
-                var progress = new SyncProgress<PairedProgress>(p => Console.Error.WriteLine(PairedForward.Describe("pca", p, o.Corpus.Samples)));
+                var progress = ReadersCli.PairedProgressLine("pca", o.Corpus.Samples);
                 var res = PcaAnalysis.Run(o, results, progress, cancel);
                 if (json) { Console.WriteLine(File.ReadAllText(results.PathOf(PcaAnalysis.SummaryFile)).TrimEnd()); return 0; }
                 if (res is null) { ReadersCli.Skipped("pca", outDir); return 0; }

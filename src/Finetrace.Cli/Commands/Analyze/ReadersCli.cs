@@ -56,6 +56,20 @@ sealed class ReadersCli
     /// <summary>Prints a line of progress on stderr (plain, so redirected output stays clean).</summary>
     public static IProgress<string> StderrProgress() => new SyncProgress<string>(s => Console.Error.WriteLine(s));
 
+    /// <summary>Progress of a paired forward on stderr, at most one line a second (and never more than needed).</summary>
+    public static IProgress<PairedProgress> PairedProgressLine(string what, long totalSamples)
+    {
+        var last = System.Diagnostics.Stopwatch.StartNew();
+        bool first = true;
+        return new SyncProgress<PairedProgress>(p =>
+        {
+            if (!first && last.Elapsed.TotalSeconds < 1 && p.Samples < totalSamples) return;
+            first = false;
+            last.Restart();
+            Console.Error.WriteLine(PairedForward.Describe(what, p, totalSamples));
+        });
+    }
+
     /// <summary>Runs <paramref name="job"/> with Ctrl-C turned into cancellation; returns 130 when cancelled.</summary>
     public static int Cancellable(Func<CancellationToken, int> job)
     {

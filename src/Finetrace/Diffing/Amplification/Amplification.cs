@@ -118,7 +118,7 @@ public static class AmplificationAnalysis
                     {
                         cancel.ThrowIfCancellationRequested();
                         var output = new Generator(model).Generate(ids, o.MaxNewTokens, o.Temperature, o.Seed + i, stops, processLogits: processor?.Invoke());
-                        list.Add(tokenizer.Decode(output.ToArray(), skipSpecialTokens: true));
+                        list.Add(tokenizer.Decode(output.ToArray())); // specials kept: an amplified EOS shows as </s>, not as an empty sample
                         progress?.Report($"{what} sample {i + 1}/{o.SamplesPerPrompt}");
                     }
                     return list;
