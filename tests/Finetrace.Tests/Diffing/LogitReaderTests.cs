@@ -180,6 +180,33 @@ public sealed class LogitReaderTests(ITestOutputHelper log)
         Assert.True(c[0].LogitDiff >= c[1].LogitDiff && c[1].LogitDiff >= c[2].LogitDiff);
     }
 
+    [Fact]
+    public void Diff_mining_on_the_logit_lens_matches_a_direct_lens_and_the_last_layer_is_the_final_logits()
+    {
+        using var models = Models();
+        using var pair = ModelPair.Load(new ModelPairSpec(models.Base, models.Ft));
+        var samples = Samples();
+        var o = new DiffMiningOptions { Models = pair.Spec, Corpus = new CorpusSpec([], samples.Count, 64, 4), K = 4, TopTokens = 8, ContinuationTokens = 0 };
+        var final = DiffMiningAnalysis.Compute(pair, o, samples);
+        var last = DiffMiningAnalysis.Compute(pair, o with { LensLayer = SyntheticPair.Layers - 1 }, samples);
+        Assert.Equal(final.ByOccurrence.Select(t => (t.Id, t.TopKPositive)), last.ByOccurrence.Select(t => (t.Id, t.TopKPositive)));
+        var lens0 = DiffMiningAnalysis.Compute(pair, o with { LensLayer = 0 }, samples);
+        int V = SyntheticPair.Vocab;
+        var pos = new long[V];
+        foreach (var s in samples)
+        {
+            var batch = new TokenBatch(s.Ids, 1, s.Ids.Length);
+            var (hb, _) = pair.Base.Forward(batch, stopAfterLayer: 0);
+            var (hf, _) = pair.FineTuned.Forward(batch, stopAfterLayer: 0);
+            var lb = pair.Base.FinalNormAndLogits(hb, batch).Data;
+            var lf = pair.FineTuned.FinalNormAndLogits(hf, batch).Data;
+            for (int t = 0; t < s.Ids.Length; t++)
+                foreach (var v in Enumerable.Range(0, V).OrderByDescending(v => (double)lf[t * V + v] - lb[t * V + v]).Take(4)) pos[v]++;
+        }
+        Assert.All(lens0.ByOccurrence, t => Assert.Equal(pos[t.Id], t.TopKPositive));
+        Assert.NotEqual(final.ByOccurrence.Select(t => t.TopKPositive), lens0.ByOccurrence.Select(t => t.TopKPositive));
+    }
+
     static readonly string[] DayAndFireQuestions =
     [
         "What did Tom do today?", "How was Lily's day?", "What did Mia do at the park?", "Can Ben play with fire?",

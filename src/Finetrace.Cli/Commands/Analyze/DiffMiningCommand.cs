@@ -14,14 +14,17 @@ public sealed class DiffMiningCommand : IAnalyzeCommand
         var top = new Option<int>("--top") { Description = "Tokens listed per ordering", DefaultValueFactory = _ => 50 };
         var cont = new Option<int>("--continuation") { Description = "Greedy fine-tuned tokens shown after each context's raised token (0 = none)", DefaultValueFactory = _ => 8 };
         var allTokens = new Option<bool>("--all-tokens") { Description = "List special, byte-fallback and punctuation-only tokens too" };
+        var lens = new Option<string?>("--lens-layer") { Description = "Mine the logit lens of this layer's residual instead of the final logits (a fraction r means floor(r·(layers−1)); the reference uses 0.75)" };
         var cmd = new Command("diff-mining",
             "Logit-difference mining: per position Δ = logits_ft − logits_base; the tokens most often in the top-K raised (with counts, " +
             "mean Δ, fraction positive and the contexts where they were raised most) and the text windows the fine-tune prefers → RESULTS/diff_mining.json");
         cli.AddPair(cmd); cli.AddData(cmd);
-        foreach (var o in new Option[] { k, top, cont, allTokens }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { k, top, cont, allTokens, lens }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
-            var o = new DiffMiningOptions { Models = cli.Pair(r), Corpus = cli.Corpus(r), K = r.GetValue(k), TopTokens = r.GetValue(top), ContinuationTokens = r.GetValue(cont), WordTokensOnly = !r.GetValue(allTokens) };
+            var pairSpec = cli.Pair(r);
+            int? lensLayer = r.GetValue(lens) is { } lt ? ReadersCli.Layers(lt, pairSpec.Base) is [var one] ? one : throw new ArgumentException("--lens-layer takes one layer") : null;
+            var o = new DiffMiningOptions { LensLayer = lensLayer, Models = pairSpec, Corpus = cli.Corpus(r), K = r.GetValue(k), TopTokens = r.GetValue(top), ContinuationTokens = r.GetValue(cont), WordTokensOnly = !r.GetValue(allTokens) };
             if (o.K < 1 || o.TopTokens < 1 || o.ContinuationTokens < 0) throw new ArgumentException("--k and --top must be ≥ 1, --continuation ≥ 0");
             string outDir = r.GetValue(cli.Out)!;
             bool json = r.GetValue(cli.Json);

@@ -28,6 +28,9 @@ public sealed record DiffMiningOptions
     /// <summary>List only word tokens (<see cref="ModelPair.IsWordToken"/>): no special, byte-fallback or punctuation-only
     /// pieces. Counting covers every token either way.</summary>
     public bool WordTokensOnly { get; init; } = true;
+    /// <summary>Null: the final logits. A layer L: the logit lens of blocks.{L}.hook_resid_post, each model's residual
+    /// through its own final norm and unembedding (the reference reads the layer at 0.75 depth).</summary>
+    public int? LensLayer { get; init; }
 }
 
 public sealed record MinedContext(long Sample, int Position, double LogitDiff, string Context, string? Continuation);
@@ -62,6 +65,7 @@ public sealed record DiffMiningResult(long Samples, long Positions, int K, IRead
             ["definition"] = "Δ_t = logits_ft − logits_base at every position; per position the top-K raised and lowered ids are counted. " +
                              "occurrence_pct = topk_pos_count / positions × 100; mean_logit_diff = Σ Δ / positions; fraction_positive = #(Δ > 0) / positions. " +
                              "A context is the text up to the position; its continuation is the raised token followed by the fine-tune's greedy tokens.",
+            ["source"] = o.LensLayer is { } l ? $"logit lens of blocks.{l}.hook_resid_post (each model's final norm and unembedding)" : "final logits",
             ["vocab_note"] = VocabNote, ["k"] = K, ["word_tokens_only"] = o.WordTokensOnly, ["samples"] = Samples, ["positions"] = Positions,
             ["by_occurrence"] = Tokens(ByOccurrence), ["by_mean_logit_diff"] = Tokens(ByMeanDiff), ["lowered"] = Tokens(Lowered),
             ["top_windows"] = new JsonArray(TopWindows.Select(w => (JsonNode)new JsonObject
@@ -85,7 +89,7 @@ public static class DiffMiningAnalysis
 
     public static string InputsHash(DiffMiningOptions o) => o.Corpus.AddTo(o.Models.AddTo(new InputsHash()))
         .Add("k", o.K).Add("top", o.TopTokens).Add("contexts", o.ContextsPerToken).Add("context_tokens", o.ContextTokens)
-        .Add("continuation", o.ContinuationTokens).Add("window", o.Window).Add("stride", o.WindowStride).Add("windows", o.TopWindows).Add("words", o.WordTokensOnly).ToString();
+        .Add("continuation", o.ContinuationTokens).Add("window", o.Window).Add("stride", o.WindowStride).Add("windows", o.TopWindows).Add("words", o.WordTokensOnly).Add("lens_layer", o.LensLayer).ToString();
 
     public static DiffMiningResult? Run(DiffMiningOptions o, ResultsFolder results, IProgress<PairedProgress>? progress = null, CancellationToken cancel = default)
     {
@@ -115,8 +119,18 @@ public static class DiffMiningAnalysis
         var lf = new float[vocab];
         var lb = new float[vocab];
 
-        var (nSamples, _) = PairedForward.Run(pair, samples, o.Corpus.Batch, logits: true, layers: [], batch =>
+        int[] lensLayers = o.LensLayer is { } ll ? [ll] : [];
+        var (nSamples, _) = PairedForward.Run(pair, samples, o.Corpus.Batch, logits: o.LensLayer is null, layers: lensLayers, batch =>
         {
+            if (o.LensLayer is { } lens)
+            {
+                var (hb, hf) = batch.Resid[lens];
+                batch = new PairedBatch
+                {
+                    Samples = batch.Samples, Tokens = batch.Tokens, Resid = batch.Resid, FirstSample = batch.FirstSample,
+                    LogitsBase = pair.Base.FinalNormAndLogits(hb, batch.Tokens), LogitsFt = pair.FineTuned.FinalNormAndLogits(hf, batch.Tokens),
+                };
+            }
             for (int b = 0; b < batch.Samples.Count; b++)
             {
                 var s = batch.Samples[b];
