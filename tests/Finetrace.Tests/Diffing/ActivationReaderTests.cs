@@ -64,6 +64,7 @@ public sealed class ActivationReaderTests(ITestOutputHelper log)
         var (r, means) = DiffStatsAnalysis.Compute(pair, new DiffStatsOptions
         {
             Models = pair.Spec, Corpus = new CorpusSpec([], samples.Count, 64, 3), Layers = [Layer], FirstPositions = 3, TopExamples = 2,
+            TokenIds = [1, samples[3].Ids[2]],
         }, samples);
         var direct = Direct(pair, samples);
         int d = SyntheticPair.Hidden;
@@ -84,6 +85,13 @@ public sealed class ActivationReaderTests(ITestOutputHelper log)
                 Close(at.Average(x => (double)x.F[j] - x.B[j]), means[$"layer_{Layer}.pos_{p}"][j], nd.Max(), 1e-5, $"mean Δ at position {p}");
         }
         for (int j = 0; j < d; j++) Close(direct.Average(x => (double)x.F[j] - x.B[j]), means[$"layer_{Layer}.all"][j], nd.Max(), 1e-5, "mean Δ");
+        foreach (int id in new[] { 1, samples[3].Ids[2] })
+        {
+            var at = direct.Where(x => samples[(int)x.Sample].Ids[x.Pos] == id).ToList();
+            Assert.Equal(at.Count, r.TokenCounts.Single(c => c.Id == id).Count);
+            for (int j = 0; j < d; j++)
+                Close(at.Average(x => (double)x.F[j] - x.B[j]), means[$"layer_{Layer}.token_{id}"][j], nd.Max(), 1e-5, $"mean Δ at token {id}");
+        }
         int best = Array.IndexOf(nd, nd.Max());
         Assert.Equal((direct[best].Sample, direct[best].Pos), (l.TopExamples[0].Sample, l.TopExamples[0].Position));
         Assert.Equal(samples[(int)direct[best].Sample].Ids.Length, l.TopExamples[0].NormDiffs.Length);

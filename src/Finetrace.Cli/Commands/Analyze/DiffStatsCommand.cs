@@ -14,12 +14,13 @@ public sealed class DiffStatsCommand : IAnalyzeCommand
         var first = new Option<int>("--first-positions") { Description = "Positions with their own mean difference", DefaultValueFactory = _ => 5 };
         var cmd = new Command("diff-stats",
             "Activation-difference statistics: per token ‖h_ft − h_base‖, cos(h_base, h_ft) and both norms (mean, percentiles), the mean difference " +
-            "over all positions and the first ones (candidate steering vectors), and the samples with the largest difference → RESULTS/diff_stats.json, RESULTS/diff_stats/means.safetensors");
+            "over all positions, the first ones and each token of the chat-template prefix (candidate steering vectors), and the samples with the largest difference → RESULTS/diff_stats.json, RESULTS/diff_stats/means.safetensors");
         cli.AddPair(cmd); cli.AddData(cmd); cmd.Options.Add(layers); cmd.Options.Add(first);
         cmd.SetAction(r =>
         {
             var pair = cli.Pair(r);
-            var o = new DiffStatsOptions { Models = pair, Corpus = cli.Corpus(r), Layers = ReadersCli.Layers(r.GetValue(layers)!, pair.Base), FirstPositions = r.GetValue(first) };
+            var o = new DiffStatsOptions { Models = pair, Corpus = cli.Corpus(r), Layers = ReadersCli.Layers(r.GetValue(layers)!, pair.Base), FirstPositions = r.GetValue(first),
+                TokenIds = DiffStatsAnalysis.TemplatePrefixIds(Finetrace.Diffing.Kl.KlAnalysis.Encoder(pair)) };
             if (o.FirstPositions < 0) throw new ArgumentException("--first-positions must be ≥ 0");
             string outDir = r.GetValue(cli.Out)!;
             bool json = r.GetValue(cli.Json);

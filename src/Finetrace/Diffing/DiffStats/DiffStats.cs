@@ -16,6 +16,9 @@ public sealed record DiffStatsOptions
     /// <summary>Samples kept with all their per-token norms, scored by their largest ‖h_ft − h_base‖.</summary>
     public int TopExamples { get; init; } = 20;
     public int ContextTokens { get; init; } = 16;
+    /// <summary>Token ids that get their own mean difference over every position holding them (the chat-template prefix:
+    /// <see cref="TemplatePrefixIds"/>); empty for none.</summary>
+    public IReadOnlyList<int> TokenIds { get; init; } = [];
 }
 
 public sealed record DiffExample(long Sample, int Position, double MaxNormDiff, string Token, string Context, float[] NormDiffs);
@@ -23,7 +26,7 @@ public sealed record DiffExample(long Sample, int Position, double MaxNormDiff, 
 public sealed record LayerDiffStats(int Layer, long Positions, Summary NormDiff, Summary Cosine, Summary NormBase, Summary NormFt,
     double MeanDiffNorm, IReadOnlyList<long> PositionCounts, IReadOnlyList<DiffExample> TopExamples);
 
-public sealed record DiffStatsResult(long Samples, IReadOnlyList<LayerDiffStats> Layers);
+public sealed record DiffStatsResult(long Samples, IReadOnlyList<LayerDiffStats> Layers, IReadOnlyList<(int Id, string Token, long Count)> TokenCounts);
 
 /// <summary>
 /// Activation-difference statistics (methods §9) at blocks.{L}.hook_resid_post: per position ‖h_ft − h_base‖,
@@ -38,17 +41,28 @@ public static class DiffStatsAnalysis
     public const string MeansFile = "diff_stats/means.safetensors";
 
     public static string InputsHash(DiffStatsOptions o) => o.Corpus.AddTo(o.Models.AddTo(new InputsHash()))
-        .Add("layers", string.Join(",", o.Layers)).Add("first", o.FirstPositions).Add("top", o.TopExamples).Add("context", o.ContextTokens).ToString();
+        .Add("layers", string.Join(",", o.Layers)).Add("first", o.FirstPositions).Add("top", o.TopExamples).Add("context", o.ContextTokens)
+        .Add("token_ids", string.Join(",", o.TokenIds)).ToString();
+
+    /// <summary>The distinct ids of the chat template rendered for one empty user message with the generation prompt
+    /// (methods §9), or none when the model has no chat template.</summary>
+    public static int[] TemplatePrefixIds(ModelSampleEncoder encoder)
+    {
+        if (encoder.Chat is null) return [];
+        try { return encoder.Chat.Format([new Text.Chat.ChatMessage("user", "")], addGenerationPrompt: true).Ids.Distinct().ToArray(); }
+        catch (Text.Chat.TemplateException) { return []; }
+    }
 
     public static DiffStatsResult? Run(DiffStatsOptions o, ResultsFolder results, IProgress<PairedProgress>? progress = null, CancellationToken cancel = default)
     {
         string hash = InputsHash(o);
         if (results.IsCurrent(Stage, hash)) return null;
         using var pair = ModelPair.Load(o.Models);
-        var (r, means) = Compute(pair, o, o.Corpus.Read(Kl.KlAnalysis.Encoder(o.Models)), progress, cancel);
+        var encoder = Kl.KlAnalysis.Encoder(o.Models);
+        var (r, means) = Compute(pair, o, o.Corpus.Read(encoder), progress, cancel);
         Directory.CreateDirectory(Path.GetDirectoryName(results.PathOf(MeansFile))!);
         SafetensorsWriter.Write(results.PathOf(MeansFile), means.Select(kv => TensorData.F32(kv.Key, kv.Value, kv.Value.Length)).ToList(),
-            new Dictionary<string, string> { ["definition"] = "mean of h_ft − h_base at blocks.{L}.hook_resid_post: layer_{L}.all over every position, layer_{L}.pos_{p} over position p" });
+            new Dictionary<string, string> { ["definition"] = "mean of h_ft − h_base at blocks.{L}.hook_resid_post: layer_{L}.all over every position, layer_{L}.pos_{p} over position p, layer_{L}.token_{id} over the positions holding token id" });
         ResultsFolder.WriteAllTextAtomic(results.PathOf(OutputFile), ToJson(r, o).ToJsonString(ResultsJson.Indented) + "\n");
         results.Record(Stage, hash, [OutputFile, MeansFile]);
         return r;
@@ -60,6 +74,9 @@ public static class DiffStatsAnalysis
     {
         int d = pair.Base.Hidden;
         var acc = o.Layers.Distinct().ToDictionary(l => l, _ => new Acc(d, o.FirstPositions, o.TopExamples));
+        var tokenSlot = o.TokenIds.Distinct().Select((id, i) => (id, i)).ToDictionary(x => x.id, x => x.i);
+        var tokenCount = new long[tokenSlot.Count];
+        bool countTokens = true; // token occurrences are counted once, with the first layer
         var (nSamples, _) = PairedForward.Run(pair, samples, o.Corpus.Batch, logits: false, layers: acc.Keys.ToList(), batch =>
         {
             int seq = batch.Tokens.Seq;
@@ -83,6 +100,13 @@ public static class DiffStatsAnalysis
                             if (t < o.FirstPositions) a.SumPos[t][j] += dv;
                         }
                         if (t < o.FirstPositions) a.CountPos[t]++;
+                        if (tokenSlot.TryGetValue(s.Ids[t], out int slot))
+                        {
+                            a.SumToken ??= Enumerable.Range(0, tokenSlot.Count).Select(_ => new double[d]).ToArray();
+                            var st = a.SumToken[slot];
+                            for (int j = 0; j < d; j++) st[j] += (double)xf[j] - xb[j];
+                            if (countTokens) tokenCount[slot]++;
+                        }
                         a.NormDiff.Add(norms[t] = (float)Math.Sqrt(nd));
                         a.NormBase.Add((float)Math.Sqrt(nb));
                         a.NormFt.Add((float)Math.Sqrt(nf));
@@ -92,7 +116,9 @@ public static class DiffStatsAnalysis
                     int at = LogitMath.ArgMax(norms);
                     a.Top.Offer(norms[at], (new TokenSite(batch.FirstSample + b, at, s), norms));
                 }
+                countTokens = false;
             }
+            countTokens = true;
         }, progress, cancel);
 
         var means = new Dictionary<string, float[]>(StringComparer.Ordinal);
@@ -104,6 +130,8 @@ public static class DiffStatsAnalysis
             means[$"layer_{layer}.all"] = all;
             for (int p = 0; p < o.FirstPositions; p++)
                 if (a.CountPos[p] > 0) means[$"layer_{layer}.pos_{p}"] = a.SumPos[p].Select(x => (float)(x / a.CountPos[p])).ToArray();
+            foreach (var (id, slot) in tokenSlot)
+                if (tokenCount[slot] > 0) means[$"layer_{layer}.token_{id}"] = a.SumToken![slot].Select(x => (float)(x / tokenCount[slot])).ToArray();
             var top = a.Top.Descending().Select(x =>
             {
                 var (site, norms) = x.Item;
@@ -114,7 +142,8 @@ public static class DiffStatsAnalysis
             layers.Add(new LayerDiffStats(layer, n, Summary.Of(a.NormDiff), Summary.Of(a.Cosine), Summary.Of(a.NormBase), Summary.Of(a.NormFt),
                 Math.Sqrt(all.Sum(x => (double)x * x)), a.CountPos, top));
         }
-        return (new DiffStatsResult(nSamples, layers), means);
+        var counts = tokenSlot.Select(kv => (kv.Key, pair.TokenText(kv.Key), tokenCount[kv.Value])).ToList();
+        return (new DiffStatsResult(nSamples, layers, counts), means);
     }
 
     sealed class Acc(int d, int first, int top)
@@ -124,12 +153,14 @@ public static class DiffStatsAnalysis
         public readonly double[][] SumPos = Enumerable.Range(0, first).Select(_ => new double[d]).ToArray();
         public readonly long[] CountPos = new long[first];
         public readonly TopN<(TokenSite Site, float[] Norms)> Top = new(top);
+        public double[][]? SumToken;
     }
 
     static JsonObject ToJson(DiffStatsResult r, DiffStatsOptions o) => new()
     {
         ["base"] = o.Models.Base, ["finetuned"] = o.Models.FineTuned, ["adapter"] = o.Models.Adapter,
         ["site"] = "blocks.{L}.hook_resid_post", ["samples"] = r.Samples, ["means_file"] = MeansFile,
+        ["template_tokens"] = new JsonArray(r.TokenCounts.Select(t => (JsonNode)new JsonObject { ["id"] = t.Id, ["token"] = t.Token, ["count"] = t.Count }).ToArray()),
         ["layers"] = new JsonArray(r.Layers.Select(l => (JsonNode)new JsonObject
         {
             ["layer"] = l.Layer, ["positions"] = l.Positions,
