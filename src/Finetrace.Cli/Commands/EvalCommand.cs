@@ -72,7 +72,8 @@ public sealed class EvalCommand : ICliCommand
         {
             Console.WriteLine(JsonSerializer.Serialize(new
             {
-                tokens = rep.Tokens, l0 = rep.L0, fve = rep.Fve, mse = rep.Mse, cosine = rep.Cosine, dead_fraction = rep.DeadFraction, dense_fraction = rep.DenseFraction,
+                tokens = rep.Tokens, l0 = rep.L0, l1 = rep.L1, fve = rep.Fve, mse = rep.Mse, cosine = rep.Cosine, l2_ratio = rep.L2Ratio, relative_reconstruction_bias = rep.RelativeBias,
+                dead_fraction = rep.DeadFraction, dead_window_tokens = rep.Tokens, dense_fraction = rep.DenseFraction,
                 log10_density_histogram = new { edges = EvalReport.HistogramEdges, counts = rep.DensityHistogram }, input, layer,
                 splice = splice is null ? null : new
                 {
@@ -89,10 +90,14 @@ public sealed class EvalCommand : ICliCommand
         }
         var t = new Table().AddColumns("metric", "value");
         t.AddRow("tokens", $"{rep.Tokens:N0} ({Markup.Escape(input)}, layer {layer}, filter {Markup.Escape(filter)})");
-        t.AddRow("L0", $"{rep.L0:F2}");
+        t.AddRow("L0 / L1", $"{rep.L0:F2} / {rep.L1:G4}");
         for (int m = 0; m < rep.Fve.Length; m++)
-            t.AddRow(rep.Fve.Length > 1 ? $"model {m}: FVE / MSE / cos" : "FVE / MSE / cos", $"{rep.Fve[m]:F4} / {rep.Mse[m]:G4} / {rep.Cosine[m]:F4}");
-        t.AddRow("dead (never fired)", $"{rep.DeadFraction:P2}");
+        {
+            string who = rep.Fve.Length > 1 ? $"model {m}: " : "";
+            t.AddRow($"{who}FVE / MSE / cos", $"{rep.Fve[m]:F4} / {rep.Mse[m]:G4} / {rep.Cosine[m]:F4}");
+            t.AddRow($"{who}ℓ2 ratio / relative bias", $"{rep.L2Ratio[m]:F4} / {rep.RelativeBias[m]:F4}");
+        }
+        t.AddRow("dead (never fired)", $"{rep.DeadFraction:P2} of {rep.Firing.Fires.Length:N0} latents over these {rep.Tokens:N0} tokens");
         t.AddRow("dense (density > 0.1)", $"{rep.DenseFraction:P2}");
         if (splice is not null)
         {
