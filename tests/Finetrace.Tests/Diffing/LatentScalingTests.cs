@@ -44,7 +44,7 @@ public sealed class LatentScalingTests(ITestOutputHelper log)
     {
         using var fx = new SafetensorsFile(Shared.Path("fixtures", "dictionaries", "batchtopk_crosscoder_latent_scaling.safetensors"));
         var d = DictionaryLearningFormat.FromStateDict(fx, "ls.model.", "BatchTopKCrossCoder");
-        var ad = new AnalysisDictionary(d, "fixture", DictionaryKind.Crosscoder, 0, [0, 1]);
+        var ad = new AnalysisDictionary(d, "fixture", DictionaryInput.Paired(0), 2);
         var x = fx.ReadF32("ls.x_eval").Data;
         int F = d.DictSize, rowLen = 2 * d.DModel, batches = 4, B = x.Length / rowLen / batches;
         var acc = new ScalingAccumulator(ad, LatentScaler.ProbeModels(ad, ProbeSide.FineTuned, new()), batches);
@@ -151,7 +151,7 @@ public sealed class LatentScalingTests(ITestOutputHelper log)
         for (int i = 0; i < d.BEnc.Length; i++) d.BEnc[i] = (float)(rng.NextDouble() * 0.2);
         d.Normalizer = NormalizerStats.FromStore(st, 0, [0, 1], 4f);
         d.Threshold = 0.05f;
-        var ad = new AnalysisDictionary(d, "synthetic", DictionaryKind.Crosscoder, 0, [0, 1]);
+        var ad = new AnalysisDictionary(d, "synthetic", DictionaryInput.Paired(0), 2);
 
         foreach (var side in new[] { ProbeSide.FineTuned, ProbeSide.Base })
         {
@@ -167,7 +167,7 @@ public sealed class LatentScalingTests(ITestOutputHelper log)
             for (int k = 0; k < 5; k++)
             {
                 int n = rows.Next(raw, ids, 240);
-                var x = ad.Input(raw.AsSpan(0, n * 32), n, 2);
+                var x = ad.ToInput(raw.AsSpan(0, n * 32), n, 2);
                 batches.Add((x, Inference.Encode(d, x)));
             }
             var probe = LatentScaler.ProbeModels(ad, side, new());
@@ -198,7 +198,7 @@ public sealed class LatentScalingTests(ITestOutputHelper log)
         using var st = ActivationStore.Open(dir.Path);
         var d = new SparseDictionary(1, 16, 20, Sparsity.Relu, CodeNormalization.None, true);
         Initialization.Sae(d, new SplitMix64(4));
-        var ad = new AnalysisDictionary(d, "diff", DictionaryKind.DiffSae, 0, [1, 0]);
+        var ad = new AnalysisDictionary(d, "diff", DictionaryInput.Difference(0, 1, 0), 2);
         using (var b = StoreBatches.Difference(st, new StoreBatchOptions { Layer = 0, Shuffle = false, Cycle = false, MixSources = false }))
             d.Normalizer = NormalizerStats.FromSample(b, 10f, 800);
         var r = LatentScaler.Run(ad, st, new LatentScalingOptions { Chunks = 4, BatchSize = 64 });
@@ -209,7 +209,7 @@ public sealed class LatentScalingTests(ITestOutputHelper log)
         var raw = new float[800 * 32]; var ids = new long[800];
         int n = rows.Next(raw, ids, 800);
         Assert.Equal(800, n);
-        var codes = Inference.Encode(d, ad.Input(raw, n, 2));
+        var codes = Inference.Encode(d, ad.ToInput(raw, n, 2));
         var f = new float[n * 20];
         codes.ToDense(f);
         foreach (var (m, name) in new[] { (0, "base_activation"), (1, "ft_activation") })

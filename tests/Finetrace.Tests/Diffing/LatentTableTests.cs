@@ -45,7 +45,7 @@ public sealed class LatentTableTests
         Row(0, 1, 0, 0, 2, 0);                          // base only
         Row(0, 2, 1, 0, 0, 0); Row(1, 2, 0, 1, 0, 0);   // equal norms, orthogonal
         Row(0, 3, 1, 0, 0, 0); Row(1, 3, 4, 0, 0, 0);   // ft 4× base: Δnorm = 1 − 1/8
-        var g = LatentGeometry.Compute(d, DictionaryKind.Crosscoder);
+        var g = LatentGeometry.Compute(d, InputKind.Paired);
         Assert.Equal([0, 1, 0.5, 0.125], g.DecNormDiff!);
         Assert.Equal([1, 0, 0.5, 0.875], g.DeltaNorm!);
         Assert.Equal(["ft_only", "base_only", "shared", "other"], g.Tag);
@@ -60,7 +60,7 @@ public sealed class LatentTableTests
         var d3 = new SparseDictionary(3, 2, 2, Sparsity.Relu, CodeNormalization.Crosscoder, false);
         d3.WDec[(2 * 2 + 0) * 2] = 1;                   // latent 0 only in model 2
         for (int m = 0; m < 3; m++) d3.WDec[(m * 2 + 1) * 2 + 1] = 1;
-        var g3 = LatentGeometry.Compute(d3, DictionaryKind.Crosscoder);
+        var g3 = LatentGeometry.Compute(d3, InputKind.Paired);
         Assert.Equal("model2_only", g3.Tag[0]);
         Assert.Equal("shared", g3.Tag[1]);
         Assert.Equal(0.5 * ((2 - 3.0) / 2 + 1), g3.Specificity![0][1], 12);
@@ -76,7 +76,7 @@ public sealed class LatentTableTests
         var d = new SparseDictionary(2, 8, 12, Sparsity.Relu, CodeNormalization.Crosscoder, false);
         Initialization.Crosscoder(d, new SplitMix64(9), 1f, sameInitForAllModels: false);
         for (int j = 0; j < 12; j++) d.BEnc[j] = -0.3f * (j % 4);
-        var ad = new AnalysisDictionary(d, "t", DictionaryKind.Crosscoder, 3, [0, 1]);
+        var ad = new AnalysisDictionary(d, "t", DictionaryInput.Paired(3), 2);
         var r = LatentTable.Run(ad, st, new LatentTableOptions { BatchSize = 50, TopPositions = 6 });
 
         long N = st.Tokens;

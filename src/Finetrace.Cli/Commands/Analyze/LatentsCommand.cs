@@ -98,7 +98,7 @@ public sealed class LatentsCommand : IAnalyzeCommand
                 if (models[m] is not { } lm) continue;
                 string who = Finetrace.Diffing.Scaling.ScalingAccumulator.ModelName(m, store.Models);
                 // crosscoders: model m's own decoder row; single-decoder dictionaries: the one direction through each model
-                int row = ad.Kind == DictionaryKind.Crosscoder ? m : 0;
+                int row = ad.Kind == InputKind.Paired ? m : 0;
                 var eff = LogitEffects.Compute(ad, row, lm);
                 t.Set($"logit_top_{who}", eff.TopIds.Select(ids => LatentTable.TokenList(ids.Select(decode))).ToArray());
                 t.Set($"logit_bottom_{who}", eff.BottomIds.Select(ids => LatentTable.TokenList(ids.Select(decode))).ToArray());

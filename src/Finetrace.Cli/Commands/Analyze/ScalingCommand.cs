@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using Finetrace.Activations;
+using Finetrace.Dictionaries;
 using Finetrace.Diffing;
 using Finetrace.Diffing.Latents;
 using Finetrace.Diffing.Scaling;
@@ -55,7 +56,7 @@ public sealed class ScalingCommand : IAnalyzeCommand
                 LatentScaler.WriteTensors(res, results);
                 var t = FeatureTable.LoadOrCreate(table, ad.Latents);
                 LatentScaler.WriteColumns(res, t);
-                if (ad.Kind == Finetrace.Diffing.DictionaryKind.Crosscoder && !t.Has("tag"))
+                if (ad.Kind == InputKind.Paired && !t.Has("tag"))
                     LatentGeometry.WriteColumns(LatentGeometry.Compute(ad.Dict, ad.Kind, o.Tags), t);
                 t.Save(table);
                 results.Record(LatentScaler.Stage, hash, [FeatureTable.FileName, LatentScaler.TensorFile], new System.Text.Json.Nodes.JsonObject

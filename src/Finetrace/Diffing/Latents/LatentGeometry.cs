@@ -46,7 +46,7 @@ public static class LatentGeometry
         return mx > 0 ? 0.5 * ((a - b) / mx + 1) : 0.5;
     }
 
-    public static LatentGeometryResult Compute(SparseDictionary d, DictionaryKind kind, TagThresholds? tags = null)
+    public static LatentGeometryResult Compute(SparseDictionary d, InputKind kind, TagThresholds? tags = null)
     {
         tags ??= new TagThresholds();
         int M = d.Models, F = d.DictSize, D = d.DModel;
@@ -63,7 +63,7 @@ public static class LatentGeometry
         }
         var tag = new string[F];
         Array.Fill(tag, "");
-        if (kind != DictionaryKind.Crosscoder || M == 1)
+        if (kind != InputKind.Paired || M == 1)
             return new LatentGeometryResult { Latents = F, Models = M, DecNorm = dec, EncNorm = enc, Tag = tag };
         if (M == 2)
         {

@@ -17,7 +17,8 @@ public sealed record LatentTableOptions
     public int TopTokens { get; init; } = 5;
 }
 
-/// <summary>Per-latent activation statistics over the store: frequency and max reported activation (f·c) overall and per
+/// <summary>Per-latent activation statistics over the store, counting the tokens where a latent fires (<see cref="Firing"/>):
+/// frequency and max reported activation (f·c) overall and per
 /// data source, the share of activation mass on BOS / template / user / assistant tokens (methods.md §7, from the store's
 /// chat masks), and the tokens most over-represented at the latent's max-activating positions.</summary>
 public sealed record LatentTableResult
@@ -55,6 +56,7 @@ public static class LatentTable
         d.CodeNorm(c);
         if (d.CodeNormalization == CodeNormalization.None) Array.Fill(c, 1f);
 
+        var fireWeights = Firing.Weights(d);   // the one definition of "fires" (Dictionaries.Firing)
         var fires = new long[nSrc * F];
         var maxAct = new double[nSrc * F];
         var mass = new double[5 * F];          // all, bos, template, user, assistant
@@ -80,7 +82,7 @@ public static class LatentTable
                 int tok = sh.Tokens[local];
                 tokenCount[tok] = tokenCount.GetValueOrDefault(tok) + 1;
             }
-            var codes = Inference.Encode(d, ad.Input(raw.AsSpan(0, n * S * D), n, S));
+            var codes = Inference.Encode(d, ad.ToInput(raw.AsSpan(0, n * S * D), n, S));
             codes.BuildColumns();
             var ids = rowIds; var srcL = src; var maskL = mask;
             int nc = Math.Max(1, Math.Min(Environment.ProcessorCount * 4, F / 16));
@@ -91,7 +93,7 @@ public static class LatentTable
                     for (int e = codes.ColStart[j]; e < codes.ColStart[j + 1]; e++)
                     {
                         float f = codes.Value[codes.ColEntry[e]];
-                        if (f == 0) continue;
+                        if (!Firing.Fires(f, fireWeights, j)) continue;
                         int i = codes.ColRow[e];
                         double a = (double)f * c[j];
                         int s = srcL[i];

@@ -91,7 +91,7 @@ public static class LatentScaler
     {
         int F = ad.Latents, M = ad.Dict.Models;
         var p = new int[F];
-        if (ad.Kind != DictionaryKind.Crosscoder) return p;
+        if (ad.Kind != InputKind.Paired) return p;
         int ft = M - 1;
         string[]? tag = side == ProbeSide.BaseForBaseOnly ? LatentGeometry.Compute(ad.Dict, ad.Kind, tags).Tag : null;
         for (int j = 0; j < F; j++)
@@ -122,8 +122,8 @@ public static class LatentScaler
                 cancel.ThrowIfCancellationRequested();
                 int n = rows.Next(raw, rowIds, (int)Math.Min(batch, end - done));
                 if (n == 0) throw new InvalidDataException($"{store.Directory}: the store ended after {done:N0} of {N:N0} positions");
-                var x = ad.Input(raw.AsSpan(0, n * S * D), n, S);
-                if (ad.Kind == DictionaryKind.Crosscoder)
+                var x = ad.ToInput(raw.AsSpan(0, n * S * D), n, S);
+                if (ad.Kind == InputKind.Paired)
                 {
                     var (codes, xh) = Inference.Reconstruct(d, x);
                     acc.Add(codes, x, xh, default, k);
@@ -133,7 +133,7 @@ public static class LatentScaler
                 progress?.Report((done, N));
             }
         }
-        var space = ad.Kind == DictionaryKind.Crosscoder ? (d.Normalizer is null ? "raw" : "normalised") : "raw";
+        var space = ad.Kind == InputKind.Paired ? (d.Normalizer is null ? "raw" : "normalised") : "raw";
         return Finish(acc, ad, o, space);
     }
 
@@ -154,7 +154,7 @@ public static class LatentScaler
         string b0 = ScalingAccumulator.ModelName(0, T), b1 = ScalingAccumulator.ModelName(T - 1, T);
         var usable = acc.ChunkPositions.Select(p => p > 0).ToArray();
         RatioEstimate Ratio(string kind) => RatioOf(chunk[$"{b0}_{kind}"], chunk[$"{b1}_{kind}"], usable, F, o.Confidence);
-        bool cc = ad.Kind == DictionaryKind.Crosscoder;
+        bool cc = ad.Kind == InputKind.Paired;
         var err = cc ? Ratio("error") : null;
         var rec = cc ? Ratio("reconstruction") : null;
         var act = T >= 2 ? Ratio("activation") : null;

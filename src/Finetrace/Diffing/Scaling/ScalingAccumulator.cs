@@ -43,7 +43,7 @@ public sealed class ScalingAccumulator
         _ad = ad; _F = d.DictSize; _D = d.DModel; _chunks = chunks;
         if (probeModel.Length != _F) throw new ArgumentException($"probe model per latent: {probeModel.Length} values for {_F} latents");
         if (chunks < 1) throw new ArgumentOutOfRangeException(nameof(chunks), "at least one chunk");
-        bool cc = ad.Kind == DictionaryKind.Crosscoder;
+        bool cc = ad.Kind == InputKind.Paired;
         TargetModels = cc ? d.Models : targetModels;
         _probeModel = probeModel;
         _normD2 = new double[_F];
@@ -86,7 +86,7 @@ public sealed class ScalingAccumulator
     {
         if ((uint)chunk >= (uint)_chunks) throw new ArgumentOutOfRangeException(nameof(chunk));
         int B = codes.Rows, T = TargetModels, D = _D, F = _F;
-        bool cc = _ad.Kind == DictionaryKind.Crosscoder;
+        bool cc = _ad.Kind == InputKind.Paired;
         if (cc && (xBMD.Length != B * T * D || xHatBMD.Length != B * T * D)) throw new ArgumentException("crosscoder rows and reconstruction must be [B, M, D]");
         if (!cc && targetsBTD.Length != B * T * D) throw new ArgumentException($"targets must be [B, {T}, D]");
         codes.BuildColumns();
