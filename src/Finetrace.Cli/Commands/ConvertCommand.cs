@@ -34,6 +34,8 @@ public sealed class ConvertCommand : ICliCommand
                     DictionaryLearningFormat.Save(d, outDir); break;
                 case var s: throw new ArgumentException($"--to {s}: expected saelens or dictionary-learning");
             }
+            // what the dictionary reads travels with it (eval, splice and the analyses read it from finetrace.json)
+            if (DictionaryInput.Read(inDir, n => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]")) is { } what) what.Write(outDir);
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outDir)}");
             return 0;
         });

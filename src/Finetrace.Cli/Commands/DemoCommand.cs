@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Finetrace.Activations;
 using Finetrace.Activations.Synthetic;
 using Finetrace.Dictionaries;
 using Spectre.Console;
@@ -43,8 +44,8 @@ public sealed class DemoCommand : ICliCommand
 
         var truth = SyntheticTruth.Load(store);
         SparseDictionary dB = DictionaryIO.Load(btk), dL = DictionaryIO.Load(l1);
-        var sB = SyntheticScoring.Score(dB, truth);
-        var sL = SyntheticScoring.Score(dL, truth);
+        SyntheticScore sB, sL;
+        using (var st = ActivationStore.Open(store)) { sB = SyntheticScoring.Score(dB, truth, st); sL = SyntheticScoring.Score(dL, truth, st); }
         AnsiConsole.Write(new Rule("[bold]Relative decoder norm Δnorm of every latent (0 = base only, ½ = shared, 1 = fine-tuned only)[/]").LeftJustified());
         Histogram("BatchTopK", dB);
         Histogram("L1", dL);

@@ -37,27 +37,28 @@ public sealed class EvalCommand : ICliCommand
 
     sealed record SpliceArgs(bool Enabled, int Sequences, int Seed, string? Base, string? FineTuned, string? Adapter);
 
-    static int Run(string dir, string storeDir, int? layerOpt, long tokens, long offset, string filter, string? input, bool json, SpliceArgs sa)
+    static int Run(string dir, string storeDir, int? layerOpt, long tokens, long offset, string filter, string? inputSpec, bool json, SpliceArgs sa)
     {
-        var d = DictionaryIO.Load(dir, n => { if (!json) AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"); });
-        var side = FinetraceSidecar.Read(dir);
+        Action<string> note = n => { if (!json) AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"); };
+        var d = DictionaryIO.Load(dir, note);
         using var st = ActivationStore.Open(storeDir);
-        int layer = layerOpt ?? side?["site"]?["layer"]?.GetValue<int>() ?? (st.Layers.Count == 1 ? st.Layers[0] : throw new ArgumentException($"{storeDir} holds layers {string.Join(", ", st.Layers)}: pick one with --layer"));
-        string kind = side?["training"]?["kind"]?.GetValue<string>() ?? (d.Models > 1 ? "crosscoder" : "sae");
-        input ??= kind switch
+        var recorded = DictionaryInput.Read(dir, note);
+        int layer = layerOpt ?? recorded?.Layer ?? (st.Layers.Count == 1 ? st.Layers[0] : throw new ArgumentException($"{storeDir} holds layers {string.Join(", ", st.Layers)}: pick one with --layer"));
+        DictionaryInput what;
+        try
         {
-            "diff-sae" => "diff:1-0",
-            "sae" => $"model:{side?["training"]?["models"]?[0]?.GetValue<int>() ?? 1}",
-            _ => "paired",
-        };
+            what = inputSpec is not null ? DictionaryInput.Parse(inputSpec, layer)
+                : recorded is not null ? recorded with { Layer = layer }
+                : d.Models > 1 ? DictionaryInput.Paired(layer) : DictionaryInput.SingleModel(layer, 1);
+            what.CheckDictionary(d.Models, st.Models);
+        }
+        catch (DictionaryInputException e) { throw new ArgumentException($"--input {e.Spec}: {e.Problem}", e); }
+        if (recorded is null && inputSpec is null && d.Models == 1 && !json)
+            AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(dir)} does not record what it reads; assuming {Markup.Escape(what.Spec)} (pass --input diff:A-B or model:I if it is something else)");
+        var input = what.Spec;
         var bo = new StoreBatchOptions { Layer = layer, Shuffle = false, Cycle = false, Filter = MaskFilter.Parse(filter), MixSources = false };
-        StoreBatches b;
-        IActivationBatches src;
-        if (input == "paired") { b = StoreBatches.Paired(st, bo); src = b; }
-        else if (input.StartsWith("model:")) { b = StoreBatches.Paired(st, bo); src = new ModelSlice(b, int.Parse(input[6..])); }
-        else if (input.StartsWith("diff:")) { var p = input[5..].Split('-'); b = StoreBatches.Difference(st, bo, int.Parse(p[0]), int.Parse(p[1])); src = b; }
-        else throw new ArgumentException($"--input {input}: expected paired, model:I or diff:A-B");
-        using var _ = b;
+        using var b = what.Open(st, bo);
+        IActivationBatches src = b;
         if (offset > 0) src.Seek(offset);
         tokens = Math.Min(tokens, Math.Max(0, b.RowsPerEpoch - offset));
         EvalReport rep = null!;
@@ -65,13 +66,14 @@ public sealed class EvalCommand : ICliCommand
         else AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
             .Start(ctx => { var task = ctx.AddTask("eval", maxValue: tokens); rep = Evaluation.Run(d, src, tokens, progress: n => task.Value = n); });
 
-        var (splice, spliceNote) = sa.Enabled ? Splice(d, st, input, layer, offset, filter, sa, json) : (null, "skipped (--no-splice)");
+        var (splice, spliceNote) = sa.Enabled ? Splice(d, st, what, layer, offset, filter, sa, json) : (null, "skipped (--no-splice)");
 
         if (json)
         {
             Console.WriteLine(JsonSerializer.Serialize(new
             {
-                tokens = rep.Tokens, l0 = rep.L0, fve = rep.Fve, mse = rep.Mse, cosine = rep.Cosine, dead_fraction = rep.DeadFraction, dense_fraction = rep.DenseFraction,
+                tokens = rep.Tokens, l0 = rep.L0, l1 = rep.L1, fve = rep.Fve, mse = rep.Mse, cosine = rep.Cosine, l2_ratio = rep.L2Ratio, relative_reconstruction_bias = rep.RelativeBias,
+                dead_fraction = rep.DeadFraction, dead_window_tokens = rep.Tokens, dense_fraction = rep.DenseFraction,
                 log10_density_histogram = new { edges = EvalReport.HistogramEdges, counts = rep.DensityHistogram }, input, layer,
                 splice = splice is null ? null : new
                 {
@@ -88,10 +90,14 @@ public sealed class EvalCommand : ICliCommand
         }
         var t = new Table().AddColumns("metric", "value");
         t.AddRow("tokens", $"{rep.Tokens:N0} ({Markup.Escape(input)}, layer {layer}, filter {Markup.Escape(filter)})");
-        t.AddRow("L0", $"{rep.L0:F2}");
+        t.AddRow("L0 / L1", $"{rep.L0:F2} / {rep.L1:G4}");
         for (int m = 0; m < rep.Fve.Length; m++)
-            t.AddRow(rep.Fve.Length > 1 ? $"model {m}: FVE / MSE / cos" : "FVE / MSE / cos", $"{rep.Fve[m]:F4} / {rep.Mse[m]:G4} / {rep.Cosine[m]:F4}");
-        t.AddRow("dead (never fired)", $"{rep.DeadFraction:P2}");
+        {
+            string who = rep.Fve.Length > 1 ? $"model {m}: " : "";
+            t.AddRow($"{who}FVE / MSE / cos", $"{rep.Fve[m]:F4} / {rep.Mse[m]:G4} / {rep.Cosine[m]:F4}");
+            t.AddRow($"{who}ℓ2 ratio / relative bias", $"{rep.L2Ratio[m]:F4} / {rep.RelativeBias[m]:F4}");
+        }
+        t.AddRow("dead (never fired)", $"{rep.DeadFraction:P2} of {rep.Firing.Fires.Length:N0} latents over these {rep.Tokens:N0} tokens");
         t.AddRow("dense (density > 0.1)", $"{rep.DenseFraction:P2}");
         if (splice is not null)
         {
@@ -116,7 +122,7 @@ public sealed class EvalCommand : ICliCommand
 
     /// <summary>The spliced evaluation, or null and why it was skipped: models the store records but that are not on
     /// this machine skip it with a note; folders given on the command line must exist.</summary>
-    static (SpliceReport? Report, string? Note) Splice(SparseDictionary d, ActivationStore st, string input, int layer, long offset, string filter, SpliceArgs sa, bool json)
+    static (SpliceReport? Report, string? Note) Splice(SparseDictionary d, ActivationStore st, DictionaryInput input, int layer, long offset, string filter, SpliceArgs sa, bool json)
     {
         var recon = SpliceReconstruction.ForDictionary(d, input, st.Models);
         CausalLM?[] models;

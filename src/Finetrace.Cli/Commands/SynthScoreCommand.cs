@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using Finetrace.Activations;
 using Finetrace.Activations.Synthetic;
 using Finetrace.Dictionaries;
 using Spectre.Console;
@@ -18,22 +19,24 @@ public static class SynthScoreCommand
         var truth = new Option<string>("--truth") { Description = "The synthetic store folder (holds truth.safetensors and truth.json)", Required = true };
         var threshold = new Option<double>("--threshold") { Description = "Cosine needed to count a true feature as recovered", DefaultValueFactory = _ => 0.9 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object" };
+        var tokens = new Option<long>("--tokens") { Description = "Tokens of the encode pass that decides which latents fire (alive)", DefaultValueFactory = _ => 200_000 };
         var cmd = new Command("score", "Match learned latents to the true features of a synthetic store: recovery per category, Δnorm error, false exclusive latents");
-        foreach (var o in new Option[] { dict, truth, threshold, json }) cmd.Options.Add(o);
-        cmd.SetAction(r => Run(r.GetValue(dict)!, r.GetValue(truth)!, r.GetValue(threshold), r.GetValue(json)));
+        foreach (var o in new Option[] { dict, truth, threshold, json, tokens }) cmd.Options.Add(o);
+        cmd.SetAction(r => Run(r.GetValue(dict)!, r.GetValue(truth)!, r.GetValue(threshold), r.GetValue(json), r.GetValue(tokens)));
         return cmd;
     }
 
-    public static int Run(string dictDir, string truthDir, double threshold, bool json)
+    public static int Run(string dictDir, string truthDir, double threshold, bool json, long tokens = 200_000)
     {
         var d = DictionaryIO.Load(dictDir);
         var t = SyntheticTruth.Load(truthDir);
-        var s = SyntheticScoring.Score(d, t, threshold);
+        using var store = ActivationStore.Open(truthDir);
+        var s = SyntheticScoring.Score(d, t, store, tokens, threshold);
         if (json)
         {
             Console.WriteLine(JsonSerializer.Serialize(new
             {
-                threshold = s.Threshold, features = s.Features, recovered = s.Recovered, fraction = s.Fraction, latents = s.Latents, alive_latents = s.AliveLatents,
+                threshold = s.Threshold, features = s.Features, recovered = s.Recovered, fraction = s.Fraction, latents = s.Latents, alive_latents = s.AliveLatents, firing_tokens = s.FiringTokens,
                 exclusive_latents = s.ExclusiveLatents, false_exclusive_latents = s.FalseExclusiveLatents,
                 categories = s.Categories.Select(c => new
                 {
@@ -48,7 +51,7 @@ public static class SynthScoreCommand
             table.AddRow(c.Category, c.Features.ToString(), $"{c.Recovered} ({c.Fraction:P0})", $"{c.MeanBestCosine:F3}", double.IsNaN(c.MeanAbsDeltaNormError) ? "–" : $"{c.MeanAbsDeltaNormError:F3}", c.FalseExclusive.ToString());
         table.AddRow("[bold]all[/]", s.Features.ToString(), $"{s.Recovered} ({s.Fraction:P0})", "", "", s.FalseExclusiveLatents.ToString());
         AnsiConsole.Write(table);
-        AnsiConsole.MarkupLine($"{s.AliveLatents} of {s.Latents} latents alive; {s.ExclusiveLatents} look exclusive (Δnorm < 0.1 or > 0.9), {s.FalseExclusiveLatents} of them match a non-exclusive true feature");
+        AnsiConsole.MarkupLine($"{s.AliveLatents} of {s.Latents} latents alive (fired on the first {s.FiringTokens:N0} tokens); {s.ExclusiveLatents} look exclusive (Δnorm < 0.1 or > 0.9), {s.FalseExclusiveLatents} of them match a non-exclusive true feature");
         return 0;
     }
 

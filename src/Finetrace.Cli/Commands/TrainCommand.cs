@@ -60,88 +60,66 @@ public sealed class TrainCommand : ICliCommand
         if (kind == "diff-sae") { cmd.Options.Add(minuend); cmd.Options.Add(subtrahend); }
         cmd.SetAction(r =>
         {
+            var recipe = new TrainingRecipe
+            {
+                Kind = kind switch { "crosscoder" => DictionaryKind.Crosscoder, "sae" => DictionaryKind.Sae, _ => DictionaryKind.DiffSae },
+                Layer = r.GetValue(layer), K = r.GetValue(k), L1 = r.GetValue(l1), Activation = ParseActivation(r.GetValue(activation)),
+                DictSize = r.GetValue(dictSize), Expansion = r.GetValue(expansion), Tokens = r.GetValue(tokens), Batch = r.GetValue(batch),
+                Lr = r.GetValue(lr), Warmup = r.GetValue(warmup), DecayStart = r.GetValue(decay), Loss = ParseLoss(r.GetValue(loss)!),
+                CodeNormalization = ParseCodeNorm(r.GetValue(codeNorm)!), SqrtL1 = r.GetValue(sqrtL1), L1Warmup = r.GetValue(l1Warmup),
+                KMax = r.GetValue(kMax), KAnnealSteps = r.GetValue(kAnneal), AuxKAlpha = r.GetValue(auxk), DeadTokens = r.GetValue(deadTokens),
+                ThresholdStart = r.GetValue(thresholdStart), Clip = r.GetValue(clip) is var c && c < 0 ? null : c, NormInitScale = r.GetValue(normInit),
+                TargetRms = r.GetValue(targetRms), Model = r.GetValue(model), Minuend = r.GetValue(minuend), Subtrahend = r.GetValue(subtrahend),
+                Filter = r.GetValue(filter)!, Seed = r.GetValue(seed),
+            };
             using var st = ActivationStore.Open(r.GetValue(store)!);
-            int lay = r.GetValue(layer);
-            var bo = new StoreBatchOptions { Layer = lay, Seed = r.GetValue(seed), Filter = MaskFilter.Parse(r.GetValue(filter)), Cycle = true };
-            IActivationBatches source;
-            IDisposable? owned;
-            int[] storeModels;
-            if (kind == "crosscoder") { var b = StoreBatches.Paired(st, bo); source = b; owned = b; storeModels = Enumerable.Range(0, st.Models).ToArray(); }
-            else if (kind == "sae")
-            {
-                int m = r.GetValue(model);
-                if ((uint)m >= (uint)st.Models) throw new ArgumentException($"--model {m}: the store has models 0..{st.Models - 1}");
-                var b = StoreBatches.Paired(st, bo); source = new ModelSlice(b, m); owned = b; storeModels = [m];
-            }
-            else { var b = StoreBatches.Difference(st, bo, r.GetValue(minuend), r.GetValue(subtrahend)); source = b; owned = b; storeModels = []; }
-            using var _ = owned;
-
-            float? mu = r.GetValue(l1);
-            string act = r.GetValue(activation) ?? (mu is not null ? "relu" : "batchtopk");
-            var a = act switch
-            {
-                "batchtopk" => Sparsity.BatchTopK, "topk" => Sparsity.TopK, "relu" => Sparsity.Relu, "jumprelu" => Sparsity.JumpRelu,
-                _ => throw new ArgumentException($"--activation {act}: expected batchtopk, topk, relu or jumprelu"),
-            };
-            if (kind == "crosscoder" && a is Sparsity.TopK or Sparsity.JumpRelu)
-                throw new ArgumentException($"--activation {act}: crosscoders are trained as batchtopk (--k) or relu (--l1); there is no file format for other crosscoder activations");
-            if (a is Sparsity.Relu or Sparsity.JumpRelu && mu is null) throw new ArgumentException($"--activation {act} needs a sparsity coefficient: --l1 MU");
-            int kk = r.GetValue(k) ?? 100;
-            int D = st.DModel;
-            int F = r.GetValue(dictSize) ?? r.GetValue(expansion) * D;
-            bool sae = kind != "crosscoder";
-            var cn = sae ? CodeNormalization.None : r.GetValue(codeNorm) switch
-            {
-                "crosscoder" => CodeNormalization.Crosscoder, "sae" => CodeNormalization.Sae, "mixed" => CodeNormalization.Mixed, "none" => CodeNormalization.None,
-                "decoupled" => CodeNormalization.Decoupled,
-                var s => throw new ArgumentException($"--code-norm {s}: expected crosscoder, sae, mixed, none, decoupled"),
-            };
-            var dict = new SparseDictionary(source.Models, D, F, a, cn, sae, a is Sparsity.BatchTopK or Sparsity.TopK ? kk : 0);
-            var rng = new SplitMix64(r.GetValue(seed) * 0x9E3779B97F4A7C15UL + 17);
-            if (sae) Initialization.Sae(dict, rng); else Initialization.Crosscoder(dict, rng, a == Sparsity.Relu && r.GetValue(normInit) == 1f ? 0.005f : r.GetValue(normInit));
-            float trms = r.GetValue(targetRms);
-            if (trms > 0)
-                dict.Normalizer = kind == "diff-sae" || bo.Filter != MaskFilter.All
-                    ? NormalizerStats.FromSample(source, trms, Math.Min(1_000_000, 64L * r.GetValue(batch)))
-                    : NormalizerStats.FromStore(st, lay, storeModels, trms);
-
-            int bs = r.GetValue(batch);
-            long tok = r.GetValue(tokens);
-            long steps = Math.Max(1, (tok > 0 ? tok : st.Tokens) / bs);
-            bool topk = a is Sparsity.BatchTopK or Sparsity.TopK;
-            float clipv = r.GetValue(clip);
-            var opts = new TrainerOptions
-            {
-                Loss = r.GetValue(loss) switch { "mse" => ReconLoss.Mse, "l2" => ReconLoss.L2, "mse-mean-models" => ReconLoss.MseMeanModels, var s => throw new ArgumentException($"--loss {s}: expected mse, l2 or mse-mean-models") },
-                Lr = r.GetValue(lr) ?? (topk ? 2e-4 / Math.Sqrt(F / 16384.0) : 1e-4),
-                WarmupSteps = r.GetValue(warmup) ?? (int)Math.Min(1000, steps / 10 + 1), DecayStart = r.GetValue(decay), TotalSteps = steps,
-                ClipNorm = clipv < 0 ? (topk ? 1f : null) : clipv == 0 ? null : clipv,
-                SparsityCoef = mu ?? 0, Penalty = r.GetValue(sqrtL1) ? SparsityPenalty.SqrtL1 : SparsityPenalty.L1, SparsityWarmupSteps = r.GetValue(l1Warmup),
-                AuxKAlpha = r.GetValue(auxk), DeadTokens = r.GetValue(deadTokens), ThresholdStartStep = r.GetValue(thresholdStart) ?? Math.Min(1000, steps / 2),
-                GeometricMedianInit = topk, UnitNormDecoder = sae && topk, KMax = r.GetValue(kMax), KAnnealSteps = r.GetValue(kAnneal),
-            };
-            var trainer = new DictionaryTrainer(dict, opts, r.GetValue(seed));
+            using var setup = Prepare(recipe, st);
             string dir = r.GetValue(outDir)!;
-            var run = new TrainingRun(dir, trainer, source, new RunOptions { BatchSize = bs, Steps = steps, CheckpointEvery = r.GetValue(ckpt), Resume = r.GetValue(resume) });
-            Train(run, kind, steps, bs);
-
-            var fields = new Dictionary<string, object?>
-            {
-                ["site"] = new { layer = lay, store = Path.GetFullPath(r.GetValue(store)!) },
-                ["training"] = new
-                {
-                    kind, activation = act, loss_mode = r.GetValue(loss), code_normalization = cn.ToString().ToUpperInvariant(), k = dict.K, l1 = mu,
-                    sqrt_l1 = r.GetValue(sqrtL1), lr = opts.Lr, warmup_steps = opts.WarmupSteps, decay_start = opts.DecayStart, steps, batch = bs,
-                    seed = r.GetValue(seed), target_rms = trms > 0 ? trms : (float?)null, normaliser_space = trms > 0 ? "normalised (buffers saved / folded)" : "raw",
-                    models = storeModels, filter = r.GetValue(filter),
-                },
-            };
-            string format = DictionaryIO.Save(run.Trainer.Dict, dir, fields);
+            var run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume));
+            Train(run, kind, setup.Steps, recipe.Batch);
+            string format = DictionaryIO.Save(run.Trainer.Dict, dir, setup.SidecarFields(run.Trainer.Dict));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(dir)}[/] ({format} format), metrics in {Markup.Escape(run.MetricsPath)}");
             return 0;
         });
         return cmd;
     }
+
+    /// <summary>The library's recipe errors, worded as the flags that set them.</summary>
+    static TrainingSetup Prepare(TrainingRecipe recipe, ActivationStore st)
+    {
+        try { return recipe.Prepare(st); }
+        catch (RecipeSettingException e)
+        {
+            string act = recipe.ResolvedActivation.ToString().ToLowerInvariant();
+            throw new ArgumentException(e.Problem switch
+            {
+                RecipeProblem.ModelOutOfRange when recipe.Kind == DictionaryKind.Sae => $"--model {recipe.Model}: the store has models 0..{st.Models - 1}",
+                RecipeProblem.ModelOutOfRange => $"--minuend {recipe.Minuend} --subtrahend {recipe.Subtrahend}: need two different models of 0..{st.Models - 1}",
+                RecipeProblem.ActivationNotForCrosscoder => $"--activation {act}: crosscoders are trained as batchtopk (--k) or relu (--l1); there is no file format for other crosscoder activations",
+                RecipeProblem.NeedsSparsityCoefficient => $"--activation {act} needs a sparsity coefficient: --l1 MU",
+                _ => e.Message,
+            }, e);
+        }
+    }
+
+    static Sparsity? ParseActivation(string? s) => s switch
+    {
+        null => null, "batchtopk" => Sparsity.BatchTopK, "topk" => Sparsity.TopK, "relu" => Sparsity.Relu, "jumprelu" => Sparsity.JumpRelu,
+        _ => throw new ArgumentException($"--activation {s}: expected batchtopk, topk, relu or jumprelu"),
+    };
+
+    static ReconLoss ParseLoss(string s) => s switch
+    {
+        "mse" => ReconLoss.Mse, "l2" => ReconLoss.L2, "mse-mean-models" => ReconLoss.MseMeanModels,
+        _ => throw new ArgumentException($"--loss {s}: expected mse, l2 or mse-mean-models"),
+    };
+
+    static CodeNormalization ParseCodeNorm(string s) => s switch
+    {
+        "crosscoder" => CodeNormalization.Crosscoder, "sae" => CodeNormalization.Sae, "mixed" => CodeNormalization.Mixed, "none" => CodeNormalization.None,
+        "decoupled" => CodeNormalization.Decoupled,
+        _ => throw new ArgumentException($"--code-norm {s}: expected crosscoder, sae, mixed, none, decoupled"),
+    };
 
     static void Train(TrainingRun run, string kind, long steps, int batch)
     {

@@ -13,8 +13,17 @@ public sealed record EvalReport
     public double[] Mse { get; init; } = [];
     /// <summary>Per model: mean cos(x, x̂).</summary>
     public double[] Cosine { get; init; } = [];
+    /// <summary>Mean over tokens of Σ_j |f_j| (unscaled codes).</summary>
+    public double L1 { get; init; }
+    /// <summary>Per model: mean ‖x̂‖ / ‖x‖ (shrinkage; tokens with x = 0 skipped).</summary>
+    public double[] L2Ratio { get; init; } = [];
+    /// <summary>Per model: E‖x̂‖² / E⟨x, x̂⟩ (1 = unbiased; Gated-SAE paper eq. 10).</summary>
+    public double[] RelativeBias { get; init; } = [];
+    /// <summary>Fraction of latents that never fired (<see cref="Firing"/>) on the <see cref="Tokens"/> evaluated.</summary>
     public double DeadFraction { get; init; }
     public double DenseFraction { get; init; }
+    /// <summary>Firing tokens per latent over the evaluated tokens.</summary>
+    public FiringCounts Firing { get; init; } = new(0, []);
     /// <summary>log10(fires/tokens + 1e-10) per latent.</summary>
     public float[] Log10Density { get; init; } = [];
     /// <summary>Histogram of <see cref="Log10Density"/>: bin edges [−10, −9, …, 0] (the first bin also takes −10 itself).</summary>
@@ -44,6 +53,9 @@ public static class Evaluation
         var buf = new float[(long)batch * rowLen];
         var err = new double[M]; var sq = new double[M]; var sum = new double[M * D]; var cos = new double[M];
         var fires = new long[F];
+        var weights = Dictionaries.Firing.Weights(d);
+        var ratio = new double[M]; var ratioN = new long[M]; var hh = new double[M]; var xh2 = new double[M];
+        double l1 = 0;
         long n = 0, nnz = 0;
         while (n < tokens)
         {
@@ -52,7 +64,8 @@ public static class Evaluation
             if (got == 0) break;
             var x = buf.AsSpan(0, got * rowLen);
             var (codes, xh) = ReconstructRaw(d, x);
-            for (int e = 0; e < codes.Count; e++) if (codes.Value[e] != 0) { fires[codes.Index[e]]++; nnz++; }
+            for (int e = 0; e < codes.Count; e++) if (codes.Value[e] != 0) { nnz++; l1 += Math.Abs(codes.Value[e]); }
+            Dictionaries.Firing.Count(codes, weights, fires);
             for (int t = 0; t < got; t++)
                 for (int m = 0; m < M; m++)
                 {
@@ -63,7 +76,8 @@ public static class Evaluation
                         double xv = x[o + i], hv = xh[o + i], ev = xv - hv;
                         es += ev * ev; xs += xv * xv; hs += hv * hv; dot += xv * hv; sum[m * D + i] += xv;
                     }
-                    err[m] += es; sq[m] += xs;
+                    err[m] += es; sq[m] += xs; hh[m] += hs; xh2[m] += dot;
+                    if (xs > 0) { ratio[m] += Math.Sqrt(hs / xs); ratioN[m]++; }
                     cos[m] += xs > 0 && hs > 0 ? dot / Math.Sqrt(xs * hs) : 0;
                 }
             n += got;
@@ -95,7 +109,9 @@ public static class Evaluation
         }
         return new EvalReport
         {
-            Tokens = n, L0 = (double)nnz / n, Fve = fve, Mse = mse, Cosine = cos,
+            Tokens = n, L0 = (double)nnz / n, L1 = l1 / n, Fve = fve, Mse = mse, Cosine = cos,
+            L2Ratio = Enumerable.Range(0, M).Select(m => ratioN[m] > 0 ? ratio[m] / ratioN[m] : double.NaN).ToArray(),
+            RelativeBias = Enumerable.Range(0, M).Select(m => hh[m] / xh2[m]).ToArray(), Firing = new FiringCounts(n, fires),
             DeadFraction = (double)dead / F, DenseFraction = (double)dense / F, Log10Density = logd, DensityHistogram = hist,
         };
     }

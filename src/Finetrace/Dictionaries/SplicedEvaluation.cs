@@ -46,46 +46,39 @@ public sealed record SpliceReport(int Sequences, int Unusable, int Mismatched, d
 /// </summary>
 public sealed record SpliceReconstruction(int[] Spliced, int[] Needed, Func<float[], int, float[]> Reconstruct)
 {
-    /// <summary>The reconstruction a dictionary gives for an eval input: "paired" (crosscoder: model m gets its own
-    /// decoder's output from the joint code), "model:I" (SAE on model I), "diff:A-B" (diff-SAE: x̂_A = x_B + SAE(x_A − x_B)).</summary>
-    public static SpliceReconstruction ForDictionary(SparseDictionary d, string input, int storeModels)
+    /// <summary>The reconstruction a dictionary gives for what it reads: paired (crosscoder: model m gets its own
+    /// decoder's output from the joint code), one model I (SAE on model I), a difference A − B (diff-SAE:
+    /// x̂_A = x_B + SAE(x_A − x_B)). Throws <see cref="DictionaryInputException"/> when the dictionary or store does not fit.</summary>
+    public static SpliceReconstruction ForDictionary(SparseDictionary d, DictionaryInput input, int storeModels)
     {
         int D = d.DModel;
-        if (input == "paired")
+        input.CheckDictionary(d.Models, storeModels);
+        switch (input.Kind)
         {
-            if (d.Models != storeModels) throw new ArgumentException($"the crosscoder reads {d.Models} models but the store holds {storeModels}");
-            var all = Enumerable.Range(0, storeModels).ToArray();
-            return new(all, all, (x, n) => Evaluation.ReconstructRaw(d, x.AsSpan(0, n * storeModels * D)).XHat);
+            case InputKind.Paired:
+                var all = Enumerable.Range(0, storeModels).ToArray();
+                return new(all, all, (x, n) => Evaluation.ReconstructRaw(d, x.AsSpan(0, n * storeModels * D)).XHat);
+            case InputKind.SingleModel:
+                int mi = input.Model;
+                return new([mi], [mi], (x, n) =>
+                {
+                    var xi = new float[n * D];
+                    for (int t = 0; t < n; t++) x.AsSpan((t * storeModels + mi) * D, D).CopyTo(xi.AsSpan(t * D, D));
+                    return Evaluation.ReconstructRaw(d, xi).XHat;
+                });
+            default:
+                int a = input.Minuend, b = input.Subtrahend;
+                return new([a], [a, b], (x, n) =>
+                {
+                    var diff = new float[n * D];
+                    for (int t = 0; t < n; t++)
+                        for (int i = 0; i < D; i++) diff[t * D + i] = x[(t * storeModels + a) * D + i] - x[(t * storeModels + b) * D + i];
+                    var xh = Evaluation.ReconstructRaw(d, diff).XHat;
+                    for (int t = 0; t < n; t++)
+                        for (int i = 0; i < D; i++) xh[t * D + i] += x[(t * storeModels + b) * D + i];
+                    return xh;
+                });
         }
-        if (input.StartsWith("model:") && int.TryParse(input[6..], out int mi))
-        {
-            if ((uint)mi >= (uint)storeModels) throw new ArgumentException($"--input {input}: the store has models 0..{storeModels - 1}");
-            if (d.Models != 1) throw new ArgumentException($"--input {input} needs a single-model dictionary, this one reads {d.Models}");
-            return new([mi], [mi], (x, n) =>
-            {
-                var xi = new float[n * D];
-                for (int t = 0; t < n; t++) x.AsSpan((t * storeModels + mi) * D, D).CopyTo(xi.AsSpan(t * D, D));
-                return Evaluation.ReconstructRaw(d, xi).XHat;
-            });
-        }
-        if (input.StartsWith("diff:"))
-        {
-            var p = input[5..].Split('-');
-            if (p.Length != 2 || !int.TryParse(p[0], out int a) || !int.TryParse(p[1], out int b) || (uint)a >= (uint)storeModels || (uint)b >= (uint)storeModels || a == b)
-                throw new ArgumentException($"--input {input}: expected diff:A-B with two different models of 0..{storeModels - 1}");
-            if (d.Models != 1) throw new ArgumentException($"--input {input} needs a single-model (diff-SAE) dictionary, this one reads {d.Models}");
-            return new([a], [a, b], (x, n) =>
-            {
-                var diff = new float[n * D];
-                for (int t = 0; t < n; t++)
-                    for (int i = 0; i < D; i++) diff[t * D + i] = x[(t * storeModels + a) * D + i] - x[(t * storeModels + b) * D + i];
-                var xh = Evaluation.ReconstructRaw(d, diff).XHat;
-                for (int t = 0; t < n; t++)
-                    for (int i = 0; i < D; i++) xh[t * D + i] += x[(t * storeModels + b) * D + i];
-                return xh;
-            });
-        }
-        throw new ArgumentException($"--input {input}: expected paired, model:I or diff:A-B");
     }
 }
 

@@ -1,3 +1,4 @@
+using Finetrace.Activations;
 using Finetrace.Activations.Synthetic;
 
 namespace Finetrace.Dictionaries;
@@ -10,6 +11,8 @@ public sealed record CategoryScore(string Category, int Features, int Recovered,
 
 public sealed record SyntheticScore(double Threshold, int Latents, int AliveLatents, IReadOnlyList<CategoryScore> Categories, int Recovered, int Features, int ExclusiveLatents, int FalseExclusiveLatents)
 {
+    /// <summary>Tokens of the encode pass that decided which latents are alive (<see cref="Firing"/>).</summary>
+    public long FiringTokens { get; init; }
     public double Fraction => (double)Recovered / Features;
 }
 
@@ -21,6 +24,8 @@ public sealed record SyntheticScore(double Threshold, int Latents, int AliveLate
 /// demands the right direction in every model and the right relative norms.</item>
 /// <item>Δnorm (two models) = ½·((‖v¹‖ − ‖v⁰‖)/max(‖v⁰‖, ‖v¹‖) + 1): 0 base-only, 1 fine-tuned-only, ½ equal.
 /// Reported per category as the mean |Δnorm(latent) − Δnorm(truth)| over recovered features.</item>
+/// <item>Only latents that fire (<see cref="Firing"/>) on the scored tokens take part: a latent that never fires keeps its
+/// initial decoder and could otherwise "recover" a feature it never reports.</item>
 /// <item>A latent is "exclusive" when Δnorm &lt; 0.1 or &gt; 0.9. It is a false exclusive when its dominant-model decoder
 /// matches (cos ≥ threshold) a true feature that is not exclusive — e.g. a shrunk feature whose weak side an L1
 /// crosscoder drove to zero (Complete Shrinkage).</item>
@@ -28,8 +33,19 @@ public sealed record SyntheticScore(double Threshold, int Latents, int AliveLate
 /// </summary>
 public static class SyntheticScoring
 {
-    public static SyntheticScore Score(SparseDictionary dict, SyntheticTruth truth, double threshold = 0.9)
+    /// <summary>Scores a dictionary trained on the synthetic store <paramref name="store"/>: an encode pass over its first
+    /// <paramref name="tokens"/> paired rows decides which latents fire.</summary>
+    public static SyntheticScore Score(SparseDictionary dict, SyntheticTruth truth, ActivationStore store, long tokens = 200_000, double threshold = 0.9)
     {
+        using var src = DictionaryInput.Paired(store.Layers[0]).Open(store, new StoreBatchOptions { Shuffle = false, Cycle = false, MixSources = false });
+        var firing = Firing.Measure(dict, src, Math.Min(tokens, src.RowsPerEpoch));
+        return Score(dict, truth, firing, threshold);
+    }
+
+    /// <summary>Scores with the latents alive in <paramref name="firing"/> (<see cref="Firing.Measure"/> over the store).</summary>
+    public static SyntheticScore Score(SparseDictionary dict, SyntheticTruth truth, FiringCounts firing, double threshold = 0.9)
+    {
+        if (firing.Fires.Length != dict.DictSize) throw new ArgumentException($"firing counts for {firing.Fires.Length} latents, the dictionary has {dict.DictSize}");
         int M = truth.Models, D = truth.DModel, FT = truth.Features, F = dict.DictSize;
         if (dict.Models != M || dict.DModel != D)
             throw new ArgumentException($"the dictionary is {dict.Models} model(s) × {dict.DModel}, the truth {M} × {D}; score a crosscoder trained on this store");
@@ -56,8 +72,7 @@ public static class SyntheticScoring
             normU[j] = Math.Sqrt(normU[j]);
         }
         for (int i = 0; i < FT; i++) normT[i] = Math.Sqrt(Dot(t, i * M * D, t, i * M * D, M * D));
-        double maxNorm = normU.Max();
-        var alive = Enumerable.Range(0, F).Where(j => normU[j] > 1e-3 * maxNorm).ToArray();
+        var alive = Enumerable.Range(0, F).Where(j => !firing.IsDead(j)).ToArray();
 
         // best latent per true feature (joint cosine)
         var best = new int[FT]; var bestCos = new double[FT];
@@ -120,7 +135,7 @@ public static class SyntheticScoring
             cats.Add(new CategoryScore(cat.ToString().ToLowerInvariant(), ids.Length, rec, ids.Length > 0 ? cosSum / ids.Length : double.NaN,
                 dN > 0 ? dSum / dN : double.NaN, falseByCat[(int)cat]));
         }
-        return new SyntheticScore(threshold, F, alive.Length, cats, recoveredAll, FT, exclusiveLatents, falseExclusive);
+        return new SyntheticScore(threshold, F, alive.Length, cats, recoveredAll, FT, exclusiveLatents, falseExclusive) { FiringTokens = firing.Tokens };
     }
 
     static double Dot(ReadOnlySpan<float> a, int ao, ReadOnlySpan<float> b, int bo, int n)

@@ -293,13 +293,14 @@ public sealed class DictionaryTrainer
             }
         }
 
-        // dead tracking (TopK family): counters advance, latents that fired reset
+        // dead tracking (every kind, Firing's rule): counters advance by B tokens, latents that fired reset
         int deadCount = 0;
         bool topkFamily = Dict.Sparsity is Sparsity.BatchTopK or Sparsity.TopK;
-        if (topkFamily && updateState)
+        if (updateState)
         {
             for (int j = 0; j < F; j++) TokensSinceFired[j] += B;
-            for (int e = 0; e < Codes.Count; e++) if (Codes.Value[e] > 0) TokensSinceFired[Codes.Index[e]] = 0;
+            if (Dict.Sparsity == Sparsity.Relu) ResetFiredRelu(pre, c, B);
+            else for (int e = 0; e < Codes.Count; e++) if (Firing.Fires(Codes.Value[e], null, Codes.Index[e])) TokensSinceFired[Codes.Index[e]] = 0;
         }
         var deadMask = new bool[F];
         for (int j = 0; j < F; j++) if (TokensSinceFired[j] >= Options.DeadTokens) { deadMask[j] = true; deadCount++; }
@@ -511,6 +512,19 @@ public sealed class DictionaryTrainer
             L0PerModel = perModel ? ModelCodes.Select(mc => (double)mc.Count / B).ToArray() : [],
             ModelThreshold = perModel ? (float[])Dict.ModelThreshold!.Clone() : [],
         };
+    }
+
+    // ReLU dictionaries: latent j fired in the batch when f[b, j]·c_j > 1e-4 for some token b (Firing's rule).
+    // fBF: [B, F], cF: [F]
+    void ResetFiredRelu(ReadOnlySpan<float> fBF, ReadOnlySpan<float> cF, int B)
+    {
+        var colMax = new float[F];
+        for (int b = 0; b < B; b++)
+        {
+            var row = fBF.Slice(b * F, F);
+            for (int j = 0; j < F; j++) if (row[j] > colMax[j]) colMax[j] = row[j];
+        }
+        for (int j = 0; j < F; j++) if (colMax[j] * cF[j] > Firing.ReluMinReported) TokensSinceFired[j] = 0;
     }
 
     // gPre ← (f > 0) · (∂L/∂f + ∂(μS)/∂f), row-parallel.

@@ -81,7 +81,7 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
     {
         using var st = ActivationStore.Open(fx.Store);
         var dict = Identity(input == "paired" ? 2 : 1, st.DModel, sae: input != "paired");
-        var rep = Run(st, SpliceReconstruction.ForDictionary(dict, input, st.Models));
+        var rep = Run(st, SpliceReconstruction.ForDictionary(dict, DictionaryInput.Parse(input, 0), st.Models));
         log.WriteLine($"{input}: {rep.Sequences} sequences, store mismatch ≤ {rep.MaxMismatch:G3}");
         Assert.Equal(12, rep.Sequences);
         Assert.Equal(0, rep.Mismatched);
@@ -156,7 +156,7 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
     public void Sampled_positions_follow_the_store_and_the_filter()
     {
         using var st = ActivationStore.Open(fx.Store);
-        var recon = SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:0", st.Models);
+        var recon = SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), DictionaryInput.Parse("model:0", 0), st.Models);
         var all = Run(st, recon, sequences: 1000);
         // BOS was dropped: every usable sequence is re-run with BOS restored; positions scored = stored tokens minus the
         // last of each sequence (no next token)
@@ -271,7 +271,7 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
         Assert.True(res.DroppedTokens > 0);
         using (var st = ActivationStore.Open(o.Out))
         {
-            var rep = Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:0", st.Models), sequences: 1000);
+            var rep = Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), DictionaryInput.Parse("model:0", 0), st.Models), sequences: 1000);
             log.WriteLine($"outliers: {rep.Sequences} sequences, {rep.Unusable} unusable, {rep.Models[0].Positions} positions of {st.Tokens} stored, mismatch ≤ {rep.MaxMismatch:G3}");
             Assert.Equal(0, rep.Mismatched);
             Assert.Equal(0, rep.Unusable);
@@ -280,7 +280,7 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
 
             // models other than the harvested ones do not reproduce the store: an error, not numbers
             var models = SplicedEvaluation.LoadModels(st, [1], ftDir: Shared.Path("models", "stories260K-chat"));
-            var e = Assert.Throws<InvalidDataException>(() => SplicedEvaluation.Run(st, models, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:1", st.Models),
+            var e = Assert.Throws<InvalidDataException>(() => SplicedEvaluation.Run(st, models, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), DictionaryInput.Parse("model:1", 0), st.Models),
                 new SpliceOptions { Layer = SpliceStoreFixture.Layer, Sequences = 8 }));
             Assert.Contains("do not reproduce", e.Message);
             foreach (var m in models) m?.Dispose();
@@ -290,12 +290,12 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
         Harvester.Run(o);
         using (var st = ActivationStore.Open(o.Out))
         {
-            var rep = Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:1", st.Models), sequences: 5);
+            var rep = Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), DictionaryInput.Parse("model:1", 0), st.Models), sequences: 5);
             Assert.Equal(5, rep.Sequences);
             Assert.Equal(1.0, rep.Models[0].LossRecovered, 6);
             // … but not once the data file is gone: the error says why
             File.Delete(text);
-            var e = Assert.Throws<InvalidOperationException>(() => Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), "model:0", st.Models)));
+            var e = Assert.Throws<InvalidOperationException>(() => Run(st, SpliceReconstruction.ForDictionary(Identity(1, st.DModel, true), DictionaryInput.Parse("model:0", 0), st.Models)));
             log.WriteLine(e.Message);
             Assert.Contains(text, e.Message);
             Assert.Contains("not available", e.Message);

@@ -47,7 +47,8 @@ public sealed class SyntheticRecoveryTests(ITestOutputHelper log)
         SyntheticGenerator.Make(new SyntheticSpec { DModel = 32, Features = 64, Tokens = 100_000, Seed = 3, Dtype = "f32" }, store.Path);
 
         var (truth, btk) = Train(store.Path, Sparsity.BatchTopK, 0);
-        var s = SyntheticScoring.Score(btk, truth);
+        using var st = ActivationStore.Open(store.Path);
+        var s = SyntheticScoring.Score(btk, truth, st);
         Log("BatchTopK crosscoder", s);
         Assert.True(s.Fraction >= 0.9, $"BatchTopK recovered only {s.Fraction:P1} of the true features");
         var ex = s.Categories.Single(c => c.Category == "exclusive");
@@ -58,7 +59,7 @@ public sealed class SyntheticRecoveryTests(ITestOutputHelper log)
         Assert.Equal(0, s.FalseExclusiveLatents);
 
         var (_, l1) = Train(store.Path, Sparsity.Relu, 0.3f);
-        var s1 = SyntheticScoring.Score(l1, truth);
+        var s1 = SyntheticScoring.Score(l1, truth, st);
         Log("L1 crosscoder", s1);
         var shrunk1 = s1.Categories.Single(c => c.Category == "shrunk");
         Assert.True(shrunk1.FalseExclusive >= 2, $"expected the shrunk features to show up as false exclusive latents, got {shrunk1.FalseExclusive}");

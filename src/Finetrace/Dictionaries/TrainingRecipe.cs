@@ -1,0 +1,204 @@
+using Finetrace.Activations;
+using Finetrace.Tensors;
+
+namespace Finetrace.Dictionaries;
+
+/// <summary>The three dictionaries <c>train</c> makes.</summary>
+public enum DictionaryKind { Crosscoder, Sae, DiffSae }
+
+/// <summary>Why a recipe cannot be prepared.</summary>
+public enum RecipeProblem
+{
+    /// <summary>Model, or Minuend/Subtrahend, name a model the store does not hold (or the same model twice).</summary>
+    ModelOutOfRange,
+    /// <summary>Crosscoders train as BatchTopK or ReLU only (no file format for other crosscoder activations).</summary>
+    ActivationNotForCrosscoder,
+    /// <summary>ReLU / JumpReLU without a sparsity coefficient L1.</summary>
+    NeedsSparsityCoefficient,
+}
+
+/// <summary>A recipe setting that is invalid or does not fit the others. <see cref="Setting"/> is the
+/// <see cref="TrainingRecipe"/> property's name and <see cref="Value"/> its value; callers word it for their users
+/// (the CLI as a flag).</summary>
+public sealed class RecipeSettingException(RecipeProblem problem, string setting, object? value, string detail) : Exception($"{setting} = {value}: {detail}")
+{
+    public RecipeProblem Problem { get; } = problem;
+    public string Setting { get; } = setting;
+    public object? Value { get; } = value;
+    public string Detail { get; } = detail;
+}
+
+/// <summary>
+/// Everything that decides a dictionary training run, with null meaning "the recipe's default for this kind":
+/// the data each kind reads, the learning-rate rule, warm-up, clipping, threshold start, initialisation scale and the
+/// seed mixing. <see cref="Prepare"/> turns it into a ready <see cref="TrainingSetup"/> (dictionary initialised,
+/// trainer options resolved, activation source open). The CLI only parses flags into this record.
+/// </summary>
+public sealed record TrainingRecipe
+{
+    public required DictionaryKind Kind { get; init; }
+    public required int Layer { get; init; }
+    /// <summary>Active latents per token (TopK family); default 100.</summary>
+    public int? K { get; init; }
+    /// <summary>μ of a ReLU/JumpReLU dictionary; giving it makes ReLU the default activation.</summary>
+    public float? L1 { get; init; }
+    /// <summary>Default: BatchTopK, or ReLU when <see cref="L1"/> is given.</summary>
+    public Sparsity? Activation { get; init; }
+    public int? DictSize { get; init; }
+    /// <summary>F = Expansion × D when <see cref="DictSize"/> is absent; default 2 for a diff-SAE, 32 otherwise.</summary>
+    public int? Expansion { get; init; }
+    /// <summary>Training tokens (0: one pass over the store).</summary>
+    public long Tokens { get; init; }
+    public int Batch { get; init; } = 2048;
+    /// <summary>Default 2e-4/√(F/2^14) for the TopK family, 1e-4 otherwise.</summary>
+    public double? Lr { get; init; }
+    /// <summary>Default min(1000, steps/10 + 1).</summary>
+    public int? Warmup { get; init; }
+    public long? DecayStart { get; init; }
+    public ReconLoss Loss { get; init; } = ReconLoss.Mse;
+    /// <summary>Crosscoders only (SAEs always use none).</summary>
+    public CodeNormalization CodeNormalization { get; init; } = CodeNormalization.Crosscoder;
+    public bool SqrtL1 { get; init; }
+    public int L1Warmup { get; init; }
+    public int? KMax { get; init; }
+    public int KAnnealSteps { get; init; } = 2000;
+    public float AuxKAlpha { get; init; } = 1f / 32;
+    public long DeadTokens { get; init; } = 10_000_000;
+    /// <summary>Default min(1000, steps/2).</summary>
+    public long? ThresholdStart { get; init; }
+    /// <summary>Global gradient-norm clip; null: 1 for the TopK family, off for L1; 0: off.</summary>
+    public float? Clip { get; init; }
+    /// <summary>Crosscoder initial encoder/decoder row norm (a ReLU crosscoder's 1 becomes 0.005, as before).</summary>
+    public float NormInitScale { get; init; } = 1f;
+    /// <summary>Normalise activations to this RMS (0: raw activations).</summary>
+    public float TargetRms { get; init; }
+    /// <summary>SAE: the store model read.</summary>
+    public int Model { get; init; } = 1;
+    /// <summary>Diff-SAE: a and b of a − b.</summary>
+    public int Minuend { get; init; } = 1;
+    public int Subtrahend { get; init; }
+    public string Filter { get; init; } = "all";
+    public ulong Seed { get; init; }
+
+    /// <summary>The activation after defaults.</summary>
+    public Sparsity ResolvedActivation => Activation ?? (L1 is not null ? Sparsity.Relu : Sparsity.BatchTopK);
+
+    /// <summary>What the dictionary of this recipe reads from a store at <see cref="Layer"/>.</summary>
+    public DictionaryInput Input(string? storePath = null)
+    {
+        var input = Kind switch
+        {
+            DictionaryKind.Crosscoder => DictionaryInput.Paired(Layer),
+            DictionaryKind.Sae => DictionaryInput.SingleModel(Layer, Model),
+            _ => DictionaryInput.Difference(Layer, Minuend, Subtrahend),
+        };
+        return input with { Store = storePath, Filter = Filter };
+    }
+
+    /// <summary>Checks the settings, opens the data, builds and initialises the dictionary and resolves the trainer
+    /// options. The returned setup owns the open source.</summary>
+    public TrainingSetup Prepare(ActivationStore store)
+    {
+        DictionaryInput input;
+        try { input = Input(Path.GetFullPath(store.Directory)); input.CheckModels(store.Models); }
+        catch (DictionaryInputException e)
+        {
+            throw Kind == DictionaryKind.Sae ? new RecipeSettingException(RecipeProblem.ModelOutOfRange, nameof(Model), Model, e.Problem)
+                : new RecipeSettingException(RecipeProblem.ModelOutOfRange, nameof(Minuend), $"{Minuend} − {Subtrahend}", e.Problem);
+        }
+        var a = ResolvedActivation;
+        if (Kind == DictionaryKind.Crosscoder && a is Sparsity.TopK or Sparsity.JumpRelu)
+            throw new RecipeSettingException(RecipeProblem.ActivationNotForCrosscoder, nameof(Activation), a, "crosscoders are trained as BatchTopK or ReLU; there is no file format for other crosscoder activations");
+        if (a is Sparsity.Relu or Sparsity.JumpRelu && L1 is null)
+            throw new RecipeSettingException(RecipeProblem.NeedsSparsityCoefficient, nameof(Activation), a, $"{a} needs a sparsity coefficient (L1)");
+
+        var filter = MaskFilter.Parse(Filter);
+        var bo = new StoreBatchOptions { Layer = Layer, Seed = Seed, Filter = filter, Cycle = true };
+        var source = input.Open(store, bo);
+        try
+        {
+            int kk = K ?? 100;
+            int D = store.DModel;
+            int F = DictSize ?? (Expansion ?? (Kind == DictionaryKind.DiffSae ? 2 : 32)) * D;
+            bool sae = Kind != DictionaryKind.Crosscoder;
+            var cn = sae ? CodeNormalization.None : CodeNormalization;
+            bool topk = a is Sparsity.BatchTopK or Sparsity.TopK;
+            var dict = new SparseDictionary(source.Models, D, F, a, cn, sae, topk ? kk : 0);
+            var rng = new SplitMix64(Seed * 0x9E3779B97F4A7C15UL + 17);
+            if (sae) Initialization.Sae(dict, rng);
+            else Initialization.Crosscoder(dict, rng, a == Sparsity.Relu && NormInitScale == 1f ? 0.005f : NormInitScale);
+
+            var stats = NormalizerStatistics.None;
+            if (TargetRms > 0)
+            {
+                bool sample = Kind == DictionaryKind.DiffSae || filter != MaskFilter.All;
+                dict.Normalizer = sample
+                    ? NormalizerStats.FromSample(source, TargetRms, Math.Min(1_000_000, 64L * Batch))
+                    : NormalizerStats.FromStore(store, Layer, input.StoreModels(store.Models), TargetRms);
+                stats = sample ? NormalizerStatistics.Sample : NormalizerStatistics.Store;
+            }
+            input = input with { TargetRms = TargetRms > 0 ? TargetRms : null, NormalizerStatistics = stats };
+
+            long steps = Math.Max(1, (Tokens > 0 ? Tokens : store.Tokens) / Batch);
+            var opts = new TrainerOptions
+            {
+                Loss = Loss,
+                Lr = Lr ?? (topk ? 2e-4 / Math.Sqrt(F / 16384.0) : 1e-4),
+                WarmupSteps = Warmup ?? (int)Math.Min(1000, steps / 10 + 1), DecayStart = DecayStart, TotalSteps = steps,
+                ClipNorm = Clip is null ? (topk ? 1f : null) : Clip == 0 ? null : Clip,
+                SparsityCoef = L1 ?? 0, Penalty = SqrtL1 ? SparsityPenalty.SqrtL1 : SparsityPenalty.L1, SparsityWarmupSteps = L1Warmup,
+                AuxKAlpha = AuxKAlpha, DeadTokens = DeadTokens, ThresholdStartStep = ThresholdStart ?? Math.Min(1000, steps / 2),
+                GeometricMedianInit = topk, UnitNormDecoder = sae && topk, KMax = KMax, KAnnealSteps = KAnnealSteps,
+            };
+            return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps);
+        }
+        catch
+        {
+            source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Kind names as written in finetrace.json (and typed on the command line).</summary>
+    public static string KindName(DictionaryKind kind) => kind switch { DictionaryKind.Crosscoder => "crosscoder", DictionaryKind.Sae => "sae", _ => "diff-sae" };
+}
+
+/// <summary>A prepared training run: the initialised dictionary, its trainer, the open source and what it reads.</summary>
+public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, SparseDictionary dict, TrainerOptions options, DictionaryTrainer trainer, InputBatches source, long steps) : IDisposable
+{
+    public TrainingRecipe Recipe { get; } = recipe;
+    public DictionaryInput Input { get; } = input;
+    public SparseDictionary Dict { get; } = dict;
+    public TrainerOptions Options { get; } = options;
+    public DictionaryTrainer Trainer { get; } = trainer;
+    public InputBatches Source { get; } = source;
+    public long Steps { get; } = steps;
+
+    /// <summary>The training loop writing into <paramref name="outDir"/>.</summary>
+    public TrainingRun Run(string outDir, long checkpointEvery, bool resume) =>
+        new(outDir, Trainer, Source, new RunOptions { BatchSize = Recipe.Batch, Steps = Steps, CheckpointEvery = checkpointEvery, Resume = resume });
+
+    /// <summary>finetrace.json fields for the finished dictionary <paramref name="trained"/> (the run's, which after a
+    /// resume is the checkpoint's).</summary>
+    public Dictionary<string, object?> SidecarFields(SparseDictionary trained)
+    {
+        var r = Recipe;
+        return new Dictionary<string, object?>
+        {
+            ["input"] = Input.ToJson(),
+            ["site"] = new { layer = Input.Layer, store = Input.Store },
+            ["training"] = new
+            {
+                kind = TrainingRecipe.KindName(r.Kind), activation = r.ResolvedActivation.ToString().ToLowerInvariant(), loss_mode = LossName(r.Loss),
+                code_normalization = trained.CodeNormalization.ToString().ToUpperInvariant(), k = trained.K, l1 = r.L1,
+                sqrt_l1 = r.SqrtL1, lr = Options.Lr, warmup_steps = Options.WarmupSteps, decay_start = Options.DecayStart, steps = Steps, batch = r.Batch,
+                seed = r.Seed, target_rms = r.TargetRms > 0 ? r.TargetRms : (float?)null, normaliser_space = r.TargetRms > 0 ? "normalised (buffers saved / folded)" : "raw",
+                models = Input.StoreModels(trained.Models), filter = r.Filter,
+            },
+        };
+    }
+
+    static string LossName(ReconLoss l) => l switch { ReconLoss.Mse => "mse", ReconLoss.L2 => "l2", _ => "mse-mean-models" };
+
+    public void Dispose() => Source.Dispose();
+}

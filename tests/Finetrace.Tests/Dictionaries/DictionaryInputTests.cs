@@ -1,0 +1,99 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Finetrace.Activations.Synthetic;
+using Finetrace.Dictionaries;
+using Finetrace.Tests.Infrastructure;
+
+namespace Finetrace.Tests.Dictionaries;
+
+/// <summary>The typed record of what a dictionary reads: one parser, written by train, read by eval and convert.</summary>
+[Collection(ProcessWide.Name)]
+public sealed class DictionaryInputTests
+{
+    static int Cli(params string[] args) => Finetrace.Cli.Program.Main(args);
+
+    static (int Rc, string Out, string Err) Capture(params string[] args)
+    {
+        var (o, e) = (Console.Out, Console.Error);
+        var (so, se) = (new StringWriter(), new StringWriter());
+        Console.SetOut(so); Console.SetError(se);
+        try { return (Cli(args), so.ToString(), se.ToString()); }
+        finally { Console.SetOut(o); Console.SetError(e); }
+    }
+
+    static JsonElement EvalJson(params string[] args)
+    {
+        var (rc, o, e) = Capture(args);
+        Assert.True(rc == 0, e);
+        return JsonDocument.Parse(o.Trim().Split('\n').Last()).RootElement.Clone();
+    }
+
+    [Theory]
+    [InlineData("paired", InputKind.Paired, 0, 0, 0)]
+    [InlineData("model:3", InputKind.SingleModel, 3, 0, 0)]
+    [InlineData("diff:0-1", InputKind.Difference, 0, 0, 1)]
+    [InlineData("diff:2-1", InputKind.Difference, 0, 2, 1)]
+    public void Parse_reads_every_spec_and_round_trips(string spec, InputKind kind, int model, int a, int b)
+    {
+        var x = DictionaryInput.Parse(spec, 7);
+        Assert.Equal((kind, 7), (x.Kind, x.Layer));
+        if (kind == InputKind.SingleModel) Assert.Equal(model, x.Model);
+        if (kind == InputKind.Difference) Assert.Equal((a, b), (x.Minuend, x.Subtrahend));
+        Assert.Equal(spec, x.Spec);
+        Assert.Equal(x, DictionaryInput.FromJson(JsonNode.Parse(x.ToJson().ToJsonString())!, "test"));
+    }
+
+    [Theory]
+    [InlineData("diff:1-1")]
+    [InlineData("diff:1")]
+    [InlineData("model:x")]
+    [InlineData("model:-1")]
+    [InlineData("pairs")]
+    public void Parse_refuses_bad_specs(string spec) => Assert.Throws<DictionaryInputException>(() => DictionaryInput.Parse(spec, 0));
+
+    [Fact]
+    public void A_base_minus_finetuned_diff_sae_is_evaluated_in_its_own_direction()
+    {
+        // Defect 2: the direction a − b was never recorded and eval assumed diff:1-0. Train base − fine-tuned; eval must
+        // read diff:0-1 (and reconstruct it well), the record must say so, and a SAELens copy must carry it along.
+        using var store = new TempDir();
+        SyntheticGenerator.Make(new SyntheticSpec { DModel = 16, Features = 32, Tokens = 20_000, Seed = 5, Dtype = "f32" }, store.Path);
+        using var outs = new TempDir();
+        string diff = Path.Combine(outs.Path, "diff"), conv = Path.Combine(outs.Path, "conv");
+        Assert.Equal(0, Capture("train", "diff-sae", "--store", store.Path, "--layer", "0", "--minuend", "0", "--subtrahend", "1", "--k", "4",
+            "--expansion", "2", "--batch", "256", "--tokens", "51200", "--threshold-start", "20", "--lr", "3e-3", "--out", diff).Rc);
+        var rec = DictionaryInput.Read(diff)!;
+        Assert.Equal((InputKind.Difference, 0, 1, 0), (rec.Kind, rec.Minuend, rec.Subtrahend, rec.Layer));
+        Assert.Equal(Path.GetFullPath(store.Path), rec.Store);
+
+        var own = EvalJson("eval", diff, "--store", store.Path, "--tokens", "4000", "--no-splice", "--json");
+        Assert.Equal("diff:0-1", own.GetProperty("input").GetString());
+        double fveOwn = own.GetProperty("fve")[0].GetDouble();
+        Assert.InRange(fveOwn, 0.5, 1.0);
+        // the other direction is what the old code scored: a much worse fit (the decoder bias points the wrong way)
+        var wrong = EvalJson("eval", diff, "--store", store.Path, "--tokens", "4000", "--no-splice", "--input", "diff:1-0", "--json");
+        Assert.True(wrong.GetProperty("fve")[0].GetDouble() < fveOwn - 0.2, $"diff:1-0 FVE {wrong.GetProperty("fve")[0].GetDouble()} vs own {fveOwn}");
+
+        Assert.Equal(0, Capture("convert", diff, conv, "--to", "saelens").Rc);
+        Assert.Equal(rec with { }, DictionaryInput.Read(conv)! with { });
+        Assert.Equal("diff:0-1", EvalJson("eval", conv, "--store", store.Path, "--tokens", "2000", "--no-splice", "--json").GetProperty("input").GetString());
+    }
+
+    [Fact]
+    public void A_finetrace_json_without_the_record_still_loads_with_a_note()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(Path.Combine(dir.Path, "finetrace.json"),
+            """{"kind":"dictionary","site":{"layer":3,"store":"/x"},"training":{"kind":"sae","models":[0],"filter":"all","target_rms":null}}""");
+        var notes = new List<string>();
+        var x = DictionaryInput.Read(dir.Path, notes.Add)!;
+        Assert.Equal((InputKind.SingleModel, 0, 3, "/x"), (x.Kind, x.Model, x.Layer, x.Store));
+        Assert.Contains(notes, n => n.Contains("predates"));
+
+        File.WriteAllText(Path.Combine(dir.Path, "finetrace.json"), """{"site":{"layer":2},"training":{"kind":"diff-sae","models":[]}}""");
+        notes.Clear();
+        x = DictionaryInput.Read(dir.Path, notes.Add)!;
+        Assert.Equal((InputKind.Difference, 1, 0), (x.Kind, x.Minuend, x.Subtrahend));
+        Assert.Contains(notes, n => n.Contains("direction"));
+    }
+}
