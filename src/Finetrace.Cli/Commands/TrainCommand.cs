@@ -44,7 +44,7 @@ public sealed class TrainCommand : ICliCommand
         var deadTokens = new Option<long>("--dead-tokens") { Description = "A latent is dead after this many tokens without firing", DefaultValueFactory = _ => 10_000_000 };
         var thresholdStart = new Option<long?>("--threshold-start") { Description = "Start the inference-threshold EMA after this step (default 1000, at most half the run)" };
         var clip = new Option<float>("--clip") { Description = "Global gradient-norm clip (0 = off; default 1 for TopK family, off for L1)", DefaultValueFactory = _ => -1 };
-        var normInit = new Option<float>("--norm-init-scale") { Description = "Initial encoder/decoder row norm (crosscoders)", DefaultValueFactory = _ => 1f };
+        var normInit = new Option<float?>("--norm-init-scale") { Description = "Initial encoder/decoder row norm of a crosscoder (default 0.005 with --l1, 1 otherwise)" };
         var targetRms = new Option<float>("--target-rms") { Description = "Normalise activations to this RMS using the store's statistics (0 = raw activations)", DefaultValueFactory = _ => 0f };
         var model = new Option<int>("--model") { Description = "sae: which model's activations (0 = base)", DefaultValueFactory = _ => 1 };
         var minuend = new Option<int>("--minuend") { Description = "diff-sae: model a of a − b", DefaultValueFactory = _ => 1 };
@@ -77,7 +77,7 @@ public sealed class TrainCommand : ICliCommand
             string dir = r.GetValue(outDir)!;
             var run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume));
             Train(run, kind, setup.Steps, recipe.Batch);
-            string format = DictionaryIO.Save(run.Trainer.Dict, dir, setup.SidecarFields(run.Trainer.Dict));
+            string format = DictionaryIO.Save(run.Trainer.Dict, dir, setup.SidecarFields(run.Trainer.Dict), init: setup.Init);
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(dir)}[/] ({format} format), metrics in {Markup.Escape(run.MetricsPath)}");
             return 0;
         });

@@ -199,7 +199,9 @@ public static class DictionaryLearningFormat
     }
 
     /// <summary>Writes model.safetensors + config.json (+ finetrace.json with Finetrace-only settings, never in config.json).</summary>
-    public static void Save(SparseDictionary d, string dir, IReadOnlyDictionary<string, object?>? finetrace = null)
+    /// <param name="init">How a crosscoder was initialised (config.json's same_init_for_all_layers / norm_init_scale);
+    /// null when unknown (e.g. a converted dictionary): written as the Python defaults (true / null).</param>
+    public static void Save(SparseDictionary d, string dir, IReadOnlyDictionary<string, object?>? finetrace = null, CrosscoderInit? init = null)
     {
         Directory.CreateDirectory(dir);
         string cls = DictClass(d);
@@ -213,7 +215,7 @@ public static class DictionaryLearningFormat
         else
         {
             cfg["activation_dim"] = d.DModel; cfg["dict_size"] = d.DictSize; cfg["num_layers"] = d.Models;
-            cfg["same_init_for_all_layers"] = true; cfg["norm_init_scale"] = null; cfg["init_with_transpose"] = true;
+            cfg["same_init_for_all_layers"] = init?.SameInitForAllModels ?? true; cfg["norm_init_scale"] = init?.NormInitScale; cfg["init_with_transpose"] = true;
             cfg["encoder_layers"] = null; cfg["num_decoder_layers"] = null;
             cfg["code_normalization"] = CodeNormNames[(int)d.CodeNormalization];
             cfg["code_normalization_alpha_sae"] = d.AlphaSae; cfg["code_normalization_alpha_cc"] = d.AlphaCc;

@@ -15,10 +15,10 @@ public static class DictionaryIO
     }
 
     /// <summary>The format researchers expect: crosscoder_learning where it has a class, SAELens otherwise.</summary>
-    public static string Save(SparseDictionary d, string dir, IReadOnlyDictionary<string, object?>? finetrace = null, float[]? log10Density = null)
+    public static string Save(SparseDictionary d, string dir, IReadOnlyDictionary<string, object?>? finetrace = null, float[]? log10Density = null, CrosscoderInit? init = null)
     {
         bool dl = (d.IsSae, d.Sparsity) is (false, Sparsity.Relu or Sparsity.BatchTopK) or (true, Sparsity.BatchTopK);
-        if (dl) { DictionaryLearningFormat.Save(d, dir, finetrace); return "dictionary-learning"; }
+        if (dl) { DictionaryLearningFormat.Save(d, dir, finetrace, init); return "dictionary-learning"; }
         SaelensFormat.Save(d, dir, log10Density, finetrace: finetrace);
         return "saelens";
     }

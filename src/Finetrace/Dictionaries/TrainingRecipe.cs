@@ -68,8 +68,8 @@ public sealed record TrainingRecipe
     public long? ThresholdStart { get; init; }
     /// <summary>Global gradient-norm clip; null: 1 for the TopK family, off for L1; 0: off.</summary>
     public float? Clip { get; init; }
-    /// <summary>Crosscoder initial encoder/decoder row norm (a ReLU crosscoder's 1 becomes 0.005, as before).</summary>
-    public float NormInitScale { get; init; } = 1f;
+    /// <summary>Crosscoder initial encoder/decoder row norm; null: 0.005 for a ReLU crosscoder, 1 otherwise.</summary>
+    public float? NormInitScale { get; init; }
     /// <summary>Normalise activations to this RMS (0: raw activations).</summary>
     public float TargetRms { get; init; }
     /// <summary>SAE: the store model read.</summary>
@@ -125,8 +125,13 @@ public sealed record TrainingRecipe
             bool topk = a is Sparsity.BatchTopK or Sparsity.TopK;
             var dict = new SparseDictionary(source.Models, D, F, a, cn, sae, topk ? kk : 0);
             var rng = new SplitMix64(Seed * 0x9E3779B97F4A7C15UL + 17);
+            CrosscoderInit? init = null;
             if (sae) Initialization.Sae(dict, rng);
-            else Initialization.Crosscoder(dict, rng, a == Sparsity.Relu && NormInitScale == 1f ? 0.005f : NormInitScale);
+            else
+            {
+                init = new CrosscoderInit(SameInitForAllModels: true, NormInitScale ?? (a == Sparsity.Relu ? 0.005f : 1f));
+                Initialization.Crosscoder(dict, rng, init.NormInitScale, init.SameInitForAllModels);
+            }
 
             var stats = NormalizerStatistics.None;
             if (TargetRms > 0)
@@ -148,9 +153,12 @@ public sealed record TrainingRecipe
                 ClipNorm = Clip is null ? (topk ? 1f : null) : Clip == 0 ? null : Clip,
                 SparsityCoef = L1 ?? 0, Penalty = SqrtL1 ? SparsityPenalty.SqrtL1 : SparsityPenalty.L1, SparsityWarmupSteps = L1Warmup,
                 AuxKAlpha = AuxKAlpha, DeadTokens = DeadTokens, ThresholdStartStep = ThresholdStart ?? Math.Min(1000, steps / 2),
-                GeometricMedianInit = topk, UnitNormDecoder = sae && topk, KMax = KMax, KAnnealSteps = KAnnealSteps,
+                GeometricMedianInit = topk,
+                // SAEs keep unit-norm decoder rows whatever the activation: with a free decoder norm an L1 (or L0) penalty is
+                // scale-degenerate (shrink f, grow d_j: same reconstruction, smaller penalty), and c_j = 1 in Firing's rule
+                UnitNormDecoder = sae, KMax = KMax, KAnnealSteps = KAnnealSteps,
             };
-            return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps);
+            return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps) { Init = init };
         }
         catch
         {
@@ -173,6 +181,8 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
     public DictionaryTrainer Trainer { get; } = trainer;
     public InputBatches Source { get; } = source;
     public long Steps { get; } = steps;
+    /// <summary>How a crosscoder was initialised (null for SAEs); written into config.json.</summary>
+    public CrosscoderInit? Init { get; init; }
 
     /// <summary>The training loop writing into <paramref name="outDir"/>.</summary>
     public TrainingRun Run(string outDir, long checkpointEvery, bool resume) =>
