@@ -66,6 +66,9 @@ public sealed class EvalCommand : ICliCommand
         else AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
             .Start(ctx => { var task = ctx.AddTask("eval", maxValue: tokens); rep = Evaluation.Run(d, src, tokens, progress: n => task.Value = n); });
 
+        // the measured density travels with the dictionary (SAELens sparsity.safetensors; convert copies it)
+        try { SaelensFormat.WriteSparsity(dir, rep.Firing.Log10Density()); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { note($"could not write {SaelensFormat.SparsityFile} into {dir}: {e.Message}"); }
         var (splice, spliceNote) = sa.Enabled ? Splice(d, st, what, layer, offset, filter, sa, json) : (null, "skipped (--no-splice)");
 
         if (json)

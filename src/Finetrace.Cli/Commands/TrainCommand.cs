@@ -77,7 +77,7 @@ public sealed class TrainCommand : ICliCommand
             string dir = r.GetValue(outDir)!;
             var run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume));
             Train(run, kind, setup.Steps, recipe.Batch);
-            string format = DictionaryIO.Save(run.Trainer.Dict, dir, setup.SidecarFields(run.Trainer.Dict), init: setup.Init);
+            string format = DictionaryIO.Save(run.Trainer.Dict, dir, setup.SidecarFields(run.Trainer.Dict), init: setup.Init, saelensMetadata: SaelensMetadata.From(st, setup.Input));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(dir)}[/] ({format} format), metrics in {Markup.Escape(run.MetricsPath)}");
             return 0;
         });

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Finetrace.Activations;
 using Finetrace.Models.Safetensors;
 
 namespace Finetrace.Dictionaries;
@@ -50,7 +51,11 @@ public static class SaelensFormat
         }
         Directory.CreateDirectory(dir);
         SafetensorsWriter.Write(Path.Combine(dir, WeightsFile), tensors);
-        if (log10DensityF is not null) SafetensorsWriter.Write(Path.Combine(dir, SparsityFile), [TensorData.F32("sparsity", log10DensityF, F)]);
+        if (log10DensityF is not null)
+        {
+            if (log10DensityF.Length != F) throw new DictionaryFormatException($"sparsity: {log10DensityF.Length} densities for {F} latents");
+            WriteSparsity(dir, log10DensityF);
+        }
         var root = new JsonObject
         {
             ["architecture"] = arch, ["d_in"] = D, ["d_sae"] = F, ["dtype"] = "float32", ["device"] = "cpu",
@@ -62,6 +67,20 @@ public static class SaelensFormat
         root["metadata"] = meta;
         File.WriteAllText(Path.Combine(dir, CfgFile), root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if (finetrace is not null) FinetraceSidecar.Write(dir, "dictionary", finetrace);
+    }
+
+    /// <summary>Writes <c>sparsity.safetensors</c> (log10 firing density per latent, as eval measured it) into <paramref name="dir"/>.</summary>
+    public static void WriteSparsity(string dir, float[] log10DensityF) =>
+        SafetensorsWriter.Write(Path.Combine(dir, SparsityFile), [TensorData.F32("sparsity", log10DensityF, log10DensityF.Length)]);
+
+    /// <summary>The log10 densities of <c>sparsity.safetensors</c> in <paramref name="dir"/>, or null when there is none.</summary>
+    public static float[]? ReadSparsity(string dir)
+    {
+        string p = Path.Combine(dir, SparsityFile);
+        if (!File.Exists(p)) return null;
+        using var f = new SafetensorsFile(p);
+        if (!f.Contains("sparsity")) throw new DictionaryFormatException($"{p}: no tensor 'sparsity'");
+        return f.ReadF32("sparsity").Data;
     }
 
     public static SparseDictionary Load(string dir)
@@ -109,5 +128,28 @@ public static class SaelensFormat
         }
         if (act == Sparsity.JumpRelu) f.ReadF32("threshold").Data.CopyTo(d.JumpThreshold!, 0);
         return d;
+    }
+}
+
+/// <summary>SAELens <c>cfg.json</c> metadata (formats.md §2.3) for a dictionary that reads <paramref name="input"/> from a store.</summary>
+public static class SaelensMetadata
+{
+    /// <summary>hook_name, model_name, context_size, prepend_bos (+ Finetrace's input spec) from the store's manifest.
+    /// A diff-SAE is named after its minuend model (the model whose residual its reconstruction is spliced into).</summary>
+    public static Dictionary<string, object?> From(ActivationStore store, DictionaryInput input)
+    {
+        var s = store.Settings;
+        int m = input.Kind switch { InputKind.SingleModel => input.Model, InputKind.Difference => input.Minuend, _ => 0 };
+        var meta = new Dictionary<string, object?>
+        {
+            ["hook_name"] = s.Hook.Replace("{L}", input.Layer.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+            ["model_name"] = m < s.Models.Count ? s.Models[m].Name : null,
+            ["finetrace_input"] = input.Spec,
+        };
+        if (s.Options.TryGetValue("context_length", out var ctx) && int.TryParse(ctx, System.Globalization.CultureInfo.InvariantCulture, out int c)) meta["context_size"] = c;
+        bool dropBos = s.Options.TryGetValue("drop_bos", out var db) && db == "true";
+        var first = store.Shards.FirstOrDefault(sh => sh.Rows > 0);
+        meta["prepend_bos"] = dropBos || (first is not null && (first.Masks[0] & (byte)TokenMask.Bos) != 0);
+        return meta;
     }
 }

@@ -96,4 +96,29 @@ public sealed class DictionaryInputTests
         Assert.Equal((InputKind.Difference, 1, 0), (x.Kind, x.Minuend, x.Subtrahend));
         Assert.Contains(notes, n => n.Contains("direction"));
     }
+
+    [Fact]
+    public void A_SAELens_copy_carries_hook_metadata_and_the_measured_density()
+    {
+        // Defect 8: SAELens folders had no hook_name / model_name / context_size / prepend_bos and no sparsity.safetensors
+        using var store = new TempDir();
+        SyntheticGenerator.Make(new SyntheticSpec { DModel = 16, Features = 32, Tokens = 10_000, Seed = 6, Dtype = "f32" }, store.Path);
+        using var outs = new TempDir();
+        string sae = Path.Combine(outs.Path, "sae"), conv = Path.Combine(outs.Path, "conv");
+        Assert.Equal(0, Capture("train", "sae", "--store", store.Path, "--layer", "0", "--model", "1", "--k", "4", "--dict-size", "32", "--batch", "256",
+            "--tokens", "25600", "--threshold-start", "20", "--out", sae).Rc);
+        var ev = EvalJson("eval", sae, "--store", store.Path, "--tokens", "3000", "--no-splice", "--json");
+        Assert.Equal(0, Capture("convert", sae, conv, "--to", "saelens").Rc);
+        var meta = JsonNode.Parse(File.ReadAllText(Path.Combine(conv, "cfg.json")))!["metadata"]!;
+        using var st = Finetrace.Activations.ActivationStore.Open(store.Path);
+        Assert.Equal(st.Settings.Hook.Replace("{L}", "0"), meta["hook_name"]!.GetValue<string>());   // a harvested store: blocks.{L}.hook_resid_post
+        Assert.Equal(st.Settings.Models[1].Name, meta["model_name"]!.GetValue<string>());
+        Assert.False(meta["prepend_bos"]!.GetValue<bool>());   // synthetic rows have no BOS
+        Assert.Equal("model:1", meta["finetrace_input"]!.GetValue<string>());
+        var density = SaelensFormat.ReadSparsity(conv)!;
+        Assert.Equal(32, density.Length);
+        Assert.Equal(ev.GetProperty("dead_fraction").GetDouble(), density.Count(v => v <= -10f) / 32.0, 12);
+        Assert.All(density, v => Assert.InRange(v, -10f, 0f));
+        Assert.Contains(density, v => v > -10f);
+    }
 }
