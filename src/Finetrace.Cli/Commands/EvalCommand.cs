@@ -16,7 +16,7 @@ public sealed class EvalCommand : ICliCommand
         var store = new Option<string>("--store") { Description = "Activation store to evaluate on", Required = true };
         var layer = new Option<int?>("--layer") { Description = "Layer number (default: from the dictionary's finetrace.json, else the store's only layer)" };
         var tokens = new Option<long>("--tokens") { Description = "Tokens to evaluate", DefaultValueFactory = _ => 200_000 };
-        var offset = new Option<long>("--offset") { Description = "Skip this many rows first (use held-out rows)", DefaultValueFactory = _ => 0 };
+        var offset = new Option<long?>("--offset") { Description = "First store row to evaluate (default: the held-out rows training recorded in finetrace.json, else 0)" };
         var filter = new Option<string>("--filter") { Description = "Token filter, e.g. '!bos'", DefaultValueFactory = _ => "all" };
         var input = new Option<string?>("--input") { Description = "paired (crosscoder), model:I (SAE), diff:A-B (diff-SAE); default from finetrace.json" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object" };
@@ -37,7 +37,7 @@ public sealed class EvalCommand : ICliCommand
 
     sealed record SpliceArgs(bool Enabled, int Sequences, int Seed, string? Base, string? FineTuned, string? Adapter);
 
-    static int Run(string dir, string storeDir, int? layerOpt, long tokens, long offset, string filter, string? inputSpec, bool json, SpliceArgs sa)
+    static int Run(string dir, string storeDir, int? layerOpt, long tokens, long? offsetOpt, string filter, string? inputSpec, bool json, SpliceArgs sa)
     {
         Action<string> note = n => { if (!json) AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"); };
         var d = DictionaryIO.Load(dir, note);
@@ -56,11 +56,13 @@ public sealed class EvalCommand : ICliCommand
         if (recorded is null && inputSpec is null && d.Models == 1 && !json)
             AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(dir)} does not record what it reads; assuming {Markup.Escape(what.Spec)} (pass --input diff:A-B or model:I if it is something else)");
         var input = what.Spec;
-        var bo = new StoreBatchOptions { Layer = layer, Shuffle = false, Cycle = false, Filter = MaskFilter.Parse(filter), MixSources = false };
+        long offset = offsetOpt ?? recorded?.HeldOutFrom ?? 0;
+        if (offsetOpt is null && recorded is not null && recorded.HeldOutFrom is null)
+            note("the dictionary records no held-out rows: evaluating on rows it may have trained on");
+        var bo = new StoreBatchOptions { Layer = layer, Shuffle = false, Cycle = false, Filter = MaskFilter.Parse(filter), MixSources = false, FirstRow = offset };
         using var b = what.Open(st, bo);
         IActivationBatches src = b;
-        if (offset > 0) src.Seek(offset);
-        tokens = Math.Min(tokens, Math.Max(0, b.RowsPerEpoch - offset));
+        tokens = Math.Min(tokens, b.RowsPerEpoch);
         EvalReport rep = null!;
         if (json) rep = Evaluation.Run(d, src, tokens);
         else AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
@@ -77,7 +79,7 @@ public sealed class EvalCommand : ICliCommand
             {
                 tokens = rep.Tokens, l0 = rep.L0, l1 = rep.L1, fve = rep.Fve, mse = rep.Mse, cosine = rep.Cosine, l2_ratio = rep.L2Ratio, relative_reconstruction_bias = rep.RelativeBias,
                 dead_fraction = rep.DeadFraction, dead_window_tokens = rep.Tokens, dense_fraction = rep.DenseFraction,
-                log10_density_histogram = new { edges = EvalReport.HistogramEdges, counts = rep.DensityHistogram }, input, layer,
+                log10_density_histogram = new { edges = EvalReport.HistogramEdges, counts = rep.DensityHistogram }, input, layer, first_row = offset,
                 splice = splice is null ? null : new
                 {
                     sequences = splice.Sequences, unusable_sequences = splice.Unusable, mismatched_sequences = splice.Mismatched, max_store_mismatch = splice.MaxMismatch,
@@ -92,7 +94,7 @@ public sealed class EvalCommand : ICliCommand
             return 0;
         }
         var t = new Table().AddColumns("metric", "value");
-        t.AddRow("tokens", $"{rep.Tokens:N0} ({Markup.Escape(input)}, layer {layer}, filter {Markup.Escape(filter)})");
+        t.AddRow("tokens", $"{rep.Tokens:N0} from row {offset:N0} ({Markup.Escape(input)}, layer {layer}, filter {Markup.Escape(filter)}{(recorded?.HeldOutFrom is long h && offset >= h ? ", held out" : "")})");
         t.AddRow("L0 / L1", $"{rep.L0:F2} / {rep.L1:G4}");
         for (int m = 0; m < rep.Fve.Length; m++)
         {

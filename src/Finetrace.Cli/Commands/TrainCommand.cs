@@ -53,8 +53,11 @@ public sealed class TrainCommand : ICliCommand
         var seed = new Option<ulong>("--seed") { Description = "Seed for init and data order", DefaultValueFactory = _ => 0 };
         var ckpt = new Option<long>("--checkpoint-every") { Description = "Save a resumable checkpoint every N steps", DefaultValueFactory = _ => 1000 };
         var resume = new Option<bool>("--resume") { Description = "Continue from OUT/checkpoint bit-for-bit" };
+        var holdout = new Option<long?>("--holdout") { Description = "Tokens held out of training at the end of the store, for validation and eval (default 5% of the store, at most 1,000,000; 0 = none)" };
+        var validateEvery = new Option<long>("--validate-every") { Description = "Log held-out FVE/L0/dead into metrics.jsonl every N steps (and at the end; 0 = only at the end)", DefaultValueFactory = _ => 1000 };
+        var validationTokens = new Option<long>("--validation-tokens") { Description = "Held-out tokens per validation", DefaultValueFactory = _ => 20_000 };
         var cmd = new Command(kind, description);
-        foreach (var o in new Option[] { store, layer, outDir, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume })
+        foreach (var o in new Option[] { store, layer, outDir, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, holdout, validateEvery, validationTokens })
             cmd.Options.Add(o);
         if (kind == "sae") cmd.Options.Add(model);
         if (kind == "diff-sae") { cmd.Options.Add(minuend); cmd.Options.Add(subtrahend); }
@@ -71,6 +74,7 @@ public sealed class TrainCommand : ICliCommand
                 ThresholdStart = r.GetValue(thresholdStart), Clip = r.GetValue(clip) is var c && c < 0 ? null : c, NormInitScale = r.GetValue(normInit),
                 TargetRms = r.GetValue(targetRms), Model = r.GetValue(model), Minuend = r.GetValue(minuend), Subtrahend = r.GetValue(subtrahend),
                 Filter = r.GetValue(filter)!, Seed = r.GetValue(seed),
+                HoldoutTokens = r.GetValue(holdout), ValidateEvery = r.GetValue(validateEvery), ValidationTokens = r.GetValue(validationTokens),
             };
             using var st = ActivationStore.Open(r.GetValue(store)!);
             using var setup = Prepare(recipe, st);
@@ -79,6 +83,8 @@ public sealed class TrainCommand : ICliCommand
             Train(run, kind, setup.Steps, recipe.Batch);
             string format = DictionaryIO.Save(run.Trainer.Dict, dir, setup.SidecarFields(run.Trainer.Dict), init: setup.Init, saelensMetadata: SaelensMetadata.From(st, setup.Input));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(dir)}[/] ({format} format), metrics in {Markup.Escape(run.MetricsPath)}");
+            if (run.LastValidation is { } v)
+                AnsiConsole.MarkupLine($"held-out rows from {setup.Input.HeldOutFrom:N0}: FVE {string.Join("/", v.Fve.Select(f => f.ToString("F3")))}, L0 {v.L0:F1}, dead {v.DeadFraction:P1} over {v.Tokens:N0} tokens (eval uses these rows by default)");
             return 0;
         });
         return cmd;
@@ -97,6 +103,7 @@ public sealed class TrainCommand : ICliCommand
                 RecipeProblem.ModelOutOfRange => $"--minuend {recipe.Minuend} --subtrahend {recipe.Subtrahend}: need two different models of 0..{st.Models - 1}",
                 RecipeProblem.ActivationNotForCrosscoder => $"--activation {act}: crosscoders are trained as batchtopk (--k) or relu (--l1); there is no file format for other crosscoder activations",
                 RecipeProblem.NeedsSparsityCoefficient => $"--activation {act} needs a sparsity coefficient: --l1 MU",
+                RecipeProblem.HoldoutTooLarge => $"--holdout {e.Value}: {e.Detail}; hold out fewer tokens",
                 _ => e.Message,
             }, e);
         }

@@ -13,6 +13,11 @@ public sealed record RunOptions
     /// <summary>Append one JSON line per this many steps to metrics.jsonl.</summary>
     public int LogEvery { get; init; } = 1;
     public bool Resume { get; init; }
+    /// <summary>Held-out rows read in order from the start for each validation (null: no validation).</summary>
+    public IActivationBatches? Validation { get; init; }
+    /// <summary>Validate every this many steps (0: only after the last step).</summary>
+    public long ValidateEvery { get; init; }
+    public long ValidationTokens { get; init; } = 20_000;
 }
 
 /// <summary>
@@ -29,6 +34,8 @@ public sealed class TrainingRun
     static readonly JsonSerializerOptions SkipNulls = new() { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull };
 
     public string CheckpointDir => Path.Combine(OutDir, "checkpoint");
+    /// <summary>The last validation on the held-out rows (null before the first).</summary>
+    public EvalReport? LastValidation { get; private set; }
     public string MetricsPath => Path.Combine(OutDir, "metrics.jsonl");
 
     public TrainingRun(string outDir, DictionaryTrainer trainer, IActivationBatches source, RunOptions options)
@@ -83,7 +90,14 @@ public sealed class TrainingRun
                 string kept = TrainingCheckpoint.Exists(CheckpointDir) ? $"the last good checkpoint (step {lastSaved}) is kept in {CheckpointDir}; resume from it with --resume after changing a setting" : "no checkpoint was written yet";
                 throw new InvalidOperationException($"{e.Message}; {kept}", e);
             }
-            if (Options.LogEvery > 0 && (st.Step % Options.LogEvery == 0 || tr.StepCount == Options.Steps))
+            EvalReport? val = null;
+            if (Options.Validation is { } vs && (tr.StepCount == Options.Steps || Options.ValidateEvery > 0 && tr.StepCount % Options.ValidateEvery == 0))
+            {
+                vs.Seek(0);
+                val = Evaluation.Run(tr.Dict, vs, Options.ValidationTokens);
+                LastValidation = val;
+            }
+            if (val is not null || Options.LogEvery > 0 && (st.Step % Options.LogEvery == 0 || tr.StepCount == Options.Steps))
                 log.WriteLine(JsonSerializer.Serialize(new
                 {
                     step = st.Step, tokens = (st.Step + 1) * (long)Options.BatchSize, loss = st.Total, recon = st.Recon, mse = st.Mse, sparsity = st.Sparsity,
@@ -92,6 +106,9 @@ public sealed class TrainingRun
                     // DECOUPLED BatchTopK only (absent otherwise): per-model L0 and θ_m; "threshold" is then min_m θ_m
                     l0_per_model = st.L0PerModel.Length > 0 ? st.L0PerModel : null,
                     model_threshold = st.ModelThreshold.Length > 0 ? st.ModelThreshold : null,
+                    // held-out rows (raw space, inference rule), on validation steps only
+                    val_tokens = val?.Tokens, val_fve = val?.Fve.Select(v => double.IsFinite(v) ? v : (double?)null).ToArray(), val_l0 = val?.L0,
+                    val_mse = val?.Mse, val_dead_fraction = val?.DeadFraction,
                 }, SkipNulls));
             progress?.Invoke(st);
             if (Options.CheckpointEvery > 0 && tr.StepCount % Options.CheckpointEvery == 0 && tr.StepCount < Options.Steps)

@@ -121,4 +121,41 @@ public sealed class DictionaryInputTests
         Assert.All(density, v => Assert.InRange(v, -10f, 0f));
         Assert.Contains(density, v => v > -10f);
     }
+
+    [Fact]
+    public void Train_holds_rows_out_validates_on_them_and_eval_defaults_to_them()
+    {
+        // Defect 7: train read the whole store and eval started at row 0, so every quality figure was measured on training rows
+        using var store = new TempDir();
+        SyntheticGenerator.Make(new SyntheticSpec { DModel = 16, Features = 32, Tokens = 20_000, Seed = 8, Dtype = "f32" }, store.Path);
+        using var outs = new TempDir();
+        string cc = Path.Combine(outs.Path, "cc");
+        Assert.Equal(0, Capture("train", "crosscoder", "--store", store.Path, "--layer", "0", "--k", "4", "--dict-size", "32", "--batch", "256",
+            "--tokens", "25600", "--threshold-start", "20", "--holdout", "3000", "--validate-every", "40", "--validation-tokens", "1000", "--out", cc).Rc);
+        using var st = Finetrace.Activations.ActivationStore.Open(store.Path);
+        var rec = DictionaryInput.Read(cc)!;
+        long from = rec.HeldOutFrom!.Value;
+        Assert.InRange(from, 17_000, 19_999);
+        Assert.Contains(from, st.SequenceRanges());   // a sequence start, so spliced evaluation finds whole sequences
+
+        var lines = File.ReadLines(Path.Combine(cc, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement.Clone()).ToList();
+        Assert.Equal(100, lines.Count);
+        var val = lines.Where(l => l.TryGetProperty("val_fve", out _)).ToList();
+        Assert.Equal(new long[] { 39, 79, 99 }, val.Select(l => l.GetProperty("step").GetInt64()));
+        Assert.All(val, l => Assert.Equal(1000, l.GetProperty("val_tokens").GetInt64()));
+
+        var ev = EvalJson("eval", cc, "--store", store.Path, "--tokens", "100000", "--no-splice", "--json");
+        Assert.Equal(from, ev.GetProperty("first_row").GetInt64());
+        Assert.Equal(20_000 - from, ev.GetProperty("tokens").GetInt64());
+        // the last validation is eval on the first 1000 held-out rows: the same numbers
+        var ev1k = EvalJson("eval", cc, "--store", store.Path, "--tokens", "1000", "--no-splice", "--json");
+        Assert.Equal(ev1k.GetProperty("fve")[0].GetDouble(), val[^1].GetProperty("val_fve")[0].GetDouble(), 9);
+        Assert.Equal(ev1k.GetProperty("l0").GetDouble(), val[^1].GetProperty("val_l0").GetDouble(), 9);
+
+        // the training source never reaches the held-out rows
+        using var setup = new TrainingRecipe { Kind = DictionaryKind.Crosscoder, Layer = 0, HoldoutTokens = 3000, Batch = 256 }.Prepare(st);
+        Assert.Equal(from, setup.Source.RowsPerEpoch);
+        Assert.Equal(20_000 - from, setup.Validation!.RowsPerEpoch);
+        Assert.Equal(from / 256, setup.Steps);   // one pass over the training rows
+    }
 }

@@ -175,7 +175,7 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
         using var outs = new TempDir();
         string cc = outs.File("cc");
         Assert.Equal(0, Finetrace.Cli.Program.Main(["train", "crosscoder", "--store", fx.Store, "--layer", "2", "--k", "2", "--dict-size", "32", "--batch", "256",
-            "--tokens", "25600", "--threshold-start", "50", "--out", cc]));
+            "--tokens", "25600", "--threshold-start", "50", "--holdout", "2000", "--out", cc]));
         var old = Console.Out; var sw = new StringWriter(); Console.SetOut(sw);
         try { Assert.Equal(0, Finetrace.Cli.Program.Main(["eval", cc, "--store", fx.Store, "--json", "--splice-sequences", "16"])); }
         finally { Console.SetOut(old); }
