@@ -53,11 +53,12 @@ public sealed class TrainCommand : ICliCommand
         var seed = new Option<ulong>("--seed") { Description = "Seed for init and data order", DefaultValueFactory = _ => 0 };
         var ckpt = new Option<long>("--checkpoint-every") { Description = "Save a resumable checkpoint every N steps", DefaultValueFactory = _ => 1000 };
         var resume = new Option<bool>("--resume") { Description = "Continue from OUT/checkpoint bit-for-bit" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace a finished dictionary or checkpoint already in --out" };
         var holdout = new Option<long?>("--holdout") { Description = "Tokens held out of training at the end of the store, for validation and eval (default 5% of the store, at most 1,000,000; 0 = none)" };
         var validateEvery = new Option<long>("--validate-every") { Description = "Log held-out FVE/L0/dead into metrics.jsonl every N steps (and at the end; 0 = only at the end)", DefaultValueFactory = _ => 1000 };
         var validationTokens = new Option<long>("--validation-tokens") { Description = "Held-out tokens per validation", DefaultValueFactory = _ => 20_000 };
         var cmd = new Command(kind, description);
-        foreach (var o in new Option[] { store, layer, outDir, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, holdout, validateEvery, validationTokens })
+        foreach (var o in new Option[] { store, layer, outDir, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, overwrite, holdout, validateEvery, validationTokens })
             cmd.Options.Add(o);
         if (kind == "sae") cmd.Options.Add(model);
         if (kind == "diff-sae") { cmd.Options.Add(minuend); cmd.Options.Add(subtrahend); }
@@ -79,7 +80,12 @@ public sealed class TrainCommand : ICliCommand
             using var st = ActivationStore.Open(r.GetValue(store)!);
             using var setup = Prepare(recipe, st);
             string dir = r.GetValue(outDir)!;
-            var run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume));
+            TrainingRun run;
+            try { run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume), r.GetValue(overwrite)); }
+            catch (OutputFolderInUseException e)
+            {
+                throw new ArgumentException($"--out {e.Directory} already holds {e.Found}: pass --resume to continue training it, --overwrite to replace it, or choose another --out", e);
+            }
             Train(run, kind, setup.Steps, recipe.Batch);
             string format = DictionaryIO.Save(run.Trainer.Dict, dir, setup.SidecarFields(run.Trainer.Dict), init: setup.Init, saelensMetadata: SaelensMetadata.From(st, setup.Input));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(dir)}[/] ({format} format), metrics in {Markup.Escape(run.MetricsPath)}");

@@ -216,10 +216,10 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
     public InputBatches? Validation { get; init; }
 
     /// <summary>The training loop writing into <paramref name="outDir"/>.</summary>
-    public TrainingRun Run(string outDir, long checkpointEvery, bool resume) =>
+    public TrainingRun Run(string outDir, long checkpointEvery, bool resume, bool overwrite = false) =>
         new(outDir, Trainer, Source, new RunOptions
         {
-            BatchSize = Recipe.Batch, Steps = Steps, CheckpointEvery = checkpointEvery, Resume = resume,
+            BatchSize = Recipe.Batch, Steps = Steps, CheckpointEvery = checkpointEvery, Resume = resume, Overwrite = overwrite,
             Validation = Validation, ValidateEvery = Recipe.ValidateEvery, ValidationTokens = Recipe.ValidationTokens,
         });
 

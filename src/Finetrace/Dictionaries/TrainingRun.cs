@@ -13,6 +13,8 @@ public sealed record RunOptions
     /// <summary>Append one JSON line per this many steps to metrics.jsonl.</summary>
     public int LogEvery { get; init; } = 1;
     public bool Resume { get; init; }
+    /// <summary>Replace a finished dictionary or checkpoint already in the output folder (otherwise that is an error).</summary>
+    public bool Overwrite { get; init; }
     /// <summary>Held-out rows read in order from the start for each validation (null: no validation).</summary>
     public IActivationBatches? Validation { get; init; }
     /// <summary>Validate every this many steps (0: only after the last step).</summary>
@@ -53,7 +55,19 @@ public sealed class TrainingRun
             Source.Seek(pos);
             TruncateMetrics(tr.StepCount);
         }
-        else if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
+        else
+        {
+            string? found = DictionaryIO.IsDictionaryLearning(outDir) || DictionaryIO.IsSaelens(outDir) ? "a finished dictionary"
+                : TrainingCheckpoint.Exists(CheckpointDir) ? "a training checkpoint" : null;
+            if (found is not null)
+            {
+                if (!options.Overwrite) throw new OutputFolderInUseException(outDir, found);
+                foreach (var f in new[] { "config.json", "model.safetensors", SaelensFormat.CfgFile, SaelensFormat.WeightsFile, SaelensFormat.SparsityFile, "finetrace.json" })
+                    File.Delete(Path.Combine(outDir, f));
+                if (Directory.Exists(CheckpointDir)) Directory.Delete(CheckpointDir, recursive: true);
+            }
+            if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
+        }
     }
 
     // Drop log lines past the resumed step so the log reads as one continuous run.
@@ -121,6 +135,14 @@ public sealed class TrainingRun
         log.Flush();
         TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);
     }
+}
+
+/// <summary>The output folder already holds <see cref="Found"/> (a finished dictionary or a checkpoint) and the run
+/// neither resumes nor overwrites it.</summary>
+public sealed class OutputFolderInUseException(string dir, string found) : IOException($"{dir} already holds {found}; refusing to replace it")
+{
+    public string Directory { get; } = dir;
+    public string Found { get; } = found;
 }
 
 /// <summary>An in-memory activation source over rows [N, Models, DModel], cycling; Position = rows consumed.</summary>

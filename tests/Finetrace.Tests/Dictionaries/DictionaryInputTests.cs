@@ -12,13 +12,20 @@ public sealed class DictionaryInputTests
 {
     static int Cli(params string[] args) => Finetrace.Cli.Program.Main(args);
 
+    // stdout (plain Console and Spectre's console, wide and without colour) and stderr
     static (int Rc, string Out, string Err) Capture(params string[] args)
     {
-        var (o, e) = (Console.Out, Console.Error);
+        var (o, e, ansi) = (Console.Out, Console.Error, Spectre.Console.AnsiConsole.Console);
         var (so, se) = (new StringWriter(), new StringWriter());
-        Console.SetOut(so); Console.SetError(se);
+        var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
+        {
+            Ansi = Spectre.Console.AnsiSupport.No, ColorSystem = Spectre.Console.ColorSystemSupport.NoColors,
+            Out = new Spectre.Console.AnsiConsoleOutput(so), Interactive = Spectre.Console.InteractionSupport.No,
+        });
+        console.Profile.Width = 400;
+        Console.SetOut(so); Console.SetError(se); Spectre.Console.AnsiConsole.Console = console;
         try { return (Cli(args), so.ToString(), se.ToString()); }
-        finally { Console.SetOut(o); Console.SetError(e); }
+        finally { Console.SetOut(o); Console.SetError(e); Spectre.Console.AnsiConsole.Console = ansi; }
     }
 
     static JsonElement EvalJson(params string[] args)
@@ -71,7 +78,7 @@ public sealed class DictionaryInputTests
         double fveOwn = own.GetProperty("fve")[0].GetDouble();
         Assert.InRange(fveOwn, 0.5, 1.0);
         // the other direction is what the old code scored: a much worse fit (the decoder bias points the wrong way)
-        var wrong = EvalJson("eval", diff, "--store", store.Path, "--tokens", "4000", "--no-splice", "--input", "diff:1-0", "--json");
+        var wrong = EvalJson("eval", diff, "--store", store.Path, "--tokens", "4000", "--no-splice", "--input", "diff:1-0", "--allow-mismatch", "--json");
         Assert.True(wrong.GetProperty("fve")[0].GetDouble() < fveOwn - 0.2, $"diff:1-0 FVE {wrong.GetProperty("fve")[0].GetDouble()} vs own {fveOwn}");
 
         Assert.Equal(0, Capture("convert", diff, conv, "--to", "saelens").Rc);
@@ -157,5 +164,48 @@ public sealed class DictionaryInputTests
         Assert.Equal(from, setup.Source.RowsPerEpoch);
         Assert.Equal(20_000 - from, setup.Validation!.RowsPerEpoch);
         Assert.Equal(from / 256, setup.Steps);   // one pass over the training rows
+    }
+
+    [Fact]
+    public void Eval_refuses_an_input_other_than_the_recorded_one_train_refuses_to_overwrite_and_dead_agrees_with_synth_score()
+    {
+        using var store = new TempDir();
+        SyntheticGenerator.Make(new SyntheticSpec { DModel = 16, Features = 32, Tokens = 10_000, Seed = 12, Dtype = "f32" }, store.Path);
+        using var outs = new TempDir();
+        string sae = Path.Combine(outs.Path, "sae"), cc = Path.Combine(outs.Path, "cc");
+        string[] trainSae = ["train", "sae", "--store", store.Path, "--layer", "0", "--model", "0", "--k", "4", "--dict-size", "32", "--batch", "256",
+            "--tokens", "12800", "--threshold-start", "20", "--out", sae];
+        Assert.Equal(0, Capture(trainSae).Rc);
+
+        // #16 item 4: a finished dictionary in --out is not silently replaced
+        var again = Capture(trainSae);
+        Assert.NotEqual(0, again.Rc);
+        Assert.Contains("--overwrite", again.Err);
+        Assert.Equal(0, Capture([.. trainSae, "--overwrite"]).Rc);
+        Assert.Equal(0, Capture([.. trainSae, "--resume"]).Rc);
+
+        // #16 item 2: an input other than the recorded one is refused unless asked for
+        var wrong = Capture("eval", sae, "--store", store.Path, "--tokens", "500", "--no-splice", "--input", "model:1", "--json");
+        Assert.NotEqual(0, wrong.Rc);
+        Assert.Contains("model:0", wrong.Err);
+        Assert.Contains("--allow-mismatch", wrong.Err);
+        Assert.Equal("model:1", EvalJson("eval", sae, "--store", store.Path, "--tokens", "500", "--no-splice", "--input", "model:1", "--allow-mismatch", "--json")
+            .GetProperty("input").GetString());
+        Assert.Equal(["layer 3 vs 1"], DictionaryInput.Paired(3).Differences(DictionaryInput.Paired(1)));
+        Assert.Equal(["input diff:0-1 vs diff:1-0"], DictionaryInput.Difference(0, 0, 1).Differences(DictionaryInput.Difference(0, 1, 0)));
+        Assert.Empty(DictionaryInput.Paired(2).Differences(DictionaryInput.Paired(2) with { Store = "/elsewhere" }));
+
+        // #16 item 3: eval's dead and synth score's alive are one definition over the same tokens; on a synthetic
+        // store (no model to splice into) eval says so once
+        Assert.Equal(0, Capture("train", "crosscoder", "--store", store.Path, "--layer", "0", "--k", "2", "--dict-size", "64", "--batch", "256",
+            "--tokens", "12800", "--threshold-start", "20", "--out", cc).Rc);
+        var ev = EvalJson("eval", cc, "--store", store.Path, "--offset", "0", "--tokens", "4000", "--no-splice", "--json");
+        var sc = JsonDocument.Parse(Capture("synth", "score", "--dictionary", cc, "--truth", store.Path, "--tokens", "4000", "--json").Out.Trim().Split('\n').Last()).RootElement;
+        Assert.Equal(4000, sc.GetProperty("firing_tokens").GetInt64());
+        Assert.Equal(64 - (int)Math.Round(ev.GetProperty("dead_fraction").GetDouble() * 64), sc.GetProperty("alive_latents").GetInt32());
+        var text = Capture("eval", cc, "--store", store.Path, "--tokens", "500");
+        Assert.Equal(0, text.Rc);
+        Assert.Single(text.Out.Split('\n'), l => l.Contains("spliced"));   // one line about the skipped spliced evaluation, not two
+        Assert.Contains("synthetic", text.Out);
     }
 }
