@@ -160,6 +160,12 @@ public sealed class TrainCommand : ICliCommand
                     }, cts.Token);
                 });
         }
+        catch (TrainingDivergedException e)
+        {
+            throw new InvalidOperationException($"training diverged: the loss is {e.Loss} at step {e.Step}. Try a lower --lr, a longer --warmup, gradient clipping (--clip), " +
+                "activation normalisation (--target-rms), or excluding extreme tokens such as BOS from the store (--filter); " +
+                (e.CheckpointStep is long c ? $"the last good checkpoint (step {c}) is kept in {e.CheckpointDir}: resume from it with --resume after changing a setting" : "no checkpoint was written yet"), e);
+        }
         catch (OperationCanceledException)
         {
             throw new OperationCanceledException($"interrupted at step {run.Trainer.StepCount}; continue with the same command plus --resume (checkpoint in {run.CheckpointDir})");

@@ -662,10 +662,15 @@ public sealed class DictionaryTrainer
     }
 }
 
-/// <summary>The loss became NaN or ±Inf; the parameters were not updated with it.</summary>
-public sealed class TrainingDivergedException(long step, float loss)
-    : Exception($"training diverged: the loss is {loss} at step {step}. Try a lower --lr, a longer --warmup, gradient clipping, " +
-                "activation normalisation (--target-rms), or excluding extreme tokens such as BOS from the store (--filter)")
+/// <summary>The loss became NaN or ±Inf at <see cref="Step"/>; the parameters were not updated with it. A training
+/// run adds where its last good checkpoint is (<see cref="CheckpointStep"/>, <see cref="CheckpointDir"/>; null when none
+/// was written). Callers suggest remedies in their own terms (learning rate, warm-up, clipping, normalisation, token filter).</summary>
+public sealed class TrainingDivergedException(long step, float loss, long? checkpointStep = null, string? checkpointDir = null)
+    : Exception($"training diverged: the loss is {loss} at step {step}" +
+                (checkpointStep is long c ? $"; the last good checkpoint (step {c}) is kept in {checkpointDir}" : "; no checkpoint was written yet"))
 {
     public long Step { get; } = step;
+    public float Loss { get; } = loss;
+    public long? CheckpointStep { get; } = checkpointStep;
+    public string? CheckpointDir { get; } = checkpointDir;
 }

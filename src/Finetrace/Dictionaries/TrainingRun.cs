@@ -95,14 +95,13 @@ public sealed class TrainingRun
                 cancel.ThrowIfCancellationRequested();
             }
             int got = Source.Next(batch, Options.BatchSize);
-            if (got < Options.BatchSize)
-                throw new InvalidOperationException($"the activation source ran out after {tr.StepCount} steps (got {got} of {Options.BatchSize} rows); use a cycling source or fewer --tokens");
+            if (got < Options.BatchSize) throw new SourceExhaustedException(tr.StepCount, got, Options.BatchSize);
             StepStats st;
             try { st = tr.Step(batch.AsSpan(0, Options.BatchSize * rowLen)); }
             catch (TrainingDivergedException e)
             {
-                string kept = TrainingCheckpoint.Exists(CheckpointDir) ? $"the last good checkpoint (step {lastSaved}) is kept in {CheckpointDir}; resume from it with --resume after changing a setting" : "no checkpoint was written yet";
-                throw new InvalidOperationException($"{e.Message}; {kept}", e);
+                bool kept = TrainingCheckpoint.Exists(CheckpointDir);
+                throw new TrainingDivergedException(e.Step, e.Loss, kept ? lastSaved : null, kept ? CheckpointDir : null);
             }
             EvalReport? val = null;
             if (Options.Validation is { } vs && (tr.StepCount == Options.Steps || Options.ValidateEvery > 0 && tr.StepCount % Options.ValidateEvery == 0))
@@ -135,6 +134,15 @@ public sealed class TrainingRun
         log.Flush();
         TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);
     }
+}
+
+/// <summary>A non-cycling activation source ran out after <see cref="Step"/> steps (<see cref="Got"/> of <see cref="Wanted"/> rows).</summary>
+public sealed class SourceExhaustedException(long step, int got, int wanted)
+    : InvalidOperationException($"the activation source ran out after {step} steps (got {got} of {wanted} rows); use a cycling source or fewer steps")
+{
+    public long Step { get; } = step;
+    public int Got { get; } = got;
+    public int Wanted { get; } = wanted;
 }
 
 /// <summary>The output folder already holds <see cref="Found"/> (a finished dictionary or a checkpoint) and the run
