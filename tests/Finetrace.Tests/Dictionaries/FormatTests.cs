@@ -52,6 +52,21 @@ public sealed class FormatTests(ITestOutputHelper log)
     }
 
     [Fact]
+    public void Formats_that_cannot_hold_a_dictionary_say_which_can_without_naming_flags()
+    {
+        using var dir = new TempDir();
+        var cc = new SparseDictionary(2, 4, 8, Sparsity.BatchTopK, CodeNormalization.Crosscoder, false, 2);
+        var e = Assert.Throws<FormatCannotHoldException>(() => SaelensFormat.Save(cc, dir.Path));
+        Assert.Equal((DictionaryFileFormat.Saelens, DictionaryFileFormat.DictionaryLearning), (e.Format, e.Alternative));
+        Assert.DoesNotContain("--", e.Message);
+        var topk = new SparseDictionary(1, 4, 8, Sparsity.TopK, CodeNormalization.None, true, 2);
+        e = Assert.Throws<FormatCannotHoldException>(() => DictionaryLearningFormat.Save(topk, dir.Path));
+        Assert.Equal((DictionaryFileFormat.DictionaryLearning, DictionaryFileFormat.Saelens), (e.Format, e.Alternative));
+        var unset = new SparseDictionary(1, 4, 8, Sparsity.BatchTopK, CodeNormalization.None, true, 2) { Threshold = -1 };
+        Assert.DoesNotContain("--", Assert.Throws<ThresholdUnsetException>(() => SaelensFormat.Save(unset, dir.Path)).Message);
+    }
+
+    [Fact]
     public void Unknown_or_missing_keys_are_refused_with_the_key_name()
     {
         var d = new SparseDictionary(2, 4, 8, Sparsity.BatchTopK, CodeNormalization.Crosscoder, false, 2);
