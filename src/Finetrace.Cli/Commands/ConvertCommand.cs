@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Finetrace.Activations;
 using Finetrace.Dictionaries;
 using Spectre.Console;
 
@@ -18,10 +19,36 @@ public sealed class ConvertCommand : ICliCommand
         {
             string inDir = r.GetValue(input)!, outDir = r.GetValue(output)!;
             if (Path.GetFullPath(inDir) == Path.GetFullPath(outDir)) throw new ArgumentException("IN and OUT are the same folder; write the converted dictionary elsewhere");
-            var d = DictionaryIO.Load(inDir, n => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"));
-            switch (r.GetValue(to))
+            try { Convert(inDir, outDir, r.GetValue(to)!); }
+            catch (FormatCannotHoldException e)
             {
-                case "saelens": SaelensFormat.Save(d, outDir); break;
+                string flag = e.Alternative switch { DictionaryFileFormat.Saelens => "saelens", DictionaryFileFormat.DictionaryLearning => "dictionary-learning", _ => "" };
+                throw new ArgumentException(e.Message + (flag != "" ? $": convert with --to {flag}" : ""), e);
+            }
+            catch (ThresholdUnsetException e)
+            {
+                throw new ArgumentException("the BatchTopK threshold is unset (−1): train past --threshold-start so inference has a threshold before converting to SAELens jumprelu", e);
+            }
+            return 0;
+        });
+        return cmd;
+    }
+
+    static void Convert(string inDir, string outDir, string format)
+    {
+        {
+            var d = DictionaryIO.Load(inDir, n => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"));
+            var what = DictionaryInput.Read(inDir, n => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"));
+            switch (format)
+            {
+                case "saelens":
+                    Dictionary<string, object?>? meta = null;
+                    if (what?.Store is string sp && Directory.Exists(sp)) { using var st = ActivationStore.Open(sp); meta = SaelensMetadata.From(st, what); }
+                    else AnsiConsole.MarkupLine($"[yellow]note:[/] {(what is null ? "no record of what this dictionary reads" : $"its store {Markup.Escape(what.Store ?? "(unrecorded)")} is not here")}: cfg.json gets no hook_name/model_name/context_size/prepend_bos");
+                    var density = SaelensFormat.ReadSparsity(inDir);
+                    if (density is not null && density.Length != d.DictSize) density = null;
+                    SaelensFormat.Save(d, outDir, density, meta);
+                    break;
                 case "dictionary-learning":
                     if (d.Sparsity == Sparsity.JumpRelu && d.IsSae && d.JumpThreshold!.Distinct().Count() == 1 && d.JumpThreshold![0] >= 0)
                     {
@@ -35,10 +62,8 @@ public sealed class ConvertCommand : ICliCommand
                 case var s: throw new ArgumentException($"--to {s}: expected saelens or dictionary-learning");
             }
             // what the dictionary reads travels with it (eval, splice and the analyses read it from finetrace.json)
-            if (DictionaryInput.Read(inDir, n => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]")) is { } what) what.Write(outDir);
+            what?.Write(outDir);
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outDir)}");
-            return 0;
-        });
-        return cmd;
+        }
     }
 }

@@ -15,11 +15,11 @@ public static class DictionaryIO
     }
 
     /// <summary>The format researchers expect: crosscoder_learning where it has a class, SAELens otherwise.</summary>
-    public static string Save(SparseDictionary d, string dir, IReadOnlyDictionary<string, object?>? finetrace = null, float[]? log10Density = null)
+    public static string Save(SparseDictionary d, string dir, IReadOnlyDictionary<string, object?>? finetrace = null, float[]? log10Density = null, CrosscoderInit? init = null, IReadOnlyDictionary<string, object?>? saelensMetadata = null)
     {
         bool dl = (d.IsSae, d.Sparsity) is (false, Sparsity.Relu or Sparsity.BatchTopK) or (true, Sparsity.BatchTopK);
-        if (dl) { DictionaryLearningFormat.Save(d, dir, finetrace); return "dictionary-learning"; }
-        SaelensFormat.Save(d, dir, log10Density, finetrace: finetrace);
+        if (dl) { DictionaryLearningFormat.Save(d, dir, finetrace, init); return "dictionary-learning"; }
+        SaelensFormat.Save(d, dir, log10Density, saelensMetadata, finetrace);
         return "saelens";
     }
 }

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Finetrace.Activations;
 using Finetrace.Models.Safetensors;
 
 namespace Finetrace.Dictionaries;
@@ -18,9 +19,11 @@ public static class SaelensFormat
     public static void Save(SparseDictionary d, string dir, float[]? log10DensityF = null, IReadOnlyDictionary<string, object?>? metadata = null, IReadOnlyDictionary<string, object?>? finetrace = null)
     {
         if (d.PerModelCodes)
-            throw new DictionaryFormatException("SAELens has no per-model (DECOUPLED) thresholds or codes, nor crosscoders; save this DECOUPLED BatchTopK crosscoder as a crosscoder_learning folder (--to dictionary-learning)");
+            throw new FormatCannotHoldException(DictionaryFileFormat.Saelens, DictionaryFileFormat.DictionaryLearning,
+                "SAELens has no per-model (DECOUPLED) thresholds or codes, nor crosscoders; a crosscoder_learning folder can hold this DECOUPLED BatchTopK crosscoder");
         if (d.Models != 1 || !d.IsSae)
-            throw new DictionaryFormatException($"SAELens folders hold SAEs only; this is a {d.Models}-model crosscoder — save it as a crosscoder_learning folder (--to dictionary-learning)");
+            throw new FormatCannotHoldException(DictionaryFileFormat.Saelens, DictionaryFileFormat.DictionaryLearning,
+                $"SAELens folders hold SAEs only; this is a {d.Models}-model crosscoder — a crosscoder_learning folder can hold it");
         int D = d.DModel, F = d.DictSize;
         float g = d.Normalizer?.Scale[0] ?? 1f;
         var mu = d.Normalizer?.Mean ?? new float[D];
@@ -43,14 +46,18 @@ public static class SaelensFormat
             case Sparsity.Relu: arch = "standard"; break;
             case Sparsity.TopK: arch = "topk"; cfg["k"] = d.K; cfg["rescale_acts_by_decoder_norm"] = false; break;
             case Sparsity.BatchTopK:
-                if (d.Threshold < 0) throw new DictionaryFormatException("the BatchTopK threshold is unset (−1): train past --threshold-start so inference has a threshold before saving as SAELens jumprelu");
+                if (d.Threshold < 0) throw new ThresholdUnsetException();
                 arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", Enumerable.Repeat(d.Threshold, F).ToArray(), F)); break;
             case Sparsity.JumpRelu: arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", d.JumpThreshold!, F)); break;
             default: throw new DictionaryFormatException($"no SAELens architecture for {d.Sparsity}");
         }
         Directory.CreateDirectory(dir);
         SafetensorsWriter.Write(Path.Combine(dir, WeightsFile), tensors);
-        if (log10DensityF is not null) SafetensorsWriter.Write(Path.Combine(dir, SparsityFile), [TensorData.F32("sparsity", log10DensityF, F)]);
+        if (log10DensityF is not null)
+        {
+            if (log10DensityF.Length != F) throw new DictionaryFormatException($"sparsity: {log10DensityF.Length} densities for {F} latents");
+            WriteSparsity(dir, log10DensityF);
+        }
         var root = new JsonObject
         {
             ["architecture"] = arch, ["d_in"] = D, ["d_sae"] = F, ["dtype"] = "float32", ["device"] = "cpu",
@@ -62,6 +69,20 @@ public static class SaelensFormat
         root["metadata"] = meta;
         File.WriteAllText(Path.Combine(dir, CfgFile), root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if (finetrace is not null) FinetraceSidecar.Write(dir, "dictionary", finetrace);
+    }
+
+    /// <summary>Writes <c>sparsity.safetensors</c> (log10 firing density per latent, as eval measured it) into <paramref name="dir"/>.</summary>
+    public static void WriteSparsity(string dir, float[] log10DensityF) =>
+        SafetensorsWriter.Write(Path.Combine(dir, SparsityFile), [TensorData.F32("sparsity", log10DensityF, log10DensityF.Length)]);
+
+    /// <summary>The log10 densities of <c>sparsity.safetensors</c> in <paramref name="dir"/>, or null when there is none.</summary>
+    public static float[]? ReadSparsity(string dir)
+    {
+        string p = Path.Combine(dir, SparsityFile);
+        if (!File.Exists(p)) return null;
+        using var f = new SafetensorsFile(p);
+        if (!f.Contains("sparsity")) throw new DictionaryFormatException($"{p}: no tensor 'sparsity'");
+        return f.ReadF32("sparsity").Data;
     }
 
     public static SparseDictionary Load(string dir)
@@ -109,5 +130,28 @@ public static class SaelensFormat
         }
         if (act == Sparsity.JumpRelu) f.ReadF32("threshold").Data.CopyTo(d.JumpThreshold!, 0);
         return d;
+    }
+}
+
+/// <summary>SAELens <c>cfg.json</c> metadata (formats.md §2.3) for a dictionary that reads <paramref name="input"/> from a store.</summary>
+public static class SaelensMetadata
+{
+    /// <summary>hook_name, model_name, context_size, prepend_bos (+ Finetrace's input spec) from the store's manifest.
+    /// A diff-SAE is named after its minuend model (the model whose residual its reconstruction is spliced into).</summary>
+    public static Dictionary<string, object?> From(ActivationStore store, DictionaryInput input)
+    {
+        var s = store.Settings;
+        int m = input.Kind switch { InputKind.SingleModel => input.Model, InputKind.Difference => input.Minuend, _ => 0 };
+        var meta = new Dictionary<string, object?>
+        {
+            ["hook_name"] = s.Hook.Replace("{L}", input.Layer.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+            ["model_name"] = m < s.Models.Count ? s.Models[m].Name : null,
+            ["finetrace_input"] = input.Spec,
+        };
+        if (s.Options.TryGetValue("context_length", out var ctx) && int.TryParse(ctx, System.Globalization.CultureInfo.InvariantCulture, out int c)) meta["context_size"] = c;
+        bool dropBos = s.Options.TryGetValue("drop_bos", out var db) && db == "true";
+        var first = store.Shards.FirstOrDefault(sh => sh.Rows > 0);
+        meta["prepend_bos"] = dropBos || (first is not null && (first.Masks[0] & (byte)TokenMask.Bos) != 0);
+        return meta;
     }
 }

@@ -15,6 +15,8 @@ public enum RecipeProblem
     ActivationNotForCrosscoder,
     /// <summary>ReLU / JumpReLU without a sparsity coefficient L1.</summary>
     NeedsSparsityCoefficient,
+    /// <summary>HoldoutTokens leaves no training rows.</summary>
+    HoldoutTooLarge,
 }
 
 /// <summary>A recipe setting that is invalid or does not fit the others. <see cref="Setting"/> is the
@@ -68,8 +70,8 @@ public sealed record TrainingRecipe
     public long? ThresholdStart { get; init; }
     /// <summary>Global gradient-norm clip; null: 1 for the TopK family, off for L1; 0: off.</summary>
     public float? Clip { get; init; }
-    /// <summary>Crosscoder initial encoder/decoder row norm (a ReLU crosscoder's 1 becomes 0.005, as before).</summary>
-    public float NormInitScale { get; init; } = 1f;
+    /// <summary>Crosscoder initial encoder/decoder row norm; null: 0.005 for a ReLU crosscoder, 1 otherwise.</summary>
+    public float? NormInitScale { get; init; }
     /// <summary>Normalise activations to this RMS (0: raw activations).</summary>
     public float TargetRms { get; init; }
     /// <summary>SAE: the store model read.</summary>
@@ -79,6 +81,27 @@ public sealed record TrainingRecipe
     public int Subtrahend { get; init; }
     public string Filter { get; init; } = "all";
     public ulong Seed { get; init; }
+    /// <summary>Store rows held out of training at the end of the store (moved forward to the next sequence start);
+    /// null: 5% of the store, at most 1,000,000 rows; 0: none.</summary>
+    public long? HoldoutTokens { get; init; }
+    /// <summary>Validation on the held-out rows every this many steps and at the end (0: only at the end).</summary>
+    public long ValidateEvery { get; init; } = 1000;
+    /// <summary>Held-out tokens each validation evaluates.</summary>
+    public long ValidationTokens { get; init; } = 20_000;
+
+    /// <summary>The first held-out store row for <paramref name="store"/>, or null when nothing is held out: the first
+    /// sequence start at or after Tokens − holdout (so spliced evaluation finds whole sequences), else that row itself.</summary>
+    public long? HeldOutFrom(ActivationStore store)
+    {
+        long h = HoldoutTokens ?? Math.Min(1_000_000, store.Tokens / 20);
+        if (h <= 0) return null;
+        if (h >= store.Tokens) throw new RecipeSettingException(RecipeProblem.HoldoutTooLarge, nameof(HoldoutTokens), h, $"the store has only {store.Tokens:N0} tokens");
+        long want = store.Tokens - h;
+        var starts = store.SequenceRanges();
+        int i = Array.BinarySearch(starts, want);
+        if (i < 0) i = ~i;
+        return i < starts.Length - 1 && starts[i] > 0 ? starts[i] : want;
+    }
 
     /// <summary>The activation after defaults.</summary>
     public Sparsity ResolvedActivation => Activation ?? (L1 is not null ? Sparsity.Relu : Sparsity.BatchTopK);
@@ -113,10 +136,15 @@ public sealed record TrainingRecipe
             throw new RecipeSettingException(RecipeProblem.NeedsSparsityCoefficient, nameof(Activation), a, $"{a} needs a sparsity coefficient (L1)");
 
         var filter = MaskFilter.Parse(Filter);
-        var bo = new StoreBatchOptions { Layer = Layer, Seed = Seed, Filter = filter, Cycle = true };
+        long? heldOut = HeldOutFrom(store);
+        input = input with { HeldOutFrom = heldOut };
+        var bo = new StoreBatchOptions { Layer = Layer, Seed = Seed, Filter = filter, Cycle = true, EndRow = heldOut };
         var source = input.Open(store, bo);
+        InputBatches? validation = null;
         try
         {
+            if (heldOut is long from)
+                validation = input.Open(store, new StoreBatchOptions { Layer = Layer, Filter = filter, Shuffle = false, Cycle = false, MixSources = false, FirstRow = from });
             int kk = K ?? 100;
             int D = store.DModel;
             int F = DictSize ?? (Expansion ?? (Kind == DictionaryKind.DiffSae ? 2 : 32)) * D;
@@ -125,8 +153,13 @@ public sealed record TrainingRecipe
             bool topk = a is Sparsity.BatchTopK or Sparsity.TopK;
             var dict = new SparseDictionary(source.Models, D, F, a, cn, sae, topk ? kk : 0);
             var rng = new SplitMix64(Seed * 0x9E3779B97F4A7C15UL + 17);
+            CrosscoderInit? init = null;
             if (sae) Initialization.Sae(dict, rng);
-            else Initialization.Crosscoder(dict, rng, a == Sparsity.Relu && NormInitScale == 1f ? 0.005f : NormInitScale);
+            else
+            {
+                init = new CrosscoderInit(SameInitForAllModels: true, NormInitScale ?? (a == Sparsity.Relu ? 0.005f : 1f));
+                Initialization.Crosscoder(dict, rng, init.NormInitScale, init.SameInitForAllModels);
+            }
 
             var stats = NormalizerStatistics.None;
             if (TargetRms > 0)
@@ -139,7 +172,7 @@ public sealed record TrainingRecipe
             }
             input = input with { TargetRms = TargetRms > 0 ? TargetRms : null, NormalizerStatistics = stats };
 
-            long steps = Math.Max(1, (Tokens > 0 ? Tokens : store.Tokens) / Batch);
+            long steps = Math.Max(1, (Tokens > 0 ? Tokens : heldOut ?? store.Tokens) / Batch);
             var opts = new TrainerOptions
             {
                 Loss = Loss,
@@ -148,13 +181,17 @@ public sealed record TrainingRecipe
                 ClipNorm = Clip is null ? (topk ? 1f : null) : Clip == 0 ? null : Clip,
                 SparsityCoef = L1 ?? 0, Penalty = SqrtL1 ? SparsityPenalty.SqrtL1 : SparsityPenalty.L1, SparsityWarmupSteps = L1Warmup,
                 AuxKAlpha = AuxKAlpha, DeadTokens = DeadTokens, ThresholdStartStep = ThresholdStart ?? Math.Min(1000, steps / 2),
-                GeometricMedianInit = topk, UnitNormDecoder = sae && topk, KMax = KMax, KAnnealSteps = KAnnealSteps,
+                GeometricMedianInit = topk,
+                // SAEs keep unit-norm decoder rows whatever the activation: with a free decoder norm an L1 (or L0) penalty is
+                // scale-degenerate (shrink f, grow d_j: same reconstruction, smaller penalty), and c_j = 1 in Firing's rule
+                UnitNormDecoder = sae, KMax = KMax, KAnnealSteps = KAnnealSteps,
             };
-            return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps);
+            return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps) { Init = init, Validation = validation };
         }
         catch
         {
             source.Dispose();
+            validation?.Dispose();
             throw;
         }
     }
@@ -173,10 +210,18 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
     public DictionaryTrainer Trainer { get; } = trainer;
     public InputBatches Source { get; } = source;
     public long Steps { get; } = steps;
+    /// <summary>How a crosscoder was initialised (null for SAEs); written into config.json.</summary>
+    public CrosscoderInit? Init { get; init; }
+    /// <summary>The held-out rows (in store order), or null when nothing is held out.</summary>
+    public InputBatches? Validation { get; init; }
 
     /// <summary>The training loop writing into <paramref name="outDir"/>.</summary>
-    public TrainingRun Run(string outDir, long checkpointEvery, bool resume) =>
-        new(outDir, Trainer, Source, new RunOptions { BatchSize = Recipe.Batch, Steps = Steps, CheckpointEvery = checkpointEvery, Resume = resume });
+    public TrainingRun Run(string outDir, long checkpointEvery, bool resume, bool overwrite = false) =>
+        new(outDir, Trainer, Source, new RunOptions
+        {
+            BatchSize = Recipe.Batch, Steps = Steps, CheckpointEvery = checkpointEvery, Resume = resume, Overwrite = overwrite,
+            Validation = Validation, ValidateEvery = Recipe.ValidateEvery, ValidationTokens = Recipe.ValidationTokens,
+        });
 
     /// <summary>finetrace.json fields for the finished dictionary <paramref name="trained"/> (the run's, which after a
     /// resume is the checkpoint's).</summary>
@@ -200,5 +245,5 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
 
     static string LossName(ReconLoss l) => l switch { ReconLoss.Mse => "mse", ReconLoss.L2 => "l2", _ => "mse-mean-models" };
 
-    public void Dispose() => Source.Dispose();
+    public void Dispose() { Source.Dispose(); Validation?.Dispose(); }
 }

@@ -190,7 +190,8 @@ public sealed class InitializationTests
 
         var raw = new SparseDictionary(2, 8, 20, Sparsity.Relu, CodeNormalization.Crosscoder, false);
         Initialization.Crosscoder(raw, new SplitMix64(4), normInitScale: null, sameInitForAllModels: false);
-        float bound = 1f / MathF.Sqrt(8 * 20);   // kaiming_uniform(a=√5) on [M, D, F]: fan_in = D·F
+        // torch's kaiming_uniform_ defaults (a = 0): gain √2, bound = gain·√(3/fan_in) = √(6/fan_in); [M, D, F]: fan_in = D·F
+        float bound = MathF.Sqrt(2f) * MathF.Sqrt(3f / (8 * 20));
         Assert.All(raw.WEnc, v => Assert.InRange(v, -bound, bound));
         Assert.True(raw.WEnc.Max() > 0.8f * bound);
         Assert.NotEqual(raw.WEnc.AsSpan(0, 160).ToArray(), raw.WEnc.AsSpan(160, 160).ToArray());

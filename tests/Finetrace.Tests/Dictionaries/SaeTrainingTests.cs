@@ -42,7 +42,7 @@ public sealed class SaeTrainingTests(ITestOutputHelper log)
         var tr = new DictionaryTrainer(dict, new TrainerOptions
         {
             Lr = 3e-3, WarmupSteps = 20, TotalSteps = steps, SparsityCoef = mu, Penalty = pen, SparsityWarmupSteps = act == Sparsity.Relu ? 50 : 0,
-            UnitNormDecoder = topk, ClipNorm = 1f, ThresholdStartStep = 50, KMax = kMax, KAnnealSteps = 100, DeadTokens = 2000, JumpBandwidth = 0.05f,
+            UnitNormDecoder = true, ClipNorm = 1f, ThresholdStartStep = 50, KMax = kMax, KAnnealSteps = 100, DeadTokens = 2000, JumpBandwidth = 0.05f,
         });
         var src = new ArrayBatches(x, 1, d);
         var buf = new float[batch * d];
@@ -82,8 +82,10 @@ public sealed class SaeTrainingTests(ITestOutputHelper log)
     [InlineData(SparsityPenalty.SqrtL1)]
     public void Relu_SAE_trades_L0_for_reconstruction_with_mu(SparsityPenalty pen)
     {
-        var low = Run(Sparsity.Relu, 0.01f, pen).Last;
-        var high = Run(Sparsity.Relu, 0.3f, pen).Last;
+        var (_, low, dLow) = Run(Sparsity.Relu, 0.01f, pen);
+        var (_, high, dHigh) = Run(Sparsity.Relu, 0.3f, pen);
+        // the unit-norm decoder is what makes μ meaningful: with free norms the penalty shrinks f and grows d_j instead
+        foreach (var n in dLow.DecoderNorms().Concat(dHigh.DecoderNorms())) Assert.InRange(n, 0.999f, 1.001f);
         Assert.True(high.L0 < low.L0, $"L0 {low.L0:F2} (μ small) vs {high.L0:F2} (μ large)");
         Assert.True(low.Fve[0] > high.Fve[0]);
         Assert.True(low.Fve[0] > 0.8, $"FVE {low.Fve[0]:F3}");
