@@ -201,6 +201,86 @@ public static class Kernels
         }
     }
 
+    // ---------------------------------------------------------------- attention
+
+    /// <summary>Eager causal attention of one query head over one sequence: for query i (absolute position a = qOffset + i)
+    /// the visible keys are j ∈ [max(keyFirst, a − window + 1 if window &gt; 0), min(a, keyLast, nk − 1)];
+    /// s_j = cap(Σ_d q_i,d·k_j,d · scale) (cap = softcap·tanh(·/softcap) when given), p = softmax(s) over the visible
+    /// keys only, o_i = Σ_j p_j·v_j; a query with no visible key (padding) gets o_i = 0.
+    /// Keys lie in vector lanes for the scores (from a transposed copy of K in <paramref name="scratch"/>) and head
+    /// dimensions for the weighted sum, so every lane adds in the same fixed order (d ascending, then j ascending) as
+    /// the scalar remainder: the result does not depend on the vector width. Small head dimensions (8–16) cost a few
+    /// vector operations per key instead of a library call per key.</summary>
+    // q: row i at q[i·qStride .. +hd]; k, v: row j at [j·kvStride .. +hd]; o: row i at o[i·qStride .. +hd];
+    // scratch: at least hd·nk + nk floats
+    public static void AttendHead(ReadOnlySpan<float> q, int qStride, int nq, int qOffset, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int kvStride, int nk,
+        int hd, int keyFirst, int keyLast, int window, float scale, float? softcap, Span<float> o, Span<float> scratch)
+    {
+        if (nq <= 0 || nk <= 0) return;
+        if (hd <= 0 || qStride < hd || kvStride < hd) throw new ArgumentException($"AttendHead: head dim {hd} with strides q {qStride}, kv {kvStride}");
+        if (q.Length < (nq - 1) * qStride + hd || o.Length < (nq - 1) * qStride + hd)
+            throw new ArgumentException($"AttendHead: {nq} query rows of stride {qStride} need {(nq - 1) * qStride + hd} floats; q has {q.Length}, o {o.Length}");
+        if (k.Length < (nk - 1) * kvStride + hd || v.Length < (nk - 1) * kvStride + hd)
+            throw new ArgumentException($"AttendHead: {nk} key rows of stride {kvStride} need {(nk - 1) * kvStride + hd} floats; k has {k.Length}, v {v.Length}");
+        if (scratch.Length < hd * nk + nk) throw new ArgumentException($"AttendHead: scratch holds {scratch.Length} floats, needs {hd * nk + nk}");
+        int lastKey = Math.Min(keyLast, nk - 1);
+        // kT [hd, nk]: the keys this head can see, transposed so that consecutive keys are consecutive floats.
+        var kT = scratch[..(hd * nk)];
+        var scores = scratch.Slice(hd * nk, nk);
+        for (int j = Math.Max(keyFirst, 0); j <= lastKey; j++)
+        {
+            var kRow = k.Slice(j * kvStride, hd);
+            for (int d = 0; d < hd; d++) kT[d * nk + j] = kRow[d];
+        }
+        ref float pk = ref MemoryMarshal.GetReference(kT);
+        ref float ps = ref MemoryMarshal.GetReference(scores);
+        ref float pv = ref MemoryMarshal.GetReference(v);
+        var vScale = Vector256.Create(scale);
+        for (int i = 0; i < nq; i++)
+        {
+            var qRow = q.Slice(i * qStride, hd);
+            var oRow = o.Slice(i * qStride, hd);
+            int abs = qOffset + i;
+            int first = Math.Max(keyFirst, window > 0 ? abs - window + 1 : 0);
+            int last = Math.Min(abs, lastKey);
+            if (first > last) { oRow.Clear(); continue; }
+            int n = last - first + 1;
+            // Scores: eight keys per vector, Σ_d over the head dimension in ascending order.
+            int j = 0;
+            for (; j <= n - V; j += V)
+            {
+                var acc = Vector256<float>.Zero;
+                for (int d = 0; d < hd; d++)
+                    acc = Vector256.FusedMultiplyAdd(Vector256.Create(qRow[d]), Vector256.LoadUnsafe(ref pk, (nuint)(d * nk + first + j)), acc);
+                (acc * vScale).StoreUnsafe(ref ps, (nuint)j);
+            }
+            for (; j < n; j++)
+            {
+                float acc = 0f;
+                for (int d = 0; d < hd; d++) acc = MathF.FusedMultiplyAdd(qRow[d], kT[d * nk + first + j], acc);
+                scores[j] = acc * scale;
+            }
+            var p = scores[..n];
+            if (softcap is { } cap) SoftCap(p, cap);
+            Softmax(p);
+            // Weighted sum: eight head dimensions per vector, Σ_j over the keys in ascending order.
+            int c = 0;
+            for (; c <= hd - V; c += V)
+            {
+                var acc = Vector256<float>.Zero;
+                for (int t = 0; t < n; t++)
+                    acc = Vector256.FusedMultiplyAdd(Vector256.Create(p[t]), Vector256.LoadUnsafe(ref pv, (nuint)((first + t) * kvStride + c)), acc);
+                acc.CopyTo(oRow[c..]);
+            }
+            for (; c < hd; c++)
+            {
+                float acc = 0f;
+                for (int t = 0; t < n; t++) acc = MathF.FusedMultiplyAdd(p[t], v[(first + t) * kvStride + c], acc);
+                oRow[c] = acc;
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- selection
 
     /// <summary>The indices of the <paramref name="k"/> largest values of <paramref name="x"/>, written to
