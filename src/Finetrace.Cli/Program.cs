@@ -7,6 +7,7 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        CliConsole.Configure();
         var root = BuildRoot();
         try
         {

@@ -62,8 +62,7 @@ public sealed class EvalCommand : ICliCommand
         tokens = Math.Min(tokens, Math.Max(0, b.RowsPerEpoch - offset));
         EvalReport rep = null!;
         if (json) rep = Evaluation.Run(d, src, tokens);
-        else AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-            .Start(ctx => { var task = ctx.AddTask("eval", maxValue: tokens); rep = Evaluation.Run(d, src, tokens, progress: n => task.Value = n); });
+        else CliConsole.Progress("eval", tokens, task => rep = Evaluation.Run(d, src, tokens, progress: n => task.Value = n), rateUnit: "tok");
 
         var (splice, spliceNote) = sa.Enabled ? Splice(d, st, input, layer, offset, filter, sa, json) : (null, "skipped (--no-splice)");
 
@@ -131,8 +130,7 @@ public sealed class EvalCommand : ICliCommand
             var o = new SpliceOptions { Layer = layer, Filter = MaskFilter.Parse(filter), Sequences = sa.Sequences, Seed = sa.Seed, FirstRow = offset };
             if (json) return (SplicedEvaluation.Run(st, models, recon, o), null);
             SpliceReport rep = null!;
-            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(ctx => { var task = ctx.AddTask("spliced runs", maxValue: 1); rep = SplicedEvaluation.Run(st, models, recon, o, (i, n) => { task.MaxValue = n; task.Value = i; }); });
+            CliConsole.Progress("spliced runs", 1, task => rep = SplicedEvaluation.Run(st, models, recon, o, (i, n) => { task.MaxValue = n; task.Value = i; }));
             return (rep, null);
         }
         finally { foreach (var m in models) m?.Dispose(); }

@@ -152,12 +152,8 @@ public sealed class TrainCommand : ICliCommand
         long startStep = run.Trainer.StepCount;
         try
         {
-            AnsiConsole.Progress()
-                .AutoClear(false)
-                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
+            CliConsole.Progress($"train {kind}", steps, task =>
                 {
-                    var task = ctx.AddTask($"train {kind}", maxValue: steps);
                     task.Value = startStep;
                     run.Run(s =>
                     {
