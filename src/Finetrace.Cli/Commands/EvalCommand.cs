@@ -110,6 +110,9 @@ public sealed class EvalCommand : ICliCommand
             chart.AddItem($"[[{EvalReport.HistogramEdges[i]:F0},{EvalReport.HistogramEdges[i + 1]:F0})", rep.DensityHistogram[i], Color.SteelBlue);
         AnsiConsole.Write(chart);
         if (splice is null) AnsiConsole.MarkupLine($"[grey]spliced-model CE/KL loss recovered: {Markup.Escape(spliceNote ?? "")}[/]");
+        else if (splice.Models.Any(m => m.LossRecovered > 1))
+            AnsiConsole.MarkupLine("[grey]note: CE loss recovered above 1 means the spliced model predicted these tokens better than the clean model " +
+                                   "(its CE is below the clean CE); over a few sequences this is usually noise, and it says the reconstruction loses little[/]");
         return 0;
     }
 
