@@ -282,7 +282,7 @@ public static class Kernels
             var e = scores[..n];
             if (softcap is { } cap) SoftCap(e, cap);
             // Softmax without its last pass: e_j = exp(s_j − max s), and 1/Σe scales the weighted sum instead.
-            float inv = 1f / ExpSubtractAndSum(e, Max(e), e);
+            float inv = 1f / ExpShiftedAndSum(e, Max(e));
             // Weighted sum: eight head dimensions per vector; keys split over four accumulators by j mod 4 (each in
             // ascending j), combined as (a0 + a1) + (a2 + a3). The scalar remainder adds in the very same order.
             int c = 0;
@@ -320,6 +320,63 @@ public static class Kernels
                 oRow[c] = ((a0 + a1) + (a2 + a3)) * inv;
             }
         }
+    }
+
+    /// <summary>x_j ← exp(x_j − max) in place (every argument ≤ 0), returning Σ_j exp(x_j − max), through
+    /// <see cref="ExpNonPositive"/>: attention's softmax, where the exponentials are most of the work.</summary>
+    // x: [n], in place
+    static float ExpShiftedAndSum(Span<float> x, float max)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        var vm = Vector256.Create(max);
+        Vector256<float> s0 = default, s1 = default;
+        int n = x.Length, i = 0;
+        for (; i <= n - 2 * V; i += 2 * V)
+        {
+            var e0 = ExpNonPositive(Vector256.LoadUnsafe(ref px, (nuint)i) - vm);
+            var e1 = ExpNonPositive(Vector256.LoadUnsafe(ref px, (nuint)(i + V)) - vm);
+            e0.StoreUnsafe(ref px, (nuint)i); e1.StoreUnsafe(ref px, (nuint)(i + V));
+            s0 += e0; s1 += e1;
+        }
+        for (; i <= n - V; i += V)
+        {
+            var e0 = ExpNonPositive(Vector256.LoadUnsafe(ref px, (nuint)i) - vm);
+            e0.StoreUnsafe(ref px, (nuint)i);
+            s0 += e0;
+        }
+        if (i < n)
+        {
+            Span<float> buf = stackalloc float[V];
+            var e = ExpNonPositive(LoadTail(x, i, float.NegativeInfinity) - vm);   // padding lanes give 0
+            s1 += e;
+            e.CopyTo(buf);
+            buf[..(n - i)].CopyTo(x[i..]);
+        }
+        return Vector256.Sum(s0 + s1);
+    }
+
+    /// <summary>exp(x) for x ≤ 0 in float arithmetic (relative error below 3e-7; 0 below −87.3, where exp would be
+    /// subnormal; NaN stays NaN): x = k·ln2 + r with |r| ≤ ln2/2 (Cody–Waite, ln2 split in two parts), exp(r) by its
+    /// degree-7 Taylor polynomial (truncation below 6e-9), times 2^k built in the exponent bits. Several times cheaper
+    /// than <see cref="Vector256.Exp(Vector256{float})"/>, which works in double; used where x − max ≤ 0 (softmax).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> ExpNonPositive(Vector256<float> x)
+    {
+        var low = Vector256.LessThan(x, Vector256.Create(-87.3f));
+        var xc = Vector256.ConditionalSelect(low, Vector256.Create(-87.3f), x);
+        var k = Vector256.Round(xc * Vector256.Create(1.44269504f));
+        var r = Vector256.FusedMultiplyAdd(k, Vector256.Create(-0.693145752f), xc);      // ln2's high part: k·hi is exact
+        r = Vector256.FusedMultiplyAdd(k, Vector256.Create(-1.42860677e-6f), r);           // ln2's low part
+        var p = Vector256.Create(1f / 5040f);
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 720f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 120f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 24f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 6f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(0.5f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f));
+        var twoK = (Vector256.ConvertToInt32(k) + Vector256.Create(127)) << 23;
+        return Vector256.ConditionalSelect(low, Vector256<float>.Zero, p * twoK.AsSingle());
     }
 
     // ---------------------------------------------------------------- selection

@@ -366,6 +366,32 @@ public class KernelsTests
     }
 
     [Fact]
+    public void ExpNonPositiveIsAccurateOverItsRange()
+    {
+        // Every x in [−87.3, 0] on a fine grid plus the edges: relative error against double exp; 0 below, NaN kept.
+        double worst = 0;
+        var xs = new List<float> { 0f, -0f, -1e-30f, -87.3f, -87.29f };
+        for (double x = -87.3; x <= 0; x += 1.7e-3) xs.Add((float)x);
+        for (int i = 0; i < xs.Count; i += 8)
+        {
+            var chunk = new float[8];
+            for (int l = 0; l < 8; l++) chunk[l] = xs[Math.Min(i + l, xs.Count - 1)];
+            var e = Kernels.ExpNonPositive(System.Runtime.Intrinsics.Vector256.Create(chunk));
+            for (int l = 0; l < 8; l++)
+            {
+                double exact = Math.Exp(chunk[l]);
+                worst = Math.Max(worst, Math.Abs(e[l] - exact) / exact);
+            }
+        }
+        Assert.True(worst < 3e-7, $"ExpNonPositive: worst relative error {worst:E2}");
+        var edge = Kernels.ExpNonPositive(System.Runtime.Intrinsics.Vector256.Create(-87.4f, -1000f, float.NegativeInfinity, float.NaN, -88f, -100f, -0.5f, 0f));
+        Assert.Equal([0f, 0f, 0f], new[] { edge[0], edge[1], edge[2] });
+        Assert.True(float.IsNaN(edge[3]));
+        Assert.Equal((float)Math.Exp(-0.5), edge[6], 6);
+        Assert.Equal(1f, edge[7]);
+    }
+
+    [Fact]
     public void AttendHeadRejectsShortBuffers()
     {
         var q = new float[16]; var k = new float[16]; var v = new float[16]; var o = new float[16];
