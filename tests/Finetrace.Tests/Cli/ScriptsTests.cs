@@ -22,7 +22,8 @@ public class ScriptsTests
         // 50,000 more lines (2.5 MB) after the match: far more than a pipe buffer, so an early-exiting reader kills the writer.
         File.WriteAllText(tmp.File("ldconfig"), $"#!/bin/bash\n{first}\nfor i in $(seq 50000); do echo \"\tlibx$i.so.1 (libc6,x86-64) => /usr/lib/libx$i.so.1\"; done\n");
         File.WriteAllText(tmp.File("id"), "#!/bin/bash\necho 1000\n");
-        foreach (var f in new[] { "ldconfig", "id" }) File.SetUnixFileMode(tmp.File(f), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        foreach (var f in new[] { "ldconfig", "id" })
+            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(tmp.File(f), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         string dotnetDir = Path.GetDirectoryName(Environment.ProcessPath!)!;
         var psi = new ProcessStartInfo("bash", [Path.Combine(RepoRoot(), "scripts", "deps")]) { RedirectStandardError = true, RedirectStandardOutput = true };
         psi.Environment["PATH"] = $"{tmp.Path}:{dotnetDir}:/usr/bin:/bin";
