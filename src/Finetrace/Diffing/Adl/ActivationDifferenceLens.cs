@@ -108,10 +108,10 @@ public static class ActivationDifferenceLens
                 if (dn > 0 && (o.SteeringPositions is null || o.SteeringPositions.Contains(slot.Position)))
                 {
                     if (o.Steer.HasFlag(SteerModels.FineTuned))
-                        steering.Add(AdlReaders.Steer(ftModel, "finetuned", layer, delta, norms[li].FineTuned, o.SteeringStrengths, steerPrompts, o.SteeringSamples,
+                        steering.Add(AdlReaders.Steer(ftModel, "finetuned", baseModel, "base", layer, delta, norms[li].FineTuned, o.SteeringStrengths, steerPrompts, o.SteeringSamples,
                             o.SteeringNewTokens, o.SteeringTemperature, o.Seed, text.StopIds, o.SteeringLossFactor, text.Decode, cancel));
                     if (o.Steer.HasFlag(SteerModels.Base))
-                        steering.Add(AdlReaders.Steer(baseModel, "base", layer, delta, norms[li].Base, o.SteeringStrengths, steerPrompts, o.SteeringSamples,
+                        steering.Add(AdlReaders.Steer(baseModel, "base", baseModel, "base", layer, delta, norms[li].Base, o.SteeringStrengths, steerPrompts, o.SteeringSamples,
                             o.SteeringNewTokens, o.SteeringTemperature, o.Seed, text.StopIds, o.SteeringLossFactor, text.Decode, cancel));
                 }
                 int tok = sums.MostFrequentToken(s);

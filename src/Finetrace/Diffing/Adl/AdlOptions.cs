@@ -59,8 +59,8 @@ public sealed record AdlOptions
     public int SteeringSamples { get; init; } = 2;
     public int SteeringNewTokens { get; init; } = 48;
     public float SteeringTemperature { get; init; } = 1f;
-    /// <summary>The steering strength rule: the largest strength whose samples' per-token loss under the unsteered model
-    /// is at most this factor times the loss of the unsteered samples.</summary>
+    /// <summary>The steering strength rule: the largest strength whose samples' per-token loss under the (unsteered) base
+    /// model is at most this factor times its loss on the unsteered samples.</summary>
     public double SteeringLossFactor { get; init; } = 2;
     /// <summary>Positions (of either context) that are steered; null = all.</summary>
     public int[]? SteeringPositions { get; init; }

@@ -138,12 +138,14 @@ public static class AdlReaders
     /// Steering (methods §11.4): the model generates from each prompt with s · v added at every position after block
     /// <paramref name="layer"/>, v = <paramref name="directionW"/> / ‖·‖ · <paramref name="norm"/>, for every strength s
     /// (in units of <paramref name="norm"/>), and without steering. Sample k of prompt i uses the same seed at every
-    /// strength. Strength rule (no grader): the per-token loss of a strength's samples under the unsteered model, divided
-    /// by that of the unsteered samples, must be ≤ <paramref name="lossFactor"/>; the largest passing strength is chosen
-    /// (the smallest, with RuleMet false, when none passes).
+    /// strength. Strength rule (no grader): the per-token loss of a strength's samples under the unsteered
+    /// <paramref name="judge"/> model, divided by its loss on the unsteered samples, must be ≤ <paramref name="lossFactor"/>;
+    /// the largest passing strength is chosen (the smallest, with RuleMet false, when none passes). The ADL judges with the
+    /// base model (for base steering that is the unsteered model itself): a narrow fine-tune finds only its own script
+    /// likely, so it would call any change of topic incoherent, while the base model judges plain language.
     /// </summary>
     // directionW: [Hidden]
-    public static SteeringReading Steer(CausalLM model, string modelName, int layer, float[] directionW, double norm, IReadOnlyList<double> strengths,
+    public static SteeringReading Steer(CausalLM model, string modelName, CausalLM judge, string judgeName, int layer, float[] directionW, double norm, IReadOnlyList<double> strengths,
         IReadOnlyList<(string Text, int[] Ids)> prompts, int samplesPerPrompt, int newTokens, float temperature, int seed,
         IReadOnlyCollection<int> stopIds, double lossFactor, Func<int[], string> decodeText, CancellationToken cancel = default)
     {
@@ -153,19 +155,19 @@ public static class AdlReaders
         var unit = new float[directionW.Length];
         TensorPrimitives.Multiply(directionW, (float)(1 / dn), unit);
         var unsteered = Generate(model, null, prompts, samplesPerPrompt, newTokens, temperature, seed, stopIds, decodeText, cancel);
-        double baseLoss = Loss(model, unsteered, prompts);
+        double baseLoss = Loss(judge, unsteered, prompts);
         var sweep = new List<SteeringLevel>();
         foreach (double s in strengths)
         {
             var hooks = SteeringHooks(layer, unit, (float)(s * norm));
             var samples = Generate(model, hooks, prompts, samplesPerPrompt, newTokens, temperature, seed, stopIds, decodeText, cancel);
-            double loss = Loss(model, samples, prompts);
+            double loss = Loss(judge, samples, prompts);
             double ratio = baseLoss > 0 ? loss / baseLoss : loss > 0 ? double.PositiveInfinity : 1;
             sweep.Add(new SteeringLevel(s, loss, ratio, ratio <= lossFactor, samples));
         }
         var pass = sweep.Where(x => x.Passes).OrderByDescending(x => x.Strength).FirstOrDefault();
         var chosen = pass ?? sweep.OrderBy(x => x.Strength).First();
-        string rule = $"largest strength whose samples' per-token loss under the unsteered model is ≤ {lossFactor:0.##} × that of the unsteered samples " +
+        string rule = $"largest strength whose samples' per-token loss under the unsteered {judgeName} model is ≤ {lossFactor:0.##} × its loss on the unsteered samples " +
                       $"(strength in units of the typical norm {norm:0.###}; {samplesPerPrompt} samples × {prompts.Count} prompts, {newTokens} tokens, T = {temperature:0.##})";
         return new SteeringReading(modelName, chosen.Strength, pass is not null, rule, norm, baseLoss, chosen.Samples, unsteered, sweep);
     }
