@@ -63,14 +63,15 @@ public sealed class HookSet
     });
 
     /// <summary>Adds coeff · vector [Width] to every real (unpadded) token of every row: steering. Works the same in a
-    /// full forward and in a cached generation step (where the activation holds only the new tokens).</summary>
-    public HookSet AddEverywhere(string name, float[] vectorW, float coeff = 1f) => On(name, (a, batch) =>
+    /// full forward and in a cached generation step (where the activation holds only the new tokens).
+    /// With <paramref name="fromPosition"/> &gt; 0, tokens at earlier positions (e.g. BOS at 0) are left alone.</summary>
+    public HookSet AddEverywhere(string name, float[] vectorW, float coeff = 1f, int fromPosition = 0) => On(name, (a, batch) =>
     {
         int w = a.Dim(-1);
         if (vectorW.Length != w) throw new ArgumentException($"hook '{name}': vector of {vectorW.Length} for width {w}");
         int tokens = a.Length / w;
         for (int t = 0; t < tokens; t++)
-            if (batch.Mask[t] != 0)
+            if (batch.Mask[t] != 0 && batch.Positions[t] >= fromPosition)
                 System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(vectorW, coeff, a.Data.AsSpan(t * w, w), a.Data.AsSpan(t * w, w));
     });
 

@@ -132,12 +132,12 @@ public static class AdlReaders
 
     /// <summary>A hook set that adds coeff · v at every position of the residual after block <paramref name="layer"/>
     /// (prompt and generated tokens alike): the steering intervention of methods §11.4.</summary>
-    public static HookSet SteeringHooks(int layer, float[] vW, float coeff) => new HookSet().AddEverywhere(HookNames.ResidPost(layer), vW, coeff);
+    public static HookSet SteeringHooks(int layer, float[] vW, float coeff, int fromPosition = 0) => new HookSet().AddEverywhere(HookNames.ResidPost(layer), vW, coeff, fromPosition);
 
     /// <summary>
     /// Steering (methods §11.4): the model generates from each prompt with s · v added at every position after block
     /// <paramref name="layer"/>, v = <paramref name="directionW"/> / ‖·‖ · <paramref name="norm"/>, for every strength s
-    /// (in units of <paramref name="norm"/>), and without steering. Sample k of prompt i uses the same seed at every
+    /// (in units of <paramref name="norm"/>; positions before <paramref name="fromPosition"/> are left alone), and without steering. Sample k of prompt i uses the same seed at every
     /// strength. Strength rule (no grader): the per-token loss of a strength's samples under the unsteered
     /// <paramref name="judge"/> model, divided by its loss on the unsteered samples, must be ≤ <paramref name="lossFactor"/>;
     /// the largest passing strength is chosen (the smallest, with RuleMet false, when none passes). The ADL judges with the
@@ -147,7 +147,7 @@ public static class AdlReaders
     // directionW: [Hidden]
     public static SteeringReading Steer(CausalLM model, string modelName, CausalLM judge, string judgeName, int layer, float[] directionW, double norm, IReadOnlyList<double> strengths,
         IReadOnlyList<(string Text, int[] Ids)> prompts, int samplesPerPrompt, int newTokens, float temperature, int seed,
-        IReadOnlyCollection<int> stopIds, double lossFactor, Func<int[], string> decodeText, CancellationToken cancel = default)
+        IReadOnlyCollection<int> stopIds, double lossFactor, Func<int[], string> decodeText, CancellationToken cancel = default, int fromPosition = 0)
     {
         if (strengths.Count == 0) throw new ArgumentException("steering needs at least one strength");
         double dn = TensorPrimitives.Norm(directionW);
@@ -159,7 +159,7 @@ public static class AdlReaders
         var sweep = new List<SteeringLevel>();
         foreach (double s in strengths)
         {
-            var hooks = SteeringHooks(layer, unit, (float)(s * norm));
+            var hooks = SteeringHooks(layer, unit, (float)(s * norm), fromPosition);
             var samples = Generate(model, hooks, prompts, samplesPerPrompt, newTokens, temperature, seed, stopIds, decodeText, cancel);
             double loss = Loss(judge, samples, prompts);
             double ratio = baseLoss > 0 ? loss / baseLoss : loss > 0 ? double.PositiveInfinity : 1;
@@ -168,7 +168,7 @@ public static class AdlReaders
         var pass = sweep.Where(x => x.Passes).OrderByDescending(x => x.Strength).FirstOrDefault();
         var chosen = pass ?? sweep.OrderBy(x => x.Strength).First();
         string rule = $"largest strength whose samples' per-token loss under the unsteered {judgeName} model is ≤ {lossFactor:0.##} × its loss on the unsteered samples " +
-                      $"(strength in units of the typical norm {norm:0.###}; {samplesPerPrompt} samples × {prompts.Count} prompts, {newTokens} tokens, T = {temperature:0.##})";
+                      $"(strength in units of the typical norm {norm:0.###}, added at positions ≥ {fromPosition}; {samplesPerPrompt} samples × {prompts.Count} prompts, {newTokens} tokens, T = {temperature:0.##})";
         return new SteeringReading(modelName, chosen.Strength, pass is not null, rule, norm, baseLoss, chosen.Samples, unsteered, sweep);
     }
 
