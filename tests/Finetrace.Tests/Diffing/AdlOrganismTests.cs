@@ -37,7 +37,7 @@ public sealed class AdlOrganismTests(ITestOutputHelper log)
         var data = DataSourceSpec.Parse(WriteStories(tmp, 400));
         AdlOptions For(string ft) => new()
         {
-            BaseModel = Model("stories260K"), FineTunedModel = Model(ft), Data = [data], Layers = [2, 3, 4], MaxSamples = 400, Steer = SteerModels.None,
+            BaseModel = Model("stories260K"), FineTunedModel = Model(ft), Data = [data], Layers = [3, 4], MaxSamples = 400, Steer = SteerModels.None,
         };
         var zog = ActivationDifferenceLens.Run(For("stories260K-zog"), tmp.File("R-zog"));
         var chat = ActivationDifferenceLens.Run(For("stories260K-chat"), tmp.File("R-chat"));

@@ -212,4 +212,53 @@ public sealed class AdlTests
             Assert.True(first.ContainsKey(key), key);
         Assert.Equal(20, first["top_tokens"]!.AsArray().Count);
     }
+
+    [Fact]
+    public void Projection_ablation_matches_direct_losses_and_patching_the_planted_direction_to_base_gives_the_base_loss()
+    {
+        using var s = new AdlSynthetic();
+        var o = Options(s, [DataSourceSpec.Parse(s.WriteText(30, seed: 5))], [AdlSynthetic.Planted]);
+        using var bm = CausalLM.Load(s.BaseDir);
+        using var fm = CausalLM.Load(s.FtDir);
+        var ab = ProjectionAblation.Run(o, bm, fm, new AdlSynthetic.Encoder(), AdlSynthetic.Planted, AdlSlot.Text, 2, s.U, controls: 3, samples: 20, contextLength: 24, batchSize: 8, seed: 0);
+        var samples = Samples(o).Take(20).Select(x => x.Ids.Length > 24 ? x.Ids[..24] : x.Ids).ToList();
+        var unit = ActivationDifferenceLens.Rescale(s.U, 1);
+        (double All, double At) Direct(CausalLM m, HookSet? hooks)
+        {
+            double sum = 0, at = 0; long n = 0, nAt = 0;
+            foreach (var ids in samples)
+            {
+                var (_, logits) = m.Forward(new TokenBatch(ids, 1, ids.Length), hooks);
+                for (int t = 1; t < ids.Length; t++)
+                {
+                    var p = AdlReaders.Softmax(logits!.Data.AsSpan((t - 1) * AdlSynthetic.Vocab, AdlSynthetic.Vocab));
+                    sum -= Math.Log(p[ids[t]]); n++;
+                    if (t - 1 == 2) { at -= Math.Log(p[ids[t]]); nAt++; }
+                }
+            }
+            return (sum / n, at / nAt);
+        }
+        var zero = new HookSet().On(HookNames.ResidPost(AdlSynthetic.Planted), (a, _) =>
+        {
+            for (int t = 0; t < a.Length / AdlSynthetic.Hidden; t++)
+            {
+                double dot = 0;
+                for (int j = 0; j < AdlSynthetic.Hidden; j++) dot += a.Data[t * AdlSynthetic.Hidden + j] * unit[j];
+                for (int j = 0; j < AdlSynthetic.Hidden; j++) a.Data[t * AdlSynthetic.Hidden + j] -= (float)(dot * unit[j]);
+            }
+        });
+        var (ft, ftAt) = Direct(fm, null);
+        var (bs, _) = Direct(bm, null);
+        var (z, _) = Direct(fm, zero);
+        Assert.Equal(ft, ab.FineTuned.Nll, 4);
+        Assert.Equal(ftAt, ab.FineTuned.NllAtPosition, 4);
+        Assert.Equal(bs, ab.Base.Nll, 4);
+        Assert.Equal(z, ab.ZeroAblation.Nll, 4);
+        // ft = base + u after the planted (last) block, so setting the component along û to the base's gives the base back.
+        Assert.Equal(ab.Base.Nll, ab.PatchToBase.Nll, 4);
+        Assert.NotEqual(ab.FineTuned.Nll, ab.Base.Nll, 2);
+        Assert.Equal(3, ab.RandomDirections.Count);
+        Assert.Equal(3, ab.RandomDiffDirections.Count);
+        Assert.Equal(20, ab.Samples);
+    }
 }

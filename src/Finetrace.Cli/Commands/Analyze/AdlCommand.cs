@@ -36,12 +36,14 @@ public sealed class AdlCommand : IAnalyzeCommand
         var lossFactor = new Option<double>("--loss-factor") { Description = "Strength rule: the largest strength whose samples' per-token loss under the unsteered base model is ≤ this × its loss on the unsteered samples", DefaultValueFactory = _ => 2 };
         var prompts = new Option<string[]>("--steer-prompt") { Description = "Steering prompt (repeat; default: the reference's three neutral prompts)", AllowMultipleArgumentsPerToken = false };
         var seed = new Option<int>("--seed") { Description = "Sampling seed", DefaultValueFactory = _ => 0 };
+        var ablation = new Option<int>("--ablation") { Description = "Projection ablation of δ's direction with this many random Gaussian and random-diff control directions each (slower; the reference uses 64; 0 = off)", DefaultValueFactory = _ => 0 };
+        var ablationSamples = new Option<int>("--ablation-samples") { Description = "Samples of the data the projection ablation evaluates", DefaultValueFactory = _ => 64 };
         var outDir = new Option<string>("--out") { Description = "Results folder", Required = true };
         var json = new Option<bool>("--json") { Description = "Print one JSON object (the adl.json entries without sweeps and samples) instead of the summary" };
         var cmd = new Command("adl", "Activation Difference Lens: mean of h_ft − h_base over the first positions of unrelated text per layer, read by logit lens, " +
                                      "Patchscope (scale chosen by a stated rule) and steering (strength chosen by a stated rule); writes RESULTS/adl.json and RESULTS/adl/");
         foreach (var o in new Option[] { baseDir, baseAdapter, ft, adapter, data, layers, positions, chatPositions, samples, batch, noPatchscope, steer, strengths,
-                     steerPositions, steerSamples, steerTokens, temperature, lossFactor, prompts, seed, outDir, json })
+                     steerPositions, steerSamples, steerTokens, temperature, lossFactor, prompts, seed, ablation, ablationSamples, outDir, json })
             cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
@@ -64,6 +66,7 @@ public sealed class AdlCommand : IAnalyzeCommand
                 SteeringPositions = r.GetValue(steerPositions) is { } sp ? ParseInts(sp, "--steer-positions") : null,
                 SteeringSamples = r.GetValue(steerSamples), SteeringNewTokens = r.GetValue(steerTokens), SteeringTemperature = r.GetValue(temperature),
                 SteeringLossFactor = r.GetValue(lossFactor), Seed = r.GetValue(seed),
+                AblationControls = r.GetValue(ablation), AblationSamples = r.GetValue(ablationSamples),
                 SteeringPrompts = r.GetValue(prompts) is { Length: > 0 } ps ? ps : AdlOptions.DefaultSteeringPrompts,
             };
             return Run(o, r.GetValue(outDir)!, r.GetValue(json));
@@ -135,12 +138,17 @@ public sealed class AdlCommand : IAnalyzeCommand
             Console.WriteLine($"  logit lens +δ: {string.Join(" ", e.FineTunedLens.Top.Take(10).Select(t => Show(t.Token)))}");
             Console.WriteLine($"  logit lens −δ: {string.Join(" ", e.FineTunedLens.Bottom.Take(10).Select(t => Show(t.Token)))}");
             if (e.Patchscope is { } ps) Console.WriteLine($"  patchscope ×{ps.Scale}: {string.Join(" ", ps.Tokens.Take(10).Select(t => Show(t.Token)))}");
+            if (e.Ablation is { } ab)
+                Console.WriteLine($"  projection ablation (NLL/token): fine-tuned {ab.FineTuned.Nll:0.###}, base {ab.Base.Nll:0.###}, zero-ablated {ab.ZeroAblation.Nll:0.###}, " +
+                                  $"patched to base {ab.PatchToBase.Nll:0.###}, random directions {Range(ab.RandomDirections)}, random diffs {Range(ab.RandomDiffDirections)}");
             foreach (var s in e.Steering)
                 Console.WriteLine($"  steer {s.Model} at {s.Strength}{(s.RuleMet ? "" : " (no strength met the rule)")}: {Show(Clip(s.Samples.FirstOrDefault()?.Text ?? ""))}");
         }
         Console.WriteLine($"written: {adlJson} and {Path.Combine(Path.GetFullPath(outDir), AdlOutput.TensorFolder)}/");
         return 0;
     }
+
+    static string Range(IReadOnlyList<AblationMetrics> m) => m.Count == 0 ? "-" : $"{m.Min(x => x.Nll):0.###}–{m.Max(x => x.Nll):0.###}";
 
     static string Clip(string s) => s.Length <= 100 ? s : s[..100] + "…";
     static string Show(string token) => "'" + token.Replace("\n", "\\n") + "'";

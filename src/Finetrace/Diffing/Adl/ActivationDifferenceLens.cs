@@ -114,9 +114,13 @@ public static class ActivationDifferenceLens
                         steering.Add(AdlReaders.Steer(baseModel, "base", baseModel, "base", layer, delta, norms[li].Base, o.SteeringStrengths, steerPrompts, o.SteeringSamples,
                             o.SteeringNewTokens, o.SteeringTemperature, o.Seed, text.StopIds, o.SteeringLossFactor, text.Decode, cancel));
                 }
+                var ablation = o.AblationControls > 0 && dn > 0
+                    ? ProjectionAblation.Run(o, baseModel, ftModel, text.Encoder, layer, slot.Context, slot.Position, delta, o.AblationControls,
+                        o.AblationSamples, o.AblationContext, o.BatchSize, o.Seed, cancel)
+                    : null;
                 int tok = sums.MostFrequentToken(s);
                 entries.Add(new AdlEntry(layer, slot.Context, slot.Position, tok, tok < 0 ? "" : text.Token(tok), sums.Count[s],
-                    delta, sums.Mean(sums.BaseSum, li, s), sums.Mean(sums.FtSum, li, s), ftLens, baseLens, ps, steering));
+                    delta, sums.Mean(sums.BaseSum, li, s), sums.Mean(sums.FtSum, li, s), ftLens, baseLens, ps, steering) { Ablation = ablation });
                 progress?.Report(new AdlProgress("readers", ++done, total));
             }
         }
@@ -140,6 +144,7 @@ public static class ActivationDifferenceLens
         if (o.ChatPositions.Length == 0) throw new ArgumentException("give at least one chat position");
         if (o.MaxSamples < 1 || o.BatchSize < 1 || o.ContextLength < 1) throw new ArgumentException("samples, batch size and context length must be positive");
         if (o.NormSkip < 0 || o.NormContext < 1) throw new ArgumentException("the norm settings must be non-negative (skip) and positive (context)");
+        if (o.AblationControls < 0 || o.AblationSamples < 1 || o.AblationContext < 2) throw new ArgumentException("ablation controls must be ≥ 0, its samples positive and its context ≥ 2 tokens");
         if (o.LogitLensTopK < 1) throw new ArgumentException("the logit-lens top k must be positive");
         if (o.SteeringStrengths.Any(s => !(s >= 0)) || (o.Steer != SteerModels.None && o.SteeringStrengths.Count == 0))
             throw new ArgumentException("steering strengths must be given and ≥ 0");
@@ -180,6 +185,7 @@ public static class ActivationDifferenceLens
         yield return ("patchscope", o.Patchscope ? $"{string.Join("\u0001", o.IdentityPrompts)}|{string.Join(",", o.PatchscopeScales.Select(Inv))}|{o.PatchscopeIntersectionTopK}|{Inv(o.PatchscopeScoreFraction)}" : "off");
         yield return ("steering", $"{o.Steer}|{string.Join(",", o.SteeringStrengths.Select(Inv))}|{string.Join("\u0001", o.SteeringPrompts)}|{o.SteeringSamples}|{o.SteeringNewTokens}|{Inv(o.SteeringTemperature)}|{Inv(o.SteeringLossFactor)}|{(o.SteeringPositions is null ? "all" : string.Join(",", o.SteeringPositions))}");
         yield return ("seed", o.Seed.ToString(CultureInfo.InvariantCulture));
+        yield return ("ablation", o.AblationControls == 0 ? "off" : $"{o.AblationControls}|{o.AblationSamples}|{o.AblationContext}");
     }
 
     static JsonObject Inputs(AdlOptions o)

@@ -66,6 +66,13 @@ public sealed record AdlOptions
     public int[]? SteeringPositions { get; init; }
     public int Seed { get; init; }
 
+    /// <summary>Projection ablation (methods §11.6, slower): random Gaussian and random-diff control directions of each kind;
+    /// 0 = off (the reference uses 64).</summary>
+    public int AblationControls { get; init; }
+    /// <summary>Samples of the data the ablation evaluates, cut to <see cref="AblationContext"/> tokens.</summary>
+    public int AblationSamples { get; init; } = 64;
+    public int AblationContext { get; init; } = 64;
+
     /// <summary>The reference's identity prompts (diffing-toolkit <c>multi_patch_scope</c>).</summary>
     public static readonly IReadOnlyList<string> DefaultIdentityPrompts =
     [

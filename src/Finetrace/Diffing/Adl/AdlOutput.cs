@@ -114,10 +114,27 @@ public static class AdlOutput
                     }).ToArray()),
                 }).ToArray()),
             };
+            if (e.Ablation is { } ab)
+                o["ablation"] = new JsonObject
+                {
+                    ["samples"] = ab.Samples,
+                    ["finetuned"] = Metrics(ab.FineTuned), ["base"] = Metrics(ab.Base),
+                    ["zero_ablation"] = Metrics(ab.ZeroAblation), ["patch_to_base"] = Metrics(ab.PatchToBase),
+                    ["random_directions"] = new JsonArray(ab.RandomDirections.Select(m => (JsonNode)Metrics(m)).ToArray()),
+                    ["random_diff_directions"] = new JsonArray(ab.RandomDiffDirections.Select(m => (JsonNode)Metrics(m)).ToArray()),
+                };
             arr.Add(o);
         }
         return arr;
     }
+
+    static double? Finite(double x) => double.IsFinite(x) ? x : null;
+
+    static JsonObject Metrics(AblationMetrics m) => new()
+    {
+        ["nll"] = Finite(m.Nll), ["nll_after_20"] = Finite(m.NllAfter20), ["nll_at_position"] = Finite(m.NllAtPosition),
+        ["perplexity"] = Finite(m.Perplexity), ["tokens"] = m.Tokens,
+    };
 
     static JsonArray Strings(IEnumerable<TokenProb> t) => new(t.Select(x => (JsonNode)x.Token).ToArray());
     static JsonArray Probs(IEnumerable<TokenProb> t) => new(t.Select(x => (JsonNode)x.Prob).ToArray());

@@ -36,6 +36,8 @@ public sealed record AdlEntry(int Layer, string Context, int Position, int Token
     LogitLensReading FineTunedLens, LogitLensReading BaseLens, PatchscopeReading? Patchscope, IReadOnlyList<SteeringReading> Steering)
 {
     public double DeltaNorm => System.Numerics.Tensors.TensorPrimitives.Norm(Delta);
+    /// <summary>Projection ablation of δ's direction, when asked for.</summary>
+    public AblationReading? Ablation { get; init; }
 }
 
 /// <summary>Typical activation norm of each model at a layer: mean ‖h‖ over positions ≥ NormSkip (methods §11.1).</summary>
