@@ -54,7 +54,7 @@ public sealed class AdlOrganismTests(ITestOutputHelper log)
         Assert.Equal(zog.Entries.Count, json.Count);
         Assert.Equal("text", (string?)json[0]!["context"]);
         Assert.Equal("<s>", (string?)json[0]!["token"]);
-        Assert.True(File.Exists(results.PathOf("adl/layer_2_text.safetensors")));
+        Assert.True(File.Exists(results.PathOf("adl/layer_3_text.safetensors")));
         Assert.True(ActivationDifferenceLens.Run(For("stories260K-zog"), tmp.File("R-zog")).UpToDate);
 
         // Steering the base model (added after BOS) with the Zog difference of the position whose readers show "Z" raises
