@@ -460,7 +460,12 @@ public sealed class CausalLM : IDisposable
         int window = c.SlidingWindow;
         float scale = c.AttnScale;
         float? softcap = c.AttnSoftcap;
-        Parallel.For(0, nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, h =>
+        // Small work (a generation step: one query) runs on this thread: handing 8 tiny heads to the pool costs more
+        // than computing them, and far more on a busy machine.
+        if ((long)nq * nk * nh * hd < SequentialAttentionWork) for (int h = 0; h < nh; h++) Head(h);
+        else Parallel.For(0, nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, Head);
+
+        void Head(int h)
         {
             int g = h / rep;
             var p = System.Buffers.ArrayPool<float>.Shared.Rent(nk);
@@ -485,8 +490,11 @@ public sealed class CausalLM : IDisposable
                 }
             }
             finally { System.Buffers.ArrayPool<float>.Shared.Return(p); }
-        });
+        }
     }
+
+    /// <summary>Multiply-adds (queries × keys × heads × head_dim) below which attention does not fan out to the thread pool.</summary>
+    const long SequentialAttentionWork = 1 << 16;
 
     // ---------------------------------------------------------------- key/value cache (generation, one sequence)
 
