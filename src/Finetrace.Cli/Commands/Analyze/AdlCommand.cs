@@ -33,7 +33,7 @@ public sealed class AdlCommand : IAnalyzeCommand
         var steerSamples = new Option<int>("--steer-samples") { Description = "Samples per prompt and strength", DefaultValueFactory = _ => 2 };
         var steerTokens = new Option<int>("--steer-tokens") { Description = "New tokens per steering sample", DefaultValueFactory = _ => 48 };
         var temperature = new Option<float>("--temperature") { Description = "Steering sampling temperature", DefaultValueFactory = _ => 1f };
-        var lossFactor = new Option<double>("--loss-factor") { Description = "Strength rule: the largest strength whose samples' per-token loss under the unsteered base model is ≤ this × its loss on the unsteered samples", DefaultValueFactory = _ => 2 };
+        var lossFactor = new Option<double>("--loss-factor") { Description = "Strength rule: the largest strength whose samples' per-token loss under the unsteered base model is ≤ this × its loss on its own unsteered samples", DefaultValueFactory = _ => 2 };
         var prompts = new Option<string[]>("--steer-prompt") { Description = "Steering prompt (repeat; default: the reference's three neutral prompts)", AllowMultipleArgumentsPerToken = false };
         var seed = new Option<int>("--seed") { Description = "Sampling seed", DefaultValueFactory = _ => 0 };
         var ablation = new Option<int>("--ablation") { Description = "Projection ablation of δ's direction with this many random Gaussian and random-diff control directions each (slower; the reference uses 64; 0 = off)", DefaultValueFactory = _ => 0 };

@@ -60,7 +60,7 @@ public sealed record AdlOptions
     public int SteeringNewTokens { get; init; } = 48;
     public float SteeringTemperature { get; init; } = 1f;
     /// <summary>The steering strength rule: the largest strength whose samples' per-token loss under the (unsteered) base
-    /// model is at most this factor times its loss on the unsteered samples.</summary>
+    /// model is at most this factor times the base model's loss on its own unsteered samples.</summary>
     public double SteeringLossFactor { get; init; } = 2;
     /// <summary>Positions (of either context) that are steered; null = all.</summary>
     public int[]? SteeringPositions { get; init; }

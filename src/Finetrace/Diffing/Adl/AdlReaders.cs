@@ -139,7 +139,8 @@ public static class AdlReaders
     /// <paramref name="layer"/>, v = <paramref name="directionW"/> / ‖·‖ · <paramref name="norm"/>, for every strength s
     /// (in units of <paramref name="norm"/>; positions before <paramref name="fromPosition"/> are left alone), and without steering. Sample k of prompt i uses the same seed at every
     /// strength. Strength rule (no grader): the per-token loss of a strength's samples under the unsteered
-    /// <paramref name="judge"/> model, divided by its loss on the unsteered samples, must be ≤ <paramref name="lossFactor"/>;
+    /// <paramref name="judge"/> model, divided by the judge's loss on its own unsteered samples (same prompts, seeds and
+    /// temperature), must be ≤ <paramref name="lossFactor"/>;
     /// the largest passing strength is chosen (the smallest, with RuleMet false, when none passes). The ADL judges with the
     /// base model (for base steering that is the unsteered model itself): a narrow fine-tune finds only its own script
     /// likely, so it would call any change of topic incoherent, while the base model judges plain language.
@@ -155,7 +156,10 @@ public static class AdlReaders
         var unit = new float[directionW.Length];
         TensorPrimitives.Multiply(directionW, (float)(1 / dn), unit);
         var unsteered = Generate(model, null, prompts, samplesPerPrompt, newTokens, temperature, seed, stopIds, decodeText, cancel);
-        double baseLoss = Loss(judge, unsteered, prompts);
+        // The yardstick is the judge's loss on text it writes itself: a fine-tune's own unsteered text can already be
+        // unlikely under the judge (a collapsed chat organism), and a ratio against it would let garbage pass.
+        var reference = ReferenceEquals(judge, model) ? unsteered : Generate(judge, null, prompts, samplesPerPrompt, newTokens, temperature, seed, stopIds, decodeText, cancel);
+        double baseLoss = Loss(judge, reference, prompts);
         var sweep = new List<SteeringLevel>();
         foreach (double s in strengths)
         {
@@ -167,7 +171,7 @@ public static class AdlReaders
         }
         var pass = sweep.Where(x => x.Passes).OrderByDescending(x => x.Strength).FirstOrDefault();
         var chosen = pass ?? sweep.OrderBy(x => x.Strength).First();
-        string rule = $"largest strength whose samples' per-token loss under the unsteered {judgeName} model is ≤ {lossFactor:0.##} × its loss on the unsteered samples " +
+        string rule = $"largest strength whose samples' per-token loss under the unsteered {judgeName} model is ≤ {lossFactor:0.##} × its loss on its own unsteered samples " +
                       $"(strength in units of the typical norm {norm:0.###}, added at positions ≥ {fromPosition}; {samplesPerPrompt} samples × {prompts.Count} prompts, {newTokens} tokens, T = {temperature:0.##})";
         return new SteeringReading(modelName, chosen.Strength, pass is not null, rule, norm, baseLoss, chosen.Samples, unsteered, sweep);
     }

@@ -23,7 +23,8 @@ public sealed record SteeringSample(string Prompt, int Seed, string Text, int[] 
 public sealed record SteeringLevel(double Strength, double Loss, double LossRatio, bool Passes, IReadOnlyList<SteeringSample> Samples);
 
 /// <summary>Steering one model with s · v, v = δ/‖δ‖ · typical norm, added at every position (methods §11.4), with the strength
-/// chosen by <see cref="Rule"/>; <see cref="RuleMet"/> is false when no strength passed (the smallest is then reported).</summary>
+/// chosen by <see cref="Rule"/>; <see cref="RuleMet"/> is false when no strength passed (the smallest is then reported).
+/// <see cref="UnsteeredLoss"/> is the rule's yardstick: the judge (base) model's per-token loss on its own unsteered samples.</summary>
 public sealed record SteeringReading(string Model, double Strength, bool RuleMet, string Rule, double VectorNorm, double UnsteeredLoss,
     IReadOnlyList<SteeringSample> Samples, IReadOnlyList<SteeringSample> Unsteered, IReadOnlyList<SteeringLevel> Sweep);
 
