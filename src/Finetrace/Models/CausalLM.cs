@@ -472,7 +472,12 @@ public sealed class CausalLM : IDisposable
         int window = c.SlidingLayers[layer] ? c.SlidingWindow : 0;
         float scale = c.AttnScale;
         float? softcap = c.AttnSoftcap;
-        Parallel.For(0, rows * nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, item =>
+        // Small work (a generation step: one query) runs on this thread: handing a few tiny heads to the pool costs more
+        // than computing them, and far more on a busy machine.
+        if ((long)rows * nq * nk * nh * hd < SequentialAttentionWork) for (int it = 0; it < rows * nh; it++) Item(it);
+        else Parallel.For(0, rows * nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, Item);
+
+        void Item(int item)
         {
             int b = item / nh, h = item % nh, g = h / rep;
             int queries = queryEnd is null ? nq : Math.Clamp(queryEnd[b] - qOffset + 1, 0, nq);
@@ -487,8 +492,11 @@ public sealed class CausalLM : IDisposable
                     hd, keyFirst[b], keyLast[b], window, scale, softcap, oSpan, scratch);
             }
             finally { System.Buffers.ArrayPool<float>.Shared.Return(scratch); }
-        });
+        }
     }
+
+    /// <summary>Multiply-adds (queries × keys × heads × head_dim) below which attention does not fan out to the thread pool.</summary>
+    const long SequentialAttentionWork = 1 << 16;
 
     // ---------------------------------------------------------------- key/value cache (generation, one sequence)
 
@@ -504,8 +512,11 @@ public sealed class CausalLM : IDisposable
 
     public KvCache NewCache() => new(Layers);
 
-    /// <summary>Feeds <paramref name="ids"/> (positions continue after the cached tokens) and returns the logits [Vocab] of the last one.</summary>
-    public float[] StepWithCache(int[] ids, KvCache cache)
+    /// <summary>Feeds <paramref name="ids"/> (positions continue after the cached tokens) and returns the logits [Vocab] of the last one.
+    /// Residual hooks (<see cref="HookNames.ResidPre"/>, <see cref="HookNames.ResidPost"/>) fire on the new tokens only
+    /// ([1, n, Hidden]; the batch's positions continue after the cache), so an edit made there (steering) reaches both the
+    /// cached keys/values of later blocks and the logits, exactly as in a full forward with the same hooks.</summary>
+    public float[] StepWithCache(int[] ids, KvCache cache, HookSet? hooks = null)
     {
         var c = Config;
         int n = ids.Length, start = cache.Length, total = start + n;
@@ -523,9 +534,11 @@ public sealed class CausalLM : IDisposable
         var batch = TokenBatch.Continuation(ids, start);
         var positions = batch.Positions;
         var h = Embed(batch);
+        hooks?.Fire(HookNames.ResidPre(0), h, batch);
         var ws = WorkspaceFor(n);
         for (int i = 0; i < Layers; i++)
         {
+            if (i > 0) hooks?.Fire(HookNames.ResidPre(i), h, batch);
             var blk = _blocks[i];
             ApplyNorm(blk.AttnIn, h.Data, n, ws.X);
             ProjectQkv(blk, n, positions, ws);
@@ -534,6 +547,7 @@ public sealed class CausalLM : IDisposable
             Attend(i, ws.Q, n, start, cache.K[i], cache.V[i], total, 1, [0], [total - 1], null, ws.Attn);
             blk.O.Apply(ws.Attn, n, ws.Proj, _tile);
             FinishBlock(blk, h.Data, n, ws);
+            hooks?.Fire(HookNames.ResidPost(i), h, batch);
         }
         cache.Length = total;
         return LogitsAt(h, 0, n - 1);
