@@ -78,5 +78,5 @@ public sealed class ModelPair : IDisposable
 /// <summary>Token display: the tokenizer's decode of one id.</summary>
 public static class TokenTexts
 {
-    public static string Of(Tokenizer? tokenizer, int id) => tokenizer is null ? $"<{id}>" : tokenizer.Decode([id]);
+    public static string Of(Tokenizer? tokenizer, int id) => tokenizer is null ? $"<{id}>" : tokenizer.DecodeToken(id);
 }

@@ -52,7 +52,7 @@ public sealed class AttributionCommand : IAnalyzeCommand
                         ["latent"] = j, ["kl_attribution"] = res.Effect[j],
                         ["top_tokens"] = new JsonArray(res.TopTokens[j].Select(x => (JsonNode)new JsonObject
                         {
-                            ["sequence"] = x.Sequence, ["position"] = x.Position, ["token_id"] = x.TokenId, ["token"] = tok.Decode([x.TokenId]), ["effect"] = x.Effect,
+                            ["sequence"] = x.Sequence, ["position"] = x.Position, ["token_id"] = x.TokenId, ["token"] = tok.DecodeToken(x.TokenId), ["effect"] = x.Effect,
                         }).ToArray()),
                     }).ToArray();
                     var doc = new JsonObject

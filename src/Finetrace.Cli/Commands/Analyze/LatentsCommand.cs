@@ -45,7 +45,7 @@ public sealed class LatentsCommand : IAnalyzeCommand
             {
                 var res = AnalyzeSupport.Cancellable(ct => LatentTable.Run(ad, store, o, json ? null : new StderrProgress("latent statistics"), ct));
                 var tok = LoadTokenizer(store, r.GetValue(a.FineTuned) ?? r.GetValue(a.Base));
-                Func<int, string>? decode = tok is null ? null : id => tok.Decode([id]);
+                Func<int, string>? decode = tok is null ? null : id => tok.DecodeToken(id);
                 var t = FeatureTable.LoadOrCreate(table, ad.Latents);
                 LatentTable.WriteColumns(res, t, decode);
                 if (logits) WriteLogits(ad, store, t, decode, r.GetValue(a.Base), r.GetValue(a.FineTuned), r.GetValue(a.Adapter));

@@ -9,10 +9,10 @@ namespace Finetrace.Diffing.Adl;
 
 /// <summary>How the ADL turns text into ids and back: the sample encoder (tokenizer + chat formatter), the decode of
 /// id lists, and the ids that end a generation.</summary>
-public sealed record AdlText(ISampleEncoder Encoder, Func<int[], string> Decode, IReadOnlyCollection<int> StopIds)
+public sealed record AdlText(ISampleEncoder Encoder, Func<int[], string> Decode, IReadOnlyCollection<int> StopIds, Func<int, string>? DecodeOne = null)
 {
-    /// <summary>A token's string: the decode of the single id.</summary>
-    public string Token(int id) => Decode([id]);
+    /// <summary>A token's string: the tokenizer's decode of the single id as it reads in running text (" Z", not "Z").</summary>
+    public string Token(int id) => DecodeOne?.Invoke(id) ?? Decode([id]);
 
     /// <summary>The fine-tuned model's tokenizer and chat template (falling back to the base model's), and the EOS ids of both configs.</summary>
     public static AdlText FromFolders(string fineTuned, string baseModel)
@@ -29,7 +29,7 @@ public sealed record AdlText(ISampleEncoder Encoder, Func<int[], string> Decode,
         var tok = enc.Tokenizer;
         var stops = new HashSet<int>(ModelConfig.Load(fineTuned).EosTokenIds);
         if (tok.EosId is int e) stops.Add(e);
-        return new AdlText(enc, ids => tok.Decode(ids), stops);
+        return new AdlText(enc, ids => tok.Decode(ids), stops, tok.DecodeToken);
     }
 }
 

@@ -201,6 +201,34 @@ public sealed class Tokenizer
         return result;
     }
 
+    int _anchorId = -2;
+
+    /// <summary>
+    /// One token as it reads inside running text: sentencepiece-style "▁Z" is " Z", not the "Z" that
+    /// <see cref="Decode"/> gives for a lone id (its decoder strips the leading space of the first token of a text).
+    /// Computed as decode(anchor, id) minus decode(anchor), with the anchor a plain one-letter token, so every decoder
+    /// (Metaspace, Strip, ByteLevel, byte fallback) treats the id as a continuation. Used for every token string an
+    /// analysis writes.
+    /// </summary>
+    public string DecodeToken(int id)
+    {
+        if (_anchorId == -2) _anchorId = FindAnchor();
+        if (_anchorId < 0 || _specialIds.Contains(id)) return Decode([id]);
+        string a = Decode([_anchorId]), both = Decode([_anchorId, id]);
+        return both.StartsWith(a, StringComparison.Ordinal) ? both[a.Length..] : Decode([id]);
+    }
+
+    int FindAnchor()
+    {
+        foreach (var letter in "aeotnsx")
+        {
+            string piece = letter.ToString();
+            int? id = TokenToId(piece);
+            if (id is int i && !_specialIds.Contains(i) && Decode([i]) == piece) return i;
+        }
+        return -1;
+    }
+
     /// <summary>Rust <c>Tokenizer::decode</c>: ids to token strings (unknown ids dropped), then the decoder chain.</summary>
     public string Decode(ReadOnlySpan<int> ids, bool skipSpecialTokens = false)
     {
