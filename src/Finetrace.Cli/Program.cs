@@ -7,15 +7,24 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        CliConsole.Configure();
         var root = BuildRoot();
         try
         {
-            return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            var parsed = root.Parse(args);
+            if (parsed.Errors.Count > 0 && !args.Any(a => a is "-h" or "--help" or "-?"))
+            {
+                // One line per problem and where to read more, instead of .NET type names followed by the whole help.
+                foreach (var error in parsed.Errors) Console.Error.WriteLine($"finetrace: error: {CliErrors.ParseError(error.Message)}");
+                Console.Error.WriteLine($"see: finetrace {CliErrors.CommandPath(parsed.CommandResult)} --help".Replace("  ", " "));
+                return 2;
+            }
+            return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             // Clear errors, not stack traces: every library error names the file or field at fault.
-            Console.Error.WriteLine($"finetrace: error: {e.Message}");
+            Console.Error.WriteLine($"finetrace: error: {CliErrors.Describe(e)}");
             if (Environment.GetEnvironmentVariable("FINETRACE_DEBUG") == "1") Console.Error.WriteLine(e);
             return 1;
         }

@@ -56,9 +56,22 @@ public sealed class DemoCommand : ICliCommand
         AnsiConsole.MarkupLine($"• L1 recovered {sL.Fraction:P0}, but [bold]{sL.FalseExclusiveLatents}[/] of its 'exclusive-looking' latents are really shared features " +
                                $"({shrunkL1.FalseExclusive} of them stand for the {shrunkL1.Features} shrunk features): the L1 penalty drives a weak base decoder to zero (Complete Shrinkage),");
         AnsiConsole.MarkupLine("  so reading L1 crosscoder norms alone over-reports what fine-tuning added; BatchTopK training avoids most of it.");
-        AnsiConsole.MarkupLine($"Everything is in [bold]{Markup.Escape(dir)}[/]: try `finetrace store info {Markup.Escape(store)}`, `finetrace eval {Markup.Escape(btk)} --store {Markup.Escape(store)}`, " +
-                               $"or `finetrace convert {Markup.Escape(btk)} {Markup.Escape(Path.Combine(dir, "saelens"))} --to saelens`.");
+        AnsiConsole.MarkupLine($"Everything is in [bold]{Markup.Escape(dir)}[/]. Try:");
+        foreach (var args in Suggestions(dir)) AnsiConsole.WriteLine($"  finetrace {string.Join(' ', args)}");
         return 0;
+    }
+
+    /// <summary>The commands the demo suggests at its end, each one that works on what the demo left in
+    /// <paramref name="dir"/> (a test runs every one of them on the demo's outputs).</summary>
+    internal static IReadOnlyList<string[]> Suggestions(string dir)
+    {
+        var (store, btk, _) = Paths(dir);
+        return
+        [
+            ["store", "info", store],
+            ["eval", btk, "--store", store, "--no-splice"],
+            ["store", "export", store, "--out", Path.Combine(dir, "cache")],
+        ];
     }
 
     /// <summary>The demo's steps: exactly the commands a user would type (tests parse them against the real CLI).</summary>

@@ -76,8 +76,7 @@ public sealed class EvalCommand : ICliCommand
         tokens = Math.Min(tokens, b.RowsPerEpoch);
         EvalReport rep = null!;
         if (json) rep = Evaluation.Run(d, src, tokens);
-        else AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-            .Start(ctx => { var task = ctx.AddTask("eval", maxValue: tokens); rep = Evaluation.Run(d, src, tokens, progress: n => task.Value = n); });
+        else CliConsole.Progress("eval", tokens, task => rep = Evaluation.Run(d, src, tokens, progress: n => task.Value = n), rateUnit: "tok");
 
         // the measured density travels with the dictionary (SAELens sparsity.safetensors; convert copies it)
         try { SaelensFormat.WriteSparsity(dir, rep.Firing.Log10Density()); }
@@ -133,6 +132,9 @@ public sealed class EvalCommand : ICliCommand
             chart.AddItem($"[[{EvalReport.HistogramEdges[i]:F0},{EvalReport.HistogramEdges[i + 1]:F0})", rep.DensityHistogram[i], Color.SteelBlue);
         AnsiConsole.Write(chart);
         if (splice is null) AnsiConsole.MarkupLine($"[grey]spliced-model CE/KL loss recovered: {Markup.Escape(spliceNote ?? "")}[/]");
+        else if (splice.Models.Any(m => m.LossRecovered > 1))
+            AnsiConsole.MarkupLine("[grey]note: CE loss recovered above 1 means the spliced model predicted these tokens better than the clean model " +
+                                   "(its CE is below the clean CE); over a few sequences this is usually noise, and it says the reconstruction loses little[/]");
         return 0;
     }
 
@@ -164,8 +166,7 @@ public sealed class EvalCommand : ICliCommand
             var o = new SpliceOptions { Layer = layer, Filter = MaskFilter.Parse(filter), Sequences = sa.Sequences, Seed = sa.Seed, FirstRow = offset };
             if (json) return (SplicedEvaluation.Run(st, models, recon, o), null);
             SpliceReport rep = null!;
-            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(ctx => { var task = ctx.AddTask("spliced runs", maxValue: 1); rep = SplicedEvaluation.Run(st, models, recon, o, (i, n) => { task.MaxValue = n; task.Value = i; }); });
+            CliConsole.Progress("spliced runs", 1, task => rep = SplicedEvaluation.Run(st, models, recon, o, (i, n) => { task.MaxValue = n; task.Value = i; }));
             return (rep, null);
         }
         finally { foreach (var m in models) m?.Dispose(); }

@@ -59,6 +59,15 @@ public sealed class GenerateCommand : ICliCommand
                 .Encode(prompt!, addSpecialTokens: true).Ids;
         if (promptIds.Length == 0) throw new ArgumentException("the prompt encodes to no tokens (this tokenizer adds no BOS); give some text or --ids");
 
+        int maxPos = lm.Config.MaxPositions, total = promptIds.Length + maxNew;
+        if (maxPos > 0 && total > maxPos)
+        {
+            if (lm.Config.Arch == Architecture.Gpt2)
+                throw new ArgumentException($"--max-new-tokens {maxNew}: the prompt ({promptIds.Length} tokens) and the new tokens need {total} positions; " +
+                                            $"this model has {maxPos} (learned position embeddings). Use --max-new-tokens {Math.Max(0, maxPos - promptIds.Length)} or less");
+            Console.Error.WriteLine($"finetrace: warning: the prompt ({promptIds.Length} tokens) and --max-new-tokens {maxNew} need {total} positions, more than the " +
+                                    $"model's max_position_embeddings {maxPos}; tokens past it are beyond what the model was trained on");
+        }
         var output = new Generator(lm).Generate(promptIds, maxNew, temperature, seed, StopIds(modelDir, lm.Config));
         Console.Error.WriteLine($"prompt ids: {string.Join(",", promptIds)}");
         Console.Error.WriteLine($"generated ids: {string.Join(",", output)}");

@@ -47,6 +47,7 @@ public sealed class HarvestCommand : ICliCommand
                 Dtype = r.GetValue(dtype)!, DropBos = r.GetValue(dropBos), SkipFirst = r.GetValue(skipFirst), OutlierFactor = r.GetValue(outlier),
                 ShardTokens = r.GetValue(shard),
             };
+            CheckContext(opts.ContextLength, b, f);
             return Run(opts);
         });
         return cmd;
@@ -72,6 +73,21 @@ public sealed class HarvestCommand : ICliCommand
         }
         if (result.Count == 0) throw new ArgumentException("--layers: give at least one layer");
         return result.Distinct().ToArray();
+    }
+
+    /// <summary>A context longer than a model's max_position_embeddings: refused for learned positions (GPT-2), which
+    /// have no embedding past it; a warning for rotary ones, which run but were never trained there.</summary>
+    internal static void CheckContext(int context, params string[] modelDirs)
+    {
+        foreach (var dir in modelDirs.Distinct())
+        {
+            var c = ModelConfig.Load(dir);
+            if (c.MaxPositions <= 0 || context <= c.MaxPositions) continue;
+            if (c.Arch == Architecture.Gpt2)
+                throw new ArgumentException($"--context {context}: {dir} has {c.MaxPositions} positions (learned position embeddings); use --context {c.MaxPositions} or less");
+            Console.Error.WriteLine($"finetrace: warning: --context {context} is longer than {dir}'s max_position_embeddings {c.MaxPositions}; " +
+                                    $"positions past it are beyond what the model was trained on (--context {c.MaxPositions} stays within it)");
+        }
     }
 
     static int Run(HarvestOptions o)

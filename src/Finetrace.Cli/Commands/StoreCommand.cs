@@ -56,11 +56,15 @@ public sealed class StoreCommand : ICliCommand
         using var store = ActivationStore.Open(path);
         var m = store.Manifest;
         var s = m.Settings;
-        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(store.Directory)}[/]  ({(m.Complete ? "complete" : "[yellow]incomplete[/]: resume with the same command")})");
+        string state = m.Complete ? "complete"
+            : ActivationStoreWriter.IsEmpty(m) ? "[yellow]empty[/]: no token was stored (the run stopped before its first batch); the next harvest into this folder replaces it, whatever its settings"
+            : "[yellow]incomplete[/]: resume with the same command";
+        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(store.Directory)}[/]  ({state})");
         var summary = new Table().AddColumns("field", "value").HideHeaders();
         summary.AddRow("tokens", $"{m.Tokens:N0} of {m.TargetTokens:N0} requested");
         summary.AddRow("sequences", $"{m.Sequences:N0}");
         summary.AddRow("shards", $"{m.Shards.Count} (≥ {s.ShardTokens:N0} tokens each)");
+        summary.AddRow("token masks (--filter)", "bos, template, user, assistant, system; '!' excludes, ',' combines (e.g. '!bos', 'assistant'); all = no filter");
         summary.AddRow("layers", Markup.Escape($"{string.Join(", ", s.Layers)}  ({s.Hook})"));
         summary.AddRow("d_model / dtype", $"{s.DModel} / {StoreDTypes.Name(s.DType)}");
         summary.AddRow("disk", ActivationStoreWriter.Human(store.DiskBytes()));
@@ -73,7 +77,8 @@ public sealed class StoreCommand : ICliCommand
         {
             var mm = s.Models[i];
             models.AddRow(i.ToString(), Markup.Escape(mm.Name), Markup.Escape(mm.Path), Markup.Escape(mm.Adapter ?? ""),
-                Markup.Escape(string.Join(" ", mm.Files.Select(f => f.Sha256.Length > 12 ? f.Sha256[..12] : f.Sha256))));
+                Markup.Escape(string.Join(" ", mm.Files.Where(f => f.Name.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+                    .Select(f => f.Sha256.Length > 12 ? f.Sha256[..12] : f.Sha256))));
         }
         AnsiConsole.Write(models);
 

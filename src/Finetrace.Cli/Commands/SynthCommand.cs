@@ -89,14 +89,7 @@ static class TokenProgress
         Console.CancelKeyPress += onCancel;
         try
         {
-            AnsiConsole.Progress()
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TokensPerSecondColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
-                {
-                    var task = ctx.AddTask(name, maxValue: total);
-                    job(task, cts.Token);
-                    task.Value = total;
-                });
+            CliConsole.Progress(name, total, task => job(task, cts.Token), rateUnit: "tok");
             return true;
         }
         catch (OperationCanceledException)
@@ -106,11 +99,4 @@ static class TokenProgress
         }
         finally { Console.CancelKeyPress -= onCancel; }
     }
-}
-
-/// <summary>Tokens per second as a plain number (Spectre's transfer column assumes bytes).</summary>
-sealed class TokensPerSecondColumn : ProgressColumn
-{
-    public override Spectre.Console.Rendering.IRenderable Render(Spectre.Console.Rendering.RenderOptions options, ProgressTask task, TimeSpan deltaTime) =>
-        new Markup($"{task.Speed ?? 0:N0} tok/s");
 }

@@ -45,7 +45,7 @@ public sealed class TrainCommand : ICliCommand
         var deadTokens = new Option<long?>("--dead-tokens") { Description = "A latent is dead (AuxK trains it) after this many tokens without firing (finetrace: run tokens / 300, at least 10 batches, at most 10M; minder2025: 10M)" };
         var auxkK = new Option<int?>("--auxk-k") { Description = "Dead latents AuxK uses per token (default d_model / 2)" };
         var thresholdStart = new Option<long?>("--threshold-start") { Description = "Start the inference-threshold EMA after this step (default 1000, at most half the run)" };
-        var clip = new Option<float>("--clip") { Description = "Global gradient-norm clip (0 = off; default 1 for TopK family, off for L1)", DefaultValueFactory = _ => -1 };
+        var clip = new Option<float>("--clip") { Description = "Global gradient-norm clip (0 = off; -1 = the recipe's choice: 1 for the TopK family, off for L1)", DefaultValueFactory = _ => -1 };
         var normInit = new Option<float?>("--norm-init-scale") { Description = "Initial encoder/decoder row norm of a crosscoder (default 0.005 with --l1, 1 otherwise)" };
         var targetRms = new Option<float>("--target-rms") { Description = "Normalise activations to this RMS using the store's statistics (0 = raw activations)", DefaultValueFactory = _ => 0f };
         var model = new Option<int>("--model") { Description = "sae: which model's activations (0 = base)", DefaultValueFactory = _ => 1 };
@@ -162,12 +162,8 @@ public sealed class TrainCommand : ICliCommand
         long startStep = run.Trainer.StepCount;
         try
         {
-            AnsiConsole.Progress()
-                .AutoClear(false)
-                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
+            CliConsole.Progress($"train {kind}", steps, task =>
                 {
-                    var task = ctx.AddTask($"train {kind}", maxValue: steps);
                     task.Value = startStep;
                     run.Run(s =>
                     {

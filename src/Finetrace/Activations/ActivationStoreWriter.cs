@@ -38,11 +38,24 @@ public sealed class StoreBatch
     }
 }
 
+/// <summary>The disk cannot hold the rest of the store: <see cref="NeededBytes"/> for <see cref="RemainingTokens"/>
+/// more tokens against <see cref="FreeBytes"/>.</summary>
+public sealed class StoreDiskSpaceException(string dir, long remainingTokens, long bytesPerToken, long neededBytes, long freeBytes, string message)
+    : IOException(message)
+{
+    public string Directory { get; } = dir;
+    public long RemainingTokens { get; } = remainingTokens;
+    public long BytesPerToken { get; } = bytesPerToken;
+    public long NeededBytes { get; } = neededBytes;
+    public long FreeBytes { get; } = freeBytes;
+}
+
 /// <summary>The stored settings differ from the requested ones; <see cref="Differences"/> lists them.</summary>
 public sealed class StoreSettingsMismatchException(string dir, IReadOnlyList<string> differences)
     : Exception($"{dir}: the store was written with different settings; refusing to mix runs. Differences:\n  " +
-                string.Join("\n  ", differences) + "\nUse another --out folder, or the same settings to resume.")
+                string.Join("\n  ", differences) + "\nWrite to another folder, or use the same settings to resume.")
 {
+    public string Directory { get; } = dir;
     public IReadOnlyList<string> Differences { get; } = differences;
 }
 
@@ -103,6 +116,9 @@ public sealed class ActivationStoreWriter : IDisposable
         dir = System.IO.Path.GetFullPath(dir);
         string manifestPath = System.IO.Path.Combine(dir, ManifestFile);
         StoreManifest manifest;
+        // A store that holds no token yet (a run that failed before its first batch, e.g. on mismatched vocabularies)
+        // has nothing to protect: any run may replace it.
+        if (File.Exists(manifestPath) && IsEmpty(StoreManifest.Load(manifestPath))) File.Delete(manifestPath);
         if (File.Exists(manifestPath))
         {
             manifest = StoreManifest.Load(manifestPath);
@@ -136,6 +152,9 @@ public sealed class ActivationStoreWriter : IDisposable
         return w;
     }
 
+    /// <summary>True when the manifest lists no token and no shard: nothing was stored.</summary>
+    public static bool IsEmpty(StoreManifest m) => m.Tokens == 0 && m.Shards.Count == 0;
+
     void CheckFreeSpace(long targetTokens)
     {
         long remaining = Math.Max(0, targetTokens - Manifest.Tokens);
@@ -143,10 +162,10 @@ public sealed class ActivationStoreWriter : IDisposable
         long need = (long)(remaining * BytesPerToken * 1.02) + (64L << 20);
         long free = FreeBytes(Directory);
         if (free >= 0 && need > free)
-            throw new IOException(
+            throw new StoreDiskSpaceException(Directory, remaining, BytesPerToken, need, free,
                 $"{Directory}: not enough free disk space: {remaining:N0} more tokens × {BytesPerToken:N0} bytes/token " +
                 $"({Settings.Models.Count} models × {Settings.Layers.Length} layers × d_model {Settings.DModel} × {StoreDTypes.Name(Settings.DType)}) " +
-                $"≈ {Human(need)} needed, {Human(free)} free. Use fewer --tokens or layers, --dtype bf16, or another disk.");
+                $"≈ {Human(need)} needed, {Human(free)} free. Store fewer tokens or layers, bf16 instead of f32, or use another disk.");
     }
 
     /// <summary>Free bytes on the file system holding <paramref name="dir"/>, or −1 when unknown.</summary>

@@ -384,13 +384,12 @@ public sealed class CausalLM : IDisposable
 
     void Attention(int layer, Block blk, TokenBatch batch, Workspace ws)
     {
-        var c = Config;
         int m = batch.Count, T = batch.Seq;
-        int qW = c.Heads * c.HeadDim, kvW = c.KvHeads * c.HeadDim;
         ProjectQkv(blk, m, batch.Positions, ws);
         long t0 = Profile.Now();
-        for (int b = 0; b < batch.Batch; b++)
-            Attend(layer, ws.Q, b * T * qW, T, 0, ws.K, ws.V, b * T * kvW, T, batch.FirstReal[b], batch.LastReal[b], ws.Attn, b * T * qW);
+        // Query rows after the last real token (right padding) are never read: give them no keys (output 0) rather
+        // than attend over the whole sequence for nothing.
+        Attend(layer, ws.Q, T, 0, ws.K, ws.V, T, batch.Batch, batch.FirstReal, batch.LastReal, queryEnd: batch.LastReal, ws.Attn);
         if (Profile.Current is { } p) p.Attention += Profile.Since(t0);
         blk.O.Apply(ws.Attn, m, ws.Proj, _tile);
     }
@@ -444,47 +443,37 @@ public sealed class CausalLM : IDisposable
         }
     }
 
-    /// <summary>Eager attention of one sequence: query i (absolute index qOffset + i) sees key j iff j ≤ qOffset + i, the key is
-    /// a real token (keyFirst ≤ j ≤ keyLast) and, on sliding layers, qOffset + i − j &lt; W. Scores (q·k)·scale are soft-capped
-    /// (Gemma 2) and softmaxed in f32 over the visible keys only (masked keys get weight 0, as with HF's additive finfo.min
-    /// mask), then weight V; query head h reads KV head h / n_rep (repeat_kv). Only visible keys are computed, so causal
-    /// attention costs half of the full square; heads run in parallel (no sgemm inside, style.md §2.6).</summary>
-    // q: [nq, heads·hd] (row stride heads·hd); k, v: [nk, kv·hd]; o: [nq, heads·hd]
-    void Attend(int layer, float[] q, int qStart, int nq, int qOffset, float[] k, float[] v, int kvStart, int nk,
-        int keyFirst, int keyLast, float[] o, int oStart)
+    /// <summary>Eager attention of <paramref name="rows"/> sequences laid back to back: in row b, query i (absolute index
+    /// qOffset + i) sees key j iff j ≤ qOffset + i, the key is a real token (keyFirst[b] ≤ j ≤ keyLast[b]) and, on
+    /// sliding layers, qOffset + i − j &lt; W; query head h reads KV head h / n_rep (repeat_kv). Scores (q·k)·scale are
+    /// soft-capped (Gemma 2) and softmaxed in f32 over the visible keys only (masked keys get weight 0, as with HF's
+    /// additive finfo.min mask), then weight V (<see cref="Kernels.AttendHead"/>). Only visible keys are computed, so
+    /// causal attention costs half of the full square. Queries after queryEnd[b] (right padding, never read) get 0.
+    /// (row, head) pairs run in parallel (no sgemm inside, style.md §2.6).</summary>
+    // q, o: [rows·nq, heads·hd]; k, v: [rows·nk, kv·hd]; keyFirst, keyLast, queryEnd: [rows]
+    void Attend(int layer, float[] q, int nq, int qOffset, float[] k, float[] v, int nk, int rows, int[] keyFirst, int[] keyLast, int[]? queryEnd, float[] o)
     {
         var c = Config;
         int hd = c.HeadDim, nh = c.Heads, nkv = c.KvHeads, rep = nh / nkv;
         int qW = nh * hd, kvW = nkv * hd;
-        bool sliding = c.SlidingLayers[layer];
-        int window = c.SlidingWindow;
+        int window = c.SlidingLayers[layer] ? c.SlidingWindow : 0;
         float scale = c.AttnScale;
         float? softcap = c.AttnSoftcap;
-        Parallel.For(0, nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, h =>
+        Parallel.For(0, rows * nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, item =>
         {
-            int g = h / rep;
-            var p = System.Buffers.ArrayPool<float>.Shared.Rent(nk);
+            int b = item / nh, h = item % nh, g = h / rep;
+            int queries = queryEnd is null ? nq : Math.Clamp(queryEnd[b] - qOffset + 1, 0, nq);
+            var qSpan = q.AsSpan(b * nq * qW + h * hd);
+            var oSpan = o.AsSpan(b * nq * qW + h * hd);
+            for (int i = queries; i < nq; i++) oSpan.Slice(i * qW, hd).Clear();
+            if (queries == 0) return;
+            var scratch = System.Buffers.ArrayPool<float>.Shared.Rent(hd * nk + nk);
             try
             {
-                for (int qi = 0; qi < nq; qi++)
-                {
-                    var qRow = q.AsSpan(qStart + qi * qW + h * hd, hd);
-                    var oRow = o.AsSpan(oStart + qi * qW + h * hd, hd);
-                    int abs = qOffset + qi;
-                    int first = Math.Max(keyFirst, sliding ? abs - window + 1 : 0);
-                    int last = Math.Min(Math.Min(abs, nk - 1), keyLast);
-                    oRow.Clear();
-                    if (first > last) continue; // no visible key: a discarded padding row
-                    var scores = p.AsSpan(0, last - first + 1);
-                    for (int j = first; j <= last; j++)
-                        scores[j - first] = System.Numerics.Tensors.TensorPrimitives.Dot(qRow, k.AsSpan(kvStart + j * kvW + g * hd, hd)) * scale;
-                    if (softcap is { } cap) Kernels.SoftCap(scores, cap);
-                    Kernels.Softmax(scores);
-                    for (int j = first; j <= last; j++)
-                        System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(v.AsSpan(kvStart + j * kvW + g * hd, hd), scores[j - first], oRow, oRow);
-                }
+                Kernels.AttendHead(qSpan, qW, queries, qOffset, k.AsSpan(b * nk * kvW + g * hd), v.AsSpan(b * nk * kvW + g * hd), kvW, nk,
+                    hd, keyFirst[b], keyLast[b], window, scale, softcap, oSpan, scratch);
             }
-            finally { System.Buffers.ArrayPool<float>.Shared.Return(p); }
+            finally { System.Buffers.ArrayPool<float>.Shared.Return(scratch); }
         });
     }
 
@@ -529,7 +518,7 @@ public sealed class CausalLM : IDisposable
             ProjectQkv(blk, n, positions, ws);
             ws.K.AsSpan(0, n * kvW).CopyTo(cache.K[i].AsSpan(start * kvW));
             ws.V.AsSpan(0, n * kvW).CopyTo(cache.V[i].AsSpan(start * kvW));
-            Attend(i, ws.Q, 0, n, start, cache.K[i], cache.V[i], 0, total, 0, total - 1, ws.Attn, 0);
+            Attend(i, ws.Q, n, start, cache.K[i], cache.V[i], total, 1, [0], [total - 1], null, ws.Attn);
             blk.O.Apply(ws.Attn, n, ws.Proj, _tile);
             FinishBlock(blk, h.Data, n, ws);
         }

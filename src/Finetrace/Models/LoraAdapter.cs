@@ -61,11 +61,11 @@ public sealed class LoraAdapter
             var named = Directory.GetDirectories(folder).Where(d => File.Exists(Path.Combine(d, "adapter_config.json"))).ToList();
             if (named.Count == 1) folder = named[0];
             else if (named.Count > 1)
-                throw new InvalidDataException($"{folder}: several adapters ({string.Join(", ", named.Select(Path.GetFileName))}); pass one of these sub-folders to --adapter");
+                throw new AdapterFolderException(folder, $"several adapters ({string.Join(", ", named.Select(Path.GetFileName))}); give one of these sub-folders", named);
         }
         string cfgPath = Path.Combine(folder, "adapter_config.json");
         string weights = Path.Combine(folder, "adapter_model.safetensors");
-        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{folder}: no adapter_config.json; --adapter expects a PEFT adapter folder", cfgPath);
+        if (!File.Exists(cfgPath)) throw new AdapterFolderException(folder, "no adapter_config.json: not a PEFT adapter folder");
         if (!File.Exists(weights))
         {
             if (File.Exists(Path.Combine(folder, "adapter_model.bin")))

@@ -77,8 +77,10 @@ public sealed class ModelConfig
     {
         string path = Directory.Exists(pathOrDir) ? Path.Combine(pathOrDir, "config.json") : pathOrDir;
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no config.json; a model folder needs config.json beside model.safetensors", path);
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
-        return Parse(doc.RootElement, path);
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
+        using (doc) return Parse(doc.RootElement, path);
     }
 
     public static ModelConfig Parse(string json, string source = "config.json")

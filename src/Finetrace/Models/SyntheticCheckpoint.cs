@@ -17,7 +17,7 @@ public static class SyntheticCheckpoint
 {
     public static void Write(string configPath, string outDir, DType dtype, int seed)
     {
-        if (dtype is not (DType.F32 or DType.BF16)) throw new ArgumentException($"--dtype must be bf16 or f32, not {dtype}");
+        if (dtype is not (DType.F32 or DType.BF16)) throw new SettingException("DType", dtype.ToString(), "must be bf16 or f32");
         var config = ModelConfig.Load(configPath);
         var node = JsonNode.Parse(File.ReadAllText(configPath)) as JsonObject
             ?? throw new InvalidDataException($"{configPath}: not a JSON object");

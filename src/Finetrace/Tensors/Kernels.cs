@@ -201,6 +201,127 @@ public static class Kernels
         }
     }
 
+    // ---------------------------------------------------------------- attention
+
+    /// <summary>Eager causal attention of one query head over one sequence: for query i (absolute position a = qOffset + i)
+    /// the visible keys are j ∈ [max(keyFirst, a − window + 1 if window &gt; 0), min(a, keyLast, nk − 1)];
+    /// s_j = cap(Σ_d q_i,d·k_j,d · scale) (cap = softcap·tanh(·/softcap) when given), p = softmax(s) over the visible
+    /// keys only, o_i = Σ_j p_j·v_j; a query with no visible key (padding) gets o_i = 0.
+    /// Keys lie in vector lanes for the scores (from a transposed copy of K in <paramref name="scratch"/>) and head
+    /// dimensions for the weighted sum, so every lane adds in the same fixed order as the scalar remainder: the result
+    /// does not depend on the vector width. Small head dimensions (8–16) cost a few vector operations per key instead
+    /// of a library call per key. The softmax's normalisation is applied to the weighted sum (o_i = Σ e_j v_j / Σ e_j).</summary>
+    // q: row i at q[i·qStride .. +hd]; k, v: row j at [j·kvStride .. +hd]; o: row i at o[i·qStride .. +hd];
+    // scratch: at least hd·nk + nk floats
+    public static void AttendHead(ReadOnlySpan<float> q, int qStride, int nq, int qOffset, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int kvStride, int nk,
+        int hd, int keyFirst, int keyLast, int window, float scale, float? softcap, Span<float> o, Span<float> scratch)
+    {
+        if (nq <= 0 || nk <= 0) return;
+        if (hd <= 0 || qStride < hd || kvStride < hd) throw new ArgumentException($"AttendHead: head dim {hd} with strides q {qStride}, kv {kvStride}");
+        if (q.Length < (nq - 1) * qStride + hd || o.Length < (nq - 1) * qStride + hd)
+            throw new ArgumentException($"AttendHead: {nq} query rows of stride {qStride} need {(nq - 1) * qStride + hd} floats; q has {q.Length}, o {o.Length}");
+        if (k.Length < (nk - 1) * kvStride + hd || v.Length < (nk - 1) * kvStride + hd)
+            throw new ArgumentException($"AttendHead: {nk} key rows of stride {kvStride} need {(nk - 1) * kvStride + hd} floats; k has {k.Length}, v {v.Length}");
+        if (scratch.Length < hd * nk + nk) throw new ArgumentException($"AttendHead: scratch holds {scratch.Length} floats, needs {hd * nk + nk}");
+        int lastKey = Math.Min(keyLast, nk - 1);
+        // kT [hd, nk]: the keys this head can see, transposed so that consecutive keys are consecutive floats.
+        var kT = scratch[..(hd * nk)];
+        var scores = scratch.Slice(hd * nk, nk);
+        for (int j = Math.Max(keyFirst, 0); j <= lastKey; j++)
+        {
+            var kRow = k.Slice(j * kvStride, hd);
+            for (int d = 0; d < hd; d++) kT[d * nk + j] = kRow[d];
+        }
+        ref float pk = ref MemoryMarshal.GetReference(kT);
+        ref float ps = ref MemoryMarshal.GetReference(scores);
+        ref float pv = ref MemoryMarshal.GetReference(v);
+        var vScale = Vector256.Create(scale);
+        for (int i = 0; i < nq; i++)
+        {
+            var qRow = q.Slice(i * qStride, hd);
+            var oRow = o.Slice(i * qStride, hd);
+            int abs = qOffset + i;
+            int first = Math.Max(keyFirst, window > 0 ? abs - window + 1 : 0);
+            int last = Math.Min(abs, lastKey);
+            if (first > last) { oRow.Clear(); continue; }
+            int n = last - first + 1;
+            // Scores: eight keys per vector, Σ_d over the head dimension in ascending order; four vectors at a time
+            // so that four independent chains hide the FMA latency (each lane's sum is the same either way).
+            int j = 0;
+            for (; j <= n - 4 * V; j += 4 * V)
+            {
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                ref float row = ref Unsafe.Add(ref pk, first + j);
+                for (int d = 0; d < hd; d++)
+                {
+                    var qd = Vector256.Create(qRow[d]);
+                    ref float kd = ref Unsafe.Add(ref row, d * nk);
+                    a0 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd), a0);
+                    a1 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, V), a1);
+                    a2 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, 2 * V), a2);
+                    a3 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, 3 * V), a3);
+                }
+                (a0 * vScale).StoreUnsafe(ref ps, (nuint)j);
+                (a1 * vScale).StoreUnsafe(ref ps, (nuint)(j + V));
+                (a2 * vScale).StoreUnsafe(ref ps, (nuint)(j + 2 * V));
+                (a3 * vScale).StoreUnsafe(ref ps, (nuint)(j + 3 * V));
+            }
+            for (; j <= n - V; j += V)
+            {
+                var acc = Vector256<float>.Zero;
+                for (int d = 0; d < hd; d++)
+                    acc = Vector256.FusedMultiplyAdd(Vector256.Create(qRow[d]), Vector256.LoadUnsafe(ref pk, (nuint)(d * nk + first + j)), acc);
+                (acc * vScale).StoreUnsafe(ref ps, (nuint)j);
+            }
+            for (; j < n; j++)
+            {
+                float acc = 0f;
+                for (int d = 0; d < hd; d++) acc = MathF.FusedMultiplyAdd(qRow[d], kT[d * nk + first + j], acc);
+                scores[j] = acc * scale;
+            }
+            var e = scores[..n];
+            if (softcap is { } cap) SoftCap(e, cap);
+            // Softmax without its last pass: e_j = exp(s_j − max s), and 1/Σe scales the weighted sum instead.
+            float inv = 1f / ExpSubtractAndSum(e, Max(e), e);
+            // Weighted sum: eight head dimensions per vector; keys split over four accumulators by j mod 4 (each in
+            // ascending j), combined as (a0 + a1) + (a2 + a3). The scalar remainder adds in the very same order.
+            int c = 0;
+            for (; c <= hd - V; c += V)
+            {
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                ref float vc = ref Unsafe.Add(ref pv, first * kvStride + c);
+                int t = 0;
+                for (; t <= n - 4; t += 4)
+                {
+                    a0 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t]), Vector256.LoadUnsafe(ref vc, (nuint)(t * kvStride)), a0);
+                    a1 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 1]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 1) * kvStride)), a1);
+                    a2 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 2]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 2) * kvStride)), a2);
+                    a3 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 3]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 3) * kvStride)), a3);
+                }
+                if (t < n) a0 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t]), Vector256.LoadUnsafe(ref vc, (nuint)(t * kvStride)), a0);
+                if (t + 1 < n) a1 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 1]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 1) * kvStride)), a1);
+                if (t + 2 < n) a2 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 2]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 2) * kvStride)), a2);
+                (((a0 + a1) + (a2 + a3)) * Vector256.Create(inv)).CopyTo(oRow[c..]);
+            }
+            for (; c < hd; c++)
+            {
+                float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f;
+                int t = 0;
+                for (; t <= n - 4; t += 4)
+                {
+                    a0 = MathF.FusedMultiplyAdd(e[t], v[(first + t) * kvStride + c], a0);
+                    a1 = MathF.FusedMultiplyAdd(e[t + 1], v[(first + t + 1) * kvStride + c], a1);
+                    a2 = MathF.FusedMultiplyAdd(e[t + 2], v[(first + t + 2) * kvStride + c], a2);
+                    a3 = MathF.FusedMultiplyAdd(e[t + 3], v[(first + t + 3) * kvStride + c], a3);
+                }
+                if (t < n) a0 = MathF.FusedMultiplyAdd(e[t], v[(first + t) * kvStride + c], a0);
+                if (t + 1 < n) a1 = MathF.FusedMultiplyAdd(e[t + 1], v[(first + t + 1) * kvStride + c], a1);
+                if (t + 2 < n) a2 = MathF.FusedMultiplyAdd(e[t + 2], v[(first + t + 2) * kvStride + c], a2);
+                oRow[c] = ((a0 + a1) + (a2 + a3)) * inv;
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- selection
 
     /// <summary>The indices of the <paramref name="k"/> largest values of <paramref name="x"/>, written to

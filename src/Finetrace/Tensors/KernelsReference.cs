@@ -136,6 +136,36 @@ public static class KernelsReference
         all.AsSpan(0, k).CopyTo(indices);
     }
 
+    /// <summary>Causal attention of one query head, exactly as <see cref="Kernels.AttendHead"/> states it, in double
+    /// precision: for query i at a = qOffset + i, keys j ∈ [max(keyFirst, a − window + 1 if window &gt; 0), min(a, keyLast)];
+    /// s_j = cap(q_i·k_j·scale), o_i = Σ_j softmax(s)_j v_j; no visible key gives 0.</summary>
+    // q, o: row i at [i·qStride .. +hd]; k, v: row j at [j·kvStride .. +hd]
+    public static void AttendHead(ReadOnlySpan<float> q, int qStride, int nq, int qOffset, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int kvStride, int nk,
+        int hd, int keyFirst, int keyLast, int window, float scale, float? softcap, Span<float> o)
+    {
+        for (int i = 0; i < nq; i++)
+        {
+            int a = qOffset + i;
+            int first = Math.Max(keyFirst, window > 0 ? a - window + 1 : 0), last = Math.Min(Math.Min(a, keyLast), nk - 1);
+            var s = new List<(int J, double S)>();
+            for (int j = first; j <= last; j++)
+            {
+                double dot = 0;
+                for (int d = 0; d < hd; d++) dot += (double)q[i * qStride + d] * k[j * kvStride + d];
+                dot *= scale;
+                if (softcap is { } cap) dot = cap * Math.Tanh(dot / cap);
+                s.Add((j, dot));
+            }
+            double max = s.Count == 0 ? 0 : s.Max(x => x.S), sum = s.Sum(x => Math.Exp(x.S - max));
+            for (int d = 0; d < hd; d++)
+            {
+                double acc = 0;
+                foreach (var (j, sj) in s) acc += Math.Exp(sj - max) / sum * v[j * kvStride + d];
+                o[i * qStride + d] = (float)acc;
+            }
+        }
+    }
+
     /// <summary>bf16 → f32 by value: sign · 2^(e−127) · (1 + m/128), subnormals, ±Inf and NaN spelled out.</summary>
     public static float BF16ToF32(ushort b)
     {

@@ -141,7 +141,7 @@ public class ActivationStoreTests
     {
         using var tmp = new TempDir();
         var s = StoreTestData.Settings();
-        using (var w = ActivationStoreWriter.Open(tmp.Path, s, 1000)) w.Append(StoreTestData.Batch(s, 0, 3));
+        using (var w = ActivationStoreWriter.Open(tmp.Path, s, 1000)) { w.Append(StoreTestData.Batch(s, 0, 3)); w.Complete(); }
         var other = StoreTestData.Settings(layers: [4], dtype: "f32");
         other.Options["drop_bos"] = "true";
         var e = Assert.Throws<StoreSettingsMismatchException>(() => ActivationStoreWriter.Open(tmp.Path, other, 1000));
@@ -153,11 +153,34 @@ public class ActivationStoreTests
     }
 
     [Fact]
+    public void AStoreThatHoldsNoTokenIsReplacedByARunWithOtherSettings()
+    {
+        // A harvest that failed before its first batch (e.g. on mismatched vocabularies) left a manifest and nothing
+        // else: the corrected command must not be refused as "different settings".
+        using var tmp = new TempDir();
+        var s = StoreTestData.Settings();
+        using (var w = ActivationStoreWriter.Open(tmp.Path, s, 1000)) { }
+        Assert.True(File.Exists(Path.Combine(tmp.Path, ActivationStoreWriter.ManifestFile)));
+        var other = StoreTestData.Settings(layers: [4], dtype: "f32");
+        using (var w = ActivationStoreWriter.Open(tmp.Path, other, 1000))
+        {
+            Assert.Equal([4], w.Settings.Layers);
+            w.Append(StoreTestData.Batch(other, 0, 3));
+            w.Complete();
+        }
+        using var store = ActivationStore.Open(tmp.Path);
+        Assert.Equal([4], store.Manifest.Settings.Layers);
+        Assert.True(store.Tokens > 0);
+        // …but once it holds tokens, other settings are refused again.
+        Assert.Throws<StoreSettingsMismatchException>(() => ActivationStoreWriter.Open(tmp.Path, s, 1000));
+    }
+
+    [Fact]
     public void RefusesWhenTheDiskCannotHoldTheEstimate()
     {
         using var tmp = new TempDir();
         var s = StoreTestData.Settings(d: 4096);
-        var e = Assert.Throws<IOException>(() => ActivationStoreWriter.Open(Path.Combine(tmp.Path, "s"), s, 1L << 40));
+        var e = Assert.Throws<StoreDiskSpaceException>(() => ActivationStoreWriter.Open(Path.Combine(tmp.Path, "s"), s, 1L << 40));
         Assert.Contains("not enough free disk space", e.Message);
         Assert.Contains("bytes/token", e.Message);
         Assert.False(File.Exists(Path.Combine(tmp.Path, "s", "manifest.json")));

@@ -13,7 +13,8 @@ public static class Shared
     public static string? Root => _root.Value;
 
     public const string MissingMessage =
-        "shared fixtures not found: expected a folder 'shared' (with docs/methods.md) beside the checkout or above it, or FINETRACE_SHARED set";
+        "needs the shared fixtures and reference models, not found here (a folder 'shared' with docs/methods.md beside the checkout or above it); " +
+        "set FINETRACE_SHARED=/path/to/shared to run it";
 
     public static string Path(params string[] parts) =>
         System.IO.Path.Combine([Root ?? throw new InvalidOperationException(MissingMessage), .. parts]);

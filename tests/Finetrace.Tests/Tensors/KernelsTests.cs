@@ -326,4 +326,50 @@ public class KernelsTests
             worst = Math.Max(worst, Math.Abs(Kernels.Erf((float)x) - Kernels.Erf((double)(float)x)));
         Assert.True(worst < 1.5e-7, $"float erf max abs error {worst:E2}");
     }
+
+    // ---------------------------------------------------------------- attention
+
+    /// <summary>One query head against the double-precision reference: head dims around the vector width, keys not
+    /// a multiple of it, strided rows (other heads interleaved), a cache offset, left and right padding, a sliding
+    /// window and a soft-cap; queries with no visible key must come out 0.</summary>
+    [Theory]
+    [InlineData(8, 37, 0, 0, 36, 0, false)]        // stories260K's head dim, causal, no padding
+    [InlineData(8, 37, 0, 0, 20, 0, false)]        // right padding: queries after 20 see keys ≤ 20
+    [InlineData(8, 37, 0, 5, 36, 0, false)]        // left padding: queries before 5 see nothing
+    [InlineData(3, 19, 0, 0, 18, 0, false)]        // head dim below a vector: scalar only
+    [InlineData(12, 41, 0, 0, 40, 7, true)]        // vector + remainder dims, sliding window, soft-cap
+    [InlineData(64, 70, 0, 2, 65, 0, false)]       // a real model's head dim
+    [InlineData(16, 5, 30, 0, 34, 0, false)]       // 5 new queries after 30 cached keys
+    public void AttendHeadMatchesReference(int hd, int nq, int qOffset, int keyFirst, int keyLast, int window, bool softcap)
+    {
+        int nk = qOffset + nq, qStride = hd * 3, kvStride = hd * 2 + 1;
+        var q = Random((nq - 1) * qStride + hd, 11 + hd, 2f);
+        var k = Random((nk - 1) * kvStride + hd, 12 + hd, 2f);
+        var v = Random((nk - 1) * kvStride + hd, 13 + hd, 1f);
+        float scale = 1f / MathF.Sqrt(hd);
+        float? cap = softcap ? 3f : null;
+        var expected = new float[q.Length];
+        KernelsReference.AttendHead(q, qStride, nq, qOffset, k, v, kvStride, nk, hd, keyFirst, keyLast, window, scale, cap, expected);
+        var actual = new float[q.Length];
+        Kernels.AttendHead(q, qStride, nq, qOffset, k, v, kvStride, nk, hd, keyFirst, keyLast, window, scale, cap, actual, new float[hd * nk + nk]);
+        // Only each row's head slice is written; compare those.
+        var e = new List<float>(); var a = new List<float>();
+        for (int i = 0; i < nq; i++) { e.AddRange(expected.AsSpan(i * qStride, hd).ToArray()); a.AddRange(actual.AsSpan(i * qStride, hd).ToArray()); }
+        AssertClose($"AttendHead hd={hd} nq={nq}", e.ToArray(), a.ToArray(), 2e-6, 2e-6);
+        for (int i = 0; i < nq; i++)
+        {
+            int abs = qOffset + i;
+            bool none = Math.Max(keyFirst, window > 0 ? abs - window + 1 : 0) > Math.Min(abs, keyLast);
+            if (none) Assert.All(actual.AsSpan(i * qStride, hd).ToArray(), x => Assert.Equal(0f, x));
+            else Assert.Contains(actual.AsSpan(i * qStride, hd).ToArray(), x => x != 0f);
+        }
+    }
+
+    [Fact]
+    public void AttendHeadRejectsShortBuffers()
+    {
+        var q = new float[16]; var k = new float[16]; var v = new float[16]; var o = new float[16];
+        Assert.Throws<ArgumentException>(() => Kernels.AttendHead(q, 8, 2, 0, k, v, 8, 2, 8, 0, 1, 0, 1f, null, o, new float[17]));
+        Assert.Throws<ArgumentException>(() => Kernels.AttendHead(q, 8, 3, 0, k, v, 8, 2, 8, 0, 1, 0, 1f, null, o, new float[18]));
+    }
 }

@@ -35,6 +35,14 @@ public sealed record HarvestOptions
     public bool CheckFreeSpace { get; init; } = true;
 }
 
+/// <summary>The data sources gave no token to store (empty files, or every sample skipped): <see cref="Sources"/> lists
+/// each source's path and what was skipped. Nothing is stored; the store folder may be reused by any run.</summary>
+public sealed class HarvestNoDataException(IReadOnlyList<(string Path, string Skipped)> sources)
+    : IOException("the data gave no token to store: " + string.Join("; ", sources.Select(s => $"{s.Path} (skipped samples: {s.Skipped})")))
+{
+    public IReadOnlyList<(string Path, string Skipped)> Sources { get; } = sources;
+}
+
 /// <summary>Progress of a running harvest.</summary>
 public readonly record struct HarvestProgress(long Tokens, long Target, long Samples, long BytesWritten, double Seconds, long ResumedTokens);
 
@@ -74,7 +82,7 @@ public static class Harvester
         int maxLayer = o.Layers.Max();
         int layersAvail = Math.Min(baseModel.Layers, ftModel.Layers);
         if (o.Layers.Min() < 0 || maxLayer >= layersAvail)
-            throw new ArgumentException($"--layers {string.Join(",", o.Layers)}: the models have layers 0..{layersAvail - 1}");
+            throw new SettingException(nameof(HarvestOptions.Layers), string.Join(",", o.Layers), $"the models have layers 0..{layersAvail - 1}");
 
         var (encoder, tokenizerDir, templateDir) = Encoder(o);
         var vocab = new VocabCheck(o, baseModel, ftModel);
@@ -138,6 +146,8 @@ public static class Harvester
             }
             loopSeconds = loop.Elapsed.TotalSeconds;
             loopCpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+            if (writer.Tokens == 0)
+                throw new HarvestNoDataException(o.Data.Select((s, i) => (s.Path, stream.Skipped[i].ToString())).ToList());
             writer.Manifest.Skipped = stream.Sources.Select((s, i) => (s.Name, stream.Skipped[i]))
                 .ToDictionary(x => x.Name, x => new SortedDictionary<string, long>(x.Item2.Counts.ToDictionary(kv => kv.Key, kv => kv.Value), StringComparer.Ordinal));
             writer.Complete();
@@ -150,14 +160,14 @@ public static class Harvester
 
     static void Validate(HarvestOptions o)
     {
-        if (o.Layers.Length == 0) throw new ArgumentException("--layers: give at least one layer");
-        if (o.Tokens < 1) throw new ArgumentException("--tokens must be positive");
-        if (o.BatchSize < 1) throw new ArgumentException("--batch must be positive");
-        if (o.ContextLength < 1) throw new ArgumentException("--context must be positive");
-        if (o.SkipFirst < 0) throw new ArgumentException("--skip-first must be ≥ 0");
-        if (o.OutlierFactor < 0) throw new ArgumentException("--outlier-factor must be ≥ 0 (0 = off)");
-        if (o.Data.Count == 0) throw new ArgumentException("--data: give at least one data source");
-        if (o.Data.Select(d => d.Name).Distinct().Count() != o.Data.Count) throw new ArgumentException("--data: source names repeat; give each a name=… option");
+        if (o.Layers.Length == 0) throw new SettingException(nameof(o.Layers), null, "give at least one layer");
+        if (o.Tokens < 1) throw new SettingException(nameof(o.Tokens), $"{o.Tokens}", "must be positive");
+        if (o.BatchSize < 1) throw new SettingException(nameof(o.BatchSize), $"{o.BatchSize}", "must be positive");
+        if (o.ContextLength < 1) throw new SettingException(nameof(o.ContextLength), $"{o.ContextLength}", "must be positive");
+        if (o.SkipFirst < 0) throw new SettingException(nameof(o.SkipFirst), $"{o.SkipFirst}", "must be ≥ 0");
+        if (o.OutlierFactor < 0) throw new SettingException(nameof(o.OutlierFactor), $"{o.OutlierFactor}", "must be ≥ 0 (0 = off)");
+        if (o.Data.Count == 0) throw new SettingException(nameof(o.Data), null, "give at least one data source");
+        if (o.Data.Select(d => d.Name).Distinct().Count() != o.Data.Count) throw new SettingException(nameof(o.Data), null, "source names repeat; give each a name=… option");
     }
 
     /// <summary>Runs one model to the last requested layer and keeps copies of the requested residuals [B·T, D].</summary>

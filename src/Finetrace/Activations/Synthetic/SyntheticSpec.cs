@@ -1,3 +1,4 @@
+using Finetrace.Models;
 namespace Finetrace.Activations.Synthetic;
 
 /// <summary>
@@ -43,23 +44,24 @@ public sealed record SyntheticSpec
 
     public void Validate()
     {
-        if (DModel < 2) throw new ArgumentException($"synth: --d must be at least 2, got {DModel}");
-        if (Features < 1) throw new ArgumentException($"synth: --features must be positive, got {Features}");
-        if (Models < 2) throw new ArgumentException($"synth: --models must be at least 2, got {Models}");
-        if (Tokens < 1) throw new ArgumentException($"synth: --tokens must be positive, got {Tokens}");
-        foreach (var (name, v) in new[] { ("shared", Shared), ("exclusive", Exclusive), ("shrunk", Shrunk), ("decoupled", Decoupled) })
-            if (v is < 0 or > 1 || double.IsNaN(v)) throw new ArgumentException($"synth: --{name} must be a fraction in [0, 1], got {v}");
+        if (DModel < 2) throw new SettingException(nameof(DModel), $"{DModel}", "must be at least 2");
+        if (Features < 1) throw new SettingException(nameof(Features), $"{Features}", "must be positive");
+        if (Models < 2) throw new SettingException(nameof(Models), $"{Models}", "must be at least 2");
+        if (Tokens < 1) throw new SettingException(nameof(Tokens), $"{Tokens}", "must be positive");
+        foreach (var (name, v) in new[] { (nameof(Shared), Shared), (nameof(Exclusive), Exclusive), (nameof(Shrunk), Shrunk), (nameof(Decoupled), Decoupled) })
+            if (v is < 0 or > 1 || double.IsNaN(v)) throw new SettingException(name, $"{v}", "must be a fraction in [0, 1]");
         if (Exclusive + Shrunk + Decoupled > 1 + 1e-9) throw new ArgumentException($"synth: exclusive + shrunk + decoupled fractions exceed 1 ({Exclusive + Shrunk + Decoupled:G4})");
         if (Math.Abs(Shared + Exclusive + Shrunk + Decoupled - 1) > 0.011)
             throw new ArgumentException($"synth: the fractions must sum to 1: shared {Shared} + exclusive {Exclusive} + shrunk {Shrunk} + decoupled {Decoupled} = {Shared + Exclusive + Shrunk + Decoupled:G4}");
         var c = Counts();
         if (c.Decoupled > 0 && c.Shared < Parents) throw new ArgumentException($"synth: decoupled features need at least {Parents} shared features as parents");
-        if (ShrinkFactor is < 0 or >= 1) throw new ArgumentException($"synth: --shrink-factor must be in [0, 1), got {ShrinkFactor}");
-        if (L0 <= 0 || L0 > Features) throw new ArgumentException($"synth: --l0 must be in (0, features], got {L0}");
-        if (FrequencySpread < 1) throw new ArgumentException($"synth: --frequency-spread must be ≥ 1, got {FrequencySpread}");
-        if (Noise < 0 || Drift < 0 || Bias < 0) throw new ArgumentException("synth: --noise, --drift and --bias must be non-negative");
-        if (SequenceLength < 1) throw new ArgumentException($"synth: --seq-len must be positive, got {SequenceLength}");
-        if (Parents < 1) throw new ArgumentException($"synth: --parents must be positive, got {Parents}");
+        if (ShrinkFactor is < 0 or >= 1) throw new SettingException(nameof(ShrinkFactor), $"{ShrinkFactor}", "must be in [0, 1)");
+        if (L0 <= 0 || L0 > Features) throw new SettingException(nameof(L0), $"{L0}", $"must be in (0, {Features}] (the number of features)");
+        if (FrequencySpread < 1) throw new SettingException(nameof(FrequencySpread), $"{FrequencySpread}", "must be ≥ 1");
+        foreach (var (name, v) in new[] { (nameof(Noise), Noise), (nameof(Drift), Drift), (nameof(Bias), Bias) })
+            if (v < 0) throw new SettingException(name, $"{v}", "must be non-negative");
+        if (SequenceLength < 1) throw new SettingException(nameof(SequenceLength), $"{SequenceLength}", "must be positive");
+        if (Parents < 1) throw new SettingException(nameof(Parents), $"{Parents}", "must be positive");
         StoreDTypes.Parse(Dtype);
     }
 }

@@ -35,14 +35,14 @@ public sealed record DataSourceSpec
 
     public static DataSourceSpec Parse(string spec)
     {
-        if (string.IsNullOrWhiteSpace(spec)) throw new ArgumentException("empty --data spec");
+        if (string.IsNullOrWhiteSpace(spec)) throw new DataSourceSpecException(spec ?? "", "empty spec");
         var parts = spec.Split(',');
         string head = parts[0];
         DataKind? kind = null;
         int colon = head.IndexOf(':');
         if (colon > 0 && Enum.TryParse<DataKind>(head[..colon], ignoreCase: true, out var k)) { kind = k; head = head[(colon + 1)..]; }
         string path = head;
-        if (!File.Exists(path) && !Directory.Exists(path)) throw new FileNotFoundException($"--data {spec}: '{path}' not found");
+        if (!File.Exists(path) && !Directory.Exists(path)) throw new DataSourceSpecException(spec, $"'{path}' not found");
         kind ??= Infer(path);
         string name = System.IO.Path.GetFileNameWithoutExtension(path.TrimEnd('/', '\\'));
         double weight = 1;
@@ -52,7 +52,7 @@ public sealed record DataSourceSpec
         foreach (var opt in parts.Skip(1))
         {
             int eq = opt.IndexOf('=');
-            if (eq <= 0) throw new ArgumentException($"--data {spec}: option '{opt}' is not key=value");
+            if (eq <= 0) throw new DataSourceSpecException(spec, $"option '{opt}' is not key=value");
             string key = opt[..eq].Trim().ToLowerInvariant(), val = opt[(eq + 1)..].Trim();
             switch (key)
             {
@@ -62,20 +62,20 @@ public sealed record DataSourceSpec
                 case "max-samples": maxSamples = ParseLong(spec, key, val); break;
                 case "max-tokens": maxTokens = ParseLong(spec, key, val); break;
                 case "split":
-                    blank = val switch { "blank" => true, "file" => false, _ => throw new ArgumentException($"--data {spec}: split must be 'blank' or 'file'") };
+                    blank = val switch { "blank" => true, "file" => false, _ => throw new DataSourceSpecException(spec, "split must be 'blank' or 'file'") };
                     break;
-                default: throw new ArgumentException($"--data {spec}: unknown option '{key}' (name, weight, field, max-samples, max-tokens, split)");
+                default: throw new DataSourceSpecException(spec, $"unknown option '{key}' (name, weight, field, max-samples, max-tokens, split)");
             }
         }
-        if (!(weight > 0) || double.IsInfinity(weight)) throw new ArgumentException($"--data {spec}: weight must be positive");
+        if (!(weight > 0) || double.IsInfinity(weight)) throw new DataSourceSpecException(spec, "weight must be positive");
         return new DataSourceSpec { Kind = kind.Value, Path = path, Name = name, Weight = weight, Field = field, MaxSamples = maxSamples, MaxTokens = maxTokens, SplitBlankLines = blank };
     }
 
     static double ParseDouble(string spec, string key, string v) =>
-        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? d : throw new ArgumentException($"--data {spec}: {key}={v} is not a number");
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? d : throw new DataSourceSpecException(spec, $"{key}={v} is not a number");
 
     static long ParseLong(string spec, string key, string v) =>
-        long.TryParse(v.Replace("_", ""), NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new ArgumentException($"--data {spec}: {key}={v} is not a positive integer");
+        long.TryParse(v.Replace("_", ""), NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new DataSourceSpecException(spec, $"{key}={v} is not a positive integer");
 
     static DataKind Infer(string path)
     {

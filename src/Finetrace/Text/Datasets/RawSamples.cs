@@ -96,7 +96,7 @@ public static class RawSamples
         foreach (var (line, obj) in Lines(spec.Path))
         {
             if (!obj.TryGetProperty(field, out var v))
-                throw new InvalidDataException($"{spec.Path}:{line}: no field '{field}' (fields: {string.Join(", ", obj.EnumerateObject().Select(p => p.Name))}); choose one with field=NAME in the --data spec");
+                throw new InvalidDataException($"{spec.Path}:{line}: no field '{field}' (fields: {string.Join(", ", obj.EnumerateObject().Select(p => p.Name))}); choose one with field=NAME in the data source spec");
             if (v.ValueKind != JsonValueKind.String) throw new InvalidDataException($"{spec.Path}:{line}: field '{field}' is {v.ValueKind}, expected a string");
             string text = v.GetString()!;
             if (string.IsNullOrWhiteSpace(text)) { skipped.Add(SkipCounts.Empty); index++; continue; }

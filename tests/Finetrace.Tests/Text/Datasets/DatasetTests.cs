@@ -44,8 +44,8 @@ public class DatasetTests
         Assert.Equal("body", s.Field);
         Assert.Equal(10, s.MaxSamples);
         Assert.Equal(1000, s.MaxTokens);
-        Assert.Contains("unknown option", Assert.Throws<ArgumentException>(() => DataSourceSpec.Parse($"{tmp.File("a.txt")},colour=red")).Message);
-        Assert.Throws<FileNotFoundException>(() => DataSourceSpec.Parse(tmp.File("missing.txt")));
+        Assert.Contains("unknown option", Assert.Throws<DataSourceSpecException>(() => DataSourceSpec.Parse($"{tmp.File("a.txt")},colour=red")).Message);
+        Assert.Contains("not found", Assert.Throws<DataSourceSpecException>(() => DataSourceSpec.Parse(tmp.File("missing.txt"))).Problem);
     }
 
     [Fact]
