@@ -86,4 +86,21 @@ public sealed class Rope
             Kernels.ApplyRope(xMHd.Slice(r * width, width), heads, headDim, dim,
                 _cos.AsSpan(positions[r] * dim, dim), _sin.AsSpan(positions[r] * dim, dim));
     }
+
+    /// <summary>The backward of <see cref="Apply"/>: the rotation is orthogonal, so the gradient is rotated by the
+    /// inverse angle (the same call with −sin).</summary>
+    // gradMHd: [m, heads · headDim] row-major, in place; positions: [m]
+    public void ApplyBackward(Span<float> gradMHd, int m, int heads, int headDim, ReadOnlySpan<int> positions)
+    {
+        int maxPos = 0;
+        for (int r = 0; r < m; r++) maxPos = Math.Max(maxPos, positions[r]);
+        Ensure(maxPos + 1);
+        int width = heads * headDim, dim = RotaryDim;
+        Span<float> negSin = dim <= 512 ? stackalloc float[dim] : new float[dim];
+        for (int r = 0; r < m; r++)
+        {
+            System.Numerics.Tensors.TensorPrimitives.Negate(_sin.AsSpan(positions[r] * dim, dim), negSin);
+            Kernels.ApplyRope(gradMHd.Slice(r * width, width), heads, headDim, dim, _cos.AsSpan(positions[r] * dim, dim), negSin);
+        }
+    }
 }
