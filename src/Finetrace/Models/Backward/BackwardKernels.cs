@@ -100,44 +100,63 @@ public static class BackwardKernels
         }
     }
 
+    /// <summary>K or V of one sequence and KV head, transposed to [hd, T] so that a query's scores over all keys (and a
+    /// weighted sum of values) are hd vector operations along the keys instead of T short dot products.</summary>
+    // src: [m, kv·hd] rows of the sequence starting at row0; dst: [hd, T]
+    static void Transpose(float[] src, int row0, int T, int kvW, int offset, int hd, float[] dst)
+    {
+        for (int t = 0; t < T; t++)
+        {
+            int o = (row0 + t) * kvW + offset;
+            for (int i = 0; i < hd; i++) dst[i * T + t] = src[o + i];
+        }
+    }
+
     /// <summary>Eager causal attention (as <see cref="CausalLM"/>: softmax over visible keys only, query head h reads KV
     /// head h / (Heads / KvHeads)), also writing each query's log-sum-exp so the backward can recompute probabilities
-    /// instead of storing them. Rows with no visible key give 0 (padding).</summary>
+    /// instead of storing them. Rows with no visible key give 0 (padding). Keys and values are read transposed, so
+    /// each query costs 2·hd vector operations along its visible keys.</summary>
     // qMQ: [m, heads·hd]; kMK, vMK: [m, kv·hd]; oMQ: [m, heads·hd]; lseMH: [m, heads]
     public static void AttentionForward(in AttentionShape s, float[] qMQ, float[] kMK, float[] vMK, float[] oMQ, float[] lseMH)
     {
         var sh = s;
         int rep = sh.Heads / sh.KvHeads, hd = sh.HeadDim, qW = sh.QWidth, kvW = sh.KvWidth, T = sh.Seq;
-        Parallel.For(0, sh.Batch * sh.Heads, ParallelOpts, job =>
+        Parallel.For(0, sh.Batch * sh.KvHeads, ParallelOpts, job =>
         {
-            int b = job / sh.Heads, h = job % sh.Heads, g = h / rep;
-            var scores = new float[T];
-            for (int t = 0; t < T; t++)
-            {
-                int row = b * T + t;
-                var oRow = oMQ.AsSpan(row * qW + h * hd, hd);
-                oRow.Clear();
-                var (first, last) = sh.Visible(b, t);
-                if (first > last) { lseMH[row * sh.Heads + h] = 0f; continue; }
-                var qRow = qMQ.AsSpan(row * qW + h * hd, hd);
-                var p = scores.AsSpan(0, last - first + 1);
-                for (int j = first; j <= last; j++)
-                    p[j - first] = TensorPrimitives.Dot(qRow, kMK.AsSpan((b * T + j) * kvW + g * hd, hd)) * sh.Scale;
-                float max = TensorPrimitives.Max(p);
-                TensorPrimitives.Subtract(p, max, p);
-                TensorPrimitives.Exp(p, p);
-                float sum = TensorPrimitives.Sum(p);
-                TensorPrimitives.Multiply(p, 1f / sum, p);
-                lseMH[row * sh.Heads + h] = max + MathF.Log(sum);
-                for (int j = first; j <= last; j++)
-                    TensorPrimitives.MultiplyAdd(vMK.AsSpan((b * T + j) * kvW + g * hd, hd), p[j - first], oRow, oRow);
-            }
+            int b = job / sh.KvHeads, g = job % sh.KvHeads;
+            var kt = new float[hd * T];
+            var vt = new float[hd * T];
+            Transpose(kMK, b * T, T, kvW, g * hd, hd, kt);
+            Transpose(vMK, b * T, T, kvW, g * hd, hd, vt);
+            var p = new float[T];
+            for (int h = g * rep; h < (g + 1) * rep; h++)
+                for (int t = 0; t < T; t++)
+                {
+                    int row = b * T + t;
+                    var oRow = oMQ.AsSpan(row * qW + h * hd, hd);
+                    var (first, last) = sh.Visible(b, t);
+                    if (first > last) { oRow.Clear(); lseMH[row * sh.Heads + h] = 0f; continue; }
+                    int n = last - first + 1;
+                    var sc = p.AsSpan(0, n);
+                    sc.Clear();
+                    for (int i = 0; i < hd; i++)
+                        TensorPrimitives.MultiplyAdd(kt.AsSpan(i * T + first, n), qMQ[row * qW + h * hd + i], sc, sc);
+                    TensorPrimitives.Multiply(sc, sh.Scale, sc);
+                    float max = TensorPrimitives.Max(sc);
+                    TensorPrimitives.Subtract(sc, max, sc);
+                    TensorPrimitives.Exp(sc, sc);
+                    float sum = TensorPrimitives.Sum(sc);
+                    TensorPrimitives.Multiply(sc, 1f / sum, sc);
+                    lseMH[row * sh.Heads + h] = max + MathF.Log(sum);
+                    for (int i = 0; i < hd; i++) oRow[i] = TensorPrimitives.Dot(sc, vt.AsSpan(i * T + first, n));
+                }
         });
     }
 
     /// <summary>The backward of <see cref="AttentionForward"/>, recomputing P = exp(S − lse): with Dᵢ = dOᵢ·Oᵢ,
     /// dVⱼ += Σᵢ Pᵢⱼ dOᵢ, dSᵢⱼ = Pᵢⱼ (dOᵢ·Vⱼ − Dᵢ), dQᵢ = scale Σⱼ dSᵢⱼ Kⱼ, dKⱼ += scale Σᵢ dSᵢⱼ Qᵢ. One task per (row, KV
-    /// head) owns that head's dK and dV and its query heads' dQ, so no two tasks write the same value.</summary>
+    /// head) owns that head's dK and dV (accumulated transposed, [hd, T]) and its query heads' dQ, so no two tasks write
+    /// the same value and the result does not depend on scheduling.</summary>
     // qMQ, oMQ, dOMQ, dQMQ: [m, heads·hd]; kMK, vMK, dKMK, dVMK: [m, kv·hd]; lseMH: [m, heads]. dQ, dK, dV are overwritten.
     public static void AttentionBackward(in AttentionShape s, float[] qMQ, float[] kMK, float[] vMK, float[] oMQ, float[] lseMH, float[] dOMQ,
         float[] dQMQ, float[] dKMK, float[] dVMK)
@@ -147,43 +166,54 @@ public static class BackwardKernels
         Parallel.For(0, sh.Batch * sh.KvHeads, ParallelOpts, job =>
         {
             int b = job / sh.KvHeads, g = job % sh.KvHeads;
-            for (int t = 0; t < T; t++)
-            {
-                dKMK.AsSpan((b * T + t) * kvW + g * hd, hd).Clear();
-                dVMK.AsSpan((b * T + t) * kvW + g * hd, hd).Clear();
-            }
-            var p = new float[T];
-            var dp = new float[T];
+            var kt = new float[hd * T];
+            var vt = new float[hd * T];
+            var dkt = new float[hd * T];
+            var dvt = new float[hd * T];
+            Transpose(kMK, b * T, T, kvW, g * hd, hd, kt);
+            Transpose(vMK, b * T, T, kvW, g * hd, hd, vt);
+            var pBuf = new float[T];
+            var dpBuf = new float[T];
             for (int h = g * rep; h < (g + 1) * rep; h++)
                 for (int t = 0; t < T; t++)
                 {
                     int row = b * T + t;
                     var dqRow = dQMQ.AsSpan(row * qW + h * hd, hd);
-                    dqRow.Clear();
                     var (first, last) = sh.Visible(b, t);
-                    if (first > last) continue;
-                    var qRow = qMQ.AsSpan(row * qW + h * hd, hd);
-                    var doRow = dOMQ.AsSpan(row * qW + h * hd, hd);
-                    float lse = lseMH[row * sh.Heads + h];
-                    float di = TensorPrimitives.Dot(doRow, oMQ.AsSpan(row * qW + h * hd, hd));
+                    if (first > last) { dqRow.Clear(); continue; }
                     int n = last - first + 1;
-                    for (int j = first; j <= last; j++)
+                    int qo = row * qW + h * hd;
+                    var doRow = dOMQ.AsSpan(qo, hd);
+                    var p = pBuf.AsSpan(0, n);
+                    var dp = dpBuf.AsSpan(0, n);
+                    p.Clear(); dp.Clear();
+                    for (int i = 0; i < hd; i++)
                     {
-                        int kv = (b * T + j) * kvW + g * hd;
-                        p[j - first] = TensorPrimitives.Dot(qRow, kMK.AsSpan(kv, hd)) * sh.Scale - lse;
-                        dp[j - first] = TensorPrimitives.Dot(doRow, vMK.AsSpan(kv, hd));
+                        TensorPrimitives.MultiplyAdd(kt.AsSpan(i * T + first, n), qMQ[qo + i], p, p);
+                        TensorPrimitives.MultiplyAdd(vt.AsSpan(i * T + first, n), doRow[i], dp, dp);
                     }
-                    TensorPrimitives.Exp(p.AsSpan(0, n), p.AsSpan(0, n));
-                    for (int j = first; j <= last; j++)
+                    TensorPrimitives.Multiply(p, sh.Scale, p);
+                    TensorPrimitives.Subtract(p, lseMH[row * sh.Heads + h], p);
+                    TensorPrimitives.Exp(p, p);
+                    float di = TensorPrimitives.Dot(doRow, oMQ.AsSpan(qo, hd));
+                    // dp ← scale · P ⊙ (dP − D)
+                    TensorPrimitives.Subtract(dp, di, dp);
+                    TensorPrimitives.Multiply(dp, p, dp);
+                    TensorPrimitives.Multiply(dp, sh.Scale, dp);
+                    for (int i = 0; i < hd; i++)
                     {
-                        int kv = (b * T + j) * kvW + g * hd;
-                        float pj = p[j - first];
-                        float ds = pj * (dp[j - first] - di) * sh.Scale;
-                        TensorPrimitives.MultiplyAdd(doRow, pj, dVMK.AsSpan(kv, hd), dVMK.AsSpan(kv, hd));
-                        TensorPrimitives.MultiplyAdd(kMK.AsSpan(kv, hd), ds, dqRow, dqRow);
-                        TensorPrimitives.MultiplyAdd(qRow, ds, dKMK.AsSpan(kv, hd), dKMK.AsSpan(kv, hd));
+                        dqRow[i] = TensorPrimitives.Dot(dp, kt.AsSpan(i * T + first, n));
+                        var dk = dkt.AsSpan(i * T + first, n);
+                        TensorPrimitives.MultiplyAdd(dp, qMQ[qo + i], dk, dk);
+                        var dv = dvt.AsSpan(i * T + first, n);
+                        TensorPrimitives.MultiplyAdd(p, doRow[i], dv, dv);
                     }
                 }
+            for (int t = 0; t < T; t++)
+            {
+                int o = (b * T + t) * kvW + g * hd;
+                for (int i = 0; i < hd; i++) { dKMK[o + i] = dkt[i * T + t]; dVMK[o + i] = dvt[i * T + t]; }
+            }
         });
     }
 

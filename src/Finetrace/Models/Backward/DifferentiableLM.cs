@@ -32,6 +32,18 @@ public sealed class DifferentiableLM
 
     static string P(int layer, string name) => $"model.layers.{layer}.{name}";
 
+    /// <summary>Where training time goes (seconds) and the GEMM work done, for <c>bench lm-train</c>; off unless enabled.</summary>
+    internal sealed class Profile
+    {
+        public double Gemm, Attention;
+        public double GemmFlops;
+        public static Profile? Current;
+        public static long Now() => Current is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
+        public static double Since(long t0) => (System.Diagnostics.Stopwatch.GetTimestamp() - t0) / (double)System.Diagnostics.Stopwatch.Frequency;
+        public static void AddGemm(long t0, double flops) { if (Current is { } p) { p.Gemm += Since(t0); p.GemmFlops += flops; } }
+        public static void AddAttention(long t0) { if (Current is { } p) p.Attention += Since(t0); }
+    }
+
     /// <summary>What one block's backward needs (all [rows, width] row-major).</summary>
     internal sealed class LayerTrace
     {
@@ -105,7 +117,9 @@ public sealed class DifferentiableLM
         trace.FinalNormed = Tensor.Allocate((long)m * d, false);
         BackwardKernels.RmsNormForward(h, Parameters["model.norm.weight"], m, c.NormEps, c.Norm == NormKind.GemmaRmsNorm, trace.FinalNormed, trace.FinalInv);
         trace.Logits = Tensor.Allocate((long)m * c.Vocab, false);
+        long t0 = Profile.Now();
         Gemm.MatMulNT(trace.FinalNormed, Parameters[_unembedName], m, d, c.Vocab, trace.Logits);
+        Profile.AddGemm(t0, 2.0 * m * d * c.Vocab);
         return trace;
     }
 
@@ -118,9 +132,11 @@ public sealed class DifferentiableLM
 
     void Project(int layer, string name, float[] x, int m, int inF, int outF, float[] y)
     {
+        long t0 = Profile.Now();
         Gemm.MatMulNT(x, Parameters[P(layer, name + ".weight")], m, inF, outF, y);
         if (Parameters.Get(P(layer, name + ".bias")) is { } b)
             for (int r = 0; r < m; r++) TensorPrimitives.Add(y.AsSpan(r * outF, outF), b, y.AsSpan(r * outF, outF));
+        Profile.AddGemm(t0, 2.0 * m * inF * outF);
     }
 
     // h: [m, Hidden] residual, updated in place
@@ -149,7 +165,9 @@ public sealed class DifferentiableLM
         }
         _rope.Apply(t.Q, m, c.Heads, hd, batch.Positions);
         _rope.Apply(t.K, m, c.KvHeads, hd, batch.Positions);
+        long ta = Profile.Now();
         BackwardKernels.AttentionForward(ShapeOf(i, batch), t.Q, t.K, t.V, t.O, t.Lse);
+        Profile.AddAttention(ta);
         Project(i, "self_attn.o_proj", t.O, m, qW, d, t.H2);
         TensorPrimitives.Add(t.H2.AsSpan(0, m * d), h.AsSpan(0, m * d), t.H2); // H2 = h + attn
         BackwardKernels.RmsNormForward(t.H2, Parameters[P(i, "post_attention_layernorm.weight")], m, c.NormEps, gemmaNorm, t.N2, t.Inv2);
@@ -174,7 +192,10 @@ public sealed class DifferentiableLM
         if (dLogitsMV.Length != m * c.Vocab) throw new ArgumentException($"dLogits has {dLogitsMV.Length} values; the trace needs {m} × {c.Vocab}");
         bool gemmaNorm = c.Norm == NormKind.GemmaRmsNorm;
         var dNormed = Tensor.Allocate((long)m * d, false);
-        BackwardKernels.Linear(dLogitsMV, trace.FinalNormed, Parameters[_unembedName], m, d, c.Vocab, dNormed, false, grads?.Get(_unembedName), null);
+        long t0 = Profile.Now();
+        var dUnembed = grads?.Get(_unembedName);
+        BackwardKernels.Linear(dLogitsMV, trace.FinalNormed, Parameters[_unembedName], m, d, c.Vocab, dNormed, false, dUnembed, null);
+        Profile.AddGemm(t0, (dUnembed is null ? 2.0 : 4.0) * m * d * c.Vocab);
         var dh = Tensor.Allocate((long)m * d, false);
         BackwardKernels.RmsNorm(dNormed, trace.FinalIn, trace.FinalInv, Parameters["model.norm.weight"], m, gemmaNorm, dh, false, grads?.Get("model.norm.weight"));
         for (int i = c.Layers - 1; i >= trace.StartLayer; i--)
@@ -190,9 +211,13 @@ public sealed class DifferentiableLM
         return dh;
     }
 
-    void LinearBack(int layer, string name, float[] dY, float[] x, int m, int inF, int outF, Span<float> dX, bool accumulateDx, ModelParameters? grads) =>
-        BackwardKernels.Linear(dY, x, Parameters[P(layer, name + ".weight")], m, inF, outF, dX, accumulateDx,
-            grads?.Get(P(layer, name + ".weight")), grads?.Get(P(layer, name + ".bias")));
+    void LinearBack(int layer, string name, float[] dY, float[] x, int m, int inF, int outF, Span<float> dX, bool accumulateDx, ModelParameters? grads)
+    {
+        long t0 = Profile.Now();
+        var dW = grads?.Get(P(layer, name + ".weight"));
+        BackwardKernels.Linear(dY, x, Parameters[P(layer, name + ".weight")], m, inF, outF, dX, accumulateDx, dW, grads?.Get(P(layer, name + ".bias")));
+        Profile.AddGemm(t0, (dW is null ? 2.0 : 4.0) * m * inF * outF);
+    }
 
     // dh: [m, Hidden] = dLoss/d(block output) on entry, dLoss/d(block input) on return
     void LayerBackward(int i, LayerTrace t, TokenBatch batch, float[] dh, ModelParameters? grads)
@@ -220,7 +245,9 @@ public sealed class DifferentiableLM
         var dQ = F((long)m * qW);
         var dK = F((long)m * kvW);
         var dV = F((long)m * kvW);
+        long ta = Profile.Now();
         BackwardKernels.AttentionBackward(ShapeOf(i, batch), t.Q, t.K, t.V, t.O, t.Lse, dO, dQ, dK, dV);
+        Profile.AddAttention(ta);
         _rope.ApplyBackward(dQ, m, c.Heads, hd, batch.Positions);
         _rope.ApplyBackward(dK, m, c.KvHeads, hd, batch.Positions);
         if (c.QkNorm)
