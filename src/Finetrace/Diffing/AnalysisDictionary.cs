@@ -1,0 +1,76 @@
+using Finetrace.Activations;
+using Finetrace.Dictionaries;
+
+namespace Finetrace.Diffing;
+
+/// <summary>
+/// A loaded dictionary together with what it reads from an activation store (its <see cref="DictionaryInput"/>: paired
+/// rows for a crosscoder, model i for an SAE, a − b for a diff-SAE, and the layer). Turns raw store rows [B, S, D] into
+/// the dictionary's input [B, M, D] in its own (normalised) space.
+/// </summary>
+public sealed class AnalysisDictionary
+{
+    public SparseDictionary Dict { get; }
+    public string Directory { get; }
+    public DictionaryInput Input { get; }
+    public InputKind Kind => Input.Kind;
+    public int Layer => Input.Layer;
+    /// <summary>Store models read: crosscoder all models in order; SAE [i]; diff-SAE [minuend, subtrahend].</summary>
+    public int[] StoreModels { get; }
+
+    public AnalysisDictionary(SparseDictionary dict, string directory, DictionaryInput input, int storeModels)
+    {
+        Dict = dict; Directory = directory; Input = input;
+        StoreModels = input.StoreModels(storeModels);
+        try { input.CheckDictionary(dict.Models, storeModels); }
+        catch (DictionaryInputException e) { throw new ArgumentException($"{directory}: {e.Message}", e); }
+    }
+
+    public int Latents => Dict.DictSize;
+
+    /// <summary>Loads a dictionary folder with what it reads (its finetrace.json <see cref="DictionaryInput"/>); a folder
+    /// without one (a foreign dictionary) reads every store model when it has several decoders, else the fine-tuned
+    /// model, at <paramref name="layer"/> or the store's only layer. <paramref name="layer"/> overrides the recorded layer.</summary>
+    public static AnalysisDictionary Open(string dir, ActivationStore store, int? layer = null, Action<string>? note = null)
+    {
+        var d = DictionaryIO.Load(dir, note);
+        var input = DictionaryInput.Read(dir, note);
+        if (input is null)
+        {
+            int lay = layer ?? (store.Layers.Count == 1 ? store.Layers[0]
+                : throw new ArgumentException($"{dir}: no finetrace.json records the dictionary's layer and the store holds layers {string.Join(", ", store.Layers)}; give the layer"));
+            input = d.Models > 1 ? DictionaryInput.Paired(lay) : DictionaryInput.SingleModel(lay, store.Models - 1);
+            note?.Invoke($"{dir}: no finetrace.json; assuming it reads {input}");
+        }
+        else if (layer is int l) input = input with { Layer = l };
+        store.LayerIndex(input.Layer);
+        if (d.DModel != store.DModel) throw new ArgumentException($"{dir}: the dictionary reads width {d.DModel}, the store {store.Directory} holds width {store.DModel}");
+        return new AnalysisDictionary(d, dir, input, store.Models);
+    }
+
+    /// <summary>The dictionary's input for raw store rows, normalised when it has a normaliser.</summary>
+    // xBSD: [B, S, D] raw → [B, M, D] dictionary space
+    public float[] ToInput(ReadOnlySpan<float> xBSD, int rows, int storeModels)
+    {
+        int D = Dict.DModel, M = Dict.Models;
+        var x = new float[rows * M * D];
+        for (int t = 0; t < rows; t++)
+        {
+            switch (Kind)
+            {
+                case InputKind.Paired:
+                    for (int m = 0; m < M; m++) xBSD.Slice((t * storeModels + StoreModels[m]) * D, D).CopyTo(x.AsSpan((t * M + m) * D, D));
+                    break;
+                case InputKind.SingleModel:
+                    xBSD.Slice((t * storeModels + StoreModels[0]) * D, D).CopyTo(x.AsSpan(t * D, D));
+                    break;
+                case InputKind.Difference:
+                    System.Numerics.Tensors.TensorPrimitives.Subtract(xBSD.Slice((t * storeModels + StoreModels[0]) * D, D),
+                        xBSD.Slice((t * storeModels + StoreModels[1]) * D, D), x.AsSpan(t * D, D));
+                    break;
+            }
+        }
+        Dict.Normalizer?.Normalize(x, M, D);
+        return x;
+    }
+}
