@@ -491,8 +491,11 @@ public sealed class CausalLM : IDisposable
 
     public KvCache NewCache() => new(Layers);
 
-    /// <summary>Feeds <paramref name="ids"/> (positions continue after the cached tokens) and returns the logits [Vocab] of the last one.</summary>
-    public float[] StepWithCache(int[] ids, KvCache cache)
+    /// <summary>Feeds <paramref name="ids"/> (positions continue after the cached tokens) and returns the logits [Vocab] of the last one.
+    /// Residual hooks (<see cref="HookNames.ResidPre"/>, <see cref="HookNames.ResidPost"/>) fire on the new tokens only
+    /// ([1, n, Hidden]; the batch's positions continue after the cache), so an edit made there (steering) reaches both the
+    /// cached keys/values of later blocks and the logits, exactly as in a full forward with the same hooks.</summary>
+    public float[] StepWithCache(int[] ids, KvCache cache, HookSet? hooks = null)
     {
         var c = Config;
         int n = ids.Length, start = cache.Length, total = start + n;
@@ -510,9 +513,11 @@ public sealed class CausalLM : IDisposable
         var batch = TokenBatch.Continuation(ids, start);
         var positions = batch.Positions;
         var h = Embed(batch);
+        hooks?.Fire(HookNames.ResidPre(0), h, batch);
         var ws = WorkspaceFor(n);
         for (int i = 0; i < Layers; i++)
         {
+            if (i > 0) hooks?.Fire(HookNames.ResidPre(i), h, batch);
             var blk = _blocks[i];
             ApplyNorm(blk.AttnIn, h.Data, n, ws.X);
             ProjectQkv(blk, n, positions, ws);
@@ -521,6 +526,7 @@ public sealed class CausalLM : IDisposable
             Attend(i, ws.Q, n, start, cache.K[i], cache.V[i], total, 1, [0], [total - 1], null, ws.Attn);
             blk.O.Apply(ws.Attn, n, ws.Proj, _tile);
             FinishBlock(blk, h.Data, n, ws);
+            hooks?.Fire(HookNames.ResidPost(i), h, batch);
         }
         cache.Length = total;
         return LogitsAt(h, 0, n - 1);

@@ -9,6 +9,11 @@ public sealed class Generator(CausalLM model)
 {
     public bool UseCache { get; init; } = true;
 
+    /// <summary>Residual hooks applied at every step (e.g. <see cref="HookSet.AddEverywhere"/> for steering). With the cache
+    /// they see only the tokens fed in that step, without it the whole sequence; hooks that select tokens by
+    /// <see cref="TokenBatch.Positions"/> behave the same both ways.</summary>
+    public HookSet? Hooks { get; init; }
+
     /// <summary>Generates up to <paramref name="maxNewTokens"/> ids after <paramref name="prompt"/>, stopping after any id in
     /// <paramref name="stopIds"/> (which is included in the result). <paramref name="onToken"/> sees each id as it is chosen.</summary>
     public List<int> Generate(IReadOnlyList<int> prompt, int maxNewTokens, float temperature = 0f, int seed = 0,
@@ -28,14 +33,15 @@ public sealed class Generator(CausalLM model)
             {
                 // feed the tokens the cache has not seen yet, then read the last position's logits
                 var chunk = ids.GetRange(fed, ids.Count - fed).ToArray();
-                logits = model.StepWithCache(chunk, cache);
+                logits = model.StepWithCache(chunk, cache, Hooks);
                 fed = ids.Count;
             }
             else
             {
                 var batch = new TokenBatch(ids.ToArray(), 1, ids.Count);
                 var h = model.Embed(batch);
-                model.RunLayers(0, model.Layers - 1, h, batch);
+                Hooks?.Fire(HookNames.ResidPre(0), h, batch);
+                model.RunLayers(0, model.Layers - 1, h, batch, Hooks);
                 logits = model.LogitsAt(h, 0, ids.Count - 1);
             }
             int next = temperature == 0f ? ArgMax(logits) : Sample(logits, temperature, rng);

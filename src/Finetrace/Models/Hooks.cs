@@ -62,6 +62,33 @@ public sealed class HookSet
         }
     });
 
+    /// <summary>Adds coeff · vector [Width] to every real (unpadded) token of every row: steering. Works the same in a
+    /// full forward and in a cached generation step (where the activation holds only the new tokens).
+    /// With <paramref name="fromPosition"/> &gt; 0, tokens at earlier positions (e.g. BOS at 0) are left alone.</summary>
+    public HookSet AddEverywhere(string name, float[] vectorW, float coeff = 1f, int fromPosition = 0) => On(name, (a, batch) =>
+    {
+        int w = a.Dim(-1);
+        if (vectorW.Length != w) throw new ArgumentException($"hook '{name}': vector of {vectorW.Length} for width {w}");
+        int tokens = a.Length / w;
+        for (int t = 0; t < tokens; t++)
+            if (batch.Mask[t] != 0 && batch.Positions[t] >= fromPosition)
+                System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(vectorW, coeff, a.Data.AsSpan(t * w, w), a.Data.AsSpan(t * w, w));
+    });
+
+    /// <summary>Adds coeff · vector [Width] to every real token whose model position (<see cref="TokenBatch.Positions"/>:
+    /// 0 = the first token of the sequence, padding not counted) is <paramref name="position"/>. Unlike
+    /// <see cref="Add"/>, it finds the token by its position in the sequence, so it also works in cached generation steps,
+    /// where the activation holds only the tokens fed in that step.</summary>
+    public HookSet AddAtPosition(string name, int position, float[] vectorW, float coeff = 1f) => On(name, (a, batch) =>
+    {
+        int w = a.Dim(-1);
+        if (vectorW.Length != w) throw new ArgumentException($"hook '{name}': vector of {vectorW.Length} for width {w}");
+        int tokens = a.Length / w;
+        for (int t = 0; t < tokens; t++)
+            if (batch.Mask[t] != 0 && batch.Positions[t] == position)
+                System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(vectorW, coeff, a.Data.AsSpan(t * w, w), a.Data.AsSpan(t * w, w));
+    });
+
     static Span<float> Slot(Tensor a, (int Row, int Pos) p, string name)
     {
         int rows = a.Dim(0), seq = a.Dim(1), w = a.Dim(2);
