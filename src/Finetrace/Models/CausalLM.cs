@@ -130,7 +130,12 @@ public sealed class CausalLM : IDisposable
 
     /// <summary>Loads config.json and the safetensors weights of <paramref name="folder"/>, checking every tensor's presence and
     /// shape, and merges a PEFT LoRA adapter when <paramref name="adapterFolder"/> is given.</summary>
-    public static CausalLM Load(string folder, string? adapterFolder = null)
+    public static CausalLM Load(string folder, string? adapterFolder = null) => Load(folder, adapterFolder, null);
+
+    /// <summary>As <see cref="Load(string, string?)"/>, then lets <paramref name="editWeights"/> replace parameters (keyed by
+    /// canonical HF names; replacements keep each parameter's shape) before the model is built: blended or amplified
+    /// weights.</summary>
+    public static CausalLM Load(string folder, string? adapterFolder, Action<ModelConfig, Dictionary<string, Weight>>? editWeights)
     {
         var config = ModelConfig.Load(folder);
         var ckpt = new ShardedCheckpoint(folder);
@@ -138,6 +143,14 @@ public sealed class CausalLM : IDisposable
         {
             var weights = ResolveWeights(config, ckpt, folder);
             if (adapterFolder is not null) LoraAdapter.Load(adapterFolder).MergeInto(weights, config);
+            if (editWeights is not null)
+            {
+                var shapes = weights.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal);
+                editWeights(config, weights);
+                foreach (var (name, w) in weights)
+                    if (!shapes.TryGetValue(name, out var shape) || !shape.AsSpan().SequenceEqual(w.Shape))
+                        throw new ArgumentException($"{folder}: edited parameter '{name}' [{string.Join(", ", w.Shape)}] does not replace a parameter of the same shape");
+            }
             return new CausalLM(folder, config, ckpt, weights);
         }
         catch

@@ -1,5 +1,9 @@
 namespace Finetrace.Models;
 
+/// <summary>Turns the model's next-token logits [Vocab] for <paramref name="sequence"/> (prompt and tokens so far) into the
+/// logits to choose from; it may edit <paramref name="logits"/> in place and return it.</summary>
+public delegate float[] LogitsProcessor(IReadOnlyList<int> sequence, float[] logits);
+
 /// <summary>
 /// Autoregressive sampling: greedy (temperature 0: the first index of the largest logit, as torch.argmax) or
 /// temperature sampling (softmax(logits / T) with a seeded generator). Each step reuses the model's key/value
@@ -15,9 +19,11 @@ public sealed class Generator(CausalLM model)
     public HookSet? Hooks { get; init; }
 
     /// <summary>Generates up to <paramref name="maxNewTokens"/> ids after <paramref name="prompt"/>, stopping after any id in
-    /// <paramref name="stopIds"/> (which is included in the result). <paramref name="onToken"/> sees each id as it is chosen.</summary>
+    /// <paramref name="stopIds"/> (which is included in the result). <paramref name="onToken"/> sees each id as it is chosen;
+    /// <paramref name="processLogits"/>, when given, rewrites each step's logits before the choice (e.g. logit-diff
+    /// amplification against a second model).</summary>
     public List<int> Generate(IReadOnlyList<int> prompt, int maxNewTokens, float temperature = 0f, int seed = 0,
-        IReadOnlyCollection<int>? stopIds = null, Action<int>? onToken = null)
+        IReadOnlyCollection<int>? stopIds = null, Action<int>? onToken = null, LogitsProcessor? processLogits = null)
     {
         if (prompt.Count == 0) throw new ArgumentException("the prompt has no tokens; give at least one (e.g. BOS)");
         if (temperature < 0) throw new ArgumentOutOfRangeException(nameof(temperature), "temperature must be ≥ 0");
@@ -44,6 +50,7 @@ public sealed class Generator(CausalLM model)
                 model.RunLayers(0, model.Layers - 1, h, batch, Hooks);
                 logits = model.LogitsAt(h, 0, ids.Count - 1);
             }
+            if (processLogits is not null) logits = processLogits(ids, logits);
             int next = temperature == 0f ? ArgMax(logits) : Sample(logits, temperature, rng);
             ids.Add(next);
             output.Add(next);

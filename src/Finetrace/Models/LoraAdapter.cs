@@ -102,6 +102,19 @@ public sealed class LoraAdapter
     /// <summary>Replaces each adapted weight in <paramref name="weights"/> (keyed by canonical HF names) by its merged copy.</summary>
     public void MergeInto(Dictionary<string, Weight> weights, ModelConfig config)
     {
+        foreach (var d in Deltas(weights, config))
+        {
+            var w = weights[d.WeightName];
+            var merged = w.ToArray();
+            d.AddTo(merged, d.Scale);
+            weights[d.WeightName] = Weight.Owned(w.Name, w.DType, w.Shape, merged, $"{w.Origin} + LoRA {Folder}");
+        }
+    }
+
+    /// <summary>The adapter's low-rank updates, one per adapted base weight (keyed by canonical HF names in
+    /// <paramref name="weights"/>), read without merging: for weight diffs and amplification.</summary>
+    public IReadOnlyList<LoraDelta> Deltas(IReadOnlyDictionary<string, Weight> weights, ModelConfig config)
+    {
         using var file = new SafetensorsFile(_weightsPath);
         // module path (without base_model.model.) → (A name, B name)
         var modules = new Dictionary<string, (string? A, string? B, bool Embedding)>(StringComparer.Ordinal);
@@ -120,7 +133,8 @@ public sealed class LoraAdapter
 
         // resolve base names with or without prefixes; a tied lm_head is the embedding
         var byNormal = weights.Keys.ToDictionary(ModelLayout.Normalise, k => k, StringComparer.Ordinal);
-        foreach (var (module, (aName, bName, embedding)) in modules)
+        var result = new List<LoraDelta>();
+        foreach (var (module, (aName, bName, embedding)) in modules.OrderBy(kv => kv.Key, StringComparer.Ordinal))
         {
             if (aName is null || bName is null)
                 throw new InvalidDataException($"{_weightsPath}: module '{module}' has {(aName is null ? "no lora_A" : "no lora_B")} tensor");
@@ -144,16 +158,35 @@ public sealed class LoraAdapter
             if (aT.Rank != 2 || bT.Rank != 2 || aT.Shape[0] != rank || bT.Shape[1] != rank || aT.Shape[1] != inF || bT.Shape[0] != outF)
                 throw new InvalidDataException($"{_weightsPath}: module '{module}': lora_A [{string.Join(", ", aT.Shape)}] and lora_B [{string.Join(", ", bT.Shape)}] " +
                     $"do not fit base weight '{w.Name}' [{string.Join(", ", w.Shape)}] with r = {rank}{(transposed ? " (transposed)" : "")}");
-
-            var delta = new float[(long)outF * inF]; // [out, in] = B[out, r] · A[r, in]
-            Gemm.MatMulNN(bT.Data, aT.Data, outF, rank, inF, delta);
-            var merged = w.ToArray();
-            if (!transposed)
-                for (long i = 0; i < merged.Length; i++) merged[i] += s * delta[i];
-            else
-                for (int o = 0; o < outF; o++)
-                    for (int j = 0; j < inF; j++) merged[(long)j * outF + o] += s * delta[(long)o * inF + j];
-            weights[baseName] = Weight.Owned(w.Name, w.DType, w.Shape, merged, $"{w.Origin} + LoRA {Folder}");
+            result.Add(new LoraDelta(baseName, module, s, rank, aT, bT, transposed));
         }
+        return result;
+    }
+}
+
+/// <summary>
+/// One LoRA update of base weight <see cref="WeightName"/>: ΔW = Scale · (B·A) as an [out, in] matrix, stored into the
+/// weight transposed when <see cref="Transposed"/> (embeddings, fan_in_fan_out).
+/// </summary>
+public sealed record LoraDelta(string WeightName, string Module, float Scale, int Rank, Tensor A, Tensor B, bool Transposed)
+{
+    /// <summary>Rows of ΔW (the module's output features).</summary>
+    public int Out => B.Shape[0];
+    /// <summary>Columns of ΔW (the module's input features).</summary>
+    public int In => A.Shape[1];
+
+    /// <summary>Adds <paramref name="coeff"/> · (B·A) to <paramref name="weight"/> laid out as the base weight is stored
+    /// ([out, in], or [in, out] when transposed); the product is computed in f32.</summary>
+    public void AddTo(float[] weight, float coeff)
+    {
+        int outF = Out, inF = In;
+        if (weight.Length != (long)outF * inF) throw new ArgumentException($"'{WeightName}': {weight.Length} values for a LoRA delta of [{outF}, {inF}]");
+        var delta = new float[(long)outF * inF]; // [out, in] = B[out, r] · A[r, in]
+        Gemm.MatMulNN(B.Data, A.Data, outF, Rank, inF, delta);
+        if (!Transposed)
+            for (long i = 0; i < weight.Length; i++) weight[i] += coeff * delta[i];
+        else
+            for (int o = 0; o < outF; o++)
+                for (int j = 0; j < inF; j++) weight[(long)j * outF + o] += coeff * delta[(long)o * inF + j];
     }
 }
