@@ -276,6 +276,62 @@ public class ReportTests
     }
 }
 
+/// <summary>A results folder written by the real analysis verbs (per-token KL, weight difference, diff mining) on
+/// stories260K vs stories260K-zog renders: each section lists what its file holds, in its order; and, where Chromium is
+/// present, the page opens without errors or requests.</summary>
+public class ReportOnAnalysisOutputTests
+{
+    [SharedFact]
+    public void Report_of_analyze_verbs_output_lists_their_results()
+    {
+        using var tmp = new TempDir();
+        string text = tmp.File("text.txt"), res = tmp.File("R");
+        File.WriteAllText(text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.\n\n" +
+            "Tom had a red ball. He liked to throw it to his dog every day.\n\nThe sun was shining and the birds were singing in the tall green trees.\n");
+        string b = Shared.Path("models", "stories260K"), f = Shared.Path("models", "stories260K-zog");
+        string data = $"text:{text},split=blank";
+        foreach (var args in new[]
+                 {
+                     new[] { "analyze", "kl", "--base", b, "--finetuned", f, "--out", res, "--data", data, "--samples", "3", "--top", "10" },
+                     new[] { "analyze", "weights", "--base", b, "--finetuned", f, "--out", res },
+                     new[] { "analyze", "diff-mining", "--base", b, "--finetuned", f, "--out", res, "--data", data, "--samples", "3", "--k", "10" },
+                 })
+        {
+            var r = CliProcess.Run(args);
+            Assert.True(r.ExitCode == 0, r.ToString());
+        }
+        var cli = CliProcess.Run(["report", res, "--tokenizer", f]);
+        Assert.True(cli.ExitCode == 0, cli.ToString());
+        Assert.Equal(Path.Combine(res, ReportWriter.FileName), cli.Stdout.Trim());
+        string html = File.ReadAllText(Path.Combine(res, ReportWriter.FileName));
+        string Section(string id) => Regex.Match(html, $"<section id=\"{id}\">.*?</section>", RegexOptions.Singleline).Value;
+
+        var kl = JsonNode.Parse(File.ReadAllText(Path.Combine(res, "kl.json")))!;
+        var klContexts = Regex.Matches(Section("kl"), "<span class=\"ctx\">(.*?)</span>", RegexOptions.Singleline).Select(m => System.Net.WebUtility.HtmlDecode(m.Groups[1].Value)).ToList();
+        Assert.Equal(kl["top_tokens"]!.AsArray().Take(20).Select(t => (string)t!["context"]!), klContexts);
+
+        var wd = JsonNode.Parse(File.ReadAllText(Path.Combine(res, "weight_diff.json")))!["modules"]!.AsArray()
+            .Where(m => m!["relative"] is not null).OrderByDescending(m => (double)m!["relative"]!).Take(20).Select(m => (string)m!["name"]!).ToList();
+        var wdRows = Regex.Matches(Section("weight-diff"), "<tr><td><code>(.*?)</code>").Select(m => System.Net.WebUtility.HtmlDecode(m.Groups[1].Value)).ToList();
+        Assert.Equal(wd, wdRows);
+
+        var dm = JsonNode.Parse(File.ReadAllText(Path.Combine(res, "diff_mining.json")))!["by_occurrence"]!.AsArray().Take(20).Select(t => (string)t!["token"]!).ToList();
+        var dmRows = Regex.Matches(Section("diff-mining"), "<tr><td>\\d+</td><td><code class=\"tok-chip\">(.*?)</code>").Select(m => System.Net.WebUtility.HtmlDecode(m.Groups[1].Value)).ToList();
+        Assert.Equal(dm.Count, dmRows.Count);
+        Assert.NotEmpty(dm);
+
+        Assert.Contains("summary.json was not found", html);
+        Assert.Contains("The Activation Difference Lens did not run", html);
+
+        if (Browser.Path is null) return; // the hand-made report's browser test says why it skipped
+        var (dom, _) = Browser.Run(Path.Combine(res, ReportWriter.FileName), tmp.File("profile"), "--dump-dom");
+        var status = JsonNode.Parse(System.Net.WebUtility.HtmlDecode(Regex.Match(dom, "<pre id=\"ft-render-status\"[^>]*>(.*?)</pre>", RegexOptions.Singleline).Groups[1].Value))!;
+        Assert.Empty(status["errors"]!.AsArray());
+        Assert.Empty(status["resources"]!.AsArray());
+        Assert.Equal(Regex.Matches(html, "data-plot=\"").Count, status["plots"]!.AsArray().Count);
+    }
+}
+
 /// <summary>A fact that needs a headless Chromium (Debian's /usr/bin/chromium, installed by scripts/deps, or
 /// FINETRACE_CHROMIUM); skipped with a message when there is none.</summary>
 public sealed class ChromiumFactAttribute : FactAttribute
