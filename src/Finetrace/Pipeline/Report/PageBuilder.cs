@@ -331,6 +331,8 @@ sealed class PageBuilder(ReportInputs inp, ReportOptions opt, CancellationToken 
           "Examples are the latent's top activating contexts; each token's colour is its activation (hover for the value). " +
           "Template share: fraction of the latent's activation mass on chat-template tokens. Logit effect: tokens the decoder direction most promotes / suppresses through the fine-tune's unembedding. " +
           "Read every column against the control latents below.</p>");
+        if (inp.ExamplesDb is not null && inp.TokenizerDir is null)
+            Missing("examples.sqlite is here but no tokenizer.json was found for the models named in summary.json or manifest.json, so its examples are not decoded; give the report a tokenizer folder to see them.");
         LatentTable(rows, opt.HighlightedLatents, "latent");
     }
 

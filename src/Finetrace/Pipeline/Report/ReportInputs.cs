@@ -110,6 +110,15 @@ public sealed class ReportInputs
         {
             dirs.Add((string?)stage?["inputs"]?["finetuned"]);
             dirs.Add((string?)stage?["inputs"]?["model"]);
+            // The analyze verbs record the activation store; its manifest names the models it was harvested from
+            // (base first, fine-tune last).
+            if ((string?)stage?["inputs"]?["store"] is { } store && File.Exists(Path.Combine(store, "manifest.json")))
+                try
+                {
+                    if (JsonNode.Parse(File.ReadAllText(Path.Combine(store, "manifest.json")))?["settings"]?["models"] is JsonArray { Count: > 0 } models)
+                        dirs.Add((string?)models[^1]?["path"]);
+                }
+                catch (JsonException) { }
         }
         return dirs.FirstOrDefault(d => d is not null && File.Exists(Path.Combine(d, "tokenizer.json")));
     }
