@@ -31,17 +31,19 @@ public sealed class TrainCommand : ICliCommand
         var expansion = new Option<int>("--expansion") { Description = "F = expansion × D (when --dict-size is not given)", DefaultValueFactory = _ => kind == "diff-sae" ? 2 : 32 };
         var tokens = new Option<long>("--tokens") { Description = "Training tokens (steps = tokens / batch); default one pass over the store" };
         var batch = new Option<int>("--batch") { Description = "Tokens per step", DefaultValueFactory = _ => 2048 };
-        var lr = new Option<double?>("--lr") { Description = "Learning rate (default 2e-4 / sqrt(F / 2^14) for TopK family, 1e-4 otherwise)" };
+        var recipeOpt = new Option<string>("--recipe") { Description = "Defaults for every option not given: finetrace (lr and dead-latent window scaled with the run) or minder2025 (the paper's exact settings: l2 loss, lr 1e-4, warm-up 1000, AuxK with a 10M-token dead window, k 100 or μ 0.041)", DefaultValueFactory = _ => "finetrace" };
+        var lr = new Option<double?>("--lr") { Description = "Learning rate (finetrace: 2e-4/√(F/2^14)·max(1, √(75000/steps)) for the TopK family, 1e-4 otherwise; minder2025: 1e-4)" };
         var warmup = new Option<int?>("--warmup") { Description = "Linear LR warm-up steps (default 1000, at most a tenth of the run)" };
         var decay = new Option<long?>("--decay-start") { Description = "Step where a linear LR decay to 0 begins" };
-        var loss = new Option<string>("--loss") { Description = "mse (Σ_m‖e‖², default), l2 (un-squared, dictionary_learning-compatible), mse-mean-models", DefaultValueFactory = _ => "mse" };
+        var loss = new Option<string?>("--loss") { Description = "mse (Σ_m‖e‖², default), l2 (un-squared, dictionary_learning-compatible; minder2025's crosscoder default), mse-mean-models" };
         var codeNorm = new Option<string>("--code-norm") { Description = "Crosscoder code normalisation: crosscoder, sae, mixed, none, decoupled (per-model top-k and thresholds with batchtopk)", DefaultValueFactory = _ => "crosscoder" };
         var sqrtL1 = new Option<bool>("--sqrt-l1") { Description = "Penalise Σ sqrt(f·c) instead of Σ f·c" };
         var l1Warmup = new Option<int>("--l1-warmup") { Description = "Ramp μ linearly from 0 over this many steps", DefaultValueFactory = _ => 0 };
         var kMax = new Option<int?>("--k-max") { Description = "Anneal k from this value down to --k" };
         var kAnneal = new Option<int>("--k-anneal-steps") { Description = "Steps of k annealing", DefaultValueFactory = _ => 2000 };
         var auxk = new Option<float>("--auxk-alpha") { Description = "AuxK coefficient", DefaultValueFactory = _ => 1f / 32 };
-        var deadTokens = new Option<long>("--dead-tokens") { Description = "A latent is dead after this many tokens without firing", DefaultValueFactory = _ => 10_000_000 };
+        var deadTokens = new Option<long?>("--dead-tokens") { Description = "A latent is dead (AuxK trains it) after this many tokens without firing (finetrace: run tokens / 300, at least 10 batches, at most 10M; minder2025: 10M)" };
+        var auxkK = new Option<int?>("--auxk-k") { Description = "Dead latents AuxK uses per token (default d_model / 2)" };
         var thresholdStart = new Option<long?>("--threshold-start") { Description = "Start the inference-threshold EMA after this step (default 1000, at most half the run)" };
         var clip = new Option<float>("--clip") { Description = "Global gradient-norm clip (0 = off; -1 = the recipe's choice: 1 for the TopK family, off for L1)", DefaultValueFactory = _ => -1 };
         var normInit = new Option<float?>("--norm-init-scale") { Description = "Initial encoder/decoder row norm of a crosscoder (default 0.005 with --l1, 1 otherwise)" };
@@ -58,7 +60,7 @@ public sealed class TrainCommand : ICliCommand
         var validateEvery = new Option<long>("--validate-every") { Description = "Log held-out FVE/L0/dead into metrics.jsonl every N steps (and at the end; 0 = only at the end)", DefaultValueFactory = _ => 1000 };
         var validationTokens = new Option<long>("--validation-tokens") { Description = "Held-out tokens per validation", DefaultValueFactory = _ => 20_000 };
         var cmd = new Command(kind, description);
-        foreach (var o in new Option[] { store, layer, outDir, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, overwrite, holdout, validateEvery, validationTokens })
+        foreach (var o in new Option[] { store, layer, outDir, recipeOpt, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, auxkK, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, overwrite, holdout, validateEvery, validationTokens })
             cmd.Options.Add(o);
         if (kind == "sae") cmd.Options.Add(model);
         if (kind == "diff-sae") { cmd.Options.Add(minuend); cmd.Options.Add(subtrahend); }
@@ -67,16 +69,18 @@ public sealed class TrainCommand : ICliCommand
             var recipe = new TrainingRecipe
             {
                 Kind = kind switch { "crosscoder" => DictionaryKind.Crosscoder, "sae" => DictionaryKind.Sae, _ => DictionaryKind.DiffSae },
+                Preset = ParsePreset(r.GetValue(recipeOpt)!),
                 Layer = r.GetValue(layer), K = r.GetValue(k), L1 = r.GetValue(l1), Activation = ParseActivation(r.GetValue(activation)),
                 DictSize = r.GetValue(dictSize), Expansion = r.GetValue(expansion), Tokens = r.GetValue(tokens), Batch = r.GetValue(batch),
-                Lr = r.GetValue(lr), Warmup = r.GetValue(warmup), DecayStart = r.GetValue(decay), Loss = ParseLoss(r.GetValue(loss)!),
+                Lr = r.GetValue(lr), Warmup = r.GetValue(warmup), DecayStart = r.GetValue(decay), Loss = r.GetValue(loss) is string ls ? ParseLoss(ls) : null,
                 CodeNormalization = ParseCodeNorm(r.GetValue(codeNorm)!), SqrtL1 = r.GetValue(sqrtL1), L1Warmup = r.GetValue(l1Warmup),
-                KMax = r.GetValue(kMax), KAnnealSteps = r.GetValue(kAnneal), AuxKAlpha = r.GetValue(auxk), DeadTokens = r.GetValue(deadTokens),
+                KMax = r.GetValue(kMax), KAnnealSteps = r.GetValue(kAnneal), AuxKAlpha = r.GetValue(auxk), DeadTokens = r.GetValue(deadTokens), AuxKLatents = r.GetValue(auxkK),
                 ThresholdStart = r.GetValue(thresholdStart), Clip = r.GetValue(clip) is var c && c < 0 ? null : c, NormInitScale = r.GetValue(normInit),
                 TargetRms = r.GetValue(targetRms), Model = r.GetValue(model), Minuend = r.GetValue(minuend), Subtrahend = r.GetValue(subtrahend),
                 Filter = r.GetValue(filter)!, Seed = r.GetValue(seed),
                 HoldoutTokens = r.GetValue(holdout), ValidateEvery = r.GetValue(validateEvery), ValidationTokens = r.GetValue(validationTokens),
             };
+            foreach (var w in recipe.Warnings()) Console.Error.WriteLine($"warning: {Worded(w, recipe)}");
             using var st = ActivationStore.Open(r.GetValue(store)!);
             using var setup = Prepare(recipe, st);
             string dir = r.GetValue(outDir)!;
@@ -114,6 +118,21 @@ public sealed class TrainCommand : ICliCommand
             }, e);
         }
     }
+
+    /// <summary>A recipe warning in the flags' words.</summary>
+    static string Worded(RecipeWarning w, TrainingRecipe recipe) => w.Kind switch
+    {
+        RecipeWarningKind.MuTunedForOtherLoss =>
+            $"--l1 {w.Value} with --loss {TrainingSetup.LossName(recipe.ResolvedLoss)}: published crosscoder μ values (Minder et al. 0.041, 0.036, 0.021; toolkit 0.1) were tuned " +
+            "for the un-squared l2 loss, so this trains a differently regularised model; add --loss l2 (or use --recipe minder2025) to reproduce them, or tune μ for this loss",
+        _ => w.Detail,
+    };
+
+    static RecipePreset ParsePreset(string s) => s switch
+    {
+        "finetrace" => RecipePreset.Finetrace, "minder2025" => RecipePreset.Minder2025,
+        _ => throw new ArgumentException($"--recipe {s}: expected finetrace or minder2025"),
+    };
 
     static Sparsity? ParseActivation(string? s) => s switch
     {

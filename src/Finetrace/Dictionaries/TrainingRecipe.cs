@@ -6,6 +6,18 @@ namespace Finetrace.Dictionaries;
 /// <summary>The three dictionaries <c>train</c> makes.</summary>
 public enum DictionaryKind { Crosscoder, Sae, DiffSae }
 
+/// <summary>Which rule set fills the settings a <see cref="TrainingRecipe"/> leaves null.</summary>
+public enum RecipePreset
+{
+    /// <summary>Finetrace's defaults: learning rate and dead-latent window scaled with the run (see
+    /// <see cref="RecipeDefaults"/>); chosen on the synthetic benchmark (bench/experiments/recipe-defaults.md).</summary>
+    Finetrace,
+    /// <summary>The paper's settings (Minder et al. 2025, methods.md §2.8): un-squared l2 loss for crosscoders, lr 1e-4,
+    /// batch 2048, warm-up 1000, no decay, AuxK 1/32 with a 10M-token dead window, threshold EMA from step 1000, same
+    /// init for all models with decoder = encoderᵀ (norm 1 for BatchTopK, 0.005 for L1), k = 100, μ = 0.041.</summary>
+    Minder2025,
+}
+
 /// <summary>Why a recipe cannot be prepared.</summary>
 public enum RecipeProblem
 {
@@ -40,6 +52,8 @@ public sealed record TrainingRecipe
 {
     public required DictionaryKind Kind { get; init; }
     public required int Layer { get; init; }
+    /// <summary>The rules for every setting left null.</summary>
+    public RecipePreset Preset { get; init; } = RecipePreset.Finetrace;
     /// <summary>Active latents per token (TopK family); default 100.</summary>
     public int? K { get; init; }
     /// <summary>μ of a ReLU/JumpReLU dictionary; giving it makes ReLU the default activation.</summary>
@@ -52,12 +66,13 @@ public sealed record TrainingRecipe
     /// <summary>Training tokens (0: one pass over the store).</summary>
     public long Tokens { get; init; }
     public int Batch { get; init; } = 2048;
-    /// <summary>Default 2e-4/√(F/2^14) for the TopK family, 1e-4 otherwise.</summary>
+    /// <summary>Default: <see cref="RecipeDefaults.LearningRate"/>.</summary>
     public double? Lr { get; init; }
-    /// <summary>Default min(1000, steps/10 + 1).</summary>
+    /// <summary>Default min(1000, steps/10 + 1); 1000 under <see cref="RecipePreset.Minder2025"/>.</summary>
     public int? Warmup { get; init; }
     public long? DecayStart { get; init; }
-    public ReconLoss Loss { get; init; } = ReconLoss.Mse;
+    /// <summary>Default mse; l2 for a <see cref="RecipePreset.Minder2025"/> crosscoder (the paper's un-squared loss).</summary>
+    public ReconLoss? Loss { get; init; }
     /// <summary>Crosscoders only (SAEs always use none).</summary>
     public CodeNormalization CodeNormalization { get; init; } = CodeNormalization.Crosscoder;
     public bool SqrtL1 { get; init; }
@@ -65,8 +80,11 @@ public sealed record TrainingRecipe
     public int? KMax { get; init; }
     public int KAnnealSteps { get; init; } = 2000;
     public float AuxKAlpha { get; init; } = 1f / 32;
-    public long DeadTokens { get; init; } = 10_000_000;
-    /// <summary>Default min(1000, steps/2).</summary>
+    /// <summary>A latent is dead after this many tokens without firing; default <see cref="RecipeDefaults.DeadTokens"/>.</summary>
+    public long? DeadTokens { get; init; }
+    /// <summary>k_aux, the dead latents AuxK uses per token; default D/2.</summary>
+    public int? AuxKLatents { get; init; }
+    /// <summary>Default min(1000, steps/2); 1000 under <see cref="RecipePreset.Minder2025"/>.</summary>
     public long? ThresholdStart { get; init; }
     /// <summary>Global gradient-norm clip; null: 1 for the TopK family, off for L1; 0: off.</summary>
     public float? Clip { get; init; }
@@ -104,7 +122,26 @@ public sealed record TrainingRecipe
     }
 
     /// <summary>The activation after defaults.</summary>
-    public Sparsity ResolvedActivation => Activation ?? (L1 is not null ? Sparsity.Relu : Sparsity.BatchTopK);
+    public Sparsity ResolvedActivation => Activation ?? (ResolvedL1 is not null ? Sparsity.Relu : Sparsity.BatchTopK);
+
+    /// <summary>μ after defaults: the paper's 0.041 for a <see cref="RecipePreset.Minder2025"/> ReLU crosscoder.</summary>
+    public float? ResolvedL1 => L1 ?? (Preset == RecipePreset.Minder2025 && Kind == DictionaryKind.Crosscoder && Activation is Sparsity.Relu ? RecipeDefaults.MinderMu : null);
+
+    /// <summary>The reconstruction loss after defaults.</summary>
+    public ReconLoss ResolvedLoss => Loss ?? (Preset == RecipePreset.Minder2025 && Kind == DictionaryKind.Crosscoder ? ReconLoss.L2 : ReconLoss.Mse);
+
+    /// <summary>Settings that are valid but probably not what the user meant; callers show them as warnings.</summary>
+    public IReadOnlyList<RecipeWarning> Warnings()
+    {
+        var w = new List<RecipeWarning>();
+        // μ values from the paper and the toolkit were tuned with the un-squared l2 loss: under mse the same μ weighs the
+        // penalty against ‖e‖² instead of ‖e‖ (a different, data-scale-dependent trade-off), so it trains another model
+        if (ResolvedL1 is float mu && ResolvedActivation is Sparsity.Relu or Sparsity.JumpRelu && ResolvedLoss != ReconLoss.L2 && Kind == DictionaryKind.Crosscoder)
+            w.Add(new RecipeWarning(RecipeWarningKind.MuTunedForOtherLoss, nameof(L1), mu,
+                $"μ = {mu} with the {TrainingSetup.LossName(ResolvedLoss)} loss: published crosscoder μ values (Minder et al. 0.041, 0.036, 0.021; toolkit 0.1) were tuned " +
+                "for the un-squared l2 loss, so this trains a differently regularised model; use the l2 loss (or the minder2025 recipe) to reproduce them, or tune μ for this loss"));
+        return w;
+    }
 
     /// <summary>What the dictionary of this recipe reads from a store at <see cref="Layer"/>.</summary>
     public DictionaryInput Input(string? storePath = null)
@@ -132,7 +169,7 @@ public sealed record TrainingRecipe
         var a = ResolvedActivation;
         if (Kind == DictionaryKind.Crosscoder && a is Sparsity.TopK or Sparsity.JumpRelu)
             throw new RecipeSettingException(RecipeProblem.ActivationNotForCrosscoder, nameof(Activation), a, "crosscoders are trained as BatchTopK or ReLU; there is no file format for other crosscoder activations");
-        if (a is Sparsity.Relu or Sparsity.JumpRelu && L1 is null)
+        if (a is Sparsity.Relu or Sparsity.JumpRelu && ResolvedL1 is null)
             throw new RecipeSettingException(RecipeProblem.NeedsSparsityCoefficient, nameof(Activation), a, $"{a} needs a sparsity coefficient (L1)");
 
         var filter = MaskFilter.Parse(Filter);
@@ -157,7 +194,7 @@ public sealed record TrainingRecipe
             if (sae) Initialization.Sae(dict, rng);
             else
             {
-                init = new CrosscoderInit(SameInitForAllModels: true, NormInitScale ?? (a == Sparsity.Relu ? 0.005f : 1f));
+                init = new CrosscoderInit(SameInitForAllModels: true, NormInitScale ?? (a == Sparsity.Relu ? 0.005f : 1f));   // both presets
                 Initialization.Crosscoder(dict, rng, init.NormInitScale, init.SameInitForAllModels);
             }
 
@@ -173,14 +210,16 @@ public sealed record TrainingRecipe
             input = input with { TargetRms = TargetRms > 0 ? TargetRms : null, NormalizerStatistics = stats };
 
             long steps = Math.Max(1, (Tokens > 0 ? Tokens : heldOut ?? store.Tokens) / Batch);
+            bool minder = Preset == RecipePreset.Minder2025;
             var opts = new TrainerOptions
             {
-                Loss = Loss,
-                Lr = Lr ?? (topk ? 2e-4 / Math.Sqrt(F / 16384.0) : 1e-4),
-                WarmupSteps = Warmup ?? (int)Math.Min(1000, steps / 10 + 1), DecayStart = DecayStart, TotalSteps = steps,
+                Loss = ResolvedLoss,
+                Lr = Lr ?? RecipeDefaults.LearningRate(Preset, topk, F, steps),
+                WarmupSteps = Warmup ?? (minder ? 1000 : (int)Math.Min(1000, steps / 10 + 1)), DecayStart = DecayStart, TotalSteps = steps,
                 ClipNorm = Clip is null ? (topk ? 1f : null) : Clip == 0 ? null : Clip,
-                SparsityCoef = L1 ?? 0, Penalty = SqrtL1 ? SparsityPenalty.SqrtL1 : SparsityPenalty.L1, SparsityWarmupSteps = L1Warmup,
-                AuxKAlpha = AuxKAlpha, DeadTokens = DeadTokens, ThresholdStartStep = ThresholdStart ?? Math.Min(1000, steps / 2),
+                SparsityCoef = ResolvedL1 ?? 0, Penalty = SqrtL1 ? SparsityPenalty.SqrtL1 : SparsityPenalty.L1, SparsityWarmupSteps = L1Warmup,
+                AuxKAlpha = AuxKAlpha, DeadTokens = DeadTokens ?? RecipeDefaults.DeadTokens(Preset, steps * Batch, Batch), TopKAux = AuxKLatents,
+                ThresholdStartStep = ThresholdStart ?? (minder ? 1000 : Math.Min(1000, steps / 2)),
                 GeometricMedianInit = topk,
                 // SAEs keep unit-norm decoder rows whatever the activation: with a free decoder norm an L1 (or L0) penalty is
                 // scale-degenerate (shrink f, grow d_j: same reconstruction, smaller penalty), and c_j = 1 in Firing's rule
@@ -196,8 +235,57 @@ public sealed record TrainingRecipe
         }
     }
 
+    /// <summary>Preset names as written in finetrace.json (and typed on the command line).</summary>
+    public static string PresetName(RecipePreset p) => p switch { RecipePreset.Minder2025 => "minder2025", _ => "finetrace" };
+
     /// <summary>Kind names as written in finetrace.json (and typed on the command line).</summary>
     public static string KindName(DictionaryKind kind) => kind switch { DictionaryKind.Crosscoder => "crosscoder", DictionaryKind.Sae => "sae", _ => "diff-sae" };
+}
+
+/// <summary>What a <see cref="RecipeWarning"/> is about.</summary>
+public enum RecipeWarningKind
+{
+    /// <summary>A sparsity coefficient μ used with a reconstruction loss other than the one published μ values were tuned for.</summary>
+    MuTunedForOtherLoss,
+}
+
+/// <summary>A valid but suspicious combination of settings; <see cref="Setting"/> names the <see cref="TrainingRecipe"/>
+/// property, callers word it for their users.</summary>
+public sealed record RecipeWarning(RecipeWarningKind Kind, string Setting, object? Value, string Detail);
+
+/// <summary>
+/// The rules that fill a recipe's unset learning rate and dead-latent window. <see cref="RecipePreset.Minder2025"/> keeps
+/// the paper's constants; <see cref="RecipePreset.Finetrace"/> scales them with the run, because the published constants
+/// were tuned for ~100k-step runs and, in a short run, leave most latents unlearned (measured on the synthetic benchmark:
+/// bench/experiments/recipe-defaults.md).
+/// </summary>
+public static class RecipeDefaults
+{
+    /// <summary>The paper's μ for the L1 crosscoder (Gemma 2 2B, l2 loss).</summary>
+    public const float MinderMu = 0.041f;
+    /// <summary>dictionary_learning's dead-latent window.</summary>
+    public const long ReferenceDeadTokens = 10_000_000;
+
+    /// <summary>Learning rate. Minder2025: 1e-4. Finetrace: the TopK family uses Gao et al.'s 2e-4/√(F/2^14), raised for
+    /// runs shorter than <see cref="ReferenceSteps"/> by √(ReferenceSteps/steps) (Adam moves a weight ≈ lr per step, so a
+    /// short run needs larger steps to move latents as far); ReLU dictionaries keep 1e-4.</summary>
+    public static double LearningRate(RecipePreset preset, bool topk, int dictSize, long steps)
+    {
+        if (preset == RecipePreset.Minder2025 || !topk) return 1e-4;
+        double gao = 2e-4 / Math.Sqrt(dictSize / 16384.0);
+        return gao * Math.Max(1, Math.Sqrt(ReferenceSteps / (double)Math.Max(1, steps)));
+    }
+
+    /// <summary>Run length (steps) at which the Finetrace learning rate equals Gao et al.'s.</summary>
+    public const double ReferenceSteps = 75_000;
+
+    /// <summary>Tokens without firing after which a latent counts as dead (and AuxK trains it). Minder2025: 10M.
+    /// Finetrace: runTokens/300, at least 10 batches, at most 10M — a window the run can actually reach.</summary>
+    public static long DeadTokens(RecipePreset preset, long runTokens, int batch)
+    {
+        if (preset == RecipePreset.Minder2025) return ReferenceDeadTokens;
+        return Math.Clamp(runTokens / 300, 10L * batch, ReferenceDeadTokens);
+    }
 }
 
 /// <summary>A prepared training run: the initialised dictionary, its trainer, the open source and what it reads.</summary>
@@ -234,8 +322,8 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
             ["site"] = new { layer = Input.Layer, store = Input.Store },
             ["training"] = new
             {
-                kind = TrainingRecipe.KindName(r.Kind), activation = r.ResolvedActivation.ToString().ToLowerInvariant(), loss_mode = LossName(r.Loss),
-                code_normalization = trained.CodeNormalization.ToString().ToUpperInvariant(), k = trained.K, l1 = r.L1,
+                kind = TrainingRecipe.KindName(r.Kind), recipe = TrainingRecipe.PresetName(r.Preset), activation = trained.Sparsity.ToString().ToLowerInvariant(), loss_mode = LossName(Options.Loss),
+                code_normalization = trained.CodeNormalization.ToString().ToUpperInvariant(), k = trained.K, l1 = r.ResolvedL1,
                 sqrt_l1 = r.SqrtL1, lr = Options.Lr, warmup_steps = Options.WarmupSteps, decay_start = Options.DecayStart, steps = Steps, batch = r.Batch,
                 seed = r.Seed, target_rms = r.TargetRms > 0 ? r.TargetRms : (float?)null, normaliser_space = r.TargetRms > 0 ? "normalised (buffers saved / folded)" : "raw",
                 models = Input.StoreModels(trained.Models), filter = r.Filter,
@@ -243,7 +331,7 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
         };
     }
 
-    static string LossName(ReconLoss l) => l switch { ReconLoss.Mse => "mse", ReconLoss.L2 => "l2", _ => "mse-mean-models" };
+    public static string LossName(ReconLoss l) => l switch { ReconLoss.Mse => "mse", ReconLoss.L2 => "l2", _ => "mse-mean-models" };
 
     public void Dispose() { Source.Dispose(); Validation?.Dispose(); }
 }
