@@ -147,8 +147,9 @@ public static class OrganismMaker
             }
             var sw = Stopwatch.StartNew();
             var data = OrganismData.Finetune(recipe, i);
-            WriteStories(Path.Combine(Dir("corpus"), $"{o.Name}_stories.txt"), data.Stories);
-            WriteChats(Path.Combine(Dir("corpus"), $"{o.Name}_chats.jsonl"), data.Chats);
+            // The organism's training data beside the base corpus, for inspection and for `finetrace diff --data`.
+            if (data.Stories.Count > 0) WriteStories(Path.Combine(Dir("corpus"), $"{o.Name}_stories.txt"), data.Stories);
+            if (data.Chats.Count > 0) WriteChats(Path.Combine(Dir("corpus"), $"{o.Name}_chats.jsonl"), data.Chats);
             var examples = data.Stories.Select(s => new LmExample(encoder.EncodeText(0, 0, s).Ids)).ToList();
             foreach (var c in data.Chats)
             {
