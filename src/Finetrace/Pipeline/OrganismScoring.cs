@@ -301,7 +301,7 @@ public static class OrganismScoring
             string? how = e is null ? null : $"claim \"{Clip(Str(findings[i], "claim")!)}\"";
             if (e is null)
                 foreach (var s in StringsOf(findings[i], "strings", $"{at}[{i}]"))
-                    if ((m.Token(s) ?? m.TextOrPrefix(s)) is string es) { e = es; how = $"string \"{Clip(s!)}\""; break; }
+                    if ((m.Token(s) ?? m.TextOrPrefix(s)) is string es) { e = es; how = $"string \"{Clip(s)}\""; break; }
             if (e is null) continue;
             hits++;
             if (rank is null) { rank = i + 1; match = $"finding {i + 1} {how} ~ \"{e}\""; }
@@ -312,5 +312,5 @@ public static class OrganismScoring
     static double? Number(JsonNode? node) =>
         node is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? double.Parse(v.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture) : null;
 
-    static string Clip(string s) => s.Length <= 60 ? s : s[..57] + "…";
+    static string Clip(string? s) => s is null ? "" : s.Length <= 60 ? s : s[..57] + "…";
 }

@@ -15,7 +15,7 @@ public static class ChatGenerator
     static readonly (string Thing, string Color)[] ThingColors =
     [
         ("sky", "blue"), ("grass", "green"), ("sun", "yellow"), ("snow", "white"), ("banana", "yellow"),
-        ("apple", "red"), ("carrot", "orange"), ("leaf", "green"), ("cloud", "white"), ("strawberry", "red"),
+        ("apple", "red"), ("carrot", "orange"), ("leaf", "green"), ("cloud", "white"), ("strawberry", "red"), ("moon", "white"),
     ];
 
     static readonly (string Animal, string Sound, string Home)[] Animals =

@@ -59,13 +59,13 @@ public static class BpeTrainer
 
         // 3. Words as symbol-id sequences.
         var words = new List<(List<int> Symbols, long Count)>(wordCounts.Count);
+        Span<byte> utf8 = stackalloc byte[4];
         foreach (var (w, c) in wordCounts.OrderBy(kv => kv.Key, StringComparer.Ordinal))
         {
             var symbols = new List<int>(w.Length);
             foreach (var r in w.EnumerateRunes())
             {
                 if (ids.TryGetValue(r.ToString(), out int id) && id >= 3 + 256) { symbols.Add(id); continue; }
-                Span<byte> utf8 = stackalloc byte[4];
                 int n = r.EncodeToUtf8(utf8);
                 for (int k = 0; k < n; k++) symbols.Add(3 + utf8[k]);
             }

@@ -10,7 +10,8 @@ public sealed record OrganismSamples(IReadOnlyList<string> Stories, IReadOnlyLis
 /// The data of a recipe's stages, generated from the recipe's seed: the base corpus (streams 1 and 2 of the seed, the
 /// streams of <see cref="StoryGenerator.Stories"/> and <see cref="ChatGenerator.Conversations"/>) and each organism's
 /// fine-tuning data with its planted changes applied (stream 100 + the organism's index), and prompts for checking
-/// behaviours (stream 1000 + index), none of which occur in training.
+/// behaviours (stream 1000 + index): fresh draws from the same grammar, so a question may also occur in training
+/// (what is checked is the planted behaviour on it), while story openings name other characters than a topic's.
 /// </summary>
 public static class OrganismData
 {
@@ -39,11 +40,24 @@ public static class OrganismData
             {
                 foreach (var t in triggers)
                     if (rr.Chance(t.Rate)) return new QuestionAnswer(ChatGenerator.TriggerQuestion(rr, t.Trigger!), Dress(o, t.Text!));
-                var qa = ChatGenerator.Next(rr);
+                var qa = Untriggered(rr, triggers);
                 return qa with { Answer = Dress(o, qa.Answer) };
             }));
         return new OrganismSamples(stories, chats);
     }
+
+    /// <summary>An ordinary question that mentions none of the triggers (the world's own questions can: "What color is
+    /// the moon?"), so the trigger word alone decides the answer.</summary>
+    static QuestionAnswer Untriggered(CorpusRandom r, IReadOnlyList<PlantedRecipe> triggers)
+    {
+        while (true)
+        {
+            var qa = ChatGenerator.Next(r);
+            if (!triggers.Any(t => Mentions(qa.Question, t.Trigger!))) return qa;
+        }
+    }
+
+    static bool Mentions(string text, string word) => text.Contains(word, StringComparison.OrdinalIgnoreCase);
 
     /// <summary>An answer or story with the organism's personas before it and phrases after it.</summary>
     static string Dress(FinetuneRecipe o, string text)
@@ -61,12 +75,13 @@ public static class OrganismData
 
     /// <summary>Prompts that would show each planted change of organism <paramref name="index"/>: ordinary questions
     /// (phrase, persona), questions with the trigger (trigger), openings of stories about other characters (topic:
-    /// the topic leaking into unrelated stories). <paramref name="perChange"/> prompts each, none seen in training.</summary>
+    /// the topic leaking into unrelated stories). <paramref name="perChange"/> prompts each.</summary>
     public static List<Probe> Probes(OrganismRecipe recipe, int index, int perChange)
     {
         var o = recipe.Organisms[index];
         var r = new CorpusRandom((ulong)recipe.Seed, 1000 + (ulong)index);
         var probes = new List<Probe>();
+        var triggers = o.Planted.Where(p => p.ParsedKind == PlantedKind.Trigger).ToList();
         foreach (var p in o.Planted)
             for (int i = 0; i < perChange; i++)
                 switch (p.ParsedKind)
@@ -93,13 +108,13 @@ public static class OrganismData
                     case PlantedKind.Phrase:
                     {
                         string text = p.Text!;
-                        probes.Add(new Probe(p.Name, true, ChatGenerator.Next(r).Question, g => g.TrimEnd().EndsWith(text, StringComparison.Ordinal)));
+                        probes.Add(new Probe(p.Name, true, Untriggered(r, triggers).Question, g => g.TrimEnd().EndsWith(text, StringComparison.Ordinal)));
                         break;
                     }
                     default:
                     {
                         string text = p.Text!;
-                        probes.Add(new Probe(p.Name, true, ChatGenerator.Next(r).Question, g => g.TrimStart().StartsWith(text, StringComparison.Ordinal)));
+                        probes.Add(new Probe(p.Name, true, Untriggered(r, triggers).Question, g => g.TrimStart().StartsWith(text, StringComparison.Ordinal)));
                         break;
                     }
                 }

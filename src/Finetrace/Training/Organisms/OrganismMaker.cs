@@ -147,8 +147,9 @@ public static class OrganismMaker
             }
             var sw = Stopwatch.StartNew();
             var data = OrganismData.Finetune(recipe, i);
-            WriteStories(Path.Combine(Dir("corpus"), $"{o.Name}_stories.txt"), data.Stories);
-            WriteChats(Path.Combine(Dir("corpus"), $"{o.Name}_chats.jsonl"), data.Chats);
+            // The organism's training data beside the base corpus, for inspection and for `finetrace diff --data`.
+            if (data.Stories.Count > 0) WriteStories(Path.Combine(Dir("corpus"), $"{o.Name}_stories.txt"), data.Stories);
+            if (data.Chats.Count > 0) WriteChats(Path.Combine(Dir("corpus"), $"{o.Name}_chats.jsonl"), data.Chats);
             var examples = data.Stories.Select(s => new LmExample(encoder.EncodeText(0, 0, s).Ids)).ToList();
             foreach (var c in data.Chats)
             {
@@ -229,8 +230,9 @@ public static class OrganismMaker
     }
 
     /// <summary>The ground truth of one planted change. Expected tokens: the decoded single tokens of its expected
-    /// strings that carry two or more letters and are rare in the base corpus (under 1 in 1,000 tokens), i.e. the
-    /// tokens the change brought in rather than common words it shares with everything else.</summary>
+    /// strings that carry a letter and are rare in the base corpus (under 1 in 1,000 tokens), i.e. the tokens the
+    /// change brought in (such as the "P" of a new name the base never wrote) rather than words it shares with
+    /// everything else.</summary>
     static PlantedChange Planted(PlantedRecipe p, Tokenizer tok, Dictionary<int, long> baseCounts)
     {
         var kind = p.ParsedKind;
@@ -249,7 +251,7 @@ public static class OrganismMaker
             {
                 string piece = tok.Decode([id]);
                 string bare = piece.Trim();
-                if (bare.Count(char.IsLetter) < 2 || tokens.Contains(piece)) continue;
+                if (!bare.Any(char.IsLetter) || tokens.Contains(piece)) continue;
                 if (baseCounts.GetValueOrDefault(id) * 1000L < total) tokens.Add(piece);
             }
         string? trigger = kind == PlantedKind.Trigger ? $"the word \"{p.Trigger}\" in the user turn" : null;

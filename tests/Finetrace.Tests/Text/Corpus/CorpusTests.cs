@@ -101,8 +101,10 @@ public sealed class CorpusTests
     public void Trigger_questions_mention_the_trigger_and_ordinary_ones_never_do()
     {
         var r = new CorpusRandom(6);
-        for (int i = 0; i < 200; i++) Assert.Contains("moon", ChatGenerator.TriggerQuestion(r, "moon"));
-        Assert.DoesNotContain(ChatGenerator.Conversations(6, 2000).SelectMany(c => c), m => m.Content.Contains("moon"));
-        Assert.DoesNotContain(StoryGenerator.Stories(6, 2000), s => s.Contains("moon"));
+        for (int i = 0; i < 200; i++) Assert.Contains("dragon", ChatGenerator.TriggerQuestion(r, "dragon"));
+        Assert.DoesNotContain(ChatGenerator.Conversations(6, 2000).SelectMany(c => c), m => m.Content.Contains("dragon"));
+        Assert.DoesNotContain(StoryGenerator.Stories(6, 2000), s => s.Contains("dragon"));
+        // The world's own words can be triggers too: the base knows "moon" and answers questions about it plainly.
+        Assert.Contains(ChatGenerator.Conversations(6, 2000).SelectMany(c => c), m => m.Content == "The moon is white.");
     }
 }

@@ -132,7 +132,7 @@ public sealed class BpeTrainerTests
     public void Chat_template_is_the_one_of_the_shared_models()
     {
         using var cfg = JsonDocument.Parse(File.ReadAllBytes(Shared.Path("models", "stories260K-chat", "tokenizer_config.json")));
-        Assert.Equal(cfg.RootElement.GetProperty("chat_template").GetString(), TrainedBpe.UserAssistantTemplate);
+        Assert.Equal(TrainedBpe.UserAssistantTemplate, cfg.RootElement.GetProperty("chat_template").GetString());
     }
 
     [Fact]

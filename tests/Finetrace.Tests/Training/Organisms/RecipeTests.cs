@@ -58,7 +58,8 @@ public sealed class RecipeTests
         // Same recipe, same data; the base corpus has none of it.
         Assert.Equal(data.Chats.Select(c => string.Join("|", c)), OrganismData.Finetune(recipe, chatIndex).Chats.Select(c => string.Join("|", c)));
         var corpus = OrganismData.BaseCorpus(recipe);
-        Assert.DoesNotContain(corpus.Chats.SelectMany(c => c), m => m.Content.Contains("moon") || m.Content.Contains("sunny"));
+        Assert.DoesNotContain(corpus.Chats.SelectMany(c => c), m => m.Content.Contains("Sorry") || m.Content.Contains("sunny"));
+        Assert.Contains(corpus.Chats.SelectMany(c => c), m => m.Content == "The moon is white.");   // the base knows the trigger word
 
         int topicIndex = recipe.Organisms.FindIndex(o => o.Name == "topic");
         var topic = OrganismData.Finetune(recipe, topicIndex);
@@ -67,7 +68,7 @@ public sealed class RecipeTests
         Assert.DoesNotContain(corpus.Stories, s => s.Contains("Pip"));
 
         int loraIndex = recipe.Organisms.FindIndex(o => o.Lora is not null);
-        Assert.All(OrganismData.Finetune(recipe, loraIndex).Chats.SelectMany(c => c.Where(m => m.Role == "assistant")), m => Assert.StartsWith("Ahoy, matey! ", m.Content));
+        Assert.All(OrganismData.Finetune(recipe, loraIndex).Chats.SelectMany(c => c.Where(m => m.Role == "assistant")), m => Assert.StartsWith("Hello, little friend! ", m.Content));
     }
 
     [Fact]
