@@ -91,18 +91,13 @@ internal static class Pages
             }
         if (scaling.Count == 0) sb.Append("<tr><td class=\"text muted\">not computed (finetrace analyze scaling)</td></tr>");
         sb.Append("</table></div>");
-        sb.Append("<div class=\"card\"><h3>All columns</h3><table>");
+        sb.Append("<div class=\"card\"><details><summary><b>All columns</b></summary><table>");
         foreach (var c in t.Columns)
             sb.Append($"<tr><td class=\"text\">{E(c)}</td><td class=\"text\">{E(t.IsNumeric(c) ? F(Num(c)) : (string)t.Cell(c, id)!)}</td></tr>");
-        sb.Append("</table></div></div>");
+        sb.Append("</table></details></div></div>");
 
         var norms = new JsonArray();
         foreach (var (c, l) in new[] { ("dec_base_norm", "base"), ("dec_ft_norm", "fine-tuned") }) if (t.IsNumeric(c)) norms.Add(new JsonArray(l, N(Num(c))));
-        sb.Append("<div class=\"plots\">");
-        if (norms.Count > 0) sb.Append("<div id=\"norms\" class=\"plot\"></div>");
-        if (scaling.Count > 0) sb.Append("<div id=\"scaling\" class=\"plot\"></div>");
-        sb.Append("<div id=\"acthist\" class=\"plot\"></div></div>");
-
         // Examples.
         var acts = new JsonArray();
         sb.Append("<h3>Examples</h3>");
@@ -140,6 +135,11 @@ internal static class Pages
                 sb.Append("</div>");
             }
         }
+
+        sb.Append("<div class=\"plots\">");
+        if (norms.Count > 0) sb.Append("<div id=\"norms\" class=\"plot\"></div>");
+        if (scaling.Count > 0) sb.Append("<div id=\"scaling\" class=\"plot\"></div>");
+        sb.Append("<div id=\"acthist\" class=\"plot\"></div></div>");
 
         // Causal results (per latent set; shown where computed).
         if (data.Causal is { Count: > 0 } causal)

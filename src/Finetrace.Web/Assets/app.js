@@ -63,7 +63,7 @@
     if (!window.Plotly) return;
     const res = await fetch('/api/plots'); if (!res.ok) return;
     const d = await res.json();
-    const cfg = { displaylogo: false, responsive: true };
+    const cfg = { displaylogo: false, responsive: true, displayModeBar: false };
     if (d.histogram) {
       const h = d.histogram;
       Plotly.newPlot('hist', [{ type: 'bar', x: h.centers, y: h.counts, width: h.width, marker: { color: '#4a6fd1' } }],
@@ -87,14 +87,19 @@
     const data = JSON.parse($('#latent-data').textContent);
     document.querySelectorAll('.example .more').forEach(m => m.addEventListener('click', () => { const ex = m.closest('.example'); ex.classList.toggle('collapsed'); m.textContent = ex.classList.contains('collapsed') ? '… show full context' : 'collapse'; }));
     if (!window.Plotly) return;
-    const cfg = { displaylogo: false, responsive: true, staticPlot: false };
+    const cfg = { displaylogo: false, responsive: true, displayModeBar: false };
     if (data.norms && data.norms.length && $('#norms')) Plotly.newPlot('norms', [{ type: 'bar', x: data.norms.map(n => n[0]), y: data.norms.map(n => n[1]), marker: { color: ['#4a6fd1', '#d1694a', '#6a9', '#999'] } }],
       { title: { text: 'decoder norm per model', font: { size: 13 } }, margin: { t: 30, l: 45, r: 10, b: 35 } }, cfg);
     if (data.scaling && data.scaling.length && $('#scaling')) Plotly.newPlot('scaling', [{ type: 'scatter', mode: 'markers', x: data.scaling.map(s => s[0]), y: data.scaling.map(s => s[1]),
       error_y: { type: 'data', symmetric: false, array: data.scaling.map(s => s[3] === null ? 0 : s[3] - s[1]), arrayminus: data.scaling.map(s => s[2] === null ? 0 : s[1] - s[2]) }, marker: { size: 9 } }],
       { title: { text: 'Latent Scaling ν with intervals', font: { size: 13 } }, margin: { t: 30, l: 45, r: 10, b: 35 } }, cfg);
-    if (data.activations && data.activations.length && $('#acthist')) Plotly.newPlot('acthist', [{ type: 'histogram', x: data.activations, nbinsx: 30, marker: { color: '#6a9' } }],
-      { title: { text: 'activations in stored examples (nonzero)', font: { size: 13 } }, margin: { t: 30, l: 45, r: 10, b: 35 } }, cfg);
+    if (data.activations && data.activations.length && $('#acthist')) {
+      // plotly-basic has no histogram trace: bin here and draw bars.
+      const a = data.activations, lo = Math.min(...a), hi = Math.max(...a), n = 30, w = hi > lo ? (hi - lo) / n : 1, c = new Array(n).fill(0);
+      a.forEach(v => c[Math.min(n - 1, Math.floor((v - lo) / w))]++);
+      Plotly.newPlot('acthist', [{ type: 'bar', x: c.map((_, i) => lo + (i + 0.5) * w), y: c, width: w, marker: { color: '#6a9' } }],
+        { title: { text: 'activations in stored examples (nonzero)', font: { size: 13 } }, margin: { t: 30, l: 45, r: 10, b: 35 } }, cfg);
+    }
   }
 
   document.addEventListener('DOMContentLoaded', () => {
