@@ -119,7 +119,7 @@ public sealed class DashboardServer : IAsyncDisposable
         var o = new JsonObject { ["id"] = id };
         foreach (var c in t.Columns) o[c] = JsonValueOf(t.Cell(c, id));
         // Stable names the API promises whatever the table calls them.
-        if (!t.Has("frequency") && t.Has("freq_all")) o["frequency"] = JsonValueOf(t.Cell("freq_all", id));
+        foreach (var a in t.Aliases) o[a] = JsonValueOf(t.Cell(a, id));
         foreach (var k in new[] { "tag", "delta_norm", "nu_error", "nu_reconstruction", "frequency" }) if (!o.ContainsKey(k)) o[k] = null;
         return o;
     }
@@ -136,7 +136,6 @@ public sealed class DashboardServer : IAsyncDisposable
         if (q.TryGetValue("limit", out var lv) && (!int.TryParse(lv, out limit) || limit < 0 || limit > MaxPageSize)) { error = $"limit '{lv}' must be an integer from 0 to {MaxPageSize}"; return null; }
         string? sort = q.TryGetValue("sort", out var sv) && !string.IsNullOrEmpty(sv) ? sv.ToString() : null;
         if (sort == "id") sort = null;
-        if (sort == "frequency" && !Data.Latents!.Has("frequency")) sort = "freq_all";
         bool desc = q.TryGetValue("desc", out var dv) && dv.ToString() is "1" or "true" or "True";
         string? tag = q.TryGetValue("tag", out var tv) && !string.IsNullOrEmpty(tv) ? tv.ToString() : null;
         var ranges = new List<RangeFilter>();

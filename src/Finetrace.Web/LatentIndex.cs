@@ -38,7 +38,21 @@ public sealed class LatentIndex
             if (isText) _texts[c] = texts;
         }
         if (_texts.TryGetValue("tag", out var tags)) Tags = tags;
+        // The names the dashboard and its API promise, over the names the analyses write (LatentScaling: beta_ratio_*).
+        foreach (var (alias, real) in AliasOf)
+            if (!_numbers.ContainsKey(alias) && !_texts.ContainsKey(alias) && _numbers.TryGetValue(real, out var col)) { _numbers[alias] = col; Aliases.Add(alias); }
     }
+
+    static readonly (string Alias, string Real)[] AliasOf =
+    [
+        ("nu_error", "beta_ratio_error"), ("nu_error_lo", "beta_ratio_error_lo"), ("nu_error_hi", "beta_ratio_error_hi"),
+        ("nu_reconstruction", "beta_ratio_reconstruction"), ("nu_reconstruction_lo", "beta_ratio_reconstruction_lo"), ("nu_reconstruction_hi", "beta_ratio_reconstruction_hi"),
+        ("nu_activation", "beta_activation_ratio"), ("nu_activation_lo", "beta_activation_ratio_lo"), ("nu_activation_hi", "beta_activation_ratio_hi"),
+        ("frequency", "freq_all"),
+    ];
+
+    /// <summary>Alias columns present (e.g. nu_error for beta_ratio_error): usable in sort/range and sent in API rows, not in CSV exports.</summary>
+    public List<string> Aliases { get; } = [];
 
     public static LatentIndex Load(string featureCsv) => new(FeatureTable.Load(featureCsv));
 

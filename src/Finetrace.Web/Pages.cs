@@ -91,6 +91,14 @@ internal static class Pages
             }
         if (scaling.Count == 0) sb.Append("<tr><td class=\"text muted\">not computed (finetrace analyze scaling)</td></tr>");
         sb.Append("</table></div>");
+        var logit = new[] { ("base", "logit_top_base", "logit_bottom_base"), ("fine-tuned", "logit_top_ft", "logit_bottom_ft") }.Where(x => t.Has(x.Item2)).ToArray();
+        if (logit.Length > 0)
+        {
+            sb.Append("<div class=\"card\"><h3>Logit effects (decoder direction through each model's unembedding)</h3><table><tr><th class=\"text\">model</th><th class=\"text\">promotes</th><th class=\"text\">suppresses</th></tr>");
+            foreach (var (model, top, bottom) in logit)
+                sb.Append($"<tr><td class=\"text\">{model}</td><td class=\"text\">{TokenList(t, top, id)}</td><td class=\"text\">{(t.Has(bottom) ? TokenList(t, bottom, id) : "")}</td></tr>");
+            sb.Append("</table></div>");
+        }
         sb.Append("<div class=\"card\"><details><summary><b>All columns</b></summary><table>");
         foreach (var c in t.Columns)
             sb.Append($"<tr><td class=\"text\">{E(c)}</td><td class=\"text\">{E(t.IsNumeric(c) ? F(Num(c)) : (string)t.Cell(c, id)!)}</td></tr>");
@@ -151,11 +159,22 @@ internal static class Pages
             sb.Append("</table>");
         }
         else sb.Append("<p class=\"muted\">No causal evaluation in this results folder (finetrace analyze causal).</p>");
-        sb.Append("<p class=\"muted\">Per-model logit effects are not stored in the results folder yet.</p>");
 
         var payload = new JsonObject { ["id"] = id, ["norms"] = norms, ["scaling"] = new JsonArray(scaling.ToArray()), ["activations"] = acts };
         sb.Append("<script type=\"application/json\" id=\"latent-data\">").Append(payload.ToJsonString().Replace("</", "<\\/")).Append("</script>");
         return Layout($"Latent {id}", sb.ToString(), standalone);
+    }
+
+    /// <summary>A JSON array of token strings (as the latent table stores them) shown as quoted tokens.</summary>
+    static string TokenList(LatentIndex t, string column, int id)
+    {
+        string raw = t.Cell(column, id) as string ?? "";
+        try
+        {
+            if (JsonNode.Parse(raw) is JsonArray a) return string.Join(" ", a.Select(x => $"<code>{E(x?.ToString() ?? "")}</code>"));
+        }
+        catch (JsonException) { }
+        return E(raw);
     }
 
     static JsonNode? N(double v) => double.IsFinite(v) ? JsonValue.Create(v) : null;

@@ -213,3 +213,22 @@ public sealed class DashboardApiTests(DashboardFixture f) : IClassFixture<Dashbo
         Assert.Equal("127.0.0.1", f.Server.Address!.Host);
     }
 }
+
+public sealed class LatentIndexTests
+{
+    [Fact]
+    public void Latent_Scaling_columns_are_reachable_under_the_nu_names_and_sort_with_nan_last()
+    {
+        var t = new Finetrace.Diffing.FeatureTable(4);
+        t.Set("beta_ratio_error", new[] { 0.3, double.NaN, 0.1, 0.2 });
+        t.Set("freq_all", new[] { 0.5, 0.25, 1.0, 0.0 });
+        var ix = new LatentIndex(t);
+        Assert.Equal(new[] { 2, 3, 0, 1 }, ix.Query(0, 10, "nu_error", false, null, []).Ids);
+        Assert.Equal(new[] { 0, 3, 2, 1 }, ix.Query(0, 10, "nu_error", true, null, []).Ids);
+        Assert.Equal(new[] { 2, 0, 1, 3 }, ix.Query(0, 10, "frequency", true, null, []).Ids);
+        Assert.Equal(0.1, (double)ix.Cell("nu_error", 2)!);
+        Assert.Null(ix.Cell("nu_error", 1));
+        Assert.Equal(["beta_ratio_error", "freq_all"], ix.Columns);   // aliases never reach the CSV export
+        Assert.Equal(new[] { 0, 3 }, ix.Query(0, 10, null, false, null, [new RangeFilter("nu_error", 0.15, 0.35)]).Ids);
+    }
+}
