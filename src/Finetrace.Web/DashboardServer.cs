@@ -42,6 +42,7 @@ public sealed class DashboardServer : IAsyncDisposable
     public async Task StartAsync(CancellationToken cancel = default)
     {
         await _app.StartAsync(cancel);
+        if (Data.Latents is { } t) _ = Task.Run(t.Presort, CancellationToken.None);
         var addr = _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         Address = new Uri(addr.Replace("[::]", "127.0.0.1").Replace("0.0.0.0", "127.0.0.1"));
     }

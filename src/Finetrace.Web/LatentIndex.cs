@@ -32,10 +32,10 @@ public sealed class LatentIndex
         Columns = table.Columns.ToList();
         foreach (var c in table.Columns)
         {
-            string[] texts = table.Texts(c);
-            bool isText = false;
-            try { _numbers[c] = table.Numbers(c); } catch (InvalidDataException) { isText = true; }
-            if (isText) _texts[c] = texts;
+            // Numbers first: Texts() of a numeric column would format every value only to throw it away.
+            double[]? numbers = null;
+            try { numbers = table.Numbers(c); } catch (InvalidDataException) { }
+            if (numbers is not null) _numbers[c] = numbers; else _texts[c] = table.Texts(c);
         }
         if (_texts.TryGetValue("tag", out var tags)) Tags = tags;
         // The names the dashboard and its API promise, over the names the analyses write (LatentScaling: beta_ratio_*).
@@ -72,28 +72,41 @@ public sealed class LatentIndex
         : Tags.GroupBy(t => t).Select(g => (g.Key, g.Count())).OrderByDescending(x => x.Item2).ThenBy(x => x.Key, StringComparer.Ordinal).ToList();
 
     /// <summary>Row ids ascending by <paramref name="column"/>; NaN last, ties by id (stable). Text columns sort ordinally.</summary>
-    int[] Ascending(string column) => _ascending.GetOrAdd(column, c =>
+    int[] Ascending(string column) => _ascending.GetOrAdd(column, SortAscending);
+
+    /// <summary>Computes every sortable column's order (call on a background thread after start so first requests do not pay).</summary>
+    public void Presort() { foreach (var c in Columns.Concat(Aliases)) Ascending(c); }
+
+    int[] SortAscending(string c)
     {
-        var ids = Enumerable.Range(0, Rows).ToArray();
+        var ids = new int[Rows];
         if (_numbers.TryGetValue(c, out var d))
         {
-            var keys = d.Select(v => double.IsNaN(v) ? double.PositiveInfinity : v).ToArray();
-            var nanLast = d.Select(double.IsNaN).ToArray();
-            Array.Sort(ids, (a, b) =>
+            // NaN ids go last in id order; the rest sort by key with a primitive-key sort, then ties go back to id order.
+            int n = 0, m = Rows;
+            var tail = new List<int>();
+            for (int i = 0; i < Rows; i++) if (double.IsNaN(d[i])) tail.Add(i); else ids[n++] = i;
+            var keys = new double[n];
+            for (int i = 0; i < n; i++) keys[i] = d[ids[i]];
+            Array.Sort(keys, ids, 0, n);
+            for (int i = 0; i < n;)
             {
-                int n = nanLast[a].CompareTo(nanLast[b]);
-                if (n != 0) return n;
-                int k = keys[a].CompareTo(keys[b]);
-                return k != 0 ? k : a.CompareTo(b);
-            });
+                int j = i + 1;
+                while (j < n && keys[j] == keys[i]) j++;
+                if (j - i > 1) Array.Sort(ids, i, j - i);
+                i = j;
+            }
+            for (int i = 0; i < tail.Count; i++) ids[n + i] = tail[i];
+            _ = m;
         }
         else
         {
             var s = _texts[c];
+            for (int i = 0; i < Rows; i++) ids[i] = i;
             Array.Sort(ids, (a, b) => { int k = string.CompareOrdinal(s[a], s[b]); return k != 0 ? k : a.CompareTo(b); });
         }
         return ids;
-    });
+    }
 
     /// <summary>
     /// The page [offset, offset+limit) of the rows that pass <paramref name="tag"/> (exact match; null = any) and every
