@@ -1,4 +1,6 @@
+using YamlDotNet.Core;
 using YamlDotNet.Serialization;
+using YamlDotNet.Serialization.EventEmitters;
 
 namespace Finetrace.Pipeline.Emit;
 
@@ -35,7 +37,7 @@ public static class KubernetesJobs
         docs.Add(Job(r, $"{r.Name}-finish", null, Script(r,
             $"until {{ {allParts}; }}; do echo \"waiting for the shards ($n of {r.Parts} done)\"; sleep 30; done",
             string.Join("\n", r.Finish))));
-        var yaml = new SerializerBuilder().Build();
+        var yaml = new SerializerBuilder().WithEventEmitter(next => new LiteralScripts(next)).Build();
         return "# Written by finetrace emit k8s. Apply with: kubectl apply -f THIS_FILE\n" +
                string.Join("", docs.Select(d => "---\n" + yaml.Serialize(d)));
     }
@@ -93,5 +95,15 @@ public static class KubernetesJobs
             ["metadata"] = new Dictionary<string, object> { ["name"] = name, ["labels"] = new Dictionary<string, object> { ["finetrace/run"] = r.Name } },
             ["spec"] = spec,
         };
+    }
+
+    /// <summary>Multi-line strings (the pod scripts) as literal blocks, so the manifest reads like the script it runs.</summary>
+    sealed class LiteralScripts(IEventEmitter next) : ChainedEventEmitter(next)
+    {
+        public override void Emit(ScalarEventInfo eventInfo, IEmitter emitter)
+        {
+            if (eventInfo.Source.Value is string s && s.Contains('\n')) eventInfo.Style = ScalarStyle.Literal;
+            base.Emit(eventInfo, emitter);
+        }
     }
 }
