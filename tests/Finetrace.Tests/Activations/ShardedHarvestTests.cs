@@ -104,6 +104,9 @@ public class ShardedHarvestTests
         // Outlier drops cannot be planned before the forward.
         var outl = Assert.Throws<SettingException>(() => Harvester.Run(whole with { Out = tmp.File("o"), Part = new HarvestPart(0, 2), OutlierFactor = 5 }));
         Assert.Equal(nameof(HarvestOptions.OutlierFactor), outl.Setting);
+        // Data without a token fail in a part as in the whole harvest.
+        File.WriteAllText(tmp.File("empty.txt"), "");
+        Assert.Throws<HarvestNoDataException>(() => Harvester.Run(whole with { Out = tmp.File("e"), Part = new HarvestPart(1, 2), Data = [Finetrace.Text.Datasets.DataSourceSpec.Parse(tmp.File("empty.txt"))] }));
     }
 
     [SharedFact]

@@ -95,6 +95,9 @@ public static class Harvester
         if (o.Part is { } part)
         {
             var plan = PlanParts(o, encoder);
+            // No token at all: every part would be empty; fail as the unsharded harvest does.
+            if (plan.Kept.Sum(k => (long)k) == 0)
+                throw new HarvestNoDataException(o.Data.Select((d, i) => (d.Path, plan.Stream.Skipped[i].ToString())).ToList());
             var (fb, eb) = part.Batches(plan.Batches);
             firstSample = fb * o.BatchSize;
             endSample = Math.Min(eb * o.BatchSize, plan.Samples);
@@ -268,13 +271,14 @@ public static class Harvester
     /// <summary>How the whole harvest divides into batches: the samples it reads up to the one that reaches the token
     /// target (or the end of the data), with each sample's kept tokens. Tokenizing only, no forward: every part
     /// computes the same plan on its own.</summary>
-    internal sealed record PartPlan(long Samples, long Batches, List<int> Kept);
+    internal sealed record PartPlan(long Samples, long Batches, List<int> Kept, SampleStream Stream);
 
     internal static PartPlan PlanParts(HarvestOptions o, ISampleEncoder encoder)
     {
         var kept = new List<int>();
         long tokens = 0;
-        foreach (var s in new SampleStream(o.Data, encoder, o.ContextLength).Read())
+        var stream = new SampleStream(o.Data, encoder, o.ContextLength);
+        foreach (var s in stream.Read())
         {
             int k = 0;
             for (int p = 0; p < s.Ids.Length; p++) if (Keeps(o, s, p)) k++;
@@ -282,7 +286,7 @@ public static class Harvester
             tokens += k;
             if (tokens >= o.Tokens) break;
         }
-        return new PartPlan(kept.Count, (kept.Count + o.BatchSize - 1) / o.BatchSize, kept);
+        return new PartPlan(kept.Count, (kept.Count + o.BatchSize - 1) / o.BatchSize, kept, stream);
     }
 
     /// <summary>Keeps the first <paramref name="count"/> sequences.</summary>
