@@ -32,8 +32,13 @@ public sealed class HarvestCommand : ICliCommand
         var skipFirst = new Option<int>("--skip-first") { Description = "Do not store the first n positions of each sample", DefaultValueFactory = _ => 0 };
         var outlier = new Option<double>("--outlier-factor") { Description = "Drop tokens whose norm exceeds this multiple of the sample's median norm (0 = keep all; 10 is typical)", DefaultValueFactory = _ => 0 };
         var shard = new Option<long>("--shard-tokens") { Description = "Tokens per shard (the resume granularity)", DefaultValueFactory = _ => 1 << 18 };
+        var part = new Option<string?>("--part")
+        {
+            Description = "Store only part i of n (0-based, e.g. 0/4 … 3/4) of this harvest, to run the parts on several machines; " +
+                          "join them with `finetrace store merge` (the result equals the unsharded store byte for byte)",
+        };
         var cmd = new Command("harvest", "Run base and fine-tuned model on identical tokens and store their residual activations (blocks.{L}.hook_resid_post) for dictionary training");
-        foreach (var o in new Option[] { baseDir, baseAdapter, ft, adapter, data, layers, tokens, outDir, context, batch, dtype, dropBos, skipFirst, outlier, shard })
+        foreach (var o in new Option[] { baseDir, baseAdapter, ft, adapter, data, layers, tokens, outDir, context, batch, dtype, dropBos, skipFirst, outlier, shard, part })
             cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
@@ -46,11 +51,18 @@ public sealed class HarvestCommand : ICliCommand
                 Tokens = r.GetValue(tokens), Out = r.GetValue(outDir)!, ContextLength = r.GetValue(context), BatchSize = r.GetValue(batch),
                 Dtype = r.GetValue(dtype)!, DropBos = r.GetValue(dropBos), SkipFirst = r.GetValue(skipFirst), OutlierFactor = r.GetValue(outlier),
                 ShardTokens = r.GetValue(shard),
+                Part = r.GetValue(part) is { } p ? ParsePart(p) : null,
             };
             CheckContext(opts.ContextLength, b, f);
             return Run(opts);
         });
         return cmd;
+    }
+
+    static HarvestPart ParsePart(string text)
+    {
+        try { return HarvestPart.Parse(text); }
+        catch (SettingException e) { throw new ArgumentException($"--part {text}: {e.Problem}"); }
     }
 
     /// <summary>"13", "6,13" or fractions ("0.5" → floor(0.5·(layers − 1)), as the toolkit resolves them).</summary>
@@ -99,8 +111,9 @@ public sealed class HarvestCommand : ICliCommand
             result = Harvester.Run(o, p =>
             {
                 if (first && p.ResumedTokens > 0) { AnsiConsole.MarkupLine($"resuming after {p.ResumedTokens:N0} stored tokens"); first = false; }
-                task.Description = $"harvest {ActivationStoreWriter.Human(p.BytesWritten)}";
-                task.Value = Math.Min(p.Tokens, o.Tokens);
+                task.Description = $"harvest{(o.Part is { } pt ? $" part {pt}" : "")} {ActivationStoreWriter.Human(p.BytesWritten)}";
+                task.MaxValue = p.Target;
+                task.Value = Math.Min(p.Tokens, p.Target);
             }, cancel);
         });
         if (!done) return 130;
@@ -109,7 +122,9 @@ public sealed class HarvestCommand : ICliCommand
             $"({(res.Tokens - res.ResumedTokens) / Math.Max(res.LoopSeconds, 1e-9):N0} tokens/s over {res.LoopSeconds:F1} s of batches, {res.ForwardSeconds:F1} s of it in forwards){(res.DroppedTokens > 0 ? $"; {res.DroppedTokens:N0} tokens dropped (BOS / first-n / outliers)" : "")}");
         foreach (var (name, skipped, toks) in res.Sources)
             AnsiConsole.MarkupLine($"  {Markup.Escape(name)}: {toks:N0} tokens; skipped samples: {Markup.Escape(skipped.ToString())}");
-        if (res.Tokens < o.Tokens)
+        if (o.Part is { } prt)
+            AnsiConsole.MarkupLine($"part {prt} of the harvest; once all {prt.Count} parts are complete, join them: finetrace store merge PART_STORES… --out STORE");
+        else if (res.Tokens < o.Tokens)
         {
             // The data ran out before the token target: say so, and show how far the mixture drifted from the stated
             // proportions once the smaller sources were used up.

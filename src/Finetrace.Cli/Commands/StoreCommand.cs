@@ -14,6 +14,32 @@ public sealed class StoreCommand : ICliCommand
         var cmd = new Command("store", "Inspect activation stores (written by harvest or synth make) and export them to the crosscoder_learning cache layout");
         cmd.Subcommands.Add(BuildInfo());
         cmd.Subcommands.Add(BuildExport());
+        cmd.Subcommands.Add(BuildMerge());
+        return cmd;
+    }
+
+    static Command BuildMerge()
+    {
+        var parts = new Argument<string[]>("parts") { Description = "The part stores (harvest --part i/n), all n of them, in any order", Arity = ArgumentArity.OneOrMore };
+        var outDir = new Option<string>("--out") { Description = "Merged store folder (re-run the same command to resume)", Required = true };
+        var cmd = new Command("merge", "Join the part stores of a harvest split with --part i/n into one store, identical to the unsharded harvest");
+        cmd.Arguments.Add(parts);
+        cmd.Options.Add(outDir);
+        cmd.SetAction(r =>
+        {
+            var dirs = r.GetValue(parts)!;
+            string output = r.GetValue(outDir)!;
+            StoreManifest? merged = null;
+            bool done = TokenProgress.Run("merge", 1, "the merged store is consistent (complete shards kept)", (task, cancel) =>
+            {
+                merged = StoreMerge.Merge(dirs, output, p => { task.MaxValue = Math.Max(1, p.TotalTokens); task.Value = p.Tokens; }, cancel);
+                task.Value = task.MaxValue;
+            });
+            if (!done) return 130;
+            AnsiConsole.MarkupLine($"merged {dirs.Length} parts: {merged!.Tokens:N0} tokens, {merged.Sequences:N0} samples, {merged.Shards.Count} shards");
+            AnsiConsole.MarkupLine($"store: {Markup.Escape(Path.GetFullPath(output))}  (finetrace store info to inspect)");
+            return 0;
+        });
         return cmd;
     }
 

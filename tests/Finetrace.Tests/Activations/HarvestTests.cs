@@ -36,7 +36,7 @@ public class HarvestTests(ITestOutputHelper log)
         return (s, c);
     }
 
-    static HarvestOptions Options(TempDir tmp, string outName, long tokens = 3000, string dtype = "f32", int batch = 4, long shard = 700, string ft = "stories260K-zog",
+    internal static HarvestOptions Options(TempDir tmp, string outName, long tokens = 3000, string dtype = "f32", int batch = 4, long shard = 700, string ft = "stories260K-zog",
         string? ftDir = null, string? adapter = null)
     {
         var (s, c) = Data(tmp);

@@ -33,6 +33,8 @@ public sealed record HarvestOptions
     public double OutlierFactor { get; init; }
     public long ShardTokens { get; init; } = 1 << 18;
     public bool CheckFreeSpace { get; init; } = true;
+    /// <summary>Store only this part of the harvest (null = all of it); merge the parts with <see cref="StoreMerge"/>.</summary>
+    public HarvestPart? Part { get; init; }
 }
 
 /// <summary>The data sources gave no token to store (empty files, or every sample skipped): <see cref="Sources"/> lists
@@ -87,8 +89,30 @@ public static class Harvester
         var (encoder, tokenizerDir, templateDir) = Encoder(o);
         var vocab = new VocabCheck(o, baseModel, ftModel);
         var settings = Settings(o, baseModel.Hidden, tokenizerDir, templateDir, encoder);
-        using var writer = ActivationStoreWriter.Open(o.Out, settings, o.Tokens, o.CheckFreeSpace);
-        long resumeSeq = writer.ResumeSequences;
+        // A part stores samples [firstSample, endSample) and exactly the tokens they keep; the whole run stops at the
+        // sequence that reaches the token target.
+        long firstSample = 0, endSample = long.MaxValue, target = o.Tokens;
+        if (o.Part is { } part)
+        {
+            var plan = PlanParts(o, encoder);
+            // No token at all: every part would be empty; fail as the unsharded harvest does.
+            if (plan.Kept.Sum(k => (long)k) == 0)
+                throw new HarvestNoDataException(o.Data.Select((d, i) => (d.Path, plan.Stream.Skipped[i].ToString())).ToList());
+            var (fb, eb) = part.Batches(plan.Batches);
+            firstSample = fb * o.BatchSize;
+            endSample = Math.Min(eb * o.BatchSize, plan.Samples);
+            firstSample = Math.Min(firstSample, endSample);
+            target = 0;
+            for (long k = firstSample; k < endSample; k++) target += plan.Kept[(int)k];
+            var inv = CultureInfo.InvariantCulture;
+            settings.Options[HarvestPart.PartKey] = part.ToString();
+            settings.Options[HarvestPart.SamplesKey] = $"{firstSample.ToString(inv)}..{endSample.ToString(inv)}";
+            settings.Options[HarvestPart.TotalSamplesKey] = plan.Samples.ToString(inv);
+            settings.Options[HarvestPart.TargetTokensKey] = o.Tokens.ToString(inv);
+        }
+        // A part that keeps no token (more parts than batches) is an empty, complete store.
+        using var writer = ActivationStoreWriter.Open(o.Out, settings, Math.Max(1, target), o.CheckFreeSpace);
+        long resumeSeq = firstSample + writer.ResumeSequences;
         var stream = new SampleStream(o.Data, encoder, o.ContextLength);
         double forwardSeconds = 0, loopSeconds = 0, loopCpuSeconds = 0;
         long dropped = 0;
@@ -106,7 +130,7 @@ public static class Harvester
             var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
             try
             {
-            while (more && stored < o.Tokens)
+            while (more && (o.Part is null ? stored < target : seq < endSample))
             {
                 cancel.ThrowIfCancellationRequested();
                 batchSamples.Clear();
@@ -128,13 +152,15 @@ public static class Harvester
 
                 storing?.GetAwaiter().GetResult();
                 var batch = BuildBatch(o, batchSamples, tb.Seq, acts, models, nl, d, skipBefore: (int)Math.Max(0, resumeSeq - first), ref dropped);
-                // Stop at the sequence that reaches the target, exactly where an uninterrupted run stops.
-                TrimToTarget(batch, o.Tokens - stored);
+                // Stop at the sequence that reaches the target, exactly where an uninterrupted run stops; a part stops
+                // at its last sample (it may keep no token, and still counts).
+                if (o.Part is null) TrimToTarget(batch, target - stored);
+                else TrimToSequences(batch, (int)Math.Min(batch.SequenceCount, endSample - Math.Max(first, resumeSeq)));
                 stored += batch.TokenCount;
                 bool last = batch.SequenceCount < batchSamples.Count - (int)Math.Max(0, resumeSeq - first);
                 storing = Task.Run(() => writer.Append(batch));
                 if (last) break;
-                progress?.Invoke(new HarvestProgress(stored, o.Tokens, seq, stored * writer.BytesPerToken, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
+                progress?.Invoke(new HarvestProgress(stored, target, seq, stored * writer.BytesPerToken, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
             }
             storing?.GetAwaiter().GetResult();
             }
@@ -146,12 +172,12 @@ public static class Harvester
             }
             loopSeconds = loop.Elapsed.TotalSeconds;
             loopCpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
-            if (writer.Tokens == 0)
+            if (writer.Tokens == 0 && o.Part is null)
                 throw new HarvestNoDataException(o.Data.Select((s, i) => (s.Path, stream.Skipped[i].ToString())).ToList());
             writer.Manifest.Skipped = stream.Sources.Select((s, i) => (s.Name, stream.Skipped[i]))
                 .ToDictionary(x => x.Name, x => new SortedDictionary<string, long>(x.Item2.Counts.ToDictionary(kv => kv.Key, kv => kv.Value), StringComparer.Ordinal));
             writer.Complete();
-            progress?.Invoke(new HarvestProgress(writer.Tokens, o.Tokens, seq, writer.BytesWritten, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
+            progress?.Invoke(new HarvestProgress(writer.Tokens, target, seq, writer.BytesWritten, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
         }
         var srcTokens = writer.Manifest.SourceTokens();
         return new HarvestResult(writer.Tokens, writer.Sequences, dropped, sw.Elapsed.TotalSeconds, loopSeconds, loopCpuSeconds, forwardSeconds, writer.ResumeSequences > 0, writer.ResumeTokens,
@@ -167,6 +193,12 @@ public static class Harvester
         if (o.SkipFirst < 0) throw new SettingException(nameof(o.SkipFirst), $"{o.SkipFirst}", "must be ≥ 0");
         if (o.OutlierFactor < 0) throw new SettingException(nameof(o.OutlierFactor), $"{o.OutlierFactor}", "must be ≥ 0 (0 = off)");
         if (o.Data.Count == 0) throw new SettingException(nameof(o.Data), null, "give at least one data source");
+        o.Part?.Validate();
+        // Outlier drops depend on the activations, so the kept tokens of a sample are unknown before its forward.
+        if (o.OutlierFactor > 0 && o.Part is { IsWhole: false })
+            throw new SettingException(nameof(HarvestOptions.OutlierFactor), o.OutlierFactor.ToString(CultureInfo.InvariantCulture),
+                "outlier dropping cannot be combined with a harvest split into parts (which tokens an outlier drop keeps is only known after the forward); harvest in one part, or without outlier dropping");
+
         if (o.Data.Select(d => d.Name).Distinct().Count() != o.Data.Count) throw new SettingException(nameof(o.Data), null, "source names repeat; give each a name=… option");
     }
 
@@ -195,11 +227,7 @@ public static class Harvester
             var s = samples[b];
             var cand = new List<int>();
             for (int p = 0; p < s.Ids.Length; p++)
-            {
-                bool bos = p < s.BosTokens || s.Roles?[p] == TokenRole.Bos;
-                if (p < o.SkipFirst || (o.DropBos && bos)) continue;
-                cand.Add(p);
-            }
+                if (Keeps(o, s, p)) cand.Add(p);
             if (o.OutlierFactor > 0 && cand.Count > 0)
             {
                 var bad = new HashSet<int>();
@@ -231,6 +259,43 @@ public static class Harvester
                 acts[a].AsSpan((b * seqLen + p) * d, d).CopyTo(batch.Activations[a].AsSpan(t * d, d));
         }
         return batch;
+    }
+
+    /// <summary>Whether position <paramref name="p"/> survives the BOS and first-n drops (outliers aside).</summary>
+    static bool Keeps(HarvestOptions o, EncodedSample s, int p)
+    {
+        bool bos = p < s.BosTokens || s.Roles?[p] == TokenRole.Bos;
+        return !(p < o.SkipFirst || (o.DropBos && bos));
+    }
+
+    /// <summary>How the whole harvest divides into batches: the samples it reads up to the one that reaches the token
+    /// target (or the end of the data), with each sample's kept tokens. Tokenizing only, no forward: every part
+    /// computes the same plan on its own.</summary>
+    internal sealed record PartPlan(long Samples, long Batches, List<int> Kept, SampleStream Stream);
+
+    internal static PartPlan PlanParts(HarvestOptions o, ISampleEncoder encoder)
+    {
+        var kept = new List<int>();
+        long tokens = 0;
+        var stream = new SampleStream(o.Data, encoder, o.ContextLength);
+        foreach (var s in stream.Read())
+        {
+            int k = 0;
+            for (int p = 0; p < s.Ids.Length; p++) if (Keeps(o, s, p)) k++;
+            kept.Add(k);
+            tokens += k;
+            if (tokens >= o.Tokens) break;
+        }
+        return new PartPlan(kept.Count, (kept.Count + o.BatchSize - 1) / o.BatchSize, kept, stream);
+    }
+
+    /// <summary>Keeps the first <paramref name="count"/> sequences.</summary>
+    static void TrimToSequences(StoreBatch b, int count)
+    {
+        int tokens = 0;
+        for (int s = 0; s < count; s++) tokens += b.SequenceLengths[s];
+        b.SequenceCount = count;
+        b.TokenCount = tokens;
     }
 
     internal static TokenMask MaskOf(EncodedSample s, int p)
