@@ -251,12 +251,16 @@ public static class RecipeDefaults
     public const double ReferenceSteps = 75_000;
 
     /// <summary>Tokens without firing after which a latent counts as dead (and AuxK trains it). Minder2025: 10M.
-    /// Finetrace: runTokens/300, at least 10 batches, at most 10M — a window the run can actually reach.</summary>
+    /// Finetrace: runTokens / <see cref="DeadWindowFraction"/>, at least 10 batches, at most 10M — a window the run can
+    /// actually reach (with 10M, a run shorter than 10M tokens never marks a latent dead, so AuxK never acts).</summary>
     public static long DeadTokens(RecipePreset preset, long runTokens, int batch)
     {
         if (preset == RecipePreset.Minder2025) return ReferenceDeadTokens;
-        return Math.Clamp(runTokens / 300, 10L * batch, ReferenceDeadTokens);
+        return Math.Clamp(runTokens / DeadWindowFraction, 10L * batch, ReferenceDeadTokens);
     }
+
+    /// <summary>The Finetrace dead window is this fraction of the run's tokens.</summary>
+    public const long DeadWindowFraction = 300;
 }
 
 /// <summary>A prepared training run: the initialised dictionary, its trainer, the open source and what it reads.</summary>
