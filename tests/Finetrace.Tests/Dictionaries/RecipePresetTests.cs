@@ -65,7 +65,9 @@ public sealed class RecipePresetTests
     {
         // lr: Gao et al.'s 2e-4/√(F/2^14) for long runs, raised by √(ReferenceSteps/steps) for short ones
         Assert.Equal(8e-4, RecipeDefaults.LearningRate(RecipePreset.Finetrace, true, 1024, 1_000_000), 1e-12);
-        Assert.Equal(8e-4 * Math.Sqrt(RecipeDefaults.ReferenceSteps / 2929), RecipeDefaults.LearningRate(RecipePreset.Finetrace, true, 1024, 2929), 1e-12);
+        Assert.Equal(8e-4 * Math.Sqrt(RecipeDefaults.ReferenceSteps / 10_000), RecipeDefaults.LearningRate(RecipePreset.Finetrace, true, 1024, 10_000), 1e-12);
+        Assert.Equal(RecipeDefaults.MaxLearningRate, RecipeDefaults.LearningRate(RecipePreset.Finetrace, true, 1024, 1000));
+        Assert.Equal(2e-4 / Math.Sqrt(16.0 / 16384), RecipeDefaults.LearningRate(RecipePreset.Finetrace, true, 16, 1000));   // Gao's rule already above the cap
         Assert.Equal(1e-4, RecipeDefaults.LearningRate(RecipePreset.Minder2025, true, 1024, 2929));
         Assert.Equal(1e-4, RecipeDefaults.LearningRate(RecipePreset.Finetrace, false, 1024, 2929));
         // dead window: a fraction of the run, at least 10 batches, at most dictionary_learning's 10M
@@ -73,5 +75,6 @@ public sealed class RecipePresetTests
         Assert.Equal(10 * 2048, RecipeDefaults.DeadTokens(RecipePreset.Finetrace, 100_000, 2048));
         Assert.Equal(10_000_000, RecipeDefaults.DeadTokens(RecipePreset.Finetrace, 100_000_000_000, 2048));
         Assert.Equal(10_000_000, RecipeDefaults.DeadTokens(RecipePreset.Minder2025, 6_000_000, 2048));
+        Assert.Equal((0.25f, 1f / 32), (RecipeDefaults.AuxKAlpha(RecipePreset.Finetrace), RecipeDefaults.AuxKAlpha(RecipePreset.Minder2025)));
     }
 }
