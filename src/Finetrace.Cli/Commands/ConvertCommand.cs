@@ -19,9 +19,27 @@ public sealed class ConvertCommand : ICliCommand
         {
             string inDir = r.GetValue(input)!, outDir = r.GetValue(output)!;
             if (Path.GetFullPath(inDir) == Path.GetFullPath(outDir)) throw new ArgumentException("IN and OUT are the same folder; write the converted dictionary elsewhere");
+            try { Convert(inDir, outDir, r.GetValue(to)!); }
+            catch (FormatCannotHoldException e)
+            {
+                string flag = e.Alternative switch { DictionaryFileFormat.Saelens => "saelens", DictionaryFileFormat.DictionaryLearning => "dictionary-learning", _ => "" };
+                throw new ArgumentException(e.Message + (flag != "" ? $": convert with --to {flag}" : ""), e);
+            }
+            catch (ThresholdUnsetException e)
+            {
+                throw new ArgumentException("the BatchTopK threshold is unset (−1): train past --threshold-start so inference has a threshold before converting to SAELens jumprelu", e);
+            }
+            return 0;
+        });
+        return cmd;
+    }
+
+    static void Convert(string inDir, string outDir, string format)
+    {
+        {
             var d = DictionaryIO.Load(inDir, n => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"));
             var what = DictionaryInput.Read(inDir, n => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"));
-            switch (r.GetValue(to))
+            switch (format)
             {
                 case "saelens":
                     Dictionary<string, object?>? meta = null;
@@ -46,8 +64,6 @@ public sealed class ConvertCommand : ICliCommand
             // what the dictionary reads travels with it (eval, splice and the analyses read it from finetrace.json)
             what?.Write(outDir);
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outDir)}");
-            return 0;
-        });
-        return cmd;
+        }
     }
 }

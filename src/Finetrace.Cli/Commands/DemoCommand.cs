@@ -74,11 +74,11 @@ public sealed class DemoCommand : ICliCommand
                 ["synth", "make", "--d", "64", "--features", "256", "--tokens", "200000", "--seed", "1", "--dtype", "f32", "--out", store]),
             (2, "Train a BatchTopK crosscoder (k = 8, 512 latents)",
                 ["train", "crosscoder", "--store", store, "--layer", "0", "--k", "8", "--dict-size", "512", "--batch", "512", "--tokens", tokens,
-                 "--lr", "4e-3", "--warmup", warmup, "--decay-start", decay, "--threshold-start", thresholdStart, "--out", btk]),
+                 "--lr", "4e-3", "--warmup", warmup, "--decay-start", decay, "--threshold-start", thresholdStart, "--overwrite", "--out", btk]),
             (3, "Score it against the ground truth", ["synth", "score", "--dictionary", btk, "--truth", store]),
             (4, "Train an L1 crosscoder (μ = 0.3, 512 latents) on the same data",
                 ["train", "crosscoder", "--store", store, "--layer", "0", "--l1", "0.3", "--dict-size", "512", "--batch", "512", "--tokens", tokens,
-                 "--lr", "3e-3", "--warmup", warmup, "--decay-start", decay, "--norm-init-scale", "0.1", "--out", l1]),
+                 "--lr", "3e-3", "--warmup", warmup, "--decay-start", decay, "--norm-init-scale", "0.1", "--overwrite", "--out", l1]),
             (5, "Score it against the ground truth", ["synth", "score", "--dictionary", l1, "--truth", store]),
         ];
     }

@@ -16,10 +16,11 @@ public sealed class EvalCommand : ICliCommand
         var store = new Option<string>("--store") { Description = "Activation store to evaluate on", Required = true };
         var layer = new Option<int?>("--layer") { Description = "Layer number (default: from the dictionary's finetrace.json, else the store's only layer)" };
         var tokens = new Option<long>("--tokens") { Description = "Tokens to evaluate", DefaultValueFactory = _ => 200_000 };
-        var offset = new Option<long>("--offset") { Description = "Skip this many rows first (use held-out rows)", DefaultValueFactory = _ => 0 };
+        var offset = new Option<long?>("--offset") { Description = "First store row to evaluate (default: the held-out rows training recorded in finetrace.json, else 0)" };
         var filter = new Option<string>("--filter") { Description = "Token filter, e.g. '!bos'", DefaultValueFactory = _ => "all" };
         var input = new Option<string?>("--input") { Description = "paired (crosscoder), model:I (SAE), diff:A-B (diff-SAE); default from finetrace.json" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object" };
+        var allowMismatch = new Option<bool>("--allow-mismatch") { Description = "Evaluate on a layer or input other than the one the dictionary records (finetrace.json)" };
         var noSplice = new Option<bool>("--no-splice") { Description = "Skip the spliced-model CE/KL loss-recovered evaluation (it re-runs the models)" };
         var spliceSeqs = new Option<int>("--splice-sequences") { Description = "Stored sequences to re-run for the spliced evaluation", DefaultValueFactory = _ => 64 };
         var spliceSeed = new Option<int>("--splice-seed") { Description = "Seed of the sequence sample", DefaultValueFactory = _ => 0 };
@@ -29,15 +30,15 @@ public sealed class EvalCommand : ICliCommand
         var cmd = new Command("eval", "Evaluate a dictionary on stored activations: L0, FVE per model (against the mean), MSE, dead/dense fractions, log10 density histogram, " +
             "and spliced-model CE/KL loss recovered against zero ablation (re-runs the models on a sample of stored sequences)");
         cmd.Arguments.Add(dir);
-        foreach (var o in new Option[] { store, layer, tokens, offset, filter, input, json, noSplice, spliceSeqs, spliceSeed, baseDir, ftDir, adapter }) cmd.Options.Add(o);
-        cmd.SetAction(r => Run(r.GetValue(dir)!, r.GetValue(store)!, r.GetValue(layer), r.GetValue(tokens), r.GetValue(offset), r.GetValue(filter)!, r.GetValue(input), r.GetValue(json),
+        foreach (var o in new Option[] { store, layer, tokens, offset, filter, input, json, allowMismatch, noSplice, spliceSeqs, spliceSeed, baseDir, ftDir, adapter }) cmd.Options.Add(o);
+        cmd.SetAction(r => Run(r.GetValue(dir)!, r.GetValue(store)!, r.GetValue(layer), r.GetValue(tokens), r.GetValue(offset), r.GetValue(filter)!, r.GetValue(input), r.GetValue(json), r.GetValue(allowMismatch),
             new SpliceArgs(!r.GetValue(noSplice), r.GetValue(spliceSeqs), r.GetValue(spliceSeed), r.GetValue(baseDir), r.GetValue(ftDir), r.GetValue(adapter))));
         return cmd;
     }
 
     sealed record SpliceArgs(bool Enabled, int Sequences, int Seed, string? Base, string? FineTuned, string? Adapter);
 
-    static int Run(string dir, string storeDir, int? layerOpt, long tokens, long offset, string filter, string? inputSpec, bool json, SpliceArgs sa)
+    static int Run(string dir, string storeDir, int? layerOpt, long tokens, long? offsetOpt, string filter, string? inputSpec, bool json, bool allowMismatch, SpliceArgs sa)
     {
         Action<string> note = n => { if (!json) AnsiConsole.MarkupLine($"[grey]{Markup.Escape(n)}[/]"); };
         var d = DictionaryIO.Load(dir, note);
@@ -55,12 +56,24 @@ public sealed class EvalCommand : ICliCommand
         catch (DictionaryInputException e) { throw new ArgumentException($"--input {e.Spec}: {e.Problem}", e); }
         if (recorded is null && inputSpec is null && d.Models == 1 && !json)
             AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(dir)} does not record what it reads; assuming {Markup.Escape(what.Spec)} (pass --input diff:A-B or model:I if it is something else)");
+        if (recorded is not null)
+        {
+            var diffs = recorded.Differences(what);
+            if (diffs.Count > 0 && !allowMismatch)
+                throw new ArgumentException($"{dir} reads {recorded} (its finetrace.json) but this eval asks for {what} ({string.Join("; ", diffs)}): " +
+                    "drop --layer/--input to use the recorded ones, or pass --allow-mismatch to evaluate it there anyway");
+            if (diffs.Count > 0 && !json) AnsiConsole.MarkupLine($"[yellow]warning:[/] evaluating on {Markup.Escape(what.ToString())}, not the recorded {Markup.Escape(recorded.ToString())} (--allow-mismatch)");
+            if (recorded.Store is string rs && Path.GetFullPath(storeDir).TrimEnd('/') != rs.TrimEnd('/') && !json)
+                AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(dir)} was trained on the store {Markup.Escape(rs)}, not {Markup.Escape(Path.GetFullPath(storeDir))}; its held-out rows refer to that store");
+        }
         var input = what.Spec;
-        var bo = new StoreBatchOptions { Layer = layer, Shuffle = false, Cycle = false, Filter = MaskFilter.Parse(filter), MixSources = false };
+        long offset = offsetOpt ?? recorded?.HeldOutFrom ?? 0;
+        if (offsetOpt is null && recorded is not null && recorded.HeldOutFrom is null)
+            note("the dictionary records no held-out rows: evaluating on rows it may have trained on");
+        var bo = new StoreBatchOptions { Layer = layer, Shuffle = false, Cycle = false, Filter = MaskFilter.Parse(filter), MixSources = false, FirstRow = offset };
         using var b = what.Open(st, bo);
         IActivationBatches src = b;
-        if (offset > 0) src.Seek(offset);
-        tokens = Math.Min(tokens, Math.Max(0, b.RowsPerEpoch - offset));
+        tokens = Math.Min(tokens, b.RowsPerEpoch);
         EvalReport rep = null!;
         if (json) rep = Evaluation.Run(d, src, tokens);
         else AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
@@ -69,7 +82,7 @@ public sealed class EvalCommand : ICliCommand
         // the measured density travels with the dictionary (SAELens sparsity.safetensors; convert copies it)
         try { SaelensFormat.WriteSparsity(dir, rep.Firing.Log10Density()); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { note($"could not write {SaelensFormat.SparsityFile} into {dir}: {e.Message}"); }
-        var (splice, spliceNote) = sa.Enabled ? Splice(d, st, what, layer, offset, filter, sa, json) : (null, "skipped (--no-splice)");
+        var (splice, spliceNote) = sa.Enabled ? SpliceChecked(d, st, what, layer, offset, filter, sa, json) : (null, "skipped (--no-splice)");
 
         if (json)
         {
@@ -77,7 +90,7 @@ public sealed class EvalCommand : ICliCommand
             {
                 tokens = rep.Tokens, l0 = rep.L0, l1 = rep.L1, fve = rep.Fve, mse = rep.Mse, cosine = rep.Cosine, l2_ratio = rep.L2Ratio, relative_reconstruction_bias = rep.RelativeBias,
                 dead_fraction = rep.DeadFraction, dead_window_tokens = rep.Tokens, dense_fraction = rep.DenseFraction,
-                log10_density_histogram = new { edges = EvalReport.HistogramEdges, counts = rep.DensityHistogram }, input, layer,
+                log10_density_histogram = new { edges = EvalReport.HistogramEdges, counts = rep.DensityHistogram }, input, layer, first_row = offset,
                 splice = splice is null ? null : new
                 {
                     sequences = splice.Sequences, unusable_sequences = splice.Unusable, mismatched_sequences = splice.Mismatched, max_store_mismatch = splice.MaxMismatch,
@@ -92,7 +105,7 @@ public sealed class EvalCommand : ICliCommand
             return 0;
         }
         var t = new Table().AddColumns("metric", "value");
-        t.AddRow("tokens", $"{rep.Tokens:N0} ({Markup.Escape(input)}, layer {layer}, filter {Markup.Escape(filter)})");
+        t.AddRow("tokens", $"{rep.Tokens:N0} from row {offset:N0} ({Markup.Escape(input)}, layer {layer}, filter {Markup.Escape(filter)}{(recorded?.HeldOutFrom is long h && offset >= h ? ", held out" : "")})");
         t.AddRow("L0 / L1", $"{rep.L0:F2} / {rep.L1:G4}");
         for (int m = 0; m < rep.Fve.Length; m++)
         {
@@ -125,15 +138,26 @@ public sealed class EvalCommand : ICliCommand
 
     /// <summary>The spliced evaluation, or null and why it was skipped: models the store records but that are not on
     /// this machine skip it with a note; folders given on the command line must exist.</summary>
+    static (SpliceReport? Report, string? Note) SpliceChecked(SparseDictionary d, ActivationStore st, DictionaryInput input, int layer, long offset, string filter, SpliceArgs sa, bool json)
+    {
+        if (sa.Sequences < 1) throw new ArgumentException($"--splice-sequences must be at least 1, got {sa.Sequences}");
+        return Splice(d, st, input, layer, offset, filter, sa, json);
+    }
+
     static (SpliceReport? Report, string? Note) Splice(SparseDictionary d, ActivationStore st, DictionaryInput input, int layer, long offset, string filter, SpliceArgs sa, bool json)
     {
         var recon = SpliceReconstruction.ForDictionary(d, input, st.Models);
         CausalLM?[] models;
         try { models = SplicedEvaluation.LoadModels(st, recon.Needed, sa.Base, sa.FineTuned, sa.Adapter); }
-        catch (DirectoryNotFoundException e) when (sa.Base is null && sa.FineTuned is null && sa.Adapter is null)
+        catch (SpliceModelMissingException e)
         {
-            if (!json) AnsiConsole.MarkupLine($"[yellow]spliced evaluation skipped: {Markup.Escape(e.Message)}[/]");
-            return (null, e.Message);
+            string option = e.Reason == MissingModelReason.AdapterFolderNotFound ? "--adapter DIR" : e.Model switch { 0 => "--base DIR", 1 => "--finetuned DIR", _ => "" };
+            string what = e.Reason == MissingModelReason.NoModelRecorded
+                ? $"{e.Message}{(option != "" ? $": pass {option}" : "")}"
+                : $"{e.Message}; {(option != "" ? $"pass {option} with the right folder, or " : "pass ")}--no-splice to skip the spliced evaluation";
+            // folders the store records but this machine lacks: skip with one note; folders given on the command line must exist
+            if (e.Overridden || sa.Base is not null || sa.FineTuned is not null || sa.Adapter is not null) throw new ArgumentException(what, e);
+            return (null, $"skipped: {what}");
         }
         try
         {

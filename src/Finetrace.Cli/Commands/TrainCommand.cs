@@ -55,8 +55,12 @@ public sealed class TrainCommand : ICliCommand
         var seed = new Option<ulong>("--seed") { Description = "Seed for init and data order", DefaultValueFactory = _ => 0 };
         var ckpt = new Option<long>("--checkpoint-every") { Description = "Save a resumable checkpoint every N steps", DefaultValueFactory = _ => 1000 };
         var resume = new Option<bool>("--resume") { Description = "Continue from OUT/checkpoint bit-for-bit" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace a finished dictionary or checkpoint already in --out" };
+        var holdout = new Option<long?>("--holdout") { Description = "Tokens held out of training at the end of the store, for validation and eval (default 5% of the store, at most 1,000,000; 0 = none)" };
+        var validateEvery = new Option<long>("--validate-every") { Description = "Log held-out FVE/L0/dead into metrics.jsonl every N steps (and at the end; 0 = only at the end)", DefaultValueFactory = _ => 1000 };
+        var validationTokens = new Option<long>("--validation-tokens") { Description = "Held-out tokens per validation", DefaultValueFactory = _ => 20_000 };
         var cmd = new Command(kind, description);
-        foreach (var o in new Option[] { store, layer, outDir, recipeOpt, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, auxkK, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume })
+        foreach (var o in new Option[] { store, layer, outDir, recipeOpt, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, auxkK, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, overwrite, holdout, validateEvery, validationTokens })
             cmd.Options.Add(o);
         if (kind == "sae") cmd.Options.Add(model);
         if (kind == "diff-sae") { cmd.Options.Add(minuend); cmd.Options.Add(subtrahend); }
@@ -74,15 +78,23 @@ public sealed class TrainCommand : ICliCommand
                 ThresholdStart = r.GetValue(thresholdStart), Clip = r.GetValue(clip) is var c && c < 0 ? null : c, NormInitScale = r.GetValue(normInit),
                 TargetRms = r.GetValue(targetRms), Model = r.GetValue(model), Minuend = r.GetValue(minuend), Subtrahend = r.GetValue(subtrahend),
                 Filter = r.GetValue(filter)!, Seed = r.GetValue(seed),
+                HoldoutTokens = r.GetValue(holdout), ValidateEvery = r.GetValue(validateEvery), ValidationTokens = r.GetValue(validationTokens),
             };
             foreach (var w in recipe.Warnings()) Console.Error.WriteLine($"warning: {Worded(w, recipe)}");
             using var st = ActivationStore.Open(r.GetValue(store)!);
             using var setup = Prepare(recipe, st);
             string dir = r.GetValue(outDir)!;
-            var run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume));
+            TrainingRun run;
+            try { run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume), r.GetValue(overwrite)); }
+            catch (OutputFolderInUseException e)
+            {
+                throw new ArgumentException($"--out {e.Directory} already holds {e.Found}: pass --resume to continue training it, --overwrite to replace it, or choose another --out", e);
+            }
             Train(run, kind, setup.Steps, recipe.Batch);
             string format = DictionaryIO.Save(run.Trainer.Dict, dir, setup.SidecarFields(run.Trainer.Dict), init: setup.Init, saelensMetadata: SaelensMetadata.From(st, setup.Input));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(dir)}[/] ({format} format), metrics in {Markup.Escape(run.MetricsPath)}");
+            if (run.LastValidation is { } v)
+                AnsiConsole.MarkupLine($"held-out rows from {setup.Input.HeldOutFrom:N0}: FVE {string.Join("/", v.Fve.Select(f => f.ToString("F3")))}, L0 {v.L0:F1}, dead {v.DeadFraction:P1} over {v.Tokens:N0} tokens (eval uses these rows by default)");
             return 0;
         });
         return cmd;
@@ -101,6 +113,7 @@ public sealed class TrainCommand : ICliCommand
                 RecipeProblem.ModelOutOfRange => $"--minuend {recipe.Minuend} --subtrahend {recipe.Subtrahend}: need two different models of 0..{st.Models - 1}",
                 RecipeProblem.ActivationNotForCrosscoder => $"--activation {act}: crosscoders are trained as batchtopk (--k) or relu (--l1); there is no file format for other crosscoder activations",
                 RecipeProblem.NeedsSparsityCoefficient => $"--activation {act} needs a sparsity coefficient: --l1 MU",
+                RecipeProblem.HoldoutTooLarge => $"--holdout {e.Value}: {e.Detail}; hold out fewer tokens",
                 _ => e.Message,
             }, e);
         }
@@ -165,6 +178,12 @@ public sealed class TrainCommand : ICliCommand
                         task.Description = Markup.Escape($"step {s.Step + 1}/{steps} loss {s.Total:G4} ({parts}) L0 {s.L0:F1} FVE {fve} dead {s.DeadFraction:P1} {tps:N0} tok/s");
                     }, cts.Token);
                 });
+        }
+        catch (TrainingDivergedException e)
+        {
+            throw new InvalidOperationException($"training diverged: the loss is {e.Loss} at step {e.Step}. Try a lower --lr, a longer --warmup, gradient clipping (--clip), " +
+                "activation normalisation (--target-rms), or excluding extreme tokens such as BOS from the store (--filter); " +
+                (e.CheckpointStep is long c ? $"the last good checkpoint (step {c}) is kept in {e.CheckpointDir}: resume from it with --resume after changing a setting" : "no checkpoint was written yet"), e);
         }
         catch (OperationCanceledException)
         {

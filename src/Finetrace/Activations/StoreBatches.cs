@@ -16,6 +16,9 @@ public sealed class StoreBatchOptions
     /// <summary>Give every source a share of each window proportional to its size, each read sequentially.</summary>
     public bool MixSources { get; set; } = true;
     public MaskFilter Filter { get; set; } = MaskFilter.All;
+    /// <summary>Only store rows in [FirstRow, EndRow) (null EndRow: to the end), e.g. a training range and its held-out rest.</summary>
+    public long FirstRow { get; set; }
+    public long? EndRow { get; set; }
     /// <summary>Load the next window on a background thread while the current one is consumed.</summary>
     public bool Prefetch { get; set; } = true;
 }
@@ -56,8 +59,11 @@ public sealed class StoreBatches : IActivationBatches, IDisposable
         DModel = store.DModel;
         _minuend = minuend; _subtrahend = subtrahend;
         Models = minuend >= 0 ? 1 : store.Models;
-        _plan = RowPlan.Build(store, o.Filter, o.MixSources);
-        if (_plan.Total == 0) throw new InvalidOperationException($"{store.Directory}: no tokens pass the mask filter '{o.Filter}' (the store has {store.Tokens:N0} tokens)");
+        _plan = RowPlan.Build(store, o.Filter, o.MixSources, o.FirstRow, o.EndRow ?? long.MaxValue);
+        if (_plan.Total == 0)
+            throw new InvalidOperationException(o.FirstRow > 0 || o.EndRow is not null
+                ? $"{store.Directory}: no tokens in rows [{o.FirstRow:N0}, {Math.Min(o.EndRow ?? store.Tokens, store.Tokens):N0}) pass the mask filter '{o.Filter}' (the store has {store.Tokens:N0} tokens)"
+                : $"{store.Directory}: no tokens pass the mask filter '{o.Filter}' (the store has {store.Tokens:N0} tokens)");
         int auto = (int)Math.Clamp((256L << 20) / ((long)_storeModels * DModel * 4), 4096, 1 << 20);
         long w = o.WindowTokens > 0 ? o.WindowTokens : auto;
         if (!o.Shuffle && !o.MixSources) w = auto;
@@ -227,7 +233,7 @@ sealed class RowPlan
         }
     }
 
-    public static RowPlan Build(ActivationStore store, MaskFilter filter, bool bySource)
+    public static RowPlan Build(ActivationStore store, MaskFilter filter, bool bySource, long firstRow = 0, long endRow = long.MaxValue)
     {
         int groups = bySource ? store.Settings.Sources.Count : 1;
         var starts = new List<long>[groups];
@@ -237,14 +243,15 @@ sealed class RowPlan
         Array.Fill(lastEnd, -1);
         foreach (var sh in store.Shards)
         {
-            if (sh.Rows == 0) continue;
+            if (sh.Rows == 0 || sh.StartRow + sh.Rows <= firstRow || sh.StartRow >= endRow) continue;
             var masks = filter.IsAll ? null : sh.Masks;
             var sources = bySource && groups > 1 ? sh.Sources : null;
             for (int i = 0; i < sh.Rows; i++)
             {
+                long row = sh.StartRow + i;
+                if (row < firstRow || row >= endRow) continue;
                 if (masks is not null && !filter.Keeps(masks[i])) continue;
                 int g = sources is null ? 0 : sources[i];
-                long row = sh.StartRow + i;
                 if (lastEnd[g] == row && lens[g][^1] < int.MaxValue) lens[g][^1]++;
                 else { starts[g].Add(row); lens[g].Add(1); }
                 lastEnd[g] = row + 1;

@@ -6,7 +6,21 @@ using Finetrace.Models.Safetensors;
 namespace Finetrace.Dictionaries;
 
 /// <summary>A bad dictionary file: names the file and the key at fault.</summary>
-public sealed class DictionaryFormatException(string message) : Exception(message);
+public class DictionaryFormatException(string message) : Exception(message);
+
+/// <summary>Dictionary file formats Finetrace writes.</summary>
+public enum DictionaryFileFormat { DictionaryLearning, Saelens }
+
+/// <summary>A dictionary that <see cref="Format"/> cannot hold; <see cref="Alternative"/> can (null: none).</summary>
+public sealed class FormatCannotHoldException(DictionaryFileFormat format, DictionaryFileFormat? alternative, string message) : DictionaryFormatException(message)
+{
+    public DictionaryFileFormat Format { get; } = format;
+    public DictionaryFileFormat? Alternative { get; } = alternative;
+}
+
+/// <summary>A BatchTopK dictionary whose inference threshold was never set (training stopped before the threshold EMA
+/// started), so it cannot be written as a thresholded (SAELens jumprelu) SAE.</summary>
+public sealed class ThresholdUnsetException() : DictionaryFormatException("the BatchTopK threshold is unset (−1): train past the threshold start step so inference has a threshold before saving as SAELens jumprelu");
 
 /// <summary>
 /// crosscoder_learning / dictionary_learning checkpoints (formats.md §1): <c>model.safetensors</c> (the module state
@@ -25,7 +39,8 @@ public static class DictionaryLearningFormat
         (false, Sparsity.Relu) => "CrossCoder",
         (false, Sparsity.BatchTopK) => "BatchTopKCrossCoder",
         (true, Sparsity.BatchTopK) when d.Models == 1 => "BatchTopKSAE",
-        _ => throw new DictionaryFormatException($"a {(d.IsSae ? "SAE" : "crosscoder")} with {d.Sparsity} activation has no crosscoder_learning class; save it in the SAELens format (--to saelens)"),
+        _ => throw new FormatCannotHoldException(DictionaryFileFormat.DictionaryLearning, d.IsSae && d.Models == 1 ? DictionaryFileFormat.Saelens : null,
+            $"a {(d.IsSae ? "SAE" : "crosscoder")} with {d.Sparsity} activation has no crosscoder_learning class" + (d.IsSae && d.Models == 1 ? "; the SAELens format can hold it" : "")),
     };
 
     /// <summary>Loads a folder (model.safetensors + config.json).</summary>

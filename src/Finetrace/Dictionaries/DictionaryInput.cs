@@ -91,6 +91,15 @@ public sealed record DictionaryInput
         throw new DictionaryInputException(spec, "expected paired, model:I or diff:A-B");
     }
 
+    /// <summary>How <paramref name="other"/> reads differently from this record (layer, kind, models); empty when it reads the same rows.</summary>
+    public IReadOnlyList<string> Differences(DictionaryInput other)
+    {
+        var d = new List<string>();
+        if (other.Layer != Layer) d.Add($"layer {Layer} vs {other.Layer}");
+        if (other.Spec != Spec) d.Add($"input {Spec} vs {other.Spec}");
+        return d;
+    }
+
     /// <summary>Number of models in one row the dictionary sees.</summary>
     public int DictionaryModels(int storeModels) => Kind == InputKind.Paired ? storeModels : 1;
 

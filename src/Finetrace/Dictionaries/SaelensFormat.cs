@@ -19,9 +19,11 @@ public static class SaelensFormat
     public static void Save(SparseDictionary d, string dir, float[]? log10DensityF = null, IReadOnlyDictionary<string, object?>? metadata = null, IReadOnlyDictionary<string, object?>? finetrace = null)
     {
         if (d.PerModelCodes)
-            throw new DictionaryFormatException("SAELens has no per-model (DECOUPLED) thresholds or codes, nor crosscoders; save this DECOUPLED BatchTopK crosscoder as a crosscoder_learning folder (--to dictionary-learning)");
+            throw new FormatCannotHoldException(DictionaryFileFormat.Saelens, DictionaryFileFormat.DictionaryLearning,
+                "SAELens has no per-model (DECOUPLED) thresholds or codes, nor crosscoders; a crosscoder_learning folder can hold this DECOUPLED BatchTopK crosscoder");
         if (d.Models != 1 || !d.IsSae)
-            throw new DictionaryFormatException($"SAELens folders hold SAEs only; this is a {d.Models}-model crosscoder — save it as a crosscoder_learning folder (--to dictionary-learning)");
+            throw new FormatCannotHoldException(DictionaryFileFormat.Saelens, DictionaryFileFormat.DictionaryLearning,
+                $"SAELens folders hold SAEs only; this is a {d.Models}-model crosscoder — a crosscoder_learning folder can hold it");
         int D = d.DModel, F = d.DictSize;
         float g = d.Normalizer?.Scale[0] ?? 1f;
         var mu = d.Normalizer?.Mean ?? new float[D];
@@ -44,7 +46,7 @@ public static class SaelensFormat
             case Sparsity.Relu: arch = "standard"; break;
             case Sparsity.TopK: arch = "topk"; cfg["k"] = d.K; cfg["rescale_acts_by_decoder_norm"] = false; break;
             case Sparsity.BatchTopK:
-                if (d.Threshold < 0) throw new DictionaryFormatException("the BatchTopK threshold is unset (−1): train past --threshold-start so inference has a threshold before saving as SAELens jumprelu");
+                if (d.Threshold < 0) throw new ThresholdUnsetException();
                 arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", Enumerable.Repeat(d.Threshold, F).ToArray(), F)); break;
             case Sparsity.JumpRelu: arch = "jumprelu"; tensors.Add(TensorData.F32("threshold", d.JumpThreshold!, F)); break;
             default: throw new DictionaryFormatException($"no SAELens architecture for {d.Sparsity}");

@@ -4,6 +4,27 @@ using Finetrace.Tensors;
 
 namespace Finetrace.Dictionaries;
 
+/// <summary>Why a model the spliced evaluation needs could not be loaded.</summary>
+public enum MissingModelReason
+{
+    /// <summary>The store records no model folder (synthetic activations).</summary>
+    NoModelRecorded,
+    ModelFolderNotFound,
+    AdapterFolderNotFound,
+}
+
+/// <summary>A model (or its adapter) the spliced evaluation needs is not available. <see cref="Overridden"/>: the folder
+/// was given by the caller rather than read from the store's manifest.</summary>
+public sealed class SpliceModelMissingException(int model, string name, string? folder, MissingModelReason reason, bool overridden, string message)
+    : DirectoryNotFoundException(message)
+{
+    public int Model { get; } = model;
+    public string ModelName { get; } = name;
+    public string? Folder { get; } = folder;
+    public MissingModelReason Reason { get; } = reason;
+    public bool Overridden { get; } = overridden;
+}
+
 /// <summary>Settings of a spliced-model evaluation.</summary>
 public sealed record SpliceOptions
 {
@@ -94,7 +115,7 @@ public static class SplicedEvaluation
     /// <summary>Loads the models the reconstruction needs from the store's manifest, with overrides for model 0
     /// (<paramref name="baseDir"/>) and model 1 (<paramref name="ftDir"/>, <paramref name="adapterDir"/>).
     /// An adapter the manifest records is kept unless <paramref name="adapterDir"/> replaces it (model 1). Missing folders
-    /// throw <see cref="DirectoryNotFoundException"/> naming the folder and the option to pass.</summary>
+    /// throw <see cref="SpliceModelMissingException"/> naming the model and folder.</summary>
     public static CausalLM?[] LoadModels(ActivationStore store, IEnumerable<int> needed, string? baseDir = null, string? ftDir = null, string? adapterDir = null)
     {
         var models = new CausalLM?[store.Models];
@@ -103,18 +124,19 @@ public static class SplicedEvaluation
             foreach (int m in needed.Distinct())
             {
                 var sm = store.Manifest.Settings.Models[m];
-                string option = m switch { 0 => "--base DIR", 1 => "--finetuned DIR", _ => "" };
                 string? over = m switch { 0 => baseDir, 1 => ftDir, _ => null };
                 string folder = over ?? sm.Path;
                 string? adapter = m == 1 && adapterDir is not null ? adapterDir : sm.Adapter;   // the recorded adapter stays with a moved folder
                 string what = $"model {m} ({(string.IsNullOrEmpty(sm.Name) ? "unnamed" : sm.Name)})";
                 if (over is null && (sm.Path is "" or "synthetic"))
-                    throw new DirectoryNotFoundException($"{what}: the store {store.Directory} records no model folder (synthetic activations); spliced evaluation needs the model{(option != "" ? $": pass {option}" : "")}");
+                    throw new SpliceModelMissingException(m, sm.Name, null, MissingModelReason.NoModelRecorded, false,
+                        $"{what}: the store {store.Directory} records no model folder (synthetic activations); spliced evaluation needs the model");
                 if (!Directory.Exists(folder))
-                    throw new DirectoryNotFoundException($"{what}: model folder {folder} not found{(over is null ? " (the folder the store's manifest records)" : "")}; " +
-                        (option != "" ? $"pass {option} with the model's folder, or --no-splice to skip the spliced evaluation" : "pass --no-splice to skip the spliced evaluation"));
+                    throw new SpliceModelMissingException(m, sm.Name, folder, MissingModelReason.ModelFolderNotFound, over is not null,
+                        $"{what}: model folder {folder} not found{(over is null ? " (the folder the store's manifest records)" : "")}");
                 if (adapter is not null && !Directory.Exists(adapter))
-                    throw new DirectoryNotFoundException($"{what}: adapter folder {adapter} not found; pass --adapter DIR, or --no-splice to skip the spliced evaluation");
+                    throw new SpliceModelMissingException(m, sm.Name, adapter, MissingModelReason.AdapterFolderNotFound, m == 1 && adapterDir is not null,
+                        $"{what}: adapter folder {adapter} not found");
                 models[m] = CausalLM.Load(folder, adapter);
                 if (models[m]!.Hidden != store.DModel)
                     throw new InvalidDataException($"{what}: {folder} has hidden size {models[m]!.Hidden} but the store holds d_model {store.DModel}; wrong model folder?");
@@ -137,7 +159,7 @@ public static class SplicedEvaluation
     {
         int layer = o.Layer, D = store.DModel, M = store.Models;
         store.LayerIndex(layer);
-        if (o.Sequences < 1) throw new ArgumentException($"--splice-sequences must be at least 1, got {o.Sequences}");
+        if (o.Sequences < 1) throw new ArgumentOutOfRangeException(nameof(SpliceOptions.Sequences), o.Sequences, "SpliceOptions.Sequences must be at least 1");
         foreach (int m in recon.Needed)
         {
             var lm = models[m] ?? throw new ArgumentException($"model {m} is needed for the spliced evaluation but was not loaded");
@@ -169,7 +191,7 @@ public static class SplicedEvaluation
         }
         if (mismatched == plans.Count)
             throw new InvalidDataException($"the models do not reproduce the store's activations at layer {layer} (relative error up to {maxMismatch:G3} on all {plans.Count} sampled sequences); " +
-                $"check that the model folders (--base/--finetuned/--adapter) are the ones {store.Directory} was harvested with");
+                $"check that the model and adapter folders are the ones {store.Directory} was harvested with");
         var reports = new List<SpliceModelReport>();
         for (int s = 0; s < recon.Spliced.Length; s++)
         {

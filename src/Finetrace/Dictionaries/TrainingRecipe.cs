@@ -27,6 +27,8 @@ public enum RecipeProblem
     ActivationNotForCrosscoder,
     /// <summary>ReLU / JumpReLU without a sparsity coefficient L1.</summary>
     NeedsSparsityCoefficient,
+    /// <summary>HoldoutTokens leaves no training rows.</summary>
+    HoldoutTooLarge,
 }
 
 /// <summary>A recipe setting that is invalid or does not fit the others. <see cref="Setting"/> is the
@@ -98,6 +100,27 @@ public sealed record TrainingRecipe
     public int Subtrahend { get; init; }
     public string Filter { get; init; } = "all";
     public ulong Seed { get; init; }
+    /// <summary>Store rows held out of training at the end of the store (moved forward to the next sequence start);
+    /// null: 5% of the store, at most 1,000,000 rows; 0: none.</summary>
+    public long? HoldoutTokens { get; init; }
+    /// <summary>Validation on the held-out rows every this many steps and at the end (0: only at the end).</summary>
+    public long ValidateEvery { get; init; } = 1000;
+    /// <summary>Held-out tokens each validation evaluates.</summary>
+    public long ValidationTokens { get; init; } = 20_000;
+
+    /// <summary>The first held-out store row for <paramref name="store"/>, or null when nothing is held out: the first
+    /// sequence start at or after Tokens − holdout (so spliced evaluation finds whole sequences), else that row itself.</summary>
+    public long? HeldOutFrom(ActivationStore store)
+    {
+        long h = HoldoutTokens ?? Math.Min(1_000_000, store.Tokens / 20);
+        if (h <= 0) return null;
+        if (h >= store.Tokens) throw new RecipeSettingException(RecipeProblem.HoldoutTooLarge, nameof(HoldoutTokens), h, $"the store has only {store.Tokens:N0} tokens");
+        long want = store.Tokens - h;
+        var starts = store.SequenceRanges();
+        int i = Array.BinarySearch(starts, want);
+        if (i < 0) i = ~i;
+        return i < starts.Length - 1 && starts[i] > 0 ? starts[i] : want;
+    }
 
     /// <summary>The activation after defaults.</summary>
     public Sparsity ResolvedActivation => Activation ?? (ResolvedL1 is not null ? Sparsity.Relu : Sparsity.BatchTopK);
@@ -151,10 +174,15 @@ public sealed record TrainingRecipe
             throw new RecipeSettingException(RecipeProblem.NeedsSparsityCoefficient, nameof(Activation), a, $"{a} needs a sparsity coefficient (L1)");
 
         var filter = MaskFilter.Parse(Filter);
-        var bo = new StoreBatchOptions { Layer = Layer, Seed = Seed, Filter = filter, Cycle = true };
+        long? heldOut = HeldOutFrom(store);
+        input = input with { HeldOutFrom = heldOut };
+        var bo = new StoreBatchOptions { Layer = Layer, Seed = Seed, Filter = filter, Cycle = true, EndRow = heldOut };
         var source = input.Open(store, bo);
+        InputBatches? validation = null;
         try
         {
+            if (heldOut is long from)
+                validation = input.Open(store, new StoreBatchOptions { Layer = Layer, Filter = filter, Shuffle = false, Cycle = false, MixSources = false, FirstRow = from });
             int kk = K ?? 100;
             int D = store.DModel;
             int F = DictSize ?? (Expansion ?? (Kind == DictionaryKind.DiffSae ? 2 : 32)) * D;
@@ -182,7 +210,7 @@ public sealed record TrainingRecipe
             }
             input = input with { TargetRms = TargetRms > 0 ? TargetRms : null, NormalizerStatistics = stats };
 
-            long steps = Math.Max(1, (Tokens > 0 ? Tokens : store.Tokens) / Batch);
+            long steps = Math.Max(1, (Tokens > 0 ? Tokens : heldOut ?? store.Tokens) / Batch);
             bool minder = Preset == RecipePreset.Minder2025;
             var opts = new TrainerOptions
             {
@@ -198,11 +226,12 @@ public sealed record TrainingRecipe
                 // scale-degenerate (shrink f, grow d_j: same reconstruction, smaller penalty), and c_j = 1 in Firing's rule
                 UnitNormDecoder = sae, KMax = KMax, KAnnealSteps = KAnnealSteps,
             };
-            return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps) { Init = init };
+            return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps) { Init = init, Validation = validation };
         }
         catch
         {
             source.Dispose();
+            validation?.Dispose();
             throw;
         }
     }
@@ -285,10 +314,16 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
     public long Steps { get; } = steps;
     /// <summary>How a crosscoder was initialised (null for SAEs); written into config.json.</summary>
     public CrosscoderInit? Init { get; init; }
+    /// <summary>The held-out rows (in store order), or null when nothing is held out.</summary>
+    public InputBatches? Validation { get; init; }
 
     /// <summary>The training loop writing into <paramref name="outDir"/>.</summary>
-    public TrainingRun Run(string outDir, long checkpointEvery, bool resume) =>
-        new(outDir, Trainer, Source, new RunOptions { BatchSize = Recipe.Batch, Steps = Steps, CheckpointEvery = checkpointEvery, Resume = resume });
+    public TrainingRun Run(string outDir, long checkpointEvery, bool resume, bool overwrite = false) =>
+        new(outDir, Trainer, Source, new RunOptions
+        {
+            BatchSize = Recipe.Batch, Steps = Steps, CheckpointEvery = checkpointEvery, Resume = resume, Overwrite = overwrite,
+            Validation = Validation, ValidateEvery = Recipe.ValidateEvery, ValidationTokens = Recipe.ValidationTokens,
+        });
 
     /// <summary>finetrace.json fields for the finished dictionary <paramref name="trained"/> (the run's, which after a
     /// resume is the checkpoint's).</summary>
@@ -312,5 +347,5 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
 
     public static string LossName(ReconLoss l) => l switch { ReconLoss.Mse => "mse", ReconLoss.L2 => "l2", _ => "mse-mean-models" };
 
-    public void Dispose() => Source.Dispose();
+    public void Dispose() { Source.Dispose(); Validation?.Dispose(); }
 }

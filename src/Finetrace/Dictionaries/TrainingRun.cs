@@ -13,6 +13,13 @@ public sealed record RunOptions
     /// <summary>Append one JSON line per this many steps to metrics.jsonl.</summary>
     public int LogEvery { get; init; } = 1;
     public bool Resume { get; init; }
+    /// <summary>Replace a finished dictionary or checkpoint already in the output folder (otherwise that is an error).</summary>
+    public bool Overwrite { get; init; }
+    /// <summary>Held-out rows read in order from the start for each validation (null: no validation).</summary>
+    public IActivationBatches? Validation { get; init; }
+    /// <summary>Validate every this many steps (0: only after the last step).</summary>
+    public long ValidateEvery { get; init; }
+    public long ValidationTokens { get; init; } = 20_000;
 }
 
 /// <summary>
@@ -29,6 +36,8 @@ public sealed class TrainingRun
     static readonly JsonSerializerOptions SkipNulls = new() { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull };
 
     public string CheckpointDir => Path.Combine(OutDir, "checkpoint");
+    /// <summary>The last validation on the held-out rows (null before the first).</summary>
+    public EvalReport? LastValidation { get; private set; }
     public string MetricsPath => Path.Combine(OutDir, "metrics.jsonl");
 
     public TrainingRun(string outDir, DictionaryTrainer trainer, IActivationBatches source, RunOptions options)
@@ -46,7 +55,19 @@ public sealed class TrainingRun
             Source.Seek(pos);
             TruncateMetrics(tr.StepCount);
         }
-        else if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
+        else
+        {
+            string? found = DictionaryIO.IsDictionaryLearning(outDir) || DictionaryIO.IsSaelens(outDir) ? "a finished dictionary"
+                : TrainingCheckpoint.Exists(CheckpointDir) ? "a training checkpoint" : null;
+            if (found is not null)
+            {
+                if (!options.Overwrite) throw new OutputFolderInUseException(outDir, found);
+                foreach (var f in new[] { "config.json", "model.safetensors", SaelensFormat.CfgFile, SaelensFormat.WeightsFile, SaelensFormat.SparsityFile, "finetrace.json" })
+                    File.Delete(Path.Combine(outDir, f));
+                if (Directory.Exists(CheckpointDir)) Directory.Delete(CheckpointDir, recursive: true);
+            }
+            if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
+        }
     }
 
     // Drop log lines past the resumed step so the log reads as one continuous run.
@@ -74,16 +95,22 @@ public sealed class TrainingRun
                 cancel.ThrowIfCancellationRequested();
             }
             int got = Source.Next(batch, Options.BatchSize);
-            if (got < Options.BatchSize)
-                throw new InvalidOperationException($"the activation source ran out after {tr.StepCount} steps (got {got} of {Options.BatchSize} rows); use a cycling source or fewer --tokens");
+            if (got < Options.BatchSize) throw new SourceExhaustedException(tr.StepCount, got, Options.BatchSize);
             StepStats st;
             try { st = tr.Step(batch.AsSpan(0, Options.BatchSize * rowLen)); }
             catch (TrainingDivergedException e)
             {
-                string kept = TrainingCheckpoint.Exists(CheckpointDir) ? $"the last good checkpoint (step {lastSaved}) is kept in {CheckpointDir}; resume from it with --resume after changing a setting" : "no checkpoint was written yet";
-                throw new InvalidOperationException($"{e.Message}; {kept}", e);
+                bool kept = TrainingCheckpoint.Exists(CheckpointDir);
+                throw new TrainingDivergedException(e.Step, e.Loss, kept ? lastSaved : null, kept ? CheckpointDir : null);
             }
-            if (Options.LogEvery > 0 && (st.Step % Options.LogEvery == 0 || tr.StepCount == Options.Steps))
+            EvalReport? val = null;
+            if (Options.Validation is { } vs && (tr.StepCount == Options.Steps || Options.ValidateEvery > 0 && tr.StepCount % Options.ValidateEvery == 0))
+            {
+                vs.Seek(0);
+                val = Evaluation.Run(tr.Dict, vs, Options.ValidationTokens);
+                LastValidation = val;
+            }
+            if (val is not null || Options.LogEvery > 0 && (st.Step % Options.LogEvery == 0 || tr.StepCount == Options.Steps))
                 log.WriteLine(JsonSerializer.Serialize(new
                 {
                     step = st.Step, tokens = (st.Step + 1) * (long)Options.BatchSize, loss = st.Total, recon = st.Recon, mse = st.Mse, sparsity = st.Sparsity,
@@ -92,6 +119,9 @@ public sealed class TrainingRun
                     // DECOUPLED BatchTopK only (absent otherwise): per-model L0 and θ_m; "threshold" is then min_m θ_m
                     l0_per_model = st.L0PerModel.Length > 0 ? st.L0PerModel : null,
                     model_threshold = st.ModelThreshold.Length > 0 ? st.ModelThreshold : null,
+                    // held-out rows (raw space, inference rule), on validation steps only
+                    val_tokens = val?.Tokens, val_fve = val?.Fve.Select(v => double.IsFinite(v) ? v : (double?)null).ToArray(), val_l0 = val?.L0,
+                    val_mse = val?.Mse, val_dead_fraction = val?.DeadFraction,
                 }, SkipNulls));
             progress?.Invoke(st);
             if (Options.CheckpointEvery > 0 && tr.StepCount % Options.CheckpointEvery == 0 && tr.StepCount < Options.Steps)
@@ -104,6 +134,23 @@ public sealed class TrainingRun
         log.Flush();
         TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);
     }
+}
+
+/// <summary>A non-cycling activation source ran out after <see cref="Step"/> steps (<see cref="Got"/> of <see cref="Wanted"/> rows).</summary>
+public sealed class SourceExhaustedException(long step, int got, int wanted)
+    : InvalidOperationException($"the activation source ran out after {step} steps (got {got} of {wanted} rows); use a cycling source or fewer steps")
+{
+    public long Step { get; } = step;
+    public int Got { get; } = got;
+    public int Wanted { get; } = wanted;
+}
+
+/// <summary>The output folder already holds <see cref="Found"/> (a finished dictionary or a checkpoint) and the run
+/// neither resumes nor overwrites it.</summary>
+public sealed class OutputFolderInUseException(string dir, string found) : IOException($"{dir} already holds {found}; refusing to replace it")
+{
+    public string Directory { get; } = dir;
+    public string Found { get; } = found;
 }
 
 /// <summary>An in-memory activation source over rows [N, Models, DModel], cycling; Position = rows consumed.</summary>

@@ -12,13 +12,20 @@ public sealed class DictionaryInputTests
 {
     static int Cli(params string[] args) => Finetrace.Cli.Program.Main(args);
 
+    // stdout (plain Console and Spectre's console, wide and without colour) and stderr
     static (int Rc, string Out, string Err) Capture(params string[] args)
     {
-        var (o, e) = (Console.Out, Console.Error);
+        var (o, e, ansi) = (Console.Out, Console.Error, Spectre.Console.AnsiConsole.Console);
         var (so, se) = (new StringWriter(), new StringWriter());
-        Console.SetOut(so); Console.SetError(se);
+        var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
+        {
+            Ansi = Spectre.Console.AnsiSupport.No, ColorSystem = Spectre.Console.ColorSystemSupport.NoColors,
+            Out = new Spectre.Console.AnsiConsoleOutput(so), Interactive = Spectre.Console.InteractionSupport.No,
+        });
+        console.Profile.Width = 400;
+        Console.SetOut(so); Console.SetError(se); Spectre.Console.AnsiConsole.Console = console;
         try { return (Cli(args), so.ToString(), se.ToString()); }
-        finally { Console.SetOut(o); Console.SetError(e); }
+        finally { Console.SetOut(o); Console.SetError(e); Spectre.Console.AnsiConsole.Console = ansi; }
     }
 
     static JsonElement EvalJson(params string[] args)
@@ -71,7 +78,7 @@ public sealed class DictionaryInputTests
         double fveOwn = own.GetProperty("fve")[0].GetDouble();
         Assert.InRange(fveOwn, 0.5, 1.0);
         // the other direction is what the old code scored: a much worse fit (the decoder bias points the wrong way)
-        var wrong = EvalJson("eval", diff, "--store", store.Path, "--tokens", "4000", "--no-splice", "--input", "diff:1-0", "--json");
+        var wrong = EvalJson("eval", diff, "--store", store.Path, "--tokens", "4000", "--no-splice", "--input", "diff:1-0", "--allow-mismatch", "--json");
         Assert.True(wrong.GetProperty("fve")[0].GetDouble() < fveOwn - 0.2, $"diff:1-0 FVE {wrong.GetProperty("fve")[0].GetDouble()} vs own {fveOwn}");
 
         Assert.Equal(0, Capture("convert", diff, conv, "--to", "saelens").Rc);
@@ -120,5 +127,85 @@ public sealed class DictionaryInputTests
         Assert.Equal(ev.GetProperty("dead_fraction").GetDouble(), density.Count(v => v <= -10f) / 32.0, 12);
         Assert.All(density, v => Assert.InRange(v, -10f, 0f));
         Assert.Contains(density, v => v > -10f);
+    }
+
+    [Fact]
+    public void Train_holds_rows_out_validates_on_them_and_eval_defaults_to_them()
+    {
+        // Defect 7: train read the whole store and eval started at row 0, so every quality figure was measured on training rows
+        using var store = new TempDir();
+        SyntheticGenerator.Make(new SyntheticSpec { DModel = 16, Features = 32, Tokens = 20_000, Seed = 8, Dtype = "f32" }, store.Path);
+        using var outs = new TempDir();
+        string cc = Path.Combine(outs.Path, "cc");
+        Assert.Equal(0, Capture("train", "crosscoder", "--store", store.Path, "--layer", "0", "--k", "4", "--dict-size", "32", "--batch", "256",
+            "--tokens", "25600", "--threshold-start", "20", "--holdout", "3000", "--validate-every", "40", "--validation-tokens", "1000", "--out", cc).Rc);
+        using var st = Finetrace.Activations.ActivationStore.Open(store.Path);
+        var rec = DictionaryInput.Read(cc)!;
+        long from = rec.HeldOutFrom!.Value;
+        Assert.InRange(from, 17_000, 19_999);
+        Assert.Contains(from, st.SequenceRanges());   // a sequence start, so spliced evaluation finds whole sequences
+
+        var lines = File.ReadLines(Path.Combine(cc, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement.Clone()).ToList();
+        Assert.Equal(100, lines.Count);
+        var val = lines.Where(l => l.TryGetProperty("val_fve", out _)).ToList();
+        Assert.Equal(new long[] { 39, 79, 99 }, val.Select(l => l.GetProperty("step").GetInt64()));
+        Assert.All(val, l => Assert.Equal(1000, l.GetProperty("val_tokens").GetInt64()));
+
+        var ev = EvalJson("eval", cc, "--store", store.Path, "--tokens", "100000", "--no-splice", "--json");
+        Assert.Equal(from, ev.GetProperty("first_row").GetInt64());
+        Assert.Equal(20_000 - from, ev.GetProperty("tokens").GetInt64());
+        // the last validation is eval on the first 1000 held-out rows: the same numbers
+        var ev1k = EvalJson("eval", cc, "--store", store.Path, "--tokens", "1000", "--no-splice", "--json");
+        Assert.Equal(ev1k.GetProperty("fve")[0].GetDouble(), val[^1].GetProperty("val_fve")[0].GetDouble(), 9);
+        Assert.Equal(ev1k.GetProperty("l0").GetDouble(), val[^1].GetProperty("val_l0").GetDouble(), 9);
+
+        // the training source never reaches the held-out rows
+        using var setup = new TrainingRecipe { Kind = DictionaryKind.Crosscoder, Layer = 0, HoldoutTokens = 3000, Batch = 256 }.Prepare(st);
+        Assert.Equal(from, setup.Source.RowsPerEpoch);
+        Assert.Equal(20_000 - from, setup.Validation!.RowsPerEpoch);
+        Assert.Equal(from / 256, setup.Steps);   // one pass over the training rows
+    }
+
+    [Fact]
+    public void Eval_refuses_an_input_other_than_the_recorded_one_train_refuses_to_overwrite_and_dead_agrees_with_synth_score()
+    {
+        using var store = new TempDir();
+        SyntheticGenerator.Make(new SyntheticSpec { DModel = 16, Features = 32, Tokens = 10_000, Seed = 12, Dtype = "f32" }, store.Path);
+        using var outs = new TempDir();
+        string sae = Path.Combine(outs.Path, "sae"), cc = Path.Combine(outs.Path, "cc");
+        string[] trainSae = ["train", "sae", "--store", store.Path, "--layer", "0", "--model", "0", "--k", "4", "--dict-size", "32", "--batch", "256",
+            "--tokens", "12800", "--threshold-start", "20", "--out", sae];
+        Assert.Equal(0, Capture(trainSae).Rc);
+
+        // #16 item 4: a finished dictionary in --out is not silently replaced
+        var again = Capture(trainSae);
+        Assert.NotEqual(0, again.Rc);
+        Assert.Contains("--overwrite", again.Err);
+        Assert.Equal(0, Capture([.. trainSae, "--overwrite"]).Rc);
+        Assert.Equal(0, Capture([.. trainSae, "--resume"]).Rc);
+
+        // #16 item 2: an input other than the recorded one is refused unless asked for
+        var wrong = Capture("eval", sae, "--store", store.Path, "--tokens", "500", "--no-splice", "--input", "model:1", "--json");
+        Assert.NotEqual(0, wrong.Rc);
+        Assert.Contains("model:0", wrong.Err);
+        Assert.Contains("--allow-mismatch", wrong.Err);
+        Assert.Equal("model:1", EvalJson("eval", sae, "--store", store.Path, "--tokens", "500", "--no-splice", "--input", "model:1", "--allow-mismatch", "--json")
+            .GetProperty("input").GetString());
+        Assert.Equal(["layer 3 vs 1"], DictionaryInput.Paired(3).Differences(DictionaryInput.Paired(1)));
+        Assert.Equal(["input diff:0-1 vs diff:1-0"], DictionaryInput.Difference(0, 0, 1).Differences(DictionaryInput.Difference(0, 1, 0)));
+        Assert.Empty(DictionaryInput.Paired(2).Differences(DictionaryInput.Paired(2) with { Store = "/elsewhere" }));
+
+        // #16 item 3: eval's dead and synth score's alive are one definition over the same tokens; on a synthetic
+        // store (no model to splice into) eval says so once
+        Assert.Equal(0, Capture("train", "crosscoder", "--store", store.Path, "--layer", "0", "--k", "2", "--dict-size", "64", "--batch", "256",
+            "--tokens", "12800", "--threshold-start", "20", "--out", cc).Rc);
+        var ev = EvalJson("eval", cc, "--store", store.Path, "--offset", "0", "--tokens", "4000", "--no-splice", "--json");
+        var sc = JsonDocument.Parse(Capture("synth", "score", "--dictionary", cc, "--truth", store.Path, "--tokens", "4000", "--json").Out.Trim().Split('\n').Last()).RootElement;
+        Assert.Equal(4000, sc.GetProperty("firing_tokens").GetInt64());
+        Assert.Equal(64 - (int)Math.Round(ev.GetProperty("dead_fraction").GetDouble() * 64), sc.GetProperty("alive_latents").GetInt32());
+        var text = Capture("eval", cc, "--store", store.Path, "--tokens", "500");
+        Assert.Equal(0, text.Rc);
+        Assert.Single(text.Out.Split('\n'), l => l.Contains("spliced"));   // one line about the skipped spliced evaluation, not two
+        Assert.Contains("synthetic", text.Out);
     }
 }

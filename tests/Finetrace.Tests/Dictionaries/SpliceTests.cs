@@ -175,7 +175,7 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
         using var outs = new TempDir();
         string cc = outs.File("cc");
         Assert.Equal(0, Finetrace.Cli.Program.Main(["train", "crosscoder", "--store", fx.Store, "--layer", "2", "--k", "2", "--dict-size", "32", "--batch", "256",
-            "--tokens", "25600", "--threshold-start", "50", "--out", cc]));
+            "--tokens", "25600", "--threshold-start", "50", "--holdout", "2000", "--out", cc]));
         var old = Console.Out; var sw = new StringWriter(); Console.SetOut(sw);
         try { Assert.Equal(0, Finetrace.Cli.Program.Main(["eval", cc, "--store", fx.Store, "--json", "--splice-sequences", "16"])); }
         finally { Console.SetOut(old); }
@@ -213,14 +213,16 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
         using var st = ActivationStore.Open(fx.Store);
         using var tmp = new TempDir();
         string gone = Path.Combine(tmp.Path, "no-such-model");
-        var e = Assert.Throws<DirectoryNotFoundException>(() => SplicedEvaluation.LoadModels(st, [0, 1], ftDir: gone));
+        // the library's error carries the model, folder and reason, and names no command-line flag
+        var e = Assert.Throws<SpliceModelMissingException>(() => SplicedEvaluation.LoadModels(st, [0, 1], ftDir: gone));
+        Assert.Equal((1, gone, MissingModelReason.ModelFolderNotFound, true), (e.Model, e.Folder, e.Reason, e.Overridden));
         Assert.Contains(gone, e.Message);
-        Assert.Contains("--finetuned", e.Message);
-        e = Assert.Throws<DirectoryNotFoundException>(() => SplicedEvaluation.LoadModels(st, [0, 1], baseDir: gone));
-        Assert.Contains("--base", e.Message);
-        e = Assert.Throws<DirectoryNotFoundException>(() => SplicedEvaluation.LoadModels(st, [1], adapterDir: gone));
-        Assert.Contains(gone, e.Message);
-        Assert.Contains("--adapter", e.Message);
+        Assert.DoesNotContain("--", e.Message);
+        e = Assert.Throws<SpliceModelMissingException>(() => SplicedEvaluation.LoadModels(st, [0, 1], baseDir: gone));
+        Assert.Equal((0, MissingModelReason.ModelFolderNotFound), (e.Model, e.Reason));
+        e = Assert.Throws<SpliceModelMissingException>(() => SplicedEvaluation.LoadModels(st, [1], adapterDir: gone));
+        Assert.Equal((1, gone, MissingModelReason.AdapterFolderNotFound), (e.Model, e.Folder, e.Reason));
+        Assert.DoesNotContain("--", e.Message);
 
         // a store whose manifest names a folder that is not here: the eval command skips the splice with that message …
         string copy = Path.Combine(tmp.Path, "store");
@@ -231,9 +233,9 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
         manifest.Save(Path.Combine(copy, "manifest.json"));
         using (var st2 = ActivationStore.Open(copy))
         {
-            e = Assert.Throws<DirectoryNotFoundException>(() => SplicedEvaluation.LoadModels(st2, [0, 1]));
+            e = Assert.Throws<SpliceModelMissingException>(() => SplicedEvaluation.LoadModels(st2, [0, 1]));
             Assert.Contains(moved, e.Message);
-            Assert.Contains("--base DIR", e.Message);
+            Assert.Equal((0, false), (e.Model, e.Overridden));
         }
         var dictDir = Path.Combine(tmp.Path, "id");
         DictionaryLearningFormat.Save(Identity(2, 64, false), dictDir);
@@ -243,6 +245,7 @@ public sealed class SpliceTests(SpliceStoreFixture fx, ITestOutputHelper log) : 
         using var ev = JsonDocument.Parse(sw.ToString().Trim().Split('\n').Last());
         Assert.Equal(JsonValueKind.Null, ev.RootElement.GetProperty("splice").ValueKind);
         Assert.Contains(moved, ev.RootElement.GetProperty("splice_skipped").GetString());
+        Assert.Contains("--base DIR", ev.RootElement.GetProperty("splice_skipped").GetString());   // the CLI words it as its flag
         // … and runs it when the folder is given
         sw = new StringWriter(); Console.SetOut(sw);
         try { Assert.Equal(0, Finetrace.Cli.Program.Main(["eval", dictDir, "--store", copy, "--json", "--tokens", "200", "--splice-sequences", "4", "--base", Shared.Path("models", "stories260K")])); }
