@@ -23,7 +23,7 @@ public sealed class DefaultRecipeRecoveryTests(ITestOutputHelper log)
         var recipe = new TrainingRecipe
         {
             Kind = DictionaryKind.Crosscoder, Layer = 0, K = K, DictSize = DictSize, Batch = Batch, Tokens = (long)(Passes * st.Tokens), Lr = lr, DeadTokens = dead,
-            AuxKAlpha = auxk, Seed = 1,
+            AuxKAlpha = auxk, Seed = 1, HoldoutTokens = 0,   // every row trains: the floors below were measured so
         };
         using var setup = recipe.Prepare(st);
         using var outDir = new TempDir();
