@@ -44,10 +44,11 @@ public sealed class SynthBench : IBenchCommand
         var recipe = new Option<string>("--recipe") { Description = "finetrace (default) or minder2025", DefaultValueFactory = _ => "finetrace" };
         var lr = new Option<double?>("--lr") { Description = "Override the recipe's learning rate" };
         var dead = new Option<long?>("--dead-tokens") { Description = "Override the recipe's dead-latent window" };
+        var auxk = new Option<float?>("--auxk-alpha") { Description = "Override the recipe's AuxK coefficient" };
         var work = new Option<string?>("--work") { Description = "Keep stores and dictionaries in this folder (default: a temporary folder, deleted)" };
         var json = BenchOptions.Json();
         var cmd = new Command("synth", "Planted-feature recovery of the default crosscoder recipe per category, over seeds × sizes (bound: ≥ 90% overall, ≥ 80% per category)");
-        foreach (var o in new Option[] { seeds, sizes, k, l0, tokens, passes, recipe, lr, dead, work, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { seeds, sizes, k, l0, tokens, passes, recipe, lr, dead, auxk, work, json }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             var seedList = r.GetValue(seeds)!.Split(',').Select(s => ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out ulong v) ? v
@@ -58,7 +59,7 @@ public sealed class SynthBench : IBenchCommand
                 "finetrace" => RecipePreset.Finetrace, "minder2025" => RecipePreset.Minder2025,
                 var s => throw new ArgumentException($"--recipe {s}: expected finetrace or minder2025"),
             };
-            var settings = new Settings(r.GetValue(k), r.GetValue(l0), r.GetValue(tokens), r.GetValue(passes), preset, r.GetValue(lr), r.GetValue(dead));
+            var settings = new Settings(r.GetValue(k), r.GetValue(l0), r.GetValue(tokens), r.GetValue(passes), preset, r.GetValue(lr), r.GetValue(dead), r.GetValue(auxk));
             string? keep = r.GetValue(work);
             string root = keep ?? Path.Combine(Path.GetTempPath(), "finetrace-bench-synth-" + Guid.NewGuid().ToString("N")[..8]);
             try
@@ -82,9 +83,9 @@ public sealed class SynthBench : IBenchCommand
     }
 
     /// <summary>What every run of a sweep shares.</summary>
-    public sealed record Settings(int K, double L0, long Tokens, double Passes, RecipePreset Preset, double? Lr, long? DeadTokens);
+    public sealed record Settings(int K, double L0, long Tokens, double Passes, RecipePreset Preset, double? Lr, long? DeadTokens, float? AuxKAlpha = null);
 
-    public sealed record RunResult(ulong Seed, Size Size, long Steps, double Lr, long DeadTokens, SyntheticScore Score, double Seconds);
+    public sealed record RunResult(ulong Seed, Size Size, long Steps, double Lr, long DeadTokens, float AuxKAlpha, SyntheticScore Score, double Seconds);
 
     /// <summary>Makes the store (or reuses a complete one), trains with the recipe, scores.</summary>
     public static RunResult RunOne(string dir, ulong seed, Size size, Settings s, CancellationToken cancel = default)
@@ -96,7 +97,7 @@ public sealed class SynthBench : IBenchCommand
         var recipe = new TrainingRecipe
         {
             Kind = DictionaryKind.Crosscoder, Layer = spec.Layer, Preset = s.Preset, K = s.K, DictSize = size.DictSize,
-            Tokens = (long)(s.Passes * store.Tokens), Lr = s.Lr, DeadTokens = s.DeadTokens, Seed = seed,
+            Tokens = (long)(s.Passes * store.Tokens), Lr = s.Lr, DeadTokens = s.DeadTokens, AuxKAlpha = s.AuxKAlpha, Seed = seed,
         };
         var sw = Stopwatch.StartNew();
         using var setup = recipe.Prepare(store);
@@ -104,7 +105,7 @@ public sealed class SynthBench : IBenchCommand
         run.Run(cancel: cancel);
         double secs = sw.Elapsed.TotalSeconds;
         var score = SyntheticScoring.Score(run.Trainer.Dict, truth, store);
-        return new RunResult(seed, size, setup.Steps, setup.Options.Lr, setup.Options.DeadTokens, score, secs);
+        return new RunResult(seed, size, setup.Steps, setup.Options.Lr, setup.Options.DeadTokens, setup.Options.AuxKAlpha, score, secs);
     }
 
     static CategoryScore Cat(SyntheticScore s, string name) => s.Categories.Single(c => c.Category == name);
@@ -125,7 +126,7 @@ public sealed class SynthBench : IBenchCommand
                 ratio_overall = worstOverall / OverallBound, ratio_category = worstCat / CategoryBound, load_average = BenchSupport.LoadAverage(),
                 runs = results.Select(r => new
                 {
-                    seed = r.Seed, d = r.Size.DModel, features = r.Size.Features, dict_size = r.Size.DictSize, steps = r.Steps, lr = r.Lr, dead_tokens = r.DeadTokens,
+                    seed = r.Seed, d = r.Size.DModel, features = r.Size.Features, dict_size = r.Size.DictSize, steps = r.Steps, lr = r.Lr, dead_tokens = r.DeadTokens, auxk_alpha = r.AuxKAlpha,
                     seconds = r.Seconds, overall = r.Score.Fraction, false_exclusive_latents = r.Score.FalseExclusiveLatents, alive_latents = r.Score.AliveLatents,
                     categories = Categories.ToDictionary(c => c, c =>
                     {
@@ -136,13 +137,13 @@ public sealed class SynthBench : IBenchCommand
             });
             return;
         }
-        var t = new Table().AddColumns("seed", "D×features×F", "steps", "lr", "dead window", "overall", "shared", "exclusive", "shrunk", "decoupled", "|Δnorm err| sh/ex/shr/dec", "false excl.", "seconds");
+        var t = new Table().AddColumns("seed", "D×features×F", "steps", "lr", "dead window", "AuxK α", "overall", "shared", "exclusive", "shrunk", "decoupled", "|Δnorm err| sh/ex/shr/dec", "false excl.", "seconds");
         foreach (var r in results)
         {
             string P(string c) { var x = Cat(r.Score, c); return x.Features == 0 ? "–" : $"{x.Fraction:P0}"; }
             string E(string c) { double v = Cat(r.Score, c).MeanAbsDeltaNormError; return double.IsNaN(v) ? "–" : v.ToString("F3", CultureInfo.InvariantCulture); }
             t.AddRow(r.Seed.ToString(CultureInfo.InvariantCulture), r.Size.ToString(), r.Steps.ToString(CultureInfo.InvariantCulture), r.Lr.ToString("G3", CultureInfo.InvariantCulture),
-                r.DeadTokens.ToString("N0", CultureInfo.InvariantCulture), $"{r.Score.Fraction:P1}", P("shared"), P("exclusive"), P("shrunk"), P("decoupled"),
+                r.DeadTokens.ToString("N0", CultureInfo.InvariantCulture), r.AuxKAlpha.ToString("G3", CultureInfo.InvariantCulture), $"{r.Score.Fraction:P1}", P("shared"), P("exclusive"), P("shrunk"), P("decoupled"),
                 string.Join("/", Categories.Select(E)), r.Score.FalseExclusiveLatents.ToString(CultureInfo.InvariantCulture), r.Seconds.ToString("F0", CultureInfo.InvariantCulture));
         }
         AnsiConsole.Write(t);

@@ -41,7 +41,7 @@ public sealed class TrainCommand : ICliCommand
         var l1Warmup = new Option<int>("--l1-warmup") { Description = "Ramp μ linearly from 0 over this many steps", DefaultValueFactory = _ => 0 };
         var kMax = new Option<int?>("--k-max") { Description = "Anneal k from this value down to --k" };
         var kAnneal = new Option<int>("--k-anneal-steps") { Description = "Steps of k annealing", DefaultValueFactory = _ => 2000 };
-        var auxk = new Option<float>("--auxk-alpha") { Description = "AuxK coefficient", DefaultValueFactory = _ => 1f / 32 };
+        var auxk = new Option<float?>("--auxk-alpha") { Description = "AuxK coefficient (finetrace: 1/4; minder2025: 1/32)" };
         var deadTokens = new Option<long?>("--dead-tokens") { Description = "A latent is dead (AuxK trains it) after this many tokens without firing (finetrace: run tokens / 300, at least 10 batches, at most 10M; minder2025: 10M)" };
         var auxkK = new Option<int?>("--auxk-k") { Description = "Dead latents AuxK uses per token (default d_model / 2)" };
         var thresholdStart = new Option<long?>("--threshold-start") { Description = "Start the inference-threshold EMA after this step (default 1000, at most half the run)" };
