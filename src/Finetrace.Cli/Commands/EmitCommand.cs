@@ -55,7 +55,7 @@ public sealed class EmitCommand : ICliCommand
             if (r.GetValue(outFile) is { } path)
             {
                 File.WriteAllText(path, text);
-                if (name == "slurm") File.SetUnixFileMode(path, File.GetUnixFileMode(path) | UnixFileMode.UserExecute);
+                if (name == "slurm" && !OperatingSystem.IsWindows()) File.SetUnixFileMode(path, File.GetUnixFileMode(path) | UnixFileMode.UserExecute);
                 Console.Error.WriteLine(name == "slurm" ? $"wrote {path}; submit with: bash {path} submit" : $"wrote {path}; apply with: kubectl apply -f {path}");
             }
             else Console.Write(text);

@@ -67,7 +67,7 @@ public sealed class FeatureTable
     {
         if (!File.Exists(path)) return new FeatureTable(rows);
         var t = Load(path);
-        if (t.Rows != rows) throw new InvalidDataException($"{path}: has {t.Rows} latents but the dictionary has {rows}; use another --out folder or delete the file");
+        if (t.Rows != rows) throw new InvalidDataException($"{path}: has {t.Rows} latents but the dictionary has {rows}; write the results of this dictionary into another results folder, or delete the file");
         return t;
     }
 

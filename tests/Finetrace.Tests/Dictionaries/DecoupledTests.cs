@@ -193,7 +193,7 @@ public sealed class DecoupledTests(ITestOutputHelper log)
             Assert.InRange(l0, 0.8 * k, 1.2 * k);
             Assert.True(overlap >= 0.85, $"model {m}: thresholded inference keeps other entries than the batch top-k (Jaccard {overlap:P1})");
         }
-        Assert.NotEqual(dict.ModelThreshold[0], dict.ModelThreshold[1]);
+        Assert.NotEqual(dict.ModelThreshold![0], dict.ModelThreshold![1]);
     }
 }
 
