@@ -55,6 +55,8 @@ public sealed record StepStats
 {
     public long Step { get; init; }
     public float Total { get; init; }
+    /// <summary><see cref="Total"/> before rounding to float32 (finite-difference checks need its resolution).</summary>
+    public double TotalPrecise { get; init; }
     public float Recon { get; init; }
     /// <summary>mean over (b, m) of Σ_d e² (the reference's logged mse).</summary>
     public float Mse { get; init; }
@@ -503,10 +505,11 @@ public sealed class DictionaryTrainer
         double l0 = 0;
         for (int e = 0; e < Codes.Count; e++) if (Codes.Value[e] != 0) l0++;
         l0 = relu ? l0Relu : l0 / B;
-        float total = (float)(recon + Options.AuxKAlpha * auxk + mu * sparsity);
+        double totalPrecise = recon + Options.AuxKAlpha * auxk + mu * sparsity;
+        float total = (float)totalPrecise;
         return new StepStats
         {
-            Step = step, Total = total, Recon = (float)recon, Mse = (float)(sqSum / ((double)B * M)), Sparsity = (float)sparsity,
+            Step = step, Total = total, TotalPrecise = totalPrecise, Recon = (float)recon, Mse = (float)(sqSum / ((double)B * M)), Sparsity = (float)sparsity,
             AuxK = (float)auxk, AuxKPreNorm = (float)auxPre, L0 = l0, Dead = deadCount, DeadFraction = (double)deadCount / F,
             Fve = fve, K = k, Threshold = perModel ? Dict.ModelThreshold!.Min() : Dict.Threshold,
             L0PerModel = perModel ? ModelCodes.Select(mc => (double)mc.Count / B).ToArray() : [],

@@ -74,15 +74,7 @@ public static class CausalEvaluation
             if (lm.Hidden != D) throw new ArgumentException($"{lm.Folder}: hidden size {lm.Hidden}, the dictionary reads {D}");
             if (L >= lm.Layers - 1) throw new ArgumentException($"{lm.Folder}: layer {L} is the last layer; nothing is left to continue from");
         }
-        // raw-space decoder rows: difference and fine-tuned row
-        float gb = d.Normalizer?.Scale[0] ?? 1f, gf = d.Normalizer?.Scale[1] ?? 1f;
-        var delta = new float[F * D]; var add = new float[F * D];
-        for (int j = 0; j < F; j++)
-            for (int e = 0; e < D; e++)
-            {
-                float ft = d.WDec[(F + j) * D + e] / (gf + 1e-8f), bs = d.WDec[j * D + e] / (gb + 1e-8f);
-                delta[j * D + e] = ft - bs; add[j * D + e] = ft;
-            }
+        var delta = RawDifferenceRows(d); var add = RawRows(d, 1);
 
         var seqs = SampleSequences(store, o, ftLm.Config.BosTokenId);
         if (seqs.Count == 0) throw new InvalidOperationException($"{store.Directory}: no stored sequence starts at position 0 (or 1 after a dropped BOS); nothing to re-run");
@@ -234,10 +226,29 @@ public static class CausalEvaluation
         return m;
     }
 
-    sealed record Sequence(int[] Ids, byte[] Masks);
+    /// <summary>Decoder rows of model <paramref name="m"/> in raw space (÷ g_m; no mean shift: they are directions). [F, D]</summary>
+    public static float[] RawRows(SparseDictionary d, int m)
+    {
+        int F = d.DictSize, D = d.DModel;
+        float g = d.Normalizer?.Scale[m] ?? 1f;
+        var r = new float[F * D];
+        for (int i = 0; i < F * D; i++) r[i] = d.WDec[m * F * D + i] / (g + 1e-8f);
+        return r;
+    }
+
+    /// <summary>d_j^ft − d_j^base in raw space, [F, D].</summary>
+    public static float[] RawDifferenceRows(SparseDictionary d)
+    {
+        var ft = RawRows(d, 1); var bs = RawRows(d, 0);
+        for (int i = 0; i < ft.Length; i++) ft[i] -= bs[i];
+        return ft;
+    }
+
+    /// <summary>A stored sequence re-run: token ids and role masks.</summary>
+    public sealed record Sequence(int[] Ids, byte[] Masks);
 
     /// <summary>A seeded sample of stored sequences with their token ids and role masks; a dropped leading BOS is put back.</summary>
-    static List<Sequence> SampleSequences(ActivationStore store, CausalOptions o, int? bos)
+    public static List<Sequence> SampleSequences(ActivationStore store, CausalOptions o, int? bos)
     {
         var ranges = store.SequenceRanges();
         var candidates = new List<int>();
