@@ -59,6 +59,7 @@ public static class DiffPipeline
         foreach (var dc in plan.Config.Dictionaries) dicts.Add(ctx.Dictionary(dc));
         ctx.Readers();
         var summary = ctx.Summary(dicts[0]);
+        ctx.Report();
         return new DiffRunResult(ctx.Results.Directory, ctx.Runs, ctx.Results.PathOf(SummaryFile), summary);
     }
 
@@ -315,7 +316,9 @@ public static class DiffPipeline
         IProgress<(long Done, long Total)> StepProgress(string stage, string unit) =>
             new SyncProgress<(long Done, long Total)>(p => Report(stage, PipelineEventKind.Step, stage, p.Done, p.Total, unit));
 
-        Tokenizer Tokenizer() => Text.Tokenization.Tokenizer.FromFolder(File.Exists(Path.Combine(plan.Models.FineTuned, "tokenizer.json")) ? plan.Models.FineTuned : plan.Models.Base);
+        string TokenizerDir() => File.Exists(Path.Combine(plan.Models.FineTuned, "tokenizer.json")) ? plan.Models.FineTuned : plan.Models.Base;
+
+        Tokenizer Tokenizer() => Text.Tokenization.Tokenizer.FromFolder(TokenizerDir());
 
         public JsonObject Summary(DictionaryRun primary)
         {
@@ -327,6 +330,16 @@ public static class DiffPipeline
             Runs.Add(new StageRun("summary", true));
             Report("summary", PipelineEventKind.Finished, "done");
             return summary;
+        }
+
+        /// <summary>RESULTS/report.html from the results folder (always re-rendered: it is cheap and reads every stage).</summary>
+        public void Report()
+        {
+            cancel.ThrowIfCancellationRequested();
+            Report("report", PipelineEventKind.Started, "writing report.html");
+            Pipeline.Report.ReportWriter.Write(Results.Directory, new Pipeline.Report.ReportOptions { TokenizerDir = TokenizerDir() }, cancel);
+            Runs.Add(new StageRun("report", true));
+            Report("report", PipelineEventKind.Finished, "done");
         }
     }
 }

@@ -104,7 +104,7 @@ public static partial class SummaryBuilder
 
     static JsonObject DictionaryJson(DiffPipeline.DictionaryRun d)
     {
-        var o = new JsonObject { ["name"] = d.Config.Name, ["kind"] = d.Config.Kind, ["dict_size"] = d.Config.DictSize };
+        var o = new JsonObject { ["name"] = d.Config.Name, ["folder"] = $"{d.Config.Name}/dictionary", ["kind"] = d.Config.Kind, ["dict_size"] = d.Config.DictSize };
         if (d.Config.Kind == "l1-crosscoder") o["mu"] = d.Config.L1; else o["k"] = d.Config.K;
         string v = Path.Combine(d.DictionaryDir, "validation.json");
         if (File.Exists(v))
