@@ -70,7 +70,7 @@ public static partial class Findings
         {
             var src = c.With.Where(e => e.Source is not null).GroupBy(e => e.Source!).OrderByDescending(g => g.Count()).FirstOrDefault()?.Key;
             yield return Finding(
-                $"The latents most specific to the fine-tune fire on text with \"{c.Word}\": it is in {c.Hits} of their {top.Count} top examples, " +
+                $"The latents most specific to the fine-tune activate on text with \"{c.Word}\": it is in {c.Hits} of their {top.Count} top examples, " +
                 $"against {c.CtlHits} of {ctl.Count} for random shared latents" + (src is null ? "" : $" (examples mostly from {src})") + ".",
                 c.With.Select(e => e.Latent).Distinct().Select(id => ("latent", (JsonNode?)id)),
                 [c.Word, .. c.With.Take(3).Select(e => e.Text)], src);
