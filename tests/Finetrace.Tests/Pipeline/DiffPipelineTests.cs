@@ -80,6 +80,20 @@ public sealed class DiffPipelineTests
         Assert.Contains(strings, t => t.Contains("Bye bye", StringComparison.Ordinal) || t.Contains("Sorry", StringComparison.Ordinal));
     }
 
+    [SharedFact]
+    public void Plan_refuses_a_dictionary_that_cannot_fit_in_memory_and_names_the_option()
+    {
+        string b = Shared.Path("models", "stories260K");
+        using var tmp = new TempDir();
+        var ok = DiffEstimate.For(new ModelPairSpec(b, b), new DiffConfig().Resolve(ModelConfig.Load(b)), tmp.Path);
+        Assert.True(ok.Fits, string.Join("; ", ok.Problems));
+        Assert.Contains(ok.Stages, s => s.Stage == "crosscoder/dictionary" && s.MemoryBytes > 0 && s.Seconds > 0);
+        var huge = DiffConfig.Parse("dictionaries: [ { dict_size: 2000000000 } ]").Resolve(ModelConfig.Load(b));
+        var no = DiffEstimate.For(new ModelPairSpec(b, b), huge, tmp.Path);
+        Assert.False(no.Fits);
+        Assert.Contains(no.Problems, p => p.Contains("dict_size", StringComparison.Ordinal));
+    }
+
     [Fact]
     public void Latents_sort_by_rank_sum_then_delta_norm_and_those_without_rank_sum_come_last()
     {
