@@ -13,7 +13,7 @@ namespace Finetrace.Pipeline;
 /// (samples of both models from neutral prompts, plus chat conversations when the fine-tune has a chat template).</summary>
 public sealed class DataConfig
 {
-    [Description("data sources as for harvest --data ([text:|jsonl:|chat:]PATH[,weight=W]...); empty = text the pipeline makes itself")]
+    [Description("data sources in the harvest's source syntax ([text:|jsonl:|chat:]PATH[,weight=W]...); empty = text the pipeline makes itself")]
     public List<string> Sources { get; set; } = [];
     [Description("self-made text: samples each model writes from its neutral prompts")]
     public int GeneratedSamples { get; set; } = 256;
