@@ -17,13 +17,16 @@ public sealed class DemoCommand : ICliCommand
     public Command Build()
     {
         var outDir = new Option<string>("--out") { Description = "Folder for the demo's store and dictionaries", DefaultValueFactory = _ => "finetrace-demo" };
-        var quick = new Option<bool>("--quick") { Description = "Shorter training (about a third of the time; recovery is lower)" };
+        var quick = new Option<bool>("--quick") { Description = "--synthetic: shorter training (about a third of the time; recovery is lower)" };
+        var synthetic = new Option<bool>("--synthetic") { Description = "The synthetic-activation crosscoder demo (known ground truth features) instead of the organisms" };
         var cmd = new Command("demo",
-            "Built-in end-to-end demo: synthesise paired activations with known ground truth, train a BatchTopK and an L1 crosscoder, " +
-            "and score what each recovered (shared, fine-tune-only, shrunk and decoupled features)");
+            "Built-in end-to-end demo: train a tiny base model and fine-tunes with planted behaviours (organism make --recipe demo, cached), " +
+            "run finetrace diff on each pair and print the findings. --synthetic: synthesise paired activations with known ground truth, train a " +
+            "BatchTopK and an L1 crosscoder, and score what each recovered");
         cmd.Options.Add(outDir);
         cmd.Options.Add(quick);
-        cmd.SetAction(r => Run(r.GetValue(outDir)!, r.GetValue(quick)));
+        cmd.Options.Add(synthetic);
+        cmd.SetAction(r => r.GetValue(synthetic) ? Run(r.GetValue(outDir)!, r.GetValue(quick)) : OrganismDemo.Run(r.GetValue(outDir)!));
         return cmd;
     }
 
