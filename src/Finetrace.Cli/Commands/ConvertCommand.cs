@@ -52,10 +52,13 @@ public sealed class ConvertCommand : ICliCommand
                 case "dictionary-learning":
                     if (d.Sparsity == Sparsity.JumpRelu && d.IsSae && d.JumpThreshold!.Distinct().Count() == 1 && d.JumpThreshold![0] >= 0)
                     {
-                        // a BatchTopK SAE saved as SAELens jumprelu: one shared threshold makes it a BatchTopKSAE again (k unknown: written as 1)
-                        var b = new SparseDictionary(1, d.DModel, d.DictSize, Sparsity.BatchTopK, CodeNormalization.None, true, 1) { Threshold = d.JumpThreshold![0] };
+                        // a BatchTopK SAE saved as SAELens jumprelu: one shared threshold makes it a BatchTopKSAE again, with the
+                        // training k Finetrace recorded in cfg.json's metadata (a foreign jumprelu SAE has none: written as 1)
+                        int? trainedK = SaelensFormat.ReadBatchTopKK(inDir);
+                        var b = new SparseDictionary(1, d.DModel, d.DictSize, Sparsity.BatchTopK, CodeNormalization.None, true, trainedK ?? 1) { Threshold = d.JumpThreshold![0] };
                         d.WEnc.CopyTo(b.WEnc, 0); d.WDec.CopyTo(b.WDec, 0); d.BEnc.CopyTo(b.BEnc, 0); d.BDec.CopyTo(b.BDec, 0);
-                        AnsiConsole.MarkupLine("[yellow]note:[/] a jumprelu SAE with one shared threshold becomes a BatchTopKSAE; its training k is unknown and is written as 1 (inference uses the threshold)");
+                        if (trainedK is null)
+                            AnsiConsole.MarkupLine("[yellow]note:[/] a jumprelu SAE with one shared threshold becomes a BatchTopKSAE; its training k is unknown and is written as 1 (inference uses the threshold)");
                         d = b;
                     }
                     DictionaryLearningFormat.Save(d, outDir); break;

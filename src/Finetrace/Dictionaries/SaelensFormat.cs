@@ -65,6 +65,8 @@ public static class SaelensFormat
         };
         foreach (var (k, v) in cfg) root[k] = v?.DeepClone();
         var meta = new JsonObject { ["model_from_pretrained_kwargs"] = new JsonObject { ["center_writing_weights"] = false } };
+        // jumprelu has no k; keep the BatchTopK training k so a conversion back to dictionary_learning restores it
+        if (d.Sparsity == Sparsity.BatchTopK) meta[BatchTopKKKey] = d.K;
         if (metadata is not null) foreach (var (k, v) in metadata) meta[k] = JsonSerializer.SerializeToNode(v);
         root["metadata"] = meta;
         File.WriteAllText(Path.Combine(dir, CfgFile), root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -76,6 +78,18 @@ public static class SaelensFormat
         SafetensorsWriter.Write(Path.Combine(dir, SparsityFile), [TensorData.F32("sparsity", log10DensityF, log10DensityF.Length)]);
 
     /// <summary>The log10 densities of <c>sparsity.safetensors</c> in <paramref name="dir"/>, or null when there is none.</summary>
+    /// <summary>Metadata key holding the training k of a BatchTopK SAE written as jumprelu.</summary>
+    public const string BatchTopKKKey = "finetrace_batchtopk_k";
+
+    /// <summary>The training k recorded by <see cref="Save"/> for a BatchTopK SAE written as jumprelu, or null.</summary>
+    public static int? ReadBatchTopKK(string dir)
+    {
+        string path = Path.Combine(dir, CfgFile);
+        if (!File.Exists(path)) return null;
+        var k = JsonNode.Parse(File.ReadAllText(path))?["metadata"]?[BatchTopKKKey];
+        return k is JsonValue v && v.TryGetValue<int>(out int kk) && kk > 0 ? kk : null;
+    }
+
     public static float[]? ReadSparsity(string dir)
     {
         string p = Path.Combine(dir, SparsityFile);

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using System.Text.Json;
 using Finetrace.Activations.Synthetic;
 using Finetrace.Dictionaries;
@@ -64,6 +65,11 @@ public sealed class CliTests
         Assert.Equal(0, Cli("train", "diff-sae", "--store", store.Path, "--layer", "0", "--k", "4", "--expansion", "2", "--batch", "256", "--tokens", "25600", "--threshold-start", "20", "--out", diff));
         Assert.Equal(0, Cli("convert", diff, conv, "--to", "saelens"));
         Assert.True(File.Exists(Path.Combine(conv, "cfg.json")));
+        // back to dictionary_learning: the training k survives the jumprelu detour (it used to come back as 1)
+        string back = Path.Combine(outs.Path, "back");
+        Assert.Equal(0, Cli("convert", conv, back, "--to", "dictionary-learning"));
+        Assert.Equal(4, JsonNode.Parse(File.ReadAllText(Path.Combine(back, "config.json")))!["trainer"]?["k"]?.GetValue<int>()
+            ?? JsonNode.Parse(File.ReadAllText(Path.Combine(back, "config.json")))!["k"]!.GetValue<int>());
         using var ev2 = JsonDocument.Parse(CaptureJson("eval", diff, "--store", store.Path, "--tokens", "2000", "--json"));
         Assert.Equal("diff:1-0", ev2.RootElement.GetProperty("input").GetString());
 
