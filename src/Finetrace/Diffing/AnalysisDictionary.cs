@@ -73,4 +73,22 @@ public sealed class AnalysisDictionary
         Dict.Normalizer?.Normalize(x, M, D);
         return x;
     }
+
+    /// <summary>The codes of the pair [h_base, h_ft] at every real (unpadded) position of a right-padded batch, for the
+    /// split-forward analyses (causal patching, KL attribution); slot s is (sequence, position).</summary>
+    // hbBTD, hfBTD: [B, T, D] residuals of the base and fine-tuned model at the dictionary's layer
+    public (List<(int B, int Pos)> Slots, SparseCodes Codes) PairCodes(ReadOnlySpan<float> hbBTD, ReadOnlySpan<float> hfBTD, IReadOnlyList<int> lengths, int T)
+    {
+        int D = Dict.DModel;
+        var slots = new List<(int B, int Pos)>();
+        for (int g = 0; g < lengths.Count; g++) for (int p = 0; p < lengths[g]; p++) slots.Add((g, p));
+        var raw = new float[slots.Count * 2 * D];
+        for (int s = 0; s < slots.Count; s++)
+        {
+            int off = (slots[s].B * T + slots[s].Pos) * D;
+            hbBTD.Slice(off, D).CopyTo(raw.AsSpan(s * 2 * D, D));
+            hfBTD.Slice(off, D).CopyTo(raw.AsSpan(s * 2 * D + D, D));
+        }
+        return (slots, Inference.Encode(Dict, ToInput(raw, slots.Count, 2)));
+    }
 }

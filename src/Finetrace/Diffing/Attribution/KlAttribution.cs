@@ -93,16 +93,7 @@ public static class KlAttribution
             });
             klSum += loss; n += scored.Count;
             // codes of [h_base, h_ft] at every real position
-            var slots = new List<(int B, int Pos)>();
-            for (int g = 0; g < group.Count; g++) for (int p = 0; p < group[g].Ids.Length; p++) slots.Add((g, p));
-            var raw = new float[slots.Count * 2 * D];
-            for (int s = 0; s < slots.Count; s++)
-            {
-                int off = (slots[s].B * T + slots[s].Pos) * D;
-                hb.Data.AsSpan(off, D).CopyTo(raw.AsSpan(s * 2 * D, D));
-                hf.Data.AsSpan(off, D).CopyTo(raw.AsSpan(s * 2 * D + D, D));
-            }
-            var codes = Inference.Encode(d, ad.ToInput(raw, slots.Count, 2));
+            var (slots, codes) = ad.PairCodes(hb.Data, hf.Data, group.Select(s => s.Ids.Length).ToList(), T);
             for (int s = 0; s < slots.Count; s++)
             {
                 var gt = grad.AsSpan((slots[s].B * T + slots[s].Pos) * D, D);

@@ -113,16 +113,7 @@ public static class CausalEvaluation
             var hb = baseLm.Embed(tb); baseLm.RunLayers(0, L, hb, tb);
             var hf = ftLm.Embed(tb); ftLm.RunLayers(0, L, hf, tb);
             // real positions and the code of [h_base, h_ft] at each
-            var slots = new List<(int B, int Pos)>();
-            for (int g = 0; g < group.Count; g++) for (int p = 0; p < group[g].Ids.Length; p++) slots.Add((g, p));
-            var raw = new float[slots.Count * 2 * D];
-            for (int s = 0; s < slots.Count; s++)
-            {
-                int off = (slots[s].B * T + slots[s].Pos) * D;
-                hb.Data.AsSpan(off, D).CopyTo(raw.AsSpan(s * 2 * D, D));
-                hf.Data.AsSpan(off, D).CopyTo(raw.AsSpan(s * 2 * D + D, D));
-            }
-            var codes = Inference.Encode(d, ad.ToInput(raw, slots.Count, 2));
+            var (slots, codes) = ad.PairCodes(hb.Data, hf.Data, group.Select(s => s.Ids.Length).ToList(), T);
             // scored positions: (slot, subset) with subset 1 = first 10, 2 = rest
             var scored = new List<(int Slot, int Sub)>();
             int slotBase = 0;
