@@ -50,4 +50,22 @@ public sealed class AdlCliTests
         Assert.Contains("--steer", err2);
         Assert.DoesNotContain("   at ", err2);
     }
+
+    [SharedFact]
+    public void Without_data_the_adl_reads_the_built_in_general_text_and_says_so()
+    {
+        using var tmp = new TempDir();
+        string outDir = tmp.File("R");
+        var (rc, stdout, stderr) = Cli("analyze", "adl", "--base", Shared.Path("models", "stories260K"), "--finetuned", Shared.Path("models", "stories260K-zog"),
+            "--layers", "2", "--samples", "300", "--steer", "none", "--no-patchscope", "--out", outDir);
+        Assert.True(rc == 0, stderr);
+        Assert.Contains("data: built-in general text (finetrace-general-text/1", stdout);
+        Assert.Contains("ADL: 300 text and 0 chat samples", stdout);
+        var arr = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "adl.json")))!.AsArray();
+        Assert.Equal(5, arr.Count);
+        Assert.All(arr, e => Assert.StartsWith("built-in general text", (string?)e!["data"]));
+        Assert.All(arr, e => Assert.Equal(300, (long)e!["count"]!));
+        var inputs = Finetrace.Diffing.ResultsFolder.Open(outDir).Stages()["adl"].Inputs!;
+        Assert.Equal("builtin:finetrace-general-text/1", (string?)inputs["data"]![0]);
+    }
 }

@@ -18,8 +18,9 @@ public sealed class AdlCommand : IAnalyzeCommand
         var adapter = new Option<string?>("--adapter") { Description = "LoRA adapter merged into the fine-tuned model" };
         var data = new Option<string[]>("--data")
         {
-            Description = "Unrelated text (and/or chat data for the assistant start), as harvest --data: [text:|jsonl:|chat:]PATH[,name=N][,field=F][,max-samples=N]…; repeat to mix",
-            Required = true, AllowMultipleArgumentsPerToken = true,
+            Description = "Unrelated text (and/or chat data for the assistant start), as harvest --data: [text:|jsonl:|chat:]PATH[,name=N][,field=F][,max-samples=N]…; repeat to mix. " +
+                          "Default: the built-in general text (self-written web-style documents, generated deterministically; no download)",
+            AllowMultipleArgumentsPerToken = true,
         };
         var layers = new Option<string>("--layers") { Description = "Layers, e.g. 2 or 6,13; a fraction r means floor(r·(layers−1))", DefaultValueFactory = _ => "0.5" };
         var positions = new Option<string>("--positions") { Description = "Text positions from the sample start (BOS = 0): list or range, e.g. 0..4", DefaultValueFactory = _ => "0..4" };
@@ -51,7 +52,7 @@ public sealed class AdlCommand : IAnalyzeCommand
             var o = new AdlOptions
             {
                 BaseModel = b, BaseAdapter = r.GetValue(baseAdapter), FineTunedModel = r.GetValue(ft)!, Adapter = r.GetValue(adapter),
-                Data = r.GetValue(data)!.Select(DataSourceSpec.Parse).ToList(),
+                Data = (r.GetValue(data) ?? []).Select(DataSourceSpec.Parse).ToList(),
                 Layers = HarvestCommand.ParseLayers(r.GetValue(layers)!, b),
                 Positions = ParseInts(r.GetValue(positions)!, "--positions"),
                 ChatPositions = ParseInts(r.GetValue(chatPositions)!, "--chat-positions"),
@@ -113,7 +114,7 @@ public sealed class AdlCommand : IAnalyzeCommand
         if (result.UpToDate)
         {
             if (json) Console.WriteLine(File.ReadAllText(adlJson).ReplaceLineEndings(" "));
-            else Console.WriteLine($"adl is current (same models, data and settings): {adlJson} unchanged");
+            else Console.WriteLine($"adl is current (same models, data and settings; data: {result.Data}): {adlJson} unchanged");
             return 0;
         }
         if (json)
@@ -128,6 +129,7 @@ public sealed class AdlCommand : IAnalyzeCommand
             Console.WriteLine(arr.ToJsonString());
             return 0;
         }
+        Console.WriteLine($"data: {result.Data}");
         Console.WriteLine($"ADL: {result.TextSamples:N0} text and {result.ChatSamples:N0} chat samples; means {result.MeanSeconds:F1} s, readers {result.ReaderSeconds:F1} s" +
                           (result.Skipped.Count > 0 ? $"; skipped: {string.Join(", ", result.Skipped.Select(kv => $"{kv.Value:N0} {kv.Key}"))}" : ""));
         foreach (var n in result.Norms)

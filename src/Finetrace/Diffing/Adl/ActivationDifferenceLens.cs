@@ -48,7 +48,7 @@ public static class ActivationDifferenceLens
         Validate(o);
         var results = ResultsFolder.Open(resultsDir);
         string hash = Hash(o);
-        if (results.IsCurrent(Stage, hash)) return new AdlResult([], [], 0, 0, new Dictionary<string, long>(), 0, 0, UpToDate: true);
+        if (results.IsCurrent(Stage, hash)) return new AdlResult([], [], 0, 0, new Dictionary<string, long>(), 0, 0, UpToDate: true) { Data = AdlData.Describe(o) };
         using var baseModel = CausalLM.Load(o.BaseModel, o.BaseAdapter);
         using var ftModel = CausalLM.Load(o.FineTunedModel, o.Adapter);
         var text = AdlText.FromFolders(o.FineTunedModel, o.BaseModel);
@@ -124,7 +124,7 @@ public static class ActivationDifferenceLens
                 progress?.Report(new AdlProgress("readers", ++done, total));
             }
         }
-        return new AdlResult(entries, norms, sums.TextSamples, sums.ChatSamples, sums.Skipped, meanSeconds, sw.Elapsed.TotalSeconds, UpToDate: false);
+        return new AdlResult(entries, norms, sums.TextSamples, sums.ChatSamples, sums.Skipped, meanSeconds, sw.Elapsed.TotalSeconds, UpToDate: false) { Data = AdlData.Describe(o) };
     }
 
     /// <summary>v / ‖v‖ · norm.</summary>
@@ -139,7 +139,6 @@ public static class ActivationDifferenceLens
     static void Validate(AdlOptions o)
     {
         if (o.Layers.Length == 0) throw new ArgumentException("give at least one layer");
-        if (o.Data.Count == 0) throw new ArgumentException("give at least one data source");
         if (o.Positions.Length == 0 || o.Positions.Min() < 0) throw new ArgumentException("text positions must be given and ≥ 0");
         if (o.ChatPositions.Length == 0) throw new ArgumentException("give at least one chat position");
         if (o.MaxSamples < 1 || o.BatchSize < 1 || o.ContextLength < 1) throw new ArgumentException("samples, batch size and context length must be positive");
@@ -163,6 +162,7 @@ public static class ActivationDifferenceLens
         if (o.BaseAdapter is not null) h.AddPath("base_adapter_files", o.BaseAdapter);
         h.AddPath("finetuned", o.FineTunedModel).Add("adapter", o.Adapter);
         if (o.Adapter is not null) h.AddPath("adapter_files", o.Adapter);
+        if (AdlData.UsesBuiltIn(o)) h.Add("data", GeneralText.Name);
         foreach (var d in o.Data)
         {
             h.Add("data", $"{d.Kind}|{d.Name}|{Inv(d.Weight)}|{d.Field}|{d.MaxSamples}|{d.MaxTokens}|{d.SplitBlankLines}");
@@ -194,7 +194,9 @@ public static class ActivationDifferenceLens
         {
             ["base"] = Path.GetFullPath(o.BaseModel), ["base_adapter"] = o.BaseAdapter is null ? null : Path.GetFullPath(o.BaseAdapter),
             ["finetuned"] = Path.GetFullPath(o.FineTunedModel), ["adapter"] = o.Adapter is null ? null : Path.GetFullPath(o.Adapter),
-            ["data"] = new JsonArray(o.Data.Select(d => (JsonNode)$"{d.Kind.ToString().ToLowerInvariant()}:{Path.GetFullPath(d.Path)},name={d.Name}").ToArray()),
+            ["data"] = AdlData.UsesBuiltIn(o) ? new JsonArray((JsonNode)$"builtin:{GeneralText.Name}")
+                : new JsonArray(o.Data.Select(d => (JsonNode)$"{d.Kind.ToString().ToLowerInvariant()}:{Path.GetFullPath(d.Path)},name={d.Name}").ToArray()),
+            ["data_description"] = AdlData.Describe(o),
         };
         foreach (var (k, v) in Settings(o)) j[k] = v;
         return j;

@@ -21,8 +21,9 @@ public sealed record AdlOptions
     public required string FineTunedModel { get; init; }
     /// <summary>LoRA adapter merged into the fine-tuned model.</summary>
     public string? Adapter { get; init; }
-    /// <summary>Unrelated text (and/or chat data), as <c>harvest --data</c> specs.</summary>
-    public required IReadOnlyList<DataSourceSpec> Data { get; init; }
+    /// <summary>Unrelated text (and/or chat data), as <c>harvest --data</c> specs; empty = the built-in general text
+    /// (<see cref="GeneralText"/>, see <see cref="AdlData"/>).</summary>
+    public IReadOnlyList<DataSourceSpec> Data { get; init; } = [];
     /// <summary>Layers whose residual (blocks.{L}.hook_resid_post) is diffed.</summary>
     public required int[] Layers { get; init; }
     /// <summary>Positions of plain-text samples, from the start of the sample (BOS included).</summary>

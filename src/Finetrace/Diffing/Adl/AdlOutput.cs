@@ -45,7 +45,7 @@ public static class AdlOutput
             {
                 ["format"] = "finetrace-adl/1", ["layer"] = group.Key.Layer.ToString(CultureInfo.InvariantCulture), ["context"] = group.Key.Context,
                 ["base_model_norm"] = norms.Base.ToString("R", CultureInfo.InvariantCulture), ["ft_model_norm"] = norms.FineTuned.ToString("R", CultureInfo.InvariantCulture),
-                ["delta"] = "mean over samples of h_ft - h_base at blocks.{layer}.hook_resid_post",
+                ["delta"] = "mean over samples of h_ft - h_base at blocks.{layer}.hook_resid_post", ["data"] = r.Data,
             };
             string path = results.PathOf(rel);
             Directory.CreateDirectory(Path.GetDirectoryName(path)!);
@@ -83,7 +83,7 @@ public static class AdlOutput
             var o = new JsonObject
             {
                 ["layer"] = e.Layer, ["context"] = e.Context, ["position"] = e.Position,
-                ["token"] = e.Token, ["token_id"] = e.TokenId, ["count"] = e.Count,
+                ["token"] = e.Token, ["token_id"] = e.TokenId, ["count"] = e.Count, ["data"] = r.Data,
                 ["delta_norm"] = e.DeltaNorm,
                 ["base_model_norm"] = norms.Base, ["ft_model_norm"] = norms.FineTuned,
                 ["top_tokens"] = Strings(e.FineTunedLens.Top.Take(Shown)),

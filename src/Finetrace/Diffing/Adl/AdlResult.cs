@@ -47,7 +47,11 @@ public sealed record LayerNorms(int Layer, double Base, double FineTuned, long T
 /// <summary>What one ADL run produced. <see cref="UpToDate"/>: the results folder already held this run (nothing recomputed,
 /// <see cref="Entries"/> empty).</summary>
 public sealed record AdlResult(IReadOnlyList<AdlEntry> Entries, IReadOnlyList<LayerNorms> Norms, long TextSamples, long ChatSamples,
-    IReadOnlyDictionary<string, long> Skipped, double MeanSeconds, double ReaderSeconds, bool UpToDate);
+    IReadOnlyDictionary<string, long> Skipped, double MeanSeconds, double ReaderSeconds, bool UpToDate)
+{
+    /// <summary>Which data the means were taken over, in words (the data sources, or the built-in general text).</summary>
+    public string Data { get; init; } = "";
+}
 
 /// <summary>Progress of a run: a phase ("means", "readers"), how far it is and how far it goes.</summary>
 public readonly record struct AdlProgress(string Phase, long Done, long Total);

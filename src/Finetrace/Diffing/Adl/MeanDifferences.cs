@@ -63,7 +63,7 @@ internal static class MeanDifferences
     public static MeanDifferenceSums Run(AdlOptions o, CausalLM baseModel, CausalLM ftModel, ISampleEncoder encoder,
         IProgress<AdlProgress>? progress, CancellationToken cancel)
     {
-        bool wantText = o.Data.Any(d => d.Kind != DataKind.Chat), wantChat = o.Data.Any(d => d.Kind == DataKind.Chat);
+        bool wantText = AdlData.UsesBuiltIn(o) || o.Data.Any(d => d.Kind != DataKind.Chat), wantChat = o.Data.Any(d => d.Kind == DataKind.Chat);
         var slots = new List<AdlSlot>();
         if (wantText) slots.AddRange(o.Positions.Distinct().Order().Select(p => new AdlSlot(AdlSlot.Text, p)));
         if (wantChat) slots.AddRange(o.ChatPositions.Distinct().Order().Select(p => new AdlSlot(AdlSlot.AssistantStart, p)));
@@ -82,10 +82,9 @@ internal static class MeanDifferences
         var chatIndex = o.ChatPositions.Distinct().Order().ToArray();
         long target = (wantText ? o.MaxSamples : 0) + (wantChat ? o.MaxSamples : 0);
 
-        var stream = new SampleStream(o.Data, encoder, o.ContextLength);
         var pending = new List<Row>(o.BatchSize);
         long accepted = 0;
-        foreach (var s in stream.Read())
+        foreach (var s in AdlData.Read(o, encoder, o.ContextLength))
         {
             cancel.ThrowIfCancellationRequested();
             bool chat = s.Roles is not null;

@@ -30,7 +30,7 @@ public static class ProjectionAblation
     static List<EvalSample> Samples(AdlOptions o, ISampleEncoder encoder, int samples, int context)
     {
         var result = new List<EvalSample>();
-        foreach (var s in new SampleStream(o.Data, encoder, context).Read())
+        foreach (var s in AdlData.Read(o, encoder, context))
         {
             if (result.Count >= samples) break;
             if (s.Ids.Length < 2) continue;
