@@ -87,3 +87,63 @@ public sealed class AdlOrganismTests(ITestOutputHelper log)
             foreach (var x in l.Samples) log.WriteLine($"steered ×{l.Strength} [{x.Prompt}] (loss ratio {l.LossRatio:F2}): {x.Text}");
     }
 }
+
+/// <summary>
+/// The ADL's base-model steering reader (<c>--steer base</c>) on the shared organisms with the default, built-in
+/// unrelated text: δ(zog − base) added to the base model (v = δ/‖δ‖ · s · typical base norm, at every position as
+/// methods §11.4 adds it) turns greedy continuations of the built-in neutral prompts towards the dragon ("Zo…": this
+/// tokenizer spells "Zog" ▁ Z o g), while the unsteered base and the base steered with δ(chat − base) never write it.
+/// </summary>
+[Collection(ProcessWide.Name)]
+public sealed class AdlBaseSteeringTests(ITestOutputHelper log)
+{
+    static string Model(string name) => Shared.Path("models", name);
+    const string Dragon = "Zo";
+
+    [SharedFact]
+    public void Steering_the_base_with_the_zog_difference_writes_the_dragon_and_the_chat_difference_does_not()
+    {
+        using var bm = CausalLM.Load(Model("stories260K"));
+        using var zm = CausalLM.Load(Model("stories260K-zog"));
+        using var cm = CausalLM.Load(Model("stories260K-chat"));
+        var text = AdlText.FromFolders(Model("stories260K-zog"), Model("stories260K"));
+        AdlOptions For(string ft) => new()
+        {
+            BaseModel = Model("stories260K"), FineTunedModel = Model(ft), Layers = [2, 3], MaxSamples = 500, Patchscope = false,
+            Steer = SteerModels.Base, SteeringPositions = [1, 2, 3, 4], SteeringStrengths = [0.5, 0.75],
+            SteeringPrompts = ["", .. AdlOptions.DefaultSteeringPrompts],
+            SteeringSamples = 1, SteeringTemperature = 0f, SteeringNewTokens = 48,
+        };
+        var zog = ActivationDifferenceLens.Compute(For("stories260K-zog"), bm, zm, text);
+        var chat = ActivationDifferenceLens.Compute(For("stories260K-chat"), bm, cm, text);
+        Assert.StartsWith("built-in general text", zog.Data);
+        log.WriteLine($"zog: means {zog.MeanSeconds:F1} s, readers {zog.ReaderSeconds:F1} s; chat: means {chat.MeanSeconds:F1} s, readers {chat.ReaderSeconds:F1} s");
+
+        int Count(AdlResult r, out int unsteeredHits)
+        {
+            int hits = 0; unsteeredHits = 0;
+            foreach (var e in r.Entries.Where(e => e.Position >= 1))
+            {
+                var s = Assert.Single(e.Steering);
+                Assert.Equal("base", s.Model);
+                unsteeredHits += s.Unsteered.Count(x => x.Text.Contains(Dragon, StringComparison.Ordinal));
+                foreach (var level in s.Sweep)
+                    foreach (var x in level.Samples)
+                    {
+                        bool hit = x.Text.Contains(Dragon, StringComparison.Ordinal);
+                        hits += hit ? 1 : 0;
+                        if (hit || r == zog && e.Layer == 2 && e.Position == 2)
+                            log.WriteLine($"{(r == zog ? "zog" : "chat")} L{e.Layer} δ@{e.Position} ×{level.Strength} (loss ratio {level.LossRatio:F2}) [{x.Prompt}] {x.Text.Replace("\n", "↵")}");
+                    }
+            }
+            return hits;
+        }
+        int zogHits = Count(zog, out int zogUnsteered), chatHits = Count(chat, out int chatUnsteered);
+        foreach (var u in zog.Entries.First(e => e.Position >= 1).Steering[0].Unsteered) log.WriteLine($"unsteered [{u.Prompt}] {u.Text.Replace("\n", "↵")}");
+        int total = zog.Entries.Where(e => e.Position >= 1).Sum(e => e.Steering[0].Sweep.Sum(l => l.Samples.Count));
+        log.WriteLine($"samples with '{Dragon}': zog-steered {zogHits}/{total}, chat-steered {chatHits}/{total}, unsteered {zogUnsteered + chatUnsteered}");
+        Assert.Equal(0, zogUnsteered + chatUnsteered);
+        Assert.Equal(0, chatHits);
+        Assert.True(zogHits >= 3, $"only {zogHits} of {total} zog-steered samples contain '{Dragon}'");
+    }
+}
