@@ -117,6 +117,10 @@ public sealed class AdlBaseSteeringTests(ITestOutputHelper log)
         var zog = ActivationDifferenceLens.Compute(For("stories260K-zog"), bm, zm, text);
         var chat = ActivationDifferenceLens.Compute(For("stories260K-chat"), bm, cm, text);
         Assert.StartsWith("built-in general text", zog.Data);
+        // With this default text too, the logit lens of δ(zog) ranks "Z" in its top 20 at an early position; δ(chat)'s never does.
+        static bool LensZ(AdlEntry e) => e.FineTunedLens.Top.Take(20).Any(t => t.Token == "Z");
+        Assert.Contains(zog.Entries, e => e.Position <= 4 && LensZ(e));
+        Assert.DoesNotContain(chat.Entries, LensZ);
         log.WriteLine($"zog: means {zog.MeanSeconds:F1} s, readers {zog.ReaderSeconds:F1} s; chat: means {chat.MeanSeconds:F1} s, readers {chat.ReaderSeconds:F1} s");
 
         int Count(AdlResult r, out int unsteeredHits)
