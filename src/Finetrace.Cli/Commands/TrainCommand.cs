@@ -32,7 +32,7 @@ public sealed class TrainCommand : ICliCommand
         var tokens = new Option<long>("--tokens") { Description = "Training tokens (steps = tokens / batch); default one pass over the store" };
         var batch = new Option<int>("--batch") { Description = "Tokens per step", DefaultValueFactory = _ => 2048 };
         var recipeOpt = new Option<string>("--recipe") { Description = "Defaults for every option not given: finetrace (lr and dead-latent window scaled with the run) or minder2025 (the paper's exact settings: l2 loss, lr 1e-4, warm-up 1000, AuxK with a 10M-token dead window, k 100 or μ 0.041)", DefaultValueFactory = _ => "finetrace" };
-        var lr = new Option<double?>("--lr") { Description = "Learning rate (finetrace: 2e-4/√(F/2^14)·max(1, √(75000/steps)) for the TopK family, 1e-4 otherwise; minder2025: 1e-4)" };
+        var lr = new Option<double?>("--lr") { Description = "Learning rate (finetrace: g·max(1, √(75000/steps)) for the TopK family, g = 2e-4/√(F/2^14), raised no further than 4e-3; 1e-4 otherwise; minder2025: 1e-4)" };
         var warmup = new Option<int?>("--warmup") { Description = "Linear LR warm-up steps (default 1000, at most a tenth of the run)" };
         var decay = new Option<long?>("--decay-start") { Description = "Step where a linear LR decay to 0 begins" };
         var loss = new Option<string?>("--loss") { Description = "mse (Σ_m‖e‖², default), l2 (un-squared, dictionary_learning-compatible; minder2025's crosscoder default), mse-mean-models" };
@@ -47,7 +47,7 @@ public sealed class TrainCommand : ICliCommand
         var thresholdStart = new Option<long?>("--threshold-start") { Description = "Start the inference-threshold EMA after this step (default 1000, at most half the run)" };
         var clip = new Option<float>("--clip") { Description = "Global gradient-norm clip (0 = off; -1 = the recipe's choice: 1 for the TopK family, off for L1)", DefaultValueFactory = _ => -1 };
         var normInit = new Option<float?>("--norm-init-scale") { Description = "Initial encoder/decoder row norm of a crosscoder (default 0.005 with --l1, 1 otherwise)" };
-        var targetRms = new Option<float>("--target-rms") { Description = "Normalise activations to this RMS using the store's statistics (0 = raw activations)", DefaultValueFactory = _ => 0f };
+        var targetRms = new Option<float>("--target-rms") { Description = "Normalise activations to this RMS using the statistics of the training rows (held-out rows excluded; 0 = raw activations)", DefaultValueFactory = _ => 0f };
         var model = new Option<int>("--model") { Description = "sae: which model's activations (0 = base)", DefaultValueFactory = _ => 1 };
         var minuend = new Option<int>("--minuend") { Description = "diff-sae: model a of a − b", DefaultValueFactory = _ => 1 };
         var subtrahend = new Option<int>("--subtrahend") { Description = "diff-sae: model b of a − b", DefaultValueFactory = _ => 0 };

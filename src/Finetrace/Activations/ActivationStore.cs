@@ -70,6 +70,37 @@ public sealed class ActivationStore : IDisposable
         }
     }
 
+    /// <summary>Mean, population variance and count of model <paramref name="model"/> at <paramref name="layer"/> over the
+    /// rows before <paramref name="endRow"/> only (e.g. a dictionary's training rows, without its held-out rows): the
+    /// per-shard states of the shards that end at or before it merged in order, plus the shard holding it recomputed
+    /// over its rows before it (Welford in row order, as the writer adds rows). The whole store when endRow ≥ Tokens.</summary>
+    public ActivationStats Stats(int model, int layer, long endRow)
+    {
+        if (endRow >= Tokens) return Stats(model, layer);
+        if (endRow <= 0) throw new ArgumentOutOfRangeException(nameof(endRow), $"{Directory}: statistics of rows before {endRow} cover no row");
+        if ((uint)model >= (uint)Models) throw new ArgumentOutOfRangeException(nameof(model), $"{Directory}: model {model} out of range (the store has {Models})");
+        int li = LayerIndex(layer);
+        var acc = new RunningStats(DModel);
+        foreach (var sh in _shards)
+        {
+            if (sh.StartRow + sh.Rows <= endRow) { acc.Merge(sh.Stats(model, layer)); continue; }
+            int n = (int)Math.Max(0, endRow - sh.StartRow);
+            if (n == 0) break;
+            var part = new RunningStats(DModel);
+            const int Chunk = 4096;
+            var rowsND = new float[Math.Min(Chunk, n) * DModel];
+            for (int r = 0; r < n; r += Chunk)
+            {
+                int c = Math.Min(Chunk, n - r);
+                sh.ReadRows(model, li, r, c, rowsND.AsSpan(0, c * DModel));
+                for (int t = 0; t < c; t++) part.Add(rowsND.AsSpan(t * DModel, DModel));
+            }
+            acc.Merge(part);
+            break;
+        }
+        return ActivationStats.From(acc);
+    }
+
     /// <summary>The shard holding global row <paramref name="row"/>.</summary>
     public StoreShard ShardOf(long row)
     {

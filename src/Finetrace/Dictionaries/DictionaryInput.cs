@@ -19,10 +19,14 @@ public enum NormalizerStatistics
 {
     /// <summary>No normaliser: the dictionary works on raw activations.</summary>
     None,
-    /// <summary>The store's exact per-model Welford statistics.</summary>
+    /// <summary>The store's exact per-model Welford statistics over the whole store, held-out rows included (what train
+    /// wrote before statistics were cut at the held-out rows; read from older finetrace.json files).</summary>
     Store,
     /// <summary>A sample of the training rows (difference rows, filtered tokens).</summary>
     Sample,
+    /// <summary>The store's exact per-model Welford statistics over the training rows only: the rows before
+    /// <see cref="DictionaryInput.HeldOutFrom"/> (every row when nothing is held out).</summary>
+    TrainingRows,
 }
 
 /// <summary>An input specification that cannot be parsed or does not fit a store or dictionary. <see cref="Spec"/> is
@@ -157,10 +161,19 @@ public sealed record DictionaryInput
         if (Kind == InputKind.Difference) { o["minuend"] = Minuend; o["subtrahend"] = Subtrahend; }
         o["store"] = Store;
         o["filter"] = Filter;
-        o["normalization"] = new JsonObject { ["target_rms"] = TargetRms, ["statistics"] = NormalizerStatistics.ToString().ToLowerInvariant() };
+        o["normalization"] = new JsonObject { ["target_rms"] = TargetRms, ["statistics"] = StatisticsName(NormalizerStatistics) };
         o["held_out_from_row"] = HeldOutFrom;
         return o;
     }
+
+    /// <summary>Names of <see cref="Dictionaries.NormalizerStatistics"/> in finetrace.json: none, store, sample, training_rows.</summary>
+    public static string StatisticsName(NormalizerStatistics s) => s == NormalizerStatistics.TrainingRows ? "training_rows" : s.ToString().ToLowerInvariant();
+
+    static NormalizerStatistics ParseStatistics(string? name) => name switch
+    {
+        "training_rows" => NormalizerStatistics.TrainingRows,
+        _ => Enum.TryParse<NormalizerStatistics>(name, ignoreCase: true, out var ns) ? ns : NormalizerStatistics.None,
+    };
 
     /// <summary>Reads an <c>"input"</c> object; <paramref name="where"/> names the file for errors.</summary>
     public static DictionaryInput FromJson(JsonNode node, string where)
@@ -182,7 +195,7 @@ public sealed record DictionaryInput
                 Store = node["store"]?.GetValue<string>(),
                 Filter = node["filter"]?.GetValue<string>() ?? "all",
                 TargetRms = norm?["target_rms"]?.GetValue<float>(),
-                NormalizerStatistics = Enum.TryParse<NormalizerStatistics>(norm?["statistics"]?.GetValue<string>(), ignoreCase: true, out var ns) ? ns : NormalizerStatistics.None,
+                NormalizerStatistics = ParseStatistics(norm?["statistics"]?.GetValue<string>()),
                 HeldOutFrom = node["held_out_from_row"]?.GetValue<long>(),
             };
         }

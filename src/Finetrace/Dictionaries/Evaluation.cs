@@ -146,14 +146,16 @@ public static class NormalizerStats
         return Normalizer.FromStats(targetRms, mean, std, M, D);
     }
 
-    /// <summary>From the store's Welford statistics (exact, population variance) for paired or single-model rows.</summary>
-    public static Normalizer FromStore(ActivationStore store, int layer, IReadOnlyList<int> models, float targetRms)
+    /// <summary>From the store's Welford statistics (exact, population variance) for paired or single-model rows, over
+    /// the rows before <paramref name="endRow"/> when given (a training run's rows: held-out rows must not shape the
+    /// normaliser its validation is measured with), else over the whole store.</summary>
+    public static Normalizer FromStore(ActivationStore store, int layer, IReadOnlyList<int> models, float targetRms, long? endRow = null)
     {
         int D = store.DModel;
         var mean = new float[models.Count * D]; var std = new float[models.Count * D];
         for (int k = 0; k < models.Count; k++)
         {
-            var s = store.Stats(models[k], layer);
+            var s = endRow is long end ? store.Stats(models[k], layer, end) : store.Stats(models[k], layer);
             for (int i = 0; i < D; i++) { mean[k * D + i] = s.Mean[i]; std[k * D + i] = MathF.Sqrt(Math.Max(0, s.Var[i])); }
         }
         return Normalizer.FromStats(targetRms, mean, std, models.Count, D);

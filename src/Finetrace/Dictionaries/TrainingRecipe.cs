@@ -203,10 +203,13 @@ public sealed record TrainingRecipe
             if (TargetRms > 0)
             {
                 bool sample = Kind == DictionaryKind.DiffSae || filter != MaskFilter.All;
+                // statistics of the training rows only (the source ends before the held-out rows; the store's are cut there):
+                // validation and eval on the held-out rows must not have shaped the normaliser. A sample reads at most one
+                // epoch, so a small store counts each training row once.
                 dict.Normalizer = sample
-                    ? NormalizerStats.FromSample(source, TargetRms, Math.Min(1_000_000, 64L * Batch))
-                    : NormalizerStats.FromStore(store, Layer, input.StoreModels(store.Models), TargetRms);
-                stats = sample ? NormalizerStatistics.Sample : NormalizerStatistics.Store;
+                    ? NormalizerStats.FromSample(source, TargetRms, Math.Min(source.RowsPerEpoch, Math.Min(1_000_000, 64L * Batch)))
+                    : NormalizerStats.FromStore(store, Layer, input.StoreModels(store.Models), TargetRms, endRow: heldOut);
+                stats = sample ? NormalizerStatistics.Sample : NormalizerStatistics.TrainingRows;
             }
             input = input with { TargetRms = TargetRms > 0 ? TargetRms : null, NormalizerStatistics = stats };
 
