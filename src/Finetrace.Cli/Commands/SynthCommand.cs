@@ -28,9 +28,17 @@ public sealed class SynthCommand : ICliCommand
         var shared = new Option<double?>("--shared") { Description = "Fraction of features shared by all models (default: what the other fractions leave)" };
         var exclusive = new Option<double>("--exclusive") { Description = "Fraction present in one model only (split evenly over the models)", DefaultValueFactory = _ => 0.1 };
         var shrunk = new Option<double>("--shrunk") { Description = "Fraction present in all models but weaker in the base (Complete Shrinkage)", DefaultValueFactory = _ => 0.05 };
-        var decoupled = new Option<double>("--decoupled") { Description = "Fraction the base writes as a combination of shared features (Latent Decoupling)", DefaultValueFactory = _ => 0.05 };
+        var decoupled = new Option<double>("--decoupled") { Description = "Fraction planted for Latent Decoupling (how: --decoupling)", DefaultValueFactory = _ => 0.05 };
+        var decoupling = new Option<string>("--decoupling")
+        {
+            Description = "superset: the base also writes a decoupled feature's direction on extra tokens of its own (the paper's Latent Decoupling); " +
+                          "combination: the base writes a mix of --parents shared features instead (the earlier generator)",
+            DefaultValueFactory = _ => "combination",
+        };
+        decoupling.AcceptOnlyFromAmong("superset", "combination");
+        var extraRate = new Option<double>("--decoupled-extra-rate") { Description = "superset: the base's extra firings of a decoupled direction, × the feature's own rate", DefaultValueFactory = _ => 4.0 };
         var shrinkFactor = new Option<float>("--shrink-factor") { Description = "Magnitude of shrunk features in the base, relative to the other models", DefaultValueFactory = _ => 0.25f };
-        var parents = new Option<int>("--parents") { Description = "Shared features combined for each decoupled feature", DefaultValueFactory = _ => 2 };
+        var parents = new Option<int>("--parents") { Description = "combination: shared features combined for each decoupled feature", DefaultValueFactory = _ => 2 };
         var l0 = new Option<double>("--l0") { Description = "Expected active features per token", DefaultValueFactory = _ => 6 };
         var spread = new Option<double>("--frequency-spread") { Description = "Ratio of the most to the least frequent feature's rate", DefaultValueFactory = _ => 10 };
         var noise = new Option<float>("--noise") { Description = "Gaussian noise std per dimension", DefaultValueFactory = _ => 0.01f };
@@ -42,7 +50,7 @@ public sealed class SynthCommand : ICliCommand
         var shardTokens = new Option<long>("--shard-tokens") { Description = "Tokens per shard", DefaultValueFactory = _ => 1 << 18 };
         var outDir = new Option<string>("--out") { Description = "Store folder to write (resumes an interrupted run with the same settings)", Required = true };
         var cmd = new Command("make", "Write an activation store from a known sparse generative model, with the ground truth (truth.safetensors, truth.json) beside it");
-        foreach (var o in new Option[] { d, features, models, tokens, seed, shared, exclusive, shrunk, decoupled, shrinkFactor, parents, l0, spread, noise, drift, bias, seqLen, layer, dtype, shardTokens, outDir })
+        foreach (var o in new Option[] { d, features, models, tokens, seed, shared, exclusive, shrunk, decoupled, decoupling, extraRate, shrinkFactor, parents, l0, spread, noise, drift, bias, seqLen, layer, dtype, shardTokens, outDir })
             cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
@@ -51,6 +59,7 @@ public sealed class SynthCommand : ICliCommand
             {
                 DModel = r.GetValue(d), Features = r.GetValue(features), Models = r.GetValue(models), Tokens = r.GetValue(tokens),
                 Seed = r.GetValue(seed), Shared = r.GetValue(shared) ?? Math.Max(0, 1 - ex - sh - de), Exclusive = ex, Shrunk = sh, Decoupled = de,
+                Decoupling = r.GetValue(decoupling) == "combination" ? DecouplingMode.Combination : DecouplingMode.Superset, DecoupledExtraRate = r.GetValue(extraRate),
                 ShrinkFactor = r.GetValue(shrinkFactor), Parents = r.GetValue(parents), L0 = r.GetValue(l0), FrequencySpread = r.GetValue(spread),
                 Noise = r.GetValue(noise), Drift = r.GetValue(drift), Bias = r.GetValue(bias), SequenceLength = r.GetValue(seqLen),
                 Layer = r.GetValue(layer), Dtype = r.GetValue(dtype)!,
@@ -71,7 +80,7 @@ public sealed class SynthCommand : ICliCommand
         using var store = ActivationStore.Open(dir);
         var c = spec.Counts();
         AnsiConsole.MarkupLine($"wrote {store.Tokens:N0} tokens × {spec.Models} models × d {spec.DModel} ({spec.Dtype}) in {secs:F2} s ({store.Tokens / Math.Max(secs, 1e-9):N0} tokens/s), {ActivationStoreWriter.Human(store.DiskBytes())}");
-        AnsiConsole.MarkupLine($"features: {spec.Features} = shared {c.Shared} + exclusive {c.Exclusive} + shrunk {c.Shrunk} (×{spec.ShrinkFactor} in base) + decoupled {c.Decoupled}");
+        AnsiConsole.MarkupLine($"features: {spec.Features} = shared {c.Shared} + exclusive {c.Exclusive} + shrunk {c.Shrunk} (×{spec.ShrinkFactor} in base) + decoupled {c.Decoupled} ({spec.Decoupling.ToString().ToLowerInvariant()})");
         AnsiConsole.MarkupLine($"ground truth: {Markup.Escape(Path.Combine(store.Directory, SyntheticTruth.TensorFile))}, {SyntheticTruth.JsonFile}");
         return 0;
     }

@@ -205,7 +205,8 @@ public static class DiffPipeline
                     var t = FeatureTable.Load(table);
                     var sets = CausalEvaluation.SetsFromTable(t);
                     if (sets.Count == 0) { ResultsFolder.WriteAllTextAtomic(folder.PathOf(CausalEvaluation.FileName), "[]\n"); return [CausalEvaluation.FileName]; }
-                    int[]? pool = t.Has("freq_all") ? Enumerable.Range(0, t.Rows).Where(j => t.Numbers("freq_all")[j] > 0).ToArray() : null;
+                    // random sets from the pool the rank_sum halves split (the fair null for them; every latent when none)
+                    int[]? pool = sets.Where(s => s.Name.StartsWith("rank_sum", StringComparison.Ordinal)).SelectMany(s => s.Latents).Distinct().Order().ToArray();
                     var models = SplicedEvaluation.LoadModels(store, [0, 1], plan.Models.Base, plan.Models.FineTuned, plan.Models.Adapter);
                     try
                     {

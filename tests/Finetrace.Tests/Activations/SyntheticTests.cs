@@ -42,11 +42,13 @@ public class SyntheticTests
         ActivationStoreTests.AssertSameFiles(full.Path, cut.Path);
     }
 
-    [Fact]
-    public void Truth_RoundTrips_AndHasThePlantedCategories()
+    [Theory]
+    [InlineData(DecouplingMode.Superset)]
+    [InlineData(DecouplingMode.Combination)]
+    public void Truth_RoundTrips_AndHasThePlantedCategories(DecouplingMode mode)
     {
         using var tmp = new TempDir();
-        var spec = Small();
+        var spec = Small() with { Decoupling = mode };
         var made = SyntheticGenerator.Make(spec, tmp.Path);
         var t = SyntheticTruth.Load(tmp.Path);
         Assert.Equal(spec, t.Spec);
@@ -85,8 +87,15 @@ public class SyntheticTests
         // Shared directions drift only slightly between the models.
         foreach (int i in t.FeaturesOf(FeatureCategory.Shared))
             Assert.InRange(System.Numerics.Tensors.TensorPrimitives.CosineSimilarity(t.Direction(0, i), t.Direction(1, i)), 0.99f, 1.0001f);
-        // Decoupled: the base direction is Σ w_p · base direction of shared parents.
-        foreach (int i in t.FeaturesOf(FeatureCategory.Decoupled))
+        // Decoupled, superset: the feature's own direction in every model, drifting like a shared one; no parents.
+        if (mode == DecouplingMode.Superset)
+            foreach (int i in t.FeaturesOf(FeatureCategory.Decoupled))
+            {
+                Assert.Empty(t.Parents[i]);
+                Assert.InRange(System.Numerics.Tensors.TensorPrimitives.CosineSimilarity(t.Direction(0, i), t.Direction(1, i)), 0.99f, 1.0001f);
+            }
+        // Decoupled, combination: the base direction is Σ w_p · base direction of shared parents.
+        else foreach (int i in t.FeaturesOf(FeatureCategory.Decoupled))
         {
             Assert.Equal(spec.Parents, t.Parents[i].Length);
             Assert.All(t.Parents[i], p => Assert.Equal(FeatureCategory.Shared, t.Categories[p]));
@@ -97,21 +106,26 @@ public class SyntheticTests
         }
     }
 
-    [Fact]
-    public void StoreRows_AreTheGenerativeModel()
+    [Theory]
+    [InlineData(DecouplingMode.Combination)]
+    [InlineData(DecouplingMode.Superset)]
+    public void StoreRows_AreTheGenerativeModel(DecouplingMode mode)
     {
         using var tmp = new TempDir();
-        var spec = Small() with { Noise = 0, Bias = 0.7f, Dtype = "f32" };
+        var spec = Small() with { Noise = 0, Bias = 0.7f, Dtype = "f32", Decoupling = mode };
         var truth = SyntheticGenerator.Make(spec, tmp.Path);
         using var store = ActivationStore.Open(tmp.Path);
         var sampler = new SyntheticGenerator.Sampler(truth);
         int L = spec.SequenceLength, d = spec.DModel;
         var batch = new StoreBatch(L, 1, 2, 1, d);
         var row = new float[d];
+        int extras = 0;
         foreach (long seq in new long[] { 0, 7, 59 })
         {
             var rec = Enumerable.Range(0, L).Select(_ => new List<(int Feature, float A)>()).ToArray();
-            sampler.Sequence(seq, L, batch, 0, rec);
+            var extra = Enumerable.Range(0, L).Select(_ => new List<(int Feature, float A)>()).ToArray();
+            sampler.Sequence(seq, L, batch, 0, rec, extra);
+            extras += extra.Sum(e => e.Count);
             for (int p = 0; p < L; p++)
             {
                 long r = seq * L + p;
@@ -122,11 +136,18 @@ public class SyntheticTests
                     var expect = truth.Bias.AsSpan(m * d, d).ToArray();
                     foreach (var (i, a) in rec[p])
                         System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(truth.Direction(m, i), a * truth.Scale(m, i), expect, expect);
+                    if (m == 0)
+                        foreach (var (i, a) in extra[p])
+                        {
+                            Assert.Equal(FeatureCategory.Decoupled, truth.Categories[i]);
+                            System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(truth.Direction(0, i), a, expect, expect);
+                        }
                     store.ReadRows(m, 0, r, 1, row);
                     Golden.AssertClose($"seq {seq} pos {p} model {m}", expect, row, 1e-5);
                 }
             }
         }
+        Assert.Equal(mode == DecouplingMode.Superset, extras > 0);
     }
 
     [Fact]
@@ -161,6 +182,58 @@ public class SyntheticTests
         }
         Assert.InRange(activeSum / (double)tokens, truth.FiringProbability.Sum() * 0.97, truth.FiringProbability.Sum() * 1.03);
         Assert.InRange(Math.Sqrt(sq / n), 0.097, 0.103);
+    }
+
+    /// <summary>Superset decoupling: the base writes a decoupled direction on its own firings plus extra ones drawn
+    /// independently at rate × the feature's rate, so it fires with probability p + (1 − (1 − p)^rate)·(1 − p).</summary>
+    [Fact]
+    public void SupersetDecoupling_BaseFiresTheDirectionAtTheExtraRate()
+    {
+        var spec = Small() with { Tokens = 40_000, Decoupled = 0.2, Exclusive = 0.1, Shared = 0.6, Decoupling = DecouplingMode.Superset, DecoupledExtraRate = 1.5 };
+        var truth = SyntheticGenerator.MakeTruth(spec);
+        var sampler = new SyntheticGenerator.Sampler(truth);
+        int L = spec.SequenceLength, f = spec.Features;
+        var batch = new StoreBatch(L, 1, 2, 1, spec.DModel);
+        var own = new long[f];
+        var extra = new long[f];
+        int seqs = (int)(spec.Tokens / L);
+        for (int s = 0; s < seqs; s++)
+        {
+            var rec = Enumerable.Range(0, L).Select(_ => new List<(int Feature, float A)>()).ToArray();
+            var ext = Enumerable.Range(0, L).Select(_ => new List<(int Feature, float A)>()).ToArray();
+            sampler.Sequence(s, L, batch, 0, rec, ext);
+            for (int p = 0; p < L; p++)
+            {
+                foreach (var (i, _) in rec[p]) own[i]++;
+                foreach (var (i, _) in ext[p]) { extra[i]++; Assert.DoesNotContain(rec[p], x => x.Feature == i); }
+                Assert.Equal(ext[p].Count, ext[p].Select(x => x.Feature).Distinct().Count());
+            }
+        }
+        long tokens = (long)seqs * L;
+        var dec = truth.FeaturesOf(FeatureCategory.Decoupled);
+        Assert.Equal(16, dec.Length);
+        for (int i = 0; i < f; i++)
+        {
+            if (truth.Categories[i] != FeatureCategory.Decoupled) { Assert.Equal(0, extra[i]); continue; }
+            double p = truth.FiringProbability[i];
+            double pe = (1 - Math.Pow(1 - p, spec.DecoupledExtraRate)) * (1 - p), emp = extra[i] / (double)tokens;
+            Assert.InRange(emp, pe - 5 * Math.Sqrt(pe * (1 - pe) / tokens) - 1e-4, pe + 5 * Math.Sqrt(pe * (1 - pe) / tokens) + 1e-4);
+        }
+    }
+
+    [Fact]
+    public void OldTruthFiles_ReadAsCombinationDecoupling()
+    {
+        using var tmp = new TempDir();
+        var spec = Small() with { Decoupling = DecouplingMode.Combination };
+        SyntheticGenerator.Make(spec, tmp.Path);
+        string json = Path.Combine(tmp.Path, SyntheticTruth.JsonFile);
+        var node = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(json))!;
+        Assert.Equal("Combination", (string?)node["spec"]!["decoupling"]);
+        node["spec"]!.AsObject().Remove("decoupling");
+        node["spec"]!.AsObject().Remove("decoupled_extra_rate");
+        File.WriteAllText(json, node.ToJsonString());
+        Assert.Equal(spec, SyntheticTruth.Load(tmp.Path).Spec);
     }
 
     [Fact]

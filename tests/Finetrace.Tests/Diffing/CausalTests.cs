@@ -20,14 +20,14 @@ namespace Finetrace.Tests.Diffing;
 /// BatchTopK crosscoder is trained, Latent Scaling ranks its fine-tune-leaning latents, and patching the top half by
 /// rank_sum into the base residual (fine-tuned model continuing from layer 3) closes more of the KL gap on assistant
 /// tokens than the bottom half and than the random sets' mean; the full difference (base + error) closes most of it and
-/// equals the set of every latent. Seeds: data 5, init 7, batches 2, sequences 0, random sets 0..4.
+/// equals the set of every latent. Seeds: data 5, init 7, batches 2, sequences 0, random sets 0..7 (drawn from the fine-tune-only pool the halves split).
 /// </summary>
 [Collection(ProcessWide.Name)]
 public sealed class CausalTests(ITestOutputHelper log)
 {
     const string SignOff = "Bye bye, little friend!", Refusal = "Sorry, I can not talk about fire.";
 
-    static string Conversations(int n, int seed)
+    internal static string Conversations(int n, int seed)
     {
         var r = new Random(seed);
         string[] girls = ["Lily", "Sue", "Mia", "Anna", "Emma"], boys = ["Tom", "Ben", "Max", "Sam", "Tim"];
@@ -100,10 +100,11 @@ public sealed class CausalTests(ITestOutputHelper log)
 
         using var baseLm = CausalLM.Load(Shared.Path("models", "stories260K"));
         using var ftLm = CausalLM.Load(Shared.Path("models", "stories260K-chat"));
-        // random sets of the same size from every latent that fired; and every latent as a set, which must equal base_error
-        var alive = Enumerable.Range(0, 256).Where(j => lt.FreqAll[j] > 0).ToArray();
+        // random sets of the same size drawn from the same pool the halves split (the fine-tune-only latents with a
+        // rank_sum): the null hypothesis that rank_sum orders nothing; and every latent as a set, which must equal base_error
+        var pool = sets[0].Latents.Concat(sets[1].Latents).Distinct().Order().ToArray();
         sets.Add(new LatentSet("every", Enumerable.Range(0, 256).ToArray()));
-        var res = CausalEvaluation.Run(ad, st, baseLm, ftLm, sets, new CausalOptions { Sequences = 48, RandomSeeds = 5 }, alive);
+        var res = CausalEvaluation.Run(ad, st, baseLm, ftLm, sets, new CausalOptions { Sequences = 48, RandomSeeds = 8 }, pool);
         Assert.True(res.Chat);
         foreach (var e in res.Entries)
             log.WriteLine($"{e.Set,-22} {e.Patch,-10} size {e.Size,3} seed {e.Seed?.ToString() ?? "-",2} KL all {e.KlAll:F4} first10 {e.KlFirst10:F4} rest {e.KlRest:F4} gap {e.GapClosed:F3} norm {e.GapClosedNormalised:F3}" +
@@ -121,9 +122,12 @@ public sealed class CausalTests(ITestOutputHelper log)
         var random = res.Entries.Single(e => e.Set == "random" && e.Aggregate);
         Assert.True(top.GapClosed > bottom.GapClosed, $"top half closes {top.GapClosed:F3}, bottom half {bottom.GapClosed:F3}");
         Assert.True(top.GapClosed > random.GapClosed, $"top half {top.GapClosed:F3} vs random mean {random.GapClosed:F3}");
-        // Measured here: top 0.161, bottom 0.062, random 0.064 ± 0.095, so "above the random mean by more than the spread"
-        // holds only by 0.002 and is not asserted; with 24k tokens, 2,500 steps and 96 sequences the halves were 0.126 vs
-        // 0.121 (random 0.093 ± 0.041 from the fine-tune-only pool): at this size rank_sum orders the halves only weakly.
+        Assert.True(top.GapClosed > random.GapClosed + random.GapClosedStd!.Value,
+            $"top half {top.GapClosed:F3} does not beat the random mean {random.GapClosed:F3} by more than the spread {random.GapClosedStd:F3}");
+        // Measured here (gap closed on assistant tokens): top 0.101, bottom −0.088, random halves of the same pool
+        // 0.015 ± 0.049 (margin 0.037). Other seeds (data, init): (5, 8) top 0.278, bottom 0.027, random 0.141 ± 0.069;
+        // see the report for more. Random sets from every latent that fired (the earlier pool) have a spread of ~0.1,
+        // because a few shared latents with large differences dominate whichever random set draws them.
         log.WriteLine($"top − (random mean + spread) = {top.GapClosed - random.GapClosed - random.GapClosedStd!.Value:F3}");
 
         // Per-latent KL attribution (methods.md §18.2): the first-order estimate through the fine-tuned model's backward.

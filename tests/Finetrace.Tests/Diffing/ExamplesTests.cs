@@ -90,5 +90,78 @@ public sealed class ExamplesTests
             }
         }
         Assert.Equal(1, Count("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'idx_examples_score'"));
+
+        // latent_histograms: 33 equal-width edges over [0, max] and 32 counts of the nonzero activations, against a
+        // direct count of every firing value (edges[k] ≤ a < edges[k+1], the last bin closed)
+        Assert.Equal(10, Count("SELECT COUNT(*) FROM latent_histograms"));
+        using (var cmd = conn.CreateCommand())
+        {
+            cmd.CommandText = "SELECT latent_id, edges, counts FROM latent_histograms ORDER BY latent_id";
+            using var rd = cmd.ExecuteReader();
+            int histChecked = 0;
+            while (rd.Read())
+            {
+                int j = rd.GetInt32(0);
+                var edges = System.Text.Json.JsonSerializer.Deserialize<double[]>(rd.GetString(1))!;
+                var counts = System.Text.Json.JsonSerializer.Deserialize<long[]>(rd.GetString(2))!;
+                Assert.Equal(33, edges.Length);
+                Assert.Equal(32, counts.Length);
+                var values = perSeq.Where(kv => kv.Key.J == j).SelectMany(kv => kv.Value.Select(p => (double)p.A)).ToList();
+                Assert.Equal(values.Count, counts.Sum());
+                if (values.Count == 0) { Assert.All(edges, e => Assert.Equal(0, e)); continue; }
+                Assert.Equal(0, edges[0]);
+                Assert.Equal(values.Max(), edges[32], 1e-5);
+                for (int k = 0; k < 32; k++)
+                {
+                    Assert.Equal(edges[32] * (k + 1) / 32, edges[k + 1], 12);
+                    long direct = values.Count(a => a >= edges[k] && (a < edges[k + 1] || k == 31));
+                    Assert.Equal(direct, counts[k]);
+                }
+                if (counts.Count(n => n > 0) >= 3) histChecked++;
+            }
+            Assert.True(histChecked >= 4, $"only {histChecked} latents spread over 3 or more bins");
+        }
+
+        // model_contributions: per kept example and model, f_j·‖d_j^m‖ at the example's positions (no normaliser here)
+        Assert.Equal(2 * Count("SELECT COUNT(*) FROM examples"), Count("SELECT COUNT(*) FROM model_contributions"));
+        using (var cmd = conn.CreateCommand())
+        {
+            cmd.CommandText = "SELECT e.latent_idx, a.activation_values, m.model, m.model_name, m.contribution_values FROM model_contributions m " +
+                              "JOIN examples e ON e.example_id = m.example_id JOIN activation_details a ON a.example_id = m.example_id";
+            using var rd = cmd.ExecuteReader();
+            while (rd.Read())
+            {
+                int j = rd.GetInt32(0), m = rd.GetInt32(2);
+                var vals = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>((byte[])rd[1]).ToArray();
+                var contrib = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>((byte[])rd[4]).ToArray();
+                Assert.Equal(m == 0 ? "base" : "ft1", rd.GetString(3));
+                double norm = Math.Sqrt(Enumerable.Range(0, 8).Sum(i => (double)d.WDec[(m * 10 + j) * 8 + i] * d.WDec[(m * 10 + j) * 8 + i]));
+                Assert.Equal(vals.Length, contrib.Length);
+                for (int i = 0; i < vals.Length; i++) Assert.Equal(vals[i] / c[j] * norm, contrib[i], 1e-5 * Math.Max(1, Math.Abs(contrib[i])));
+            }
+        }
+    }
+
+    [Fact]
+    public void Model_contributions_are_in_raw_space()
+    {
+        using var dir = new TempDir();
+        var s = StoreTestData.Settings(d: 8, dtype: "f32", shardTokens: 64);
+        StoreTestData.Write(dir.Path, s, 30, 7);
+        using var st = ActivationStore.Open(dir.Path);
+        var d = new SparseDictionary(2, 8, 6, Sparsity.Relu, CodeNormalization.Crosscoder, false);
+        Initialization.Crosscoder(d, new SplitMix64(4), 1f, sameInitForAllModels: false);
+        d.Normalizer = new Normalizer { TargetRms = 1, Mean = new float[16], Std = new float[16], Scale = [0.5f, 4f] };
+        var ad = new AnalysisDictionary(d, "t", DictionaryInput.Paired(3), 2);
+        var r = ExampleCollector.Run(ad, st, new ExampleOptions { TopK = 3, PerBand = 0 });
+        var c = new float[6]; d.CodeNorm(c);
+        Assert.NotEmpty(r.Top);
+        foreach (var ex in r.Top)
+            for (int m = 0; m < 2; m++)
+            {
+                double norm = Math.Sqrt(Enumerable.Range(0, 8).Sum(i => (double)d.WDec[(m * 6 + ex.Latent) * 8 + i] * d.WDec[(m * 6 + ex.Latent) * 8 + i]));
+                double expect = ex.Values[0] / c[ex.Latent] * norm / d.Normalizer.Scale[m];
+                Assert.Equal(expect, ex.Values[0] * r.ModelScale![ex.Latent * 2 + m], 1e-6 * Math.Max(1, expect));
+            }
     }
 }

@@ -125,4 +125,83 @@ public sealed class LatentTableTests
         Assert.True(checkedShares >= 6, $"only {checkedShares} latents fired");
         Assert.Contains(r.BosShare, v => v > 0);
     }
+
+    /// <summary>Hand-made chat layouts (B = BOS, T = template, U = user, A = assistant), one per sample, cut to its length.</summary>
+    static readonly string[] Layouts = ["BTTUUUTTAAATT", "BTTTTTTTTTTTT", "BUUTAAATTUUAA", "BTAAAAAAAAAAA", "TTTUUTTTTAAAT"];
+
+    static TokenMask MaskOf(char ch) => ch switch { 'B' => TokenMask.Bos, 'T' => TokenMask.Template, 'U' => TokenMask.User, _ => TokenMask.Assistant };
+
+    [Fact]
+    public void Template_token_columns_match_a_direct_count_on_a_hand_made_chat_sample()
+    {
+        using var dir = new TempDir();
+        var s = StoreTestData.Settings(d: 8, dtype: "f32", shardTokens: 64);
+        const int samples = 60;
+        using (var w = ActivationStoreWriter.Open(dir.Path, s, 1_000_000))
+        {
+            for (int first = 0; first < samples; first += 7)
+            {
+                int count = Math.Min(7, samples - first);
+                var b = StoreTestData.Batch(s, first, count);
+                int t = 0;
+                for (int i = first; i < first + count; i++)
+                    for (int p = 0; p < StoreTestData.Length(i); p++, t++) b.Masks[t] = (byte)MaskOf(Layouts[i % Layouts.Length][p]);
+                w.Append(b);
+            }
+            w.Complete();
+        }
+        using var st = ActivationStore.Open(dir.Path);
+        var d = new SparseDictionary(2, 8, 12, Sparsity.Relu, CodeNormalization.Crosscoder, false);
+        Initialization.Crosscoder(d, new SplitMix64(9), 1f, sameInitForAllModels: false);
+        for (int j = 0; j < 12; j++) d.BEnc[j] = -0.3f * (j % 4);
+        var ad = new AnalysisDictionary(d, "t", DictionaryInput.Paired(3), 2);
+        var r = LatentTable.Run(ad, st, new LatentTableOptions { BatchSize = 37 });
+
+        // direct: walk every sample's layout; the k-th T of a run is ctrl position k
+        var c = new float[12]; d.CodeNorm(c);
+        var x = new float[16];
+        long[] ctrl = new long[12], non = new long[12], bos = new long[12], user = new long[12], asst = new long[12];
+        var ctrlK = new long[11, 12];
+        var ranges = st.SequenceRanges();
+        for (int i = 0; i < samples; i++)
+        {
+            string layout = Layouts[i % Layouts.Length];
+            int run = 0;
+            for (int p = 0; p < StoreTestData.Length(i); p++)
+            {
+                run = layout[p] == 'T' ? run + 1 : 0;
+                long row = ranges[i] + p;
+                st.ReadRows(0, 3, row, 1, x.AsSpan(0, 8)); st.ReadRows(1, 3, row, 1, x.AsSpan(8, 8));
+                var f = new float[12];
+                Inference.Encode(d, x).ToDense(f);
+                for (int j = 0; j < 12; j++)
+                {
+                    if (!((double)f[j] * c[j] > 1e-3)) continue;
+                    switch (layout[p])
+                    {
+                        case 'B': bos[j]++; break;
+                        case 'T': ctrl[j]++; if (run <= 10) ctrlK[run, j]++; break;
+                        case 'U': non[j]++; user[j]++; break;
+                        default: non[j]++; asst[j]++; break;
+                    }
+                }
+            }
+        }
+        static double Frac(long a, long b) => b > 0 ? (double)a / b : double.NaN;
+        int latentsWithCtrl = 0;
+        for (int j = 0; j < 12; j++)
+        {
+            Assert.Equal(Frac(ctrl[j], ctrl[j] + non[j]), r.TemplateStats["lmsys_ctrl_%"][j], 12);
+            Assert.Equal(Frac(bos[j], ctrl[j] + non[j] + bos[j]), r.TemplateStats["lmsys_bos_%"][j], 12);
+            Assert.Equal(Frac(user[j], user[j] + asst[j]), r.TemplateStats["lmsys_user_%"][j], 12);
+            Assert.Equal(Frac(asst[j], user[j] + asst[j]), r.TemplateStats["lmsys_assistant_%"][j], 12);
+            for (int k = 1; k <= 10; k++) Assert.Equal(Frac(ctrlK[k, j], ctrl[j]), r.TemplateStats[$"ctrl_{k}_%"][j], 12);
+            if (ctrl[j] > 0 && ctrlK[10, j] > 0) latentsWithCtrl++;
+        }
+        Assert.True(latentsWithCtrl >= 3, $"only {latentsWithCtrl} latents fire on a 10th template token");
+        var table = new FeatureTable(12);
+        LatentTable.WriteColumns(r, table);
+        foreach (string name in new[] { "lmsys_ctrl_%", "lmsys_bos_%", "lmsys_user_%", "lmsys_assistant_%", "ctrl_1_%", "ctrl_10_%" })
+            Assert.Contains(name, table.Columns);
+    }
 }

@@ -19,8 +19,8 @@ public sealed class CausalCommand : IAnalyzeCommand
         var randomSeeds = new Option<int>("--random-sets") { Description = "Random latent sets (seeds) of the first set's size", DefaultValueFactory = _ => 5 };
         var threshold = new Option<double>("--threshold") { Description = "Threshold set: dec_norm_diff at or below this", DefaultValueFactory = _ => 0.3 };
         var latents = new Option<string?>("--latents") { Description = "A user set: comma-separated latent ids" };
-        var pool = new Option<string>("--random-from") { Description = "Random sets drawn from: ft-only (the fine-tune-only latents the halves split) or all (every latent that fired)", DefaultValueFactory = _ => "all" };
-        var cmd = new Command("causal", "Causal evaluation: patch latent sets into the base model's residual at the dictionary's layer and let the fine-tuned model continue; " +
+        var pool = new Option<string>("--random-from") { Description = "Random sets drawn from: ft-only (the fine-tune-only latents the halves split: the fair null for the halves; every latent for a diff-SAE) or all (every latent that fired)", DefaultValueFactory = _ => "ft-only" };
+        var cmd = new Command("causal", "Causal evaluation: patch latent sets (crosscoder or diff-SAE) into the base model's residual at the dictionary's layer and let the fine-tuned model continue; " +
             "KL(p_ft ‖ p_patched) on assistant tokens (all tokens for plain text) and the fraction of the KL gap closed, in RESULTS/causal.json. " +
             "Sets come from feature_df.csv: run 'analyze latents' and 'analyze scaling' first");
         a.AddTo(cmd, models: true);
@@ -43,7 +43,7 @@ public sealed class CausalCommand : IAnalyzeCommand
             if (!File.Exists(tablePath)) throw new FileNotFoundException($"{tablePath} does not exist: run 'finetrace analyze latents' and 'finetrace analyze scaling' with the same --out first");
             var table = FeatureTable.Load(tablePath);
             if (table.Rows != ad.Latents) throw new InvalidDataException($"{tablePath} has {table.Rows} latents, the dictionary {ad.Latents}: it belongs to another dictionary");
-            var sets = CausalEvaluation.SetsFromTable(table, r.GetValue(threshold), user);
+            var sets = CausalEvaluation.SetsFromTable(table, r.GetValue(threshold), user, ad.Kind == InputKind.Difference);
             if (sets.Count == 0) throw new InvalidOperationException($"{tablePath}: no latent sets (no fine-tune-only latents, no dec_norm_diff ≤ {r.GetValue(threshold)}, no --latents)");
             int[]? randomPool = poolKind == "ft-only"
                 ? sets.Where(s => s.Name.StartsWith("rank_sum", StringComparison.Ordinal)).SelectMany(s => s.Latents).Distinct().Order().ToArray()
@@ -75,7 +75,8 @@ public sealed class CausalCommand : IAnalyzeCommand
             if (json) { Console.WriteLine(new JsonObject { ["file"] = outPath, ["entries"] = entries.DeepClone(), ["skipped_as_current"] = current }.ToJsonString()); return 0; }
             foreach (var e in entries)
             {
-                if (e!["patch"]!.GetValue<string>() is not ("latent_set" or "vanilla" or "base_error") || (e["set"]!.GetValue<string>() == "random" && !e["aggregate"]!.GetValue<bool>())) continue;
+                bool shown = ad.Kind == InputKind.Difference ? e!["patch"]!.GetValue<string>() is not "latent_set" : e!["patch"]!.GetValue<string>() is "latent_set" or "vanilla" or "base_error";
+                if (!shown || (e["set"]!.GetValue<string>() == "random" && !e["aggregate"]!.GetValue<bool>())) continue;
                 string spread = e["aggregate"]!.GetValue<bool>() ? $" ± {e["gap_closed_std"]!.GetValue<double>():F3} over {o.RandomSeeds} seeds" : "";
                 Console.WriteLine($"{e["set"],-24} {e["patch"],-10} {e["size"],5} latents: KL {e["kl_all"]!.GetValue<double>():F4}, gap closed {e["gap_closed"]!.GetValue<double>():F3}{spread}");
             }

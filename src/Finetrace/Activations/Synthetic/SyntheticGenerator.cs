@@ -70,6 +70,8 @@ public static class SyntheticGenerator
                 case FeatureCategory.Shrunk:
                     scales[owner[i] * f + i] = spec.ShrinkFactor;
                     break;
+                case FeatureCategory.Decoupled when spec.Decoupling == DecouplingMode.Superset:
+                    break; // same directions as a shared feature; the sampler adds the base's extra firings
                 case FeatureCategory.Decoupled:
                 {
                     // Model `owner` writes Σ w_p·dir_p of distinct shared parents instead of a direction of its own;
@@ -145,6 +147,12 @@ public static class SyntheticGenerator
         Opt("synth.shrunk", spec.Shrunk); Opt("synth.decoupled", spec.Decoupled); Opt("synth.shrink_factor", spec.ShrinkFactor);
         Opt("synth.parents", spec.Parents); Opt("synth.l0", spec.L0); Opt("synth.frequency_spread", spec.FrequencySpread);
         Opt("synth.noise", spec.Noise); Opt("synth.drift", spec.Drift); Opt("synth.bias", spec.Bias); Opt("synth.seq_len", spec.SequenceLength);
+        // Recorded only for the newer mode, so a combination-mode store keeps the settings (and resumes) as before.
+        if (spec.Decoupling != DecouplingMode.Combination)
+        {
+            s.Options["synth.decoupling"] = spec.Decoupling.ToString().ToLowerInvariant();
+            Opt("synth.decoupled_extra_rate", spec.DecoupledExtraRate);
+        }
         return s;
     }
 
@@ -203,11 +211,22 @@ public static class SyntheticGenerator
         readonly double[] _prob;
         readonly int[] _alias;
         readonly double _expL0;
+        /// <summary>Superset decoupling: the decoupled features, the cumulative Poisson rates of the base's extra
+        /// firings (feature i fires extra with probability 1 − exp(−rate·L0·q_i)), and their total.</summary>
+        readonly int[] _echo;
+        readonly double[] _echoCumulative;
+        readonly double _echoTotal, _expEchoTotal;
 
         public Sampler(SyntheticTruth t)
         {
             _t = t;
             int f = t.Features;
+            _echo = t.Spec.Decoupling == DecouplingMode.Superset ? t.FeaturesOf(FeatureCategory.Decoupled) : [];
+            _echoCumulative = new double[_echo.Length];
+            for (int e = 0; e < _echo.Length; e++)
+                _echoCumulative[e] = (e > 0 ? _echoCumulative[e - 1] : 0) - t.Spec.DecoupledExtraRate * Math.Log(1 - (double)t.FiringProbability[_echo[e]]);
+            _echoTotal = _echo.Length > 0 ? _echoCumulative[^1] : 0;
+            _expEchoTotal = Math.Exp(-_echoTotal);
             // q_i recovered from the firing probabilities: q_i = −ln(1 − p_i) / L0.
             var q = new double[f];
             for (int i = 0; i < f; i++) q[i] = -Math.Log(1 - (double)t.FiringProbability[i]);
@@ -231,32 +250,34 @@ public static class SyntheticGenerator
             _expL0 = Math.Exp(-t.Spec.L0);
         }
 
-        int Poisson(ref Rng rng)
+        static int Poisson(ref Rng rng, double l0, double expL0)
         {
-            double l0 = _t.Spec.L0;
             if (l0 < 30)
             {
                 int k = 0;
                 double p = rng.NextDouble();
-                while (p > _expL0) { k++; p *= rng.NextDouble(); }
+                while (p > expL0) { k++; p *= rng.NextDouble(); }
                 return k;
             }
             return Math.Max(0, (int)Math.Round(l0 + Math.Sqrt(l0) * rng.NextGaussian()));
         }
 
         /// <summary>Fills tokens [offset, offset + len) of b with sequence seq; record (tests) receives each
-        /// token's active features and magnitudes.</summary>
-        public void Sequence(long seq, int len, StoreBatch b, int offset, List<(int Feature, float A)>[]? record = null)
+        /// token's active features and magnitudes, baseExtra the base's extra firings of decoupled features.</summary>
+        public void Sequence(long seq, int len, StoreBatch b, int offset, List<(int Feature, float A)>[]? record = null,
+            List<(int Feature, float A)>[]? baseExtra = null)
         {
             var spec = _t.Spec;
             int m = spec.Models, d = spec.DModel, f = spec.Features;
             var rng = Rng.For(spec.Seed, 1, (ulong)seq);
             Span<int> active = stackalloc int[256];
             Span<float> amp = stackalloc float[256];
+            var extra = new int[Math.Max(_echo.Length, 1)];
+            var extraAmp = new float[extra.Length];
             for (int p = 0; p < len; p++)
             {
                 int t = offset + p;
-                int k = Math.Min(Poisson(ref rng), active.Length), n = 0;
+                int k = Math.Min(Poisson(ref rng, spec.L0, _expL0), active.Length), n = 0;
                 int strongest = -1;
                 float best = 0;
                 for (int j = 0; j < k; j++)
@@ -269,6 +290,24 @@ public static class SyntheticGenerator
                     record?[p].Add((i, a));
                     if (a > best) { best = a; strongest = i; }
                 }
+                // Superset decoupling: the base writes decoupled directions on extra tokens of its own, independently of
+                // the feature's own firing (no draws at all in combination mode, so those stores are unchanged; a
+                // direction already active on the token is not written twice).
+                int nExtra = 0;
+                if (_echo.Length > 0)
+                {
+                    int ke = Poisson(ref rng, _echoTotal, _expEchoTotal);
+                    for (int j = 0; j < ke; j++)
+                    {
+                        int e = Array.BinarySearch(_echoCumulative, rng.NextDouble() * _echoTotal);
+                        if (e < 0) e = ~e;
+                        int i = _echo[Math.Min(e, _echo.Length - 1)];
+                        float a = _t.Magnitude[i] * (float)(0.5 + rng.NextDouble());
+                        if (active[..n].Contains(i) || extra.AsSpan(0, nExtra).Contains(i)) continue;
+                        extra[nExtra] = i; extraAmp[nExtra] = a; nExtra++;
+                        baseExtra?[p].Add((i, a));
+                    }
+                }
                 for (int mm = 0; mm < m; mm++)
                 {
                     var h = b.Activations[mm].AsSpan(t * d, d);
@@ -278,6 +317,8 @@ public static class SyntheticGenerator
                         float s = amp[j] * _t.Scales[mm * f + active[j]];
                         if (s != 0) TensorPrimitives.MultiplyAdd(_t.Direction(mm, active[j]), s, h, h);
                     }
+                    if (mm == 0)
+                        for (int j = 0; j < nExtra; j++) TensorPrimitives.MultiplyAdd(_t.Direction(0, extra[j]), extraAmp[j], h, h);
                     if (spec.Noise > 0)
                     {
                         // Irwin–Hall noise: the sum of four 16-bit uniforms from one draw, centred and scaled to unit

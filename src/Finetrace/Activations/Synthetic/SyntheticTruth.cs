@@ -13,8 +13,9 @@ public enum FeatureCategory
     Exclusive = 1,
     /// <summary>Present in every model, with magnitude × shrink factor in model Owner (Complete Shrinkage).</summary>
     Shrunk = 2,
-    /// <summary>Model Owner has no direction of its own for it: it writes a combination of parent features'
-    /// directions instead (Latent Decoupling).</summary>
+    /// <summary>Latent Decoupling, planted as <see cref="SyntheticSpec.Decoupling"/> says: superset (default) — every
+    /// model writes the feature's direction when it fires, and model Owner also writes it on extra tokens of its own;
+    /// combination — model Owner writes a combination of parent features' directions instead.</summary>
     Decoupled = 3,
 }
 
@@ -39,7 +40,7 @@ public sealed class SyntheticTruth
     public required float[] Scales { get; init; }
     public required FeatureCategory[] Categories { get; init; }
     /// <summary>The model a non-shared feature is about (exclusive: the model that has it; shrunk: the weaker
-    /// model; decoupled: the model that writes a combination); −1 for shared.</summary>
+    /// model; decoupled: the model with the extra firings or the combination); −1 for shared.</summary>
     public required int[] Owner { get; init; }
     /// <summary>[Features]: probability that the feature is active on a token.</summary>
     public required float[] FiringProbability { get; init; }
@@ -68,6 +69,10 @@ public sealed class SyntheticTruth
         catch (JsonException e) { throw new InvalidDataException($"{jpath}: invalid JSON: {e.Message}"); }
         if (j is null || j.Kind != TruthJson.KindName) throw new InvalidDataException($"{jpath}: not a Finetrace synthetic ground truth file");
         var spec = j.Spec;
+        // Ground truth written before decoupling modes existed planted the combination kind.
+        using (var doc = JsonDocument.Parse(File.ReadAllBytes(jpath)))
+            if (!doc.RootElement.TryGetProperty("spec", out var js) || !js.TryGetProperty("decoupling", out _))
+                spec = spec with { Decoupling = DecouplingMode.Combination };
         int m = spec.Models, f = spec.Features, d = spec.DModel;
         using var st = new SafetensorsFile(tpath);
         float[] F32(string name, params int[] shape)
@@ -137,7 +142,8 @@ public sealed class SyntheticTruth
         public const string KindName = "finetrace-synthetic-truth";
         public string Kind { get; set; } = KindName;
         public string Model { get; set; } =
-            "h^m = bias^m + sum over active features i of a_i * scales[m,i] * directions[m,i] + N(0, noise^2); index 0 = base";
+            "h^m = bias^m + sum over active features i of a_i * scales[m,i] * directions[m,i] + N(0, noise^2); index 0 = base; " +
+            "with spec.decoupling = Superset the base also writes a decoupled feature's direction on extra tokens of its own (rate spec.decoupled_extra_rate × its firing rate)";
         public SyntheticSpec Spec { get; set; } = new();
         public Dictionary<string, int> Counts { get; set; } = new();
         public string[] Categories { get; set; } = [];

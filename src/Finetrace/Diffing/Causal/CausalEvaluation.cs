@@ -57,16 +57,24 @@ public sealed record CausalResult(IReadOnlyList<CausalEntry> Entries, int Sequen
 /// (h_base + Σ_{j∈S} f_j (d_j^ft − d_j^base)), <c>additive</c> (h_base + Σ_{j∈S} f_j d_j^ft), and random sets of the
 /// size of the first given set. f is the crosscoder's inference code of [h_base, h_ft]; decoder rows are mapped to raw
 /// space (÷ g_m). Gap closed = 1 − KL(S)/KL(vanilla); normalised = (KL(vanilla) − KL(S)) / (KL(vanilla) − KL(base_error)).
+/// diff-SAEs (δ = h_ft − h_base, sign s = −1 for a base − ft SAE; methods.md §6.2 "diff-SAE variants"): <c>additive</c>
+/// (h_base + s·Σ_{j∈S} f_j d_j), <c>full_reconstruction</c> (h_base + s·SAE(δ), the normaliser of the gap), <c>bias</c>
+/// (h_base + s·b_dec in raw space), <c>error</c> (h_base + s·(δ − SAE(δ)) = h_ft − s·SAE(δ)), random additive sets.
 /// </summary>
 public static class CausalEvaluation
 {
     public const string Stage = "causal";
     public const string FileName = "causal.json";
 
+    /// <summary>One patch: start from h_base (or h_ft), add sign·(Σ_{j∈members} f_j rows_j + offset) at every real position.</summary>
+    sealed record Patch(string Set, string Kind, bool[] Members, float[]? Rows, float[]? Offset, bool FromFt, float Sign, int? Seed, int Size);
+
     public static CausalResult Run(AnalysisDictionary ad, ActivationStore store, CausalLM baseLm, CausalLM ftLm, IReadOnlyList<LatentSet> sets, CausalOptions o,
         int[]? randomPool = null, IProgress<(long Done, long Total)>? progress = null, CancellationToken cancel = default)
     {
-        if (ad.Kind != InputKind.Paired || ad.Dict.Models != 2) throw new ArgumentException($"{ad.Directory}: the causal evaluation patches with a two-model crosscoder; this dictionary reads {ad.Input}");
+        bool diffSae = ad.Kind == InputKind.Difference;
+        if (!diffSae && (ad.Kind != InputKind.Paired || ad.Dict.Models != 2))
+            throw new ArgumentException($"{ad.Directory}: the causal evaluation patches with a two-model crosscoder or a diff-SAE; this dictionary reads {ad.Input}");
         var d = ad.Dict;
         int F = d.DictSize, D = d.DModel, L = ad.Layer;
         foreach (var lm in new[] { baseLm, ftLm })
@@ -74,24 +82,44 @@ public static class CausalEvaluation
             if (lm.Hidden != D) throw new ArgumentException($"{lm.Folder}: hidden size {lm.Hidden}, the dictionary reads {D}");
             if (L >= lm.Layers - 1) throw new ArgumentException($"{lm.Folder}: layer {L} is the last layer; nothing is left to continue from");
         }
-        var delta = RawDifferenceRows(d); var add = RawRows(d, 1);
 
         var seqs = SampleSequences(store, o, ftLm.Config.BosTokenId);
         if (seqs.Count == 0) throw new InvalidOperationException($"{store.Directory}: no stored sequence starts at position 0 (or 1 after a dropped BOS); nothing to re-run");
         bool chat = o.Chat ?? seqs.Any(s => s.Masks.Any(m => (m & (byte)TokenMask.Assistant) != 0));
 
-        // the patches: (set name, patch kind, members, seed)
-        var patches = new List<(string Set, string Patch, bool[]? Members, bool Additive, int? Seed, int Size)>
+        var every = Enumerable.Repeat(true, F).ToArray();
+        var patches = new List<Patch> { new("empty", "vanilla", new bool[F], null, null, false, 1, null, 0) };
+        float[] setRows;   // what a latent set adds per unit of f
+        float setSign = 1;
+        if (!diffSae)
         {
-            ("empty", "vanilla", new bool[F], false, null, 0),
-            ("all", "base_error", Enumerable.Repeat(true, F).ToArray(), false, null, F),
-        };
-        foreach (var s in sets)
-        {
-            var mem = Members(s.Latents, F);
-            patches.Add((s.Name, "latent_set", mem, false, null, s.Latents.Length));
-            patches.Add((s.Name, "additive", mem, true, null, s.Latents.Length));
+            var delta = RawDifferenceRows(d); var add = RawRows(d, 1);
+            setRows = delta;
+            patches.Add(new("all", "base_error", every, delta, null, false, 1, null, F));
+            foreach (var s in sets)
+            {
+                var mem = Members(s.Latents, F);
+                patches.Add(new(s.Name, "latent_set", mem, delta, null, false, 1, null, s.Latents.Length));
+                patches.Add(new(s.Name, "additive", mem, add, null, false, 1, null, s.Latents.Length));
+            }
         }
+        else
+        {
+            // diff-SAE on δ = h_a − h_b: its raw decoder rows and raw bias (the reconstruction at f = 0); sign +1 when δ
+            // points from the base to the fine-tuned model (difference_ftb), −1 for a base − ft SAE (methods.md §6.2).
+            float sign = ad.StoreModels[0] == 1 && ad.StoreModels[1] == 0 ? 1f : -1f;
+            var rows = RawRows(d, 0);
+            var bias = RawBias(d);
+            setRows = rows; setSign = sign;
+            patches.Add(new("all", "full_reconstruction", every, rows, bias, false, sign, null, F));
+            patches.Add(new("bias", "bias", new bool[F], null, bias, false, sign, null, 0));
+            // h_ft − sign·SAE(δ) = h_base + (δ − SAE(δ))·sign: what the SAE leaves out (derived; the reference's
+            // "reconstruction error" variant is unverified)
+            patches.Add(new("all", "error", every, rows, bias, true, -sign, null, F));
+            foreach (var s in sets)
+                patches.Add(new(s.Name, "additive", Members(s.Latents, F), rows, null, false, sign, null, s.Latents.Length));
+        }
+        string setKind = diffSae ? "additive" : "latent_set";
         int randomSize = sets.Count > 0 ? sets[0].Latents.Length : 0;
         var pool = randomPool ?? Enumerable.Range(0, F).ToArray();
         if (randomSize > 0 && pool.Length >= randomSize)
@@ -99,9 +127,8 @@ public static class CausalEvaluation
             {
                 var rng = new Random(unchecked(o.Seed * 7919 + seed));
                 var pick = pool.OrderBy(_ => rng.Next()).Take(randomSize).ToArray();
-                patches.Add(("random", "latent_set", Members(pick, F), false, seed, randomSize));
+                patches.Add(new("random", setKind, Members(pick, F), setRows, null, false, setSign, seed, randomSize));
             }
-
         var sums = new double[patches.Count, 3]; var counts = new long[3];
         int done = 0;
         for (int start = 0; start < seqs.Count; start += o.BatchSequences)
@@ -148,19 +175,21 @@ public static class CausalEvaluation
                 return r;
             }
             var reference = LogProbs(hf);
+            var sum = new float[D];
             for (int k = 0; k < patches.Count; k++)
             {
-                var (_, _, mem, additive, _, _) = patches[k];
-                var h = hb.Clone();
-                var rows = additive ? add : delta;
+                var pt = patches[k];
+                var h = (pt.FromFt ? hf : hb).Clone();
                 for (int s = 0; s < slots.Count; s++)
                 {
                     var dst = h.Data.AsSpan((slots[s].B * T + slots[s].Pos) * D, D);
-                    for (int e = codes.RowStart[s]; e < codes.RowStart[s + 1]; e++)
+                    if (pt.Offset is null) Array.Clear(sum); else pt.Offset.CopyTo(sum, 0);
+                    for (int e = codes.RowStart[s]; e < codes.RowStart[s + 1] && pt.Rows is not null; e++)
                     {
                         int j = codes.Index[e];
-                        if (mem![j] && codes.Value[e] != 0) System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(rows.AsSpan(j * D, D), codes.Value[e], dst, dst);
+                        if (pt.Members[j] && codes.Value[e] != 0) System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(pt.Rows.AsSpan(j * D, D), codes.Value[e], sum, sum);
                     }
+                    System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(sum, pt.Sign, dst, dst);
                 }
                 var lp = LogProbs(h);
                 for (int q = 0; q < scored.Count; q++)
@@ -185,7 +214,7 @@ public static class CausalEvaluation
             double kl = Mean(k, 0);
             entries.Add(new CausalEntry
             {
-                Set = patches[k].Set, Patch = patches[k].Patch, Size = patches[k].Size, Seed = patches[k].Seed,
+                Set = patches[k].Set, Patch = patches[k].Kind, Size = patches[k].Size, Seed = patches[k].Seed,
                 KlAll = kl, KlFirst10 = Mean(k, 1), KlRest = Mean(k, 2),
                 GapClosed = 1 - kl / empty, GapClosedNormalised = (empty - kl) / (empty - all),
             });
@@ -197,7 +226,7 @@ public static class CausalEvaluation
             double Std(Func<CausalEntry, double> f) { double m = Avg(f); return Math.Sqrt(rand.Sum(e => (f(e) - m) * (f(e) - m)) / Math.Max(1, rand.Count - 1)); }
             entries.Add(new CausalEntry
             {
-                Set = "random", Patch = "latent_set", Size = randomSize, Aggregate = true,
+                Set = "random", Patch = setKind, Size = randomSize, Aggregate = true,
                 KlAll = Avg(e => e.KlAll), KlFirst10 = Avg(e => e.KlFirst10), KlRest = Avg(e => e.KlRest),
                 GapClosed = Avg(e => e.GapClosed), GapClosedNormalised = Avg(e => e.GapClosedNormalised),
                 KlAllStd = Std(e => e.KlAll), GapClosedStd = Std(e => e.GapClosed),
@@ -224,6 +253,15 @@ public static class CausalEvaluation
         float g = d.Normalizer?.Scale[m] ?? 1f;
         var r = new float[F * D];
         for (int i = 0; i < F * D; i++) r[i] = d.WDec[m * F * D + i] / (g + 1e-8f);
+        return r;
+    }
+
+    /// <summary>Decoder bias in raw space: the reconstruction at f = 0, b_dec/g + μ. [D]</summary>
+    public static float[] RawBias(SparseDictionary d)
+    {
+        if (d.Models != 1) throw new ArgumentException("the raw bias is defined here for single-input dictionaries (SAEs, diff-SAEs)");
+        var r = (float[])d.BDec.Clone();
+        d.Normalizer?.Denormalize(r, 1, d.DModel);
         return r;
     }
 
@@ -278,10 +316,11 @@ public static class CausalEvaluation
         return r;
     }
 
-    /// <summary>The sets of methods.md §6.2 from the latent table: fine-tune-only latents (tag ft_only) split into halves
+    /// <summary>The sets of methods.md §5.5/§6.2 from the latent table: fine-tune-only latents (tag ft_only) split into halves
     /// by rank_sum (low = most specific first) and by delta_norm (high first), the threshold set dec_norm_diff ≤
-    /// <paramref name="threshold"/>, and any user list.</summary>
-    public static List<LatentSet> SetsFromTable(FeatureTable t, double threshold = 0.3, int[]? user = null)
+    /// <paramref name="threshold"/>, the activation-ratio sets |beta_activation_ratio| ≤ 0.6 and ≤ 0.3 (and ≤ 0.1 for
+    /// a diff-SAE), and any user list.</summary>
+    public static List<LatentSet> SetsFromTable(FeatureTable t, double threshold = 0.3, int[]? user = null, bool diffSae = false)
     {
         var sets = new List<LatentSet>();
         var tag = t.Has("tag") ? t.Texts("tag") : null;
@@ -308,6 +347,15 @@ public static class CausalEvaluation
             var dnd = t.Numbers("dec_norm_diff");
             var th = Enumerable.Range(0, t.Rows).Where(j => dnd[j] <= threshold).ToArray();
             if (th.Length > 0) sets.Add(new LatentSet($"dec_norm_diff_le_{threshold.ToString(System.Globalization.CultureInfo.InvariantCulture)}", th));
+        }
+        if (t.Has("beta_activation_ratio"))
+        {
+            var nu = t.Numbers("beta_activation_ratio");
+            foreach (double cut in diffSae ? new[] { 0.6, 0.3, 0.1 } : [0.6, 0.3])
+            {
+                var ids = Enumerable.Range(0, t.Rows).Where(j => Math.Abs(nu[j]) <= cut).ToArray();   // NaN (not evaluated) fails the test
+                if (ids.Length > 0) sets.Add(new LatentSet($"abs_beta_activation_ratio_le_{cut.ToString(System.Globalization.CultureInfo.InvariantCulture)}", ids));
+            }
         }
         if (user is { Length: > 0 }) sets.Add(new LatentSet("user", user));
         return sets;

@@ -24,7 +24,21 @@ public sealed record ExampleOptions
 /// <summary>One kept example: a stored sequence and the latent's nonzero values on it.</summary>
 public sealed record Example(int Latent, int Band, long Sequence, float Score, int[] Positions, float[] Values);
 
-public sealed record ExampleResult(long Positions, long Sequences, IReadOnlyList<Example> Top, IReadOnlyList<Example> Bands, double[] MaxAct);
+/// <summary>What the examples pass collected. <paramref name="MaxAct"/> [F]: the max each latent's bands and histogram are
+/// relative to. <paramref name="HistogramCounts"/> [F, <see cref="ExampleCollector.HistogramBins"/>]: the latent's nonzero
+/// reported activations in equal bins over [0, MaxAct] (values above MaxAct, possible only with a known max from other
+/// positions, count in the last bin). <paramref name="ModelScale"/> [F, M] (crosscoders; null otherwise): ‖d_j^m‖ in raw
+/// space ÷ c_j, so a reported value a = f·c times it is f·‖d_j^m‖, the norm of latent j's contribution to model m's
+/// reconstruction. <paramref name="ModelNames"/>: the store names of those M models.</summary>
+public sealed record ExampleResult(long Positions, long Sequences, IReadOnlyList<Example> Top, IReadOnlyList<Example> Bands, double[] MaxAct)
+{
+    public long[] HistogramCounts { get; init; } = [];
+    public double[]? ModelScale { get; init; }
+    public string[] ModelNames { get; init; } = [];
+
+    /// <summary>The 33 edges of latent j's histogram: max_j · k / 32.</summary>
+    public double[] HistogramEdges(int j) => ExampleCollector.Edges(MaxAct[j]);
+}
 
 /// <summary>
 /// Max-activating examples (formats.md §5, methods.md §14): for every latent the top-k sequences by their max reported
@@ -36,6 +50,28 @@ public static class ExampleCollector
 {
     public const string Stage = "examples";
     public const string FileName = "examples.sqlite";
+    /// <summary>Bins of the per-latent activation histogram (table latent_histograms).</summary>
+    public const int HistogramBins = 32;
+
+    /// <summary>Equal-width edges over [0, max]: max · k / <see cref="HistogramBins"/>, k = 0..bins.</summary>
+    public static double[] Edges(double max)
+    {
+        var e = new double[HistogramBins + 1];
+        for (int k = 0; k <= HistogramBins; k++) e[k] = max * k / HistogramBins;
+        return e;
+    }
+
+    /// <summary>The bin of value a among <paramref name="edges"/>: edges[k] ≤ a &lt; edges[k+1], the last bin closed and
+    /// taking anything above; a guess from a/max corrected against the edges themselves so the two always agree.</summary>
+    public static int Bin(double a, double[] edges)
+    {
+        double max = edges[HistogramBins];
+        if (!(max > 0)) return 0;
+        int b = Math.Clamp((int)(a / max * HistogramBins), 0, HistogramBins - 1);
+        while (b < HistogramBins - 1 && a >= edges[b + 1]) b++;
+        while (b > 0 && a < edges[b]) b--;
+        return b;
+    }
 
     public static ExampleResult Run(AnalysisDictionary ad, ActivationStore store, ExampleOptions o, double[]? knownMax = null,
         IProgress<(long Done, long Total)>? progress = null, CancellationToken cancel = default)
@@ -60,6 +96,10 @@ public static class ExampleCollector
         var seen = new long[F * nb];
         var rngs = new ulong[F];
         for (int j = 0; j < F; j++) rngs[j] = Tensors.Rng.Mix(o.Seed * 0x9E3779B97F4A7C15UL + (ulong)j + 1);
+        const int H = HistogramBins;
+        var hist = new long[F * H];
+        var edges = new double[F][];
+        for (int j = 0; j < F; j++) edges[j] = Edges(max[j]);
 
         Pass(ad, store, ranges, seqCount, o, progress, cancel, (codes, firstSeq, seqStarts) =>
         {
@@ -85,6 +125,7 @@ public static class ExampleCollector
                             float a = f * c[j];
                             pos.Add(codes.ColRow[e] - seqStarts[s]); val.Add(a);
                             best = Math.Max(best, a);
+                            hist[j * H + Bin(a, edges[j])]++;
                         }
                         if (pos.Count == 0) continue;
                         long seq = firstSeq + s;
@@ -118,7 +159,25 @@ public static class ExampleCollector
         });
         var topAll = top.Where(l => l is not null).SelectMany(l => l!).ToList();
         var bandAll = bands.Where(b => b is not null).ToList();
-        return new ExampleResult(total, seqCount, topAll, bandAll, max);
+        return new ExampleResult(total, seqCount, topAll, bandAll, max)
+        {
+            HistogramCounts = hist, ModelScale = ad.Kind == InputKind.Paired ? ModelScales(d, c) : null,
+            ModelNames = ad.Kind == InputKind.Paired ? ad.StoreModels.Select(m => store.Settings.Models[m].Name).ToArray() : [],
+        };
+    }
+
+    /// <summary>‖d_j^m‖ in raw space (÷ g_m) over c_j, [F, M]: times a reported value f·c it gives f·‖d_j^m‖.</summary>
+    static double[] ModelScales(SparseDictionary d, float[] c)
+    {
+        int F = d.DictSize, M = d.Models, D = d.DModel;
+        var r = new double[F * M];
+        for (int m = 0; m < M; m++)
+        {
+            double g = d.Normalizer?.Scale[m] ?? 1.0;
+            for (int j = 0; j < F; j++)
+                r[j * M + m] = c[j] == 0 ? 0 : CodeNorms.Norm(d.WDec.AsSpan((m * F + j) * D, D)) / g / c[j];
+        }
+        return r;
     }
 
     static int SequenceOf(int[] starts, int row)
@@ -198,13 +257,20 @@ public static class ExampleCollector
                 CREATE TABLE sequences(sequence_uid INTEGER PRIMARY KEY, token_ids BLOB, text TEXT, sequence_length INTEGER, dataset_id INTEGER, dataset_name TEXT);
                 CREATE TABLE examples(example_id INTEGER PRIMARY KEY AUTOINCREMENT, sequence_uid INTEGER REFERENCES sequences, score REAL, latent_idx INTEGER NULL, quantile_idx INTEGER NULL, metadata TEXT);
                 CREATE TABLE activation_details(example_id INTEGER PRIMARY KEY REFERENCES examples, positions BLOB, activation_values BLOB);
+                CREATE TABLE latent_histograms(latent_id INTEGER PRIMARY KEY, edges TEXT, counts TEXT);
                 """);
+            // Finetrace addition (readers of the toolkit schema ignore it): per kept example and model, f_j·‖d_j^m‖ at
+            // the positions of activation_details, float32 — how much of the latent's output goes to each model.
+            if (r.ModelScale is not null)
+                Exec(db, "CREATE TABLE model_contributions(example_id INTEGER REFERENCES examples, model INTEGER, model_name TEXT, contribution_values BLOB, PRIMARY KEY(example_id, model));");
             using var tx = db.BeginTransaction();
             Insert(db, tx, "INSERT INTO config(key, value) VALUES ('storage_format', 'sparse'), ('max_examples', $k), ('sequence_uid', 'sha256-first8-le-int64')", ("$k", topK.ToString(System.Globalization.CultureInfo.InvariantCulture)));
             var uids = new Dictionary<long, long>();
             using var insSeq = Command(db, tx, "INSERT OR IGNORE INTO sequences VALUES ($uid, $tok, $text, $len, $ds, $name)");
             using var insEx = Command(db, tx, "INSERT INTO examples(sequence_uid, score, latent_idx, quantile_idx, metadata) VALUES ($uid, $score, $lat, $q, $meta); SELECT last_insert_rowid();");
             using var insDet = Command(db, tx, "INSERT INTO activation_details VALUES ($id, $pos, $val)");
+            using var insCon = r.ModelScale is null ? null : Command(db, tx, "INSERT INTO model_contributions VALUES ($id, $m, $name, $val)");
+            int M = r.ModelNames.Length;
             foreach (var ex in r.Top.Concat(r.Bands))
             {
                 if (!uids.TryGetValue(ex.Sequence, out long uid))
@@ -225,6 +291,20 @@ public static class ExampleCollector
                     insEx.Parameters.AddWithValue(k, v);
                 long id = (long)insEx.ExecuteScalar()!;
                 Run(insDet, ("$id", id), ("$pos", MemoryMarshal.AsBytes(ex.Positions.AsSpan()).ToArray()), ("$val", MemoryMarshal.AsBytes(ex.Values.AsSpan()).ToArray()));
+                for (int m = 0; insCon is not null && m < M; m++)
+                {
+                    double k = r.ModelScale![ex.Latent * M + m];
+                    var contrib = ex.Values.Select(a => (float)(a * k)).ToArray();
+                    Run(insCon, ("$id", id), ("$m", m), ("$name", r.ModelNames[m]), ("$val", MemoryMarshal.AsBytes(contrib.AsSpan()).ToArray()));
+                }
+            }
+            using var insHist = Command(db, tx, "INSERT INTO latent_histograms VALUES ($j, $edges, $counts)");
+            var inv = System.Globalization.CultureInfo.InvariantCulture;
+            for (int j = 0; j < r.MaxAct.Length && r.HistogramCounts.Length > 0; j++)
+            {
+                string edges = "[" + string.Join(",", r.HistogramEdges(j).Select(e => e.ToString("R", inv))) + "]";
+                string counts = "[" + string.Join(",", r.HistogramCounts.AsSpan(j * HistogramBins, HistogramBins).ToArray().Select(n => n.ToString(inv))) + "]";
+                Run(insHist, ("$j", j), ("$edges", edges), ("$counts", counts));
             }
             tx.Commit();
             Exec(db, """

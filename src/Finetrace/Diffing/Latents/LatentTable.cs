@@ -36,12 +36,38 @@ public sealed record LatentTableResult
     public required double[] AssistantShare { get; init; }
     /// <summary>[F][≤ TopTokens] token ids, most over-represented first.</summary>
     public required int[][] TopTokenIds { get; init; }
+    /// <summary>The toolkit's template-token statistics (methods.md §7, the reference's latents_template_stats), counting
+    /// positions where the latent fires with reported activation &gt; <see cref="LatentTable.TemplateEpsilon"/>, by column
+    /// name: <c>lmsys_ctrl_%</c> = #ctrl / (#ctrl + #non-ctrl), BOS in neither; <c>lmsys_bos_%</c> = #bos / (#ctrl +
+    /// #non-ctrl + #bos); <c>lmsys_user_%</c>, <c>lmsys_assistant_%</c> = #user or #assistant / (#user + #assistant);
+    /// <c>ctrl_k_%</c> (k = 1..10) = #ctrl tokens that are the k-th of their run of template tokens / #ctrl. Fractions in
+    /// [0, 1] (the toolkit compares them with 0.5), NaN where the denominator is 0. ctrl = the formatter's template tokens.</summary>
+    public IReadOnlyDictionary<string, double[]> TemplateStats { get; init; } = new Dictionary<string, double[]>();
 }
 
 /// <summary>The latent table (methods.md §4 geometry plus activation statistics), streamed over the store once.</summary>
 public static class LatentTable
 {
     public const string Stage = "latents";
+    /// <summary>Activations at or below this are not counted in the template statistics (the reference's EPSILON).</summary>
+    public const double TemplateEpsilon = 1e-3;
+    /// <summary>Template-token groups counted per latent: ctrl, non-ctrl, bos, user, assistant, then ctrl_1 … ctrl_10.</summary>
+    const int CtrlPositions = 10, Groups = 5 + CtrlPositions;
+
+    /// <summary>The column names of <see cref="LatentTableResult.TemplateStats"/>, in order.</summary>
+    public static IReadOnlyList<string> TemplateColumns { get; } =
+        ["lmsys_ctrl_%", "lmsys_bos_%", "lmsys_user_%", "lmsys_assistant_%", .. Enumerable.Range(1, CtrlPositions).Select(k => $"ctrl_{k}_%")];
+
+    /// <summary>1-based index of a template token within its run of consecutive template tokens of the same sequence
+    /// (capped at 11), 0 for other tokens.</summary>
+    public static int CtrlIndex(ActivationStore store, long row)
+    {
+        if ((store.Mask(row) & (byte)TokenMask.Template) == 0) return 0;
+        int k = 1;
+        long r = row;
+        while (k <= CtrlPositions && r > 0 && store.Position(r - 1) == store.Position(r) - 1 && (store.Mask(r - 1) & (byte)TokenMask.Template) != 0) { k++; r--; }
+        return k;
+    }
 
     public static LatentTableResult Run(AnalysisDictionary ad, ActivationStore store, LatentTableOptions o, IProgress<(long Done, long Total)>? progress = null, CancellationToken cancel = default)
     {
@@ -60,13 +86,14 @@ public static class LatentTable
         var fires = new long[nSrc * F];
         var maxAct = new double[nSrc * F];
         var mass = new double[5 * F];          // all, bos, template, user, assistant
+        var groupCount = new long[Groups * F];  // template statistics: counts of activations > TemplateEpsilon per group
         var topVal = new float[F * K]; var topRow = new long[F * K]; var topN = new int[F]; var topMin = new float[F];
         var tokenCount = new Dictionary<int, long>();
 
         int batch = o.BatchSize > 0 ? o.BatchSize : Scaling.LatentScaler.AutoBatch(F);
         var raw = new float[batch * S * D];
         var rowIds = new long[batch];
-        var src = new int[batch]; var mask = new byte[batch];
+        var src = new int[batch]; var mask = new byte[batch]; var ctrlIdx = new int[batch];
         long done = 0;
         while (done < N)
         {
@@ -79,12 +106,13 @@ public static class LatentTable
                 int local = (int)(rowIds[t] - sh.StartRow);
                 src[t] = Math.Min(sh.Sources[local], nSrc - 1);
                 mask[t] = sh.Masks[local];
+                ctrlIdx[t] = CtrlIndex(store, rowIds[t]);
                 int tok = sh.Tokens[local];
                 tokenCount[tok] = tokenCount.GetValueOrDefault(tok) + 1;
             }
             var codes = Inference.Encode(d, ad.ToInput(raw.AsSpan(0, n * S * D), n, S));
             codes.BuildColumns();
-            var ids = rowIds; var srcL = src; var maskL = mask;
+            var ids = rowIds; var srcL = src; var maskL = mask; var ctrlL = ctrlIdx;
             int nc = Math.Max(1, Math.Min(Environment.ProcessorCount * 4, F / 16));
             Parallel.For(0, nc, ch =>
             {
@@ -105,6 +133,16 @@ public static class LatentTable
                         if ((mk & (byte)TokenMask.Template) != 0) mass[2 * F + j] += a;
                         if ((mk & (byte)TokenMask.User) != 0) mass[3 * F + j] += a;
                         if ((mk & (byte)TokenMask.Assistant) != 0) mass[4 * F + j] += a;
+                        if (a > TemplateEpsilon)
+                        {
+                            bool bos = (mk & (byte)TokenMask.Bos) != 0;
+                            int k = ctrlL[i];
+                            if (bos) groupCount[2 * F + j]++;
+                            else if (k > 0) { groupCount[j]++; if (k <= CtrlPositions) groupCount[(4 + k) * F + j]++; }
+                            else groupCount[F + j]++;
+                            if ((mk & (byte)TokenMask.User) != 0) groupCount[3 * F + j]++;
+                            if ((mk & (byte)TokenMask.Assistant) != 0) groupCount[4 * F + j]++;
+                        }
                         Keep(j, (float)a, ids[i], K, topVal, topRow, topN, topMin);
                     }
             });
@@ -129,6 +167,16 @@ public static class LatentTable
         }
         for (int j = 0; j < F; j++) freqAll[j] /= N;
         double[] Share(int k) => Enumerable.Range(0, F).Select(j => mass[j] > 0 ? mass[k * F + j] / mass[j] : double.NaN).ToArray();
+        double[] Ratio(Func<int, long> num, Func<int, long> den) => Enumerable.Range(0, F).Select(j => den(j) > 0 ? (double)num(j) / den(j) : double.NaN).ToArray();
+        long G(int g, int j) => groupCount[g * F + j];
+        var templateStats = new Dictionary<string, double[]>
+        {
+            ["lmsys_ctrl_%"] = Ratio(j => G(0, j), j => G(0, j) + G(1, j)),
+            ["lmsys_bos_%"] = Ratio(j => G(2, j), j => G(0, j) + G(1, j) + G(2, j)),
+            ["lmsys_user_%"] = Ratio(j => G(3, j), j => G(3, j) + G(4, j)),
+            ["lmsys_assistant_%"] = Ratio(j => G(4, j), j => G(3, j) + G(4, j)),
+        };
+        for (int k = 1; k <= CtrlPositions; k++) { int kk = k; templateStats[$"ctrl_{k}_%"] = Ratio(j => G(4 + kk, j), j => G(0, j)); }
 
         // top_tokens: over-representation at the top positions relative to the token's base rate
         var top = new int[F][];
@@ -149,6 +197,7 @@ public static class LatentTable
             Geometry = LatentGeometry.Compute(d, ad.Kind, o.Tags), Positions = N, FreqAll = freqAll, MaxActAll = maxAll,
             FreqBySource = freqBy, MaxActBySource = maxBy,
             BosShare = Share(1), TemplateShare = Share(2), UserShare = Share(3), AssistantShare = Share(4), TopTokenIds = top,
+            TemplateStats = templateStats,
         };
     }
 
@@ -205,6 +254,8 @@ public static class LatentTable
         foreach (var (s, v) in r.MaxActBySource) t.Set($"max_act_{Safe(s)}", v);
         t.Set("bos_share", r.BosShare); t.Set("template_share", r.TemplateShare);
         t.Set("user_share", r.UserShare); t.Set("assistant_share", r.AssistantShare);
+        foreach (string name in TemplateColumns)
+            if (r.TemplateStats.TryGetValue(name, out var v)) t.Set(name, v);
         decode ??= id => id.ToString(System.Globalization.CultureInfo.InvariantCulture);
         t.Set("top_tokens", r.TopTokenIds.Select(ids => TokenList(ids.Select(decode))).ToArray());
     }
