@@ -15,7 +15,7 @@ internal static partial class Pages
     {
         var sb = new StringBuilder();
         sb.Append("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">");
-        sb.Append("<title>").Append(E(title)).Append(" — Finetrace</title>");
+        sb.Append("<title>").Append(E(title)).Append(" — Finetrace</title><link rel=\"icon\" href=\"data:,\">");
         if (standalone)
         {
             sb.Append("<style>").Append(Assets.Text("app.css")).Append("</style>");
