@@ -15,7 +15,7 @@ public sealed partial class DashboardServer
 
     void MapLive(WebApplication app)
     {
-        app.MapGet("/live", () => Live.State is LiveState.Failed or LiveState.NotConfigured
+        app.MapGet("/live", () => Live.State is LiveState.Failed or LiveState.NotConfigured or LiveState.Off
             ? Html(Pages.LiveOff(Live.Problem!), 503)
             : Html(Pages.Live(Data, Live)));
         app.MapGet("/api/live/status", () => Json(LiveStatus()));

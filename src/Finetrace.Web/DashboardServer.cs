@@ -49,7 +49,7 @@ public sealed partial class DashboardServer : IAsyncDisposable
     {
         await _app.StartAsync(cancel);
         if (Data.Latents is { } t) _ = Task.Run(t.Presort, CancellationToken.None);
-        if (_live) Live.StartLoading();
+        if (_live) Live.StartLoading(); else Live.TurnOff();
         var addr = _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         Address = new Uri(addr.Replace("[::]", "127.0.0.1").Replace("0.0.0.0", "127.0.0.1"));
     }

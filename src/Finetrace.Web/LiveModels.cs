@@ -14,7 +14,7 @@ using Tensor = Finetrace.Tensors.Tensor;
 
 namespace Finetrace.Web;
 
-public enum LiveState { NotConfigured, Loading, Ready, Failed }
+public enum LiveState { NotConfigured, Off, Loading, Ready, Failed }
 
 /// <summary>A live request the dashboard cannot serve as asked (bad field, no chat template, …): a 400 with this message.</summary>
 public sealed class LiveRequestException(string message) : Exception(message);
@@ -63,14 +63,19 @@ public sealed class LiveModels : IDisposable
     /// <summary>Starts loading the models on a background thread (no-op when the results name no models).</summary>
     public void StartLoading()
     {
-        if (_data.Models is null || _load is not null) return;
+        if (_data.Models is null || _load is not null || _off) return;
         _load = Task.Run(Load);
     }
 
     /// <summary>Waits for the load to finish (tests, benchmarks); the state says how it went.</summary>
     public Task WhenLoaded() => _load is null ? Task.CompletedTask : _load.ContinueWith(_ => { }, TaskScheduler.Default);
 
+    bool _off;
+    /// <summary>Keeps the models unloaded for good (a server started without the live pages).</summary>
+    public void TurnOff() { if (_load is null) _off = true; }
+
     public LiveState State => _data.Models is null ? LiveState.NotConfigured
+        : _off ? LiveState.Off
         : _load is null || !_load.IsCompleted ? LiveState.Loading
         : _load.IsCompletedSuccessfully ? LiveState.Ready : LiveState.Failed;
 
@@ -78,6 +83,7 @@ public sealed class LiveModels : IDisposable
     public string? Problem => State switch
     {
         LiveState.NotConfigured => $"{_data.Directory}: the results name no models (no summary.json models and no activation store); start 'finetrace serve' with the base and fine-tuned model folders",
+        LiveState.Off => "this dashboard was started without the live pages (no models loaded)",
         LiveState.Loading => "the models are still loading; try again in a moment",
         LiveState.Failed => (_load!.Exception?.InnerException ?? _load.Exception)?.Message ?? "the models failed to load",
         _ => null,
