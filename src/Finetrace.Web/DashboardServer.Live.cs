@@ -104,6 +104,8 @@ public sealed partial class DashboardServer
         }
         catch (LiveRequestException e) { return JsonError(400, e.Message); }
         catch (OperationCanceledException) { return JsonError(499, "the request was cancelled"); }
+        // a library error on this input (shape, layer, file): its message, not a bare 500 or a stack trace
+        catch (Exception e) when (e is ArgumentException or InvalidDataException or InvalidOperationException or IOException) { return JsonError(500, $"the live run failed: {e.Message}"); }
     }
 
     static string? Str(JsonObject o, string key) => o[key] switch

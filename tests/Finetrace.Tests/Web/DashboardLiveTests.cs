@@ -256,6 +256,35 @@ public sealed class DashboardLiveTests(LiveFixture f) : IClassFixture<LiveFixtur
     }
 }
 
+/// <summary><c>finetrace serve RESULTS --export-neuronpedia DIR</c> through the command line (in this process).</summary>
+public sealed class NeuronpediaExportTests
+{
+    [SharedFact]
+    public void Serve_export_writes_every_latent_in_batches_with_the_required_fields()
+    {
+        using var tmp = new TempDir();
+        string dir = tmp.File("RESULTS"), outDir = tmp.File("np");
+        LiveResults.Write(dir, readers: false);
+        int rc = Finetrace.Tests.Cli.ReadmeCommandTests.Invoke(["serve", dir, "--export-neuronpedia", outDir, "--batch-size", "64"], out string? error);
+        Assert.True(rc == 0, error);
+        var files = Directory.GetFiles(outDir, "batch-*.json").Order().ToArray();
+        Assert.Equal(new[] { "batch-0.json", "batch-1.json", "batch-2.json", "batch-3.json" }, files.Select(x => Path.GetFileName(x)).ToArray());
+        var ids = new List<int>();
+        foreach (var file in files)
+        {
+            var b = JsonDocument.Parse(File.ReadAllText(file)).RootElement;
+            foreach (var k in new[] { "model_id", "layer", "sae_set", "sae_id_suffix", "features" }) Assert.True(b.TryGetProperty(k, out _), $"{file} lacks {k}");
+            foreach (var feat in b.GetProperty("features").EnumerateArray())
+            {
+                foreach (var k in Neuronpedia.FeatureFields) Assert.True(feat.TryGetProperty(k, out _), $"{file}: feature lacks {k}");
+                Assert.Equal(LiveResults.Hidden, feat.GetProperty("vector").GetArrayLength());
+                ids.Add(feat.GetProperty("feature_index").GetInt32());
+            }
+        }
+        Assert.Equal(Enumerable.Range(0, LiveResults.Latents), ids);
+    }
+}
+
 /// <summary>Results whose base model folder is broken, and results without the readers' files or histograms.</summary>
 public sealed class DashboardDegradedTests
 {
