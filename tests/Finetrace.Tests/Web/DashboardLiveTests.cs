@@ -256,6 +256,42 @@ public sealed class DashboardLiveTests(LiveFixture f) : IClassFixture<LiveFixtur
     }
 }
 
+/// <summary>The models overridden (as <c>serve --finetuned</c> does) by the chat fine-tune, whose own template renders chats.</summary>
+public sealed class DashboardChatTests
+{
+    [SharedFact]
+    public async Task A_chat_is_rendered_with_the_fine_tunes_template_and_tokens_carry_their_roles()
+    {
+        using var tmp = new TempDir();
+        string dir = tmp.File("RESULTS");
+        LiveResults.Write(dir, readers: false, histograms: false);
+        string chatModel = Shared.Path("models", "stories260K-chat");
+        var data = DashboardData.Load(dir, models: new ModelPairSpec(LiveResults.Base, chatModel));
+        Assert.Equal(chatModel, data.Models!.FineTuned);
+        await using var server = new DashboardServer(data, new DashboardOptions("127.0.0.1", 0));
+        await server.StartAsync();
+        await server.Live.WhenLoaded();
+        Assert.Equal(LiveState.Ready, server.Live.State);
+        using var http = new HttpClient { BaseAddress = server.Address };
+        var body = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = "Tell me a story." }, new { role = "assistant", content = "Once upon a time." } } });
+        var res = await http.PostAsync("/api/live/analyze", new StringContent(body, Encoding.UTF8, "application/json"));
+        var r = JsonDocument.Parse(await res.Content.ReadAsStringAsync()).RootElement;
+        Assert.True(res.IsSuccessStatusCode, r.ToString());
+        Assert.Contains("User: Tell me a story.\nAssistant: Once upon a time.", r.GetProperty("rendered").GetString());
+        var roles = r.GetProperty("tokens").EnumerateArray().Select(t => t.GetProperty("role").GetString()).ToList();
+        Assert.Contains("user", roles);
+        Assert.Contains("assistant", roles);
+        // the tokens are the template's rendering, token for token
+        var enc = Finetrace.Text.Chat.ChatFormatter.FromFolder(chatModel).Format([new("user", "Tell me a story."), new("assistant", "Once upon a time.")]);
+        Assert.Equal(enc.Ids, r.GetProperty("tokens").EnumerateArray().Select(t => t.GetProperty("id").GetInt32()).ToArray());
+        // steering from a chat prompt appends the template's generation prompt
+        var steer = await http.PostAsync("/api/live/steer", new StringContent(JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = "Hi" } }, vector = "latent:3", strength = 0, max_new_tokens = 8 }), Encoding.UTF8, "application/json"));
+        var sr = JsonDocument.Parse(await steer.Content.ReadAsStringAsync()).RootElement;
+        Assert.True(steer.IsSuccessStatusCode, sr.ToString());
+        Assert.EndsWith("Assistant:", sr.GetProperty("prompt").GetString());
+    }
+}
+
 /// <summary><c>finetrace serve RESULTS --export-neuronpedia DIR</c> through the command line (in this process).</summary>
 public sealed class NeuronpediaExportTests
 {
