@@ -72,7 +72,7 @@ internal static partial class Pages
         var sb = new StringBuilder();
         string tag = t.Tags?[id] ?? "";
         sb.Append($"<h2>Latent {id} <span class=\"tag tag-{E(tag)}\">{E(tag)}</span></h2>");
-        if (!standalone) sb.Append($"<p><a href=\"/latent/{id}/export\">export this page as a standalone HTML file</a></p>");
+        if (!standalone) sb.Append($"<p><a href=\"/latent/{id}/export\">export this page as a standalone HTML file</a> · <a href=\"/live?latent={id}\">see it on a live prompt / steer with it</a> · <a href=\"/api/neuronpedia/{id}\">Neuronpedia JSON</a></p>");
 
         // Geometry and scaling cards.
         sb.Append("<div class=\"cards\">");

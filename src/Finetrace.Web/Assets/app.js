@@ -110,6 +110,8 @@
   // The live page: /api/live/status until the models are ready, then analysis, steering and amplification calls.
   function live() {
     const status = $('#live-status'), buttons = ['#live-run', '#steer-run', '#amp-run'].map(s => $(s));
+    const asked = new URLSearchParams(location.search).get('latent');
+    if (asked && /^\d+$/.test(asked)) { $('#live-latents').value = asked; $('#steer-latent').value = asked; }
     let last = null;
     document.querySelectorAll('input[name=mode]').forEach(r => r.addEventListener('change', () => {
       const chat = $('input[name=mode]:checked').value === 'chat';
