@@ -21,9 +21,12 @@ public sealed class ServeBench : IBenchCommand
         var latents = new Option<int>("--latents") { Description = "Synthetic latents in the table", DefaultValueFactory = _ => 100_000 };
         var requests = new Option<int>("--requests") { Description = "Timed requests of each kind", DefaultValueFactory = _ => 200 };
         var json = BenchOptions.Json();
-        var cmd = new Command("serve", "Dashboard latency against a running server: table page and latent page (median, p95) and start-up, on synthetic latents");
-        cmd.Options.Add(latents); cmd.Options.Add(requests); cmd.Options.Add(json);
-        cmd.SetAction(r => Run(Math.Max(10, r.GetValue(latents)), Math.Max(5, r.GetValue(requests)), r.GetValue(json)).GetAwaiter().GetResult());
+        var results = new Option<string?>("--results") { Description = "Instead of synthetic latents: a real results folder (e.g. a finetrace diff's): start-up, first table page, time until the live models are ready, live analysis and steering latency" };
+        var cmd = new Command("serve", "Dashboard latency against a running server: table page and latent page (median, p95) and start-up, on synthetic latents (or live-page figures on a real results folder)");
+        cmd.Options.Add(latents); cmd.Options.Add(requests); cmd.Options.Add(json); cmd.Options.Add(results);
+        cmd.SetAction(r => r.GetValue(results) is { } dir
+            ? RunLive(dir, Math.Max(3, Math.Min(50, r.GetValue(requests))), r.GetValue(json)).GetAwaiter().GetResult()
+            : Run(Math.Max(10, r.GetValue(latents)), Math.Max(5, r.GetValue(requests)), r.GetValue(json)).GetAwaiter().GetResult());
         return cmd;
     }
 
@@ -76,6 +79,61 @@ public sealed class ServeBench : IBenchCommand
             return 0;
         }
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
+    }
+
+    /// <summary>On a real results folder: load + listen, the first table page, the background model load, and the live
+    /// analysis and steering requests (median of <paramref name="requests"/>).</summary>
+    static async Task<int> RunLive(string dir, int requests, bool json)
+    {
+        var sw = Stopwatch.StartNew();
+        var data = DashboardData.Load(dir);
+        await using var server = new DashboardServer(data, new DashboardOptions("127.0.0.1", 0));
+        await server.StartAsync();
+        double startS = sw.Elapsed.TotalSeconds;
+        using var http = new HttpClient { BaseAddress = server.Address };
+        double firstTable = await Time(http, "/api/latents?limit=50");
+        double startToTableS = sw.Elapsed.TotalSeconds;
+        await server.Live.WhenLoaded();
+        double readyS = sw.Elapsed.TotalSeconds;
+        if (server.Live.State != LiveState.Ready) throw new InvalidOperationException($"the live models did not load: {server.Live.Problem}");
+        async Task<double> Post(string url, string body)
+        {
+            var t = Stopwatch.StartNew();
+            using var res = await http.PostAsync(url, new StringContent(body, System.Text.Encoding.UTF8, "application/json"));
+            await res.Content.ReadAsByteArrayAsync();
+            if (!res.IsSuccessStatusCode) throw new InvalidOperationException($"{url}: HTTP {(int)res.StatusCode}");
+            return t.Elapsed.TotalMilliseconds;
+        }
+        const string Prompt = "Once upon a time, there was a little dragon named Zog. Zog loved to eat cake.";
+        var analyze = new List<double>(); var steer = new List<double>();
+        for (int i = 0; i < requests + 2; i++)
+        {
+            double a = await Post("/api/live/analyze", $"{{\"text\": \"{Prompt}\", \"latents\": [0, 1], \"top\": 5}}");
+            double s = await Post("/api/live/steer", "{\"text\": \"Once upon a time\", \"vector\": \"latent:0\", \"strength\": 2, \"max_new_tokens\": 32}");
+            if (i >= 2) { analyze.Add(a); steer.Add(s); }
+        }
+        analyze.Sort(); steer.Sort();
+        double Med(List<double> v) => v[v.Count / 2];
+        if (json)
+        {
+            BenchSupport.PrintJson(new
+            {
+                results = Path.GetFullPath(dir), latents = data.Latents?.Rows, startup_s = Math.Round(startS, 3), first_table_ms = Math.Round(firstTable, 2),
+                start_to_first_table_s = Math.Round(startToTableS, 3), live_ready_s = Math.Round(readyS, 3),
+                live_analyze_median_ms = Math.Round(Med(analyze), 2), live_steer_32_tokens_median_ms = Math.Round(Med(steer), 2), requests, load_average = BenchSupport.LoadAverage(),
+            });
+            return 0;
+        }
+        var tb = new Table().AddColumns("figure", "value");
+        tb.AddRow("results", Path.GetFullPath(dir));
+        tb.AddRow("start-up (load + listen)", $"{startS:F2} s");
+        tb.AddRow("first table page", $"{firstTable:F1} ms ({startToTableS:F2} s after the start)");
+        tb.AddRow("live models ready (background)", $"{readyS:F2} s after the start");
+        tb.AddRow("live analysis (median)", $"{Med(analyze):F1} ms");
+        tb.AddRow("steered + unsteered, 32 tokens (median)", $"{Med(steer):F1} ms");
+        tb.AddRow("load average", BenchSupport.LoadAverage());
+        AnsiConsole.Write(tb);
+        return 0;
     }
 
     static async Task<double> Time(HttpClient http, string url)

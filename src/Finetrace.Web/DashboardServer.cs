@@ -15,23 +15,29 @@ using Microsoft.Extensions.Logging;
 namespace Finetrace.Web;
 
 /// <summary>Where the dashboard listens: 127.0.0.1 unless told otherwise; port 0 picks a free port.</summary>
-public sealed record DashboardOptions(string Host = "127.0.0.1", int Port = 8765);
+/// <summary>Where the dashboard listens (127.0.0.1 unless told otherwise; port 0 picks a free port), how many live
+/// requests may wait behind the running one, and whether to load the models for the live pages at all.</summary>
+public sealed record DashboardOptions(string Host = "127.0.0.1", int Port = 8765, int LiveQueue = 4, bool Live = true);
 
 /// <summary>
 /// <c>finetrace serve RESULTS</c>: a read-only web app over a results folder on its own Kestrel server. Pages are
 /// server-rendered HTML with a small script and the charting library, all embedded in this assembly (no CDN).
 /// </summary>
-public sealed class DashboardServer : IAsyncDisposable
+public sealed partial class DashboardServer : IAsyncDisposable
 {
     public const int MaxPageSize = 1000;
     readonly WebApplication _app;
     public DashboardData Data { get; }
+    public LiveModels Live { get; }
+    readonly bool _live;
     /// <summary>The base address actually bound (with the real port when 0 was asked), set by <see cref="StartAsync"/>.</summary>
     public Uri? Address { get; private set; }
 
     public DashboardServer(DashboardData data, DashboardOptions options)
     {
         Data = data;
+        Live = new LiveModels(data, options.LiveQueue);
+        _live = options.Live;
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
         builder.WebHost.UseUrls($"http://{(options.Host.Contains(':') ? "[" + options.Host + "]" : options.Host)}:{options.Port}");
@@ -43,12 +49,13 @@ public sealed class DashboardServer : IAsyncDisposable
     {
         await _app.StartAsync(cancel);
         if (Data.Latents is { } t) _ = Task.Run(t.Presort, CancellationToken.None);
+        if (_live) Live.StartLoading(); else Live.TurnOff();
         var addr = _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         Address = new Uri(addr.Replace("[::]", "127.0.0.1").Replace("0.0.0.0", "127.0.0.1"));
     }
 
     public Task WaitForShutdownAsync(CancellationToken cancel) => _app.WaitForShutdownAsync(cancel);
-    public async ValueTask DisposeAsync() { await _app.StopAsync(); await _app.DisposeAsync(); }
+    public async ValueTask DisposeAsync() { await _app.StopAsync(); await _app.DisposeAsync(); await Live.WhenLoaded(); Live.Dispose(); }
 
     void Map(WebApplication app)
     {
@@ -78,6 +85,8 @@ public sealed class DashboardServer : IAsyncDisposable
             return Json(LatentRecord(n));
         });
         app.MapGet("/api/plots", () => Data.Latents is null ? JsonError(404, MissingTable) : Json(PlotData(Data.Latents)));
+        MapLive(app);
+        MapReaders(app);
         app.MapFallback((HttpContext ctx) => ctx.Request.Path.StartsWithSegments("/api")
             ? JsonError(404, $"no API endpoint {ctx.Request.Path}")
             : Html(Pages.NotFound("Not found", $"There is no page at {ctx.Request.Path}."), 404));

@@ -15,11 +15,63 @@ public sealed class ExampleReader(string path, Func<int, string>? tokenText)
 {
     public string Path { get; } = path;
 
+    SqliteConnection Open()
+    {
+        var db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadOnly, Pooling = true }.ToString());
+        db.Open();
+        return db;
+    }
+
+    bool? _hasHistograms;
+    /// <summary>Whether examples.sqlite has the activation histograms table (latent_histograms).</summary>
+    public bool HasHistograms
+    {
+        get
+        {
+            if (_hasHistograms is bool b) return b;
+            using var db = Open();
+            using var cmd = db.CreateCommand();
+            cmd.CommandText = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'latent_histograms'";
+            return (_hasHistograms = Convert.ToInt64(cmd.ExecuteScalar()) > 0).Value;
+        }
+    }
+
+    /// <summary>The latent's activation histogram (bin edges [bins + 1], counts [bins]) from latent_histograms; null when the
+    /// table or the latent's row is absent. A row whose arrays do not fit together is an error naming the file.</summary>
+    public (double[] Edges, long[] Counts)? Histogram(int latent)
+    {
+        if (!HasHistograms) return null;
+        using var db = Open();
+        using var cmd = db.CreateCommand();
+        cmd.CommandText = "SELECT edges, counts FROM latent_histograms WHERE latent_id = $lat";
+        cmd.Parameters.AddWithValue("$lat", latent);
+        using var r = cmd.ExecuteReader();
+        if (!r.Read()) return null;
+        try
+        {
+            var edges = JsonSerializer.Deserialize<double[]>(r.GetString(0)) ?? [];
+            var counts = JsonSerializer.Deserialize<long[]>(r.GetString(1)) ?? [];
+            if (counts.Length == 0 || edges.Length != counts.Length + 1)
+                throw new InvalidDataException($"{Path}: latent_histograms row {latent} has {edges.Length} edges for {counts.Length} counts (needs counts + 1)");
+            return (edges, counts);
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{Path}: latent_histograms row {latent} is not JSON arrays ({e.Message})"); }
+    }
+
+    /// <summary>Number of stored sequences, the longest one's length, and the first dataset name (Neuronpedia provenance).</summary>
+    public (long Sequences, long MaxLength, string? Dataset) Provenance()
+    {
+        using var db = Open();
+        using var cmd = db.CreateCommand();
+        cmd.CommandText = "SELECT count(*), max(length(token_ids)) / 4, (SELECT dataset_name FROM sequences LIMIT 1) FROM sequences";
+        using var r = cmd.ExecuteReader();
+        r.Read();
+        return (r.GetInt64(0), r.IsDBNull(1) ? 0 : r.GetInt64(1), r.IsDBNull(2) ? null : r.GetString(2));
+    }
+
     public IReadOnlyList<WebExample> ForLatent(int latent)
     {
-        var cs = new SqliteConnectionStringBuilder { DataSource = Path, Mode = SqliteOpenMode.ReadOnly, Pooling = true }.ToString();
-        using var db = new SqliteConnection(cs);
-        db.Open();
+        using var db = Open();
         using var cmd = db.CreateCommand();
         cmd.CommandText = """
             SELECT e.score, e.quantile_idx, e.metadata, s.sequence_uid, s.dataset_name, s.token_ids, d.positions, d.activation_values

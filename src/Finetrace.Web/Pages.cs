@@ -6,16 +6,16 @@ using System.Text.Json.Nodes;
 namespace Finetrace.Web;
 
 /// <summary>Server-rendered HTML of the dashboard's pages. Standalone pages inline the style, script and chart library.</summary>
-internal static class Pages
+internal static partial class Pages
 {
-    static string E(string s) => DashboardServer.Escape(s);
-    static string F(double v) => double.IsFinite(v) ? (Math.Abs(v) >= 1e4 || (v != 0 && Math.Abs(v) < 1e-3) ? v.ToString("0.###e0", CultureInfo.InvariantCulture) : Math.Round(v, 4).ToString(CultureInfo.InvariantCulture)) : "–";
+    internal static string E(string s) => DashboardServer.Escape(s);
+    internal static string F(double v) => double.IsFinite(v) ? (Math.Abs(v) >= 1e4 || (v != 0 && Math.Abs(v) < 1e-3) ? v.ToString("0.###e0", CultureInfo.InvariantCulture) : Math.Round(v, 4).ToString(CultureInfo.InvariantCulture)) : "–";
 
-    static string Layout(string title, string body, bool standalone = false, bool charts = true)
+    internal static string Layout(string title, string body, bool standalone = false, bool charts = true)
     {
         var sb = new StringBuilder();
         sb.Append("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">");
-        sb.Append("<title>").Append(E(title)).Append(" — Finetrace</title>");
+        sb.Append("<title>").Append(E(title)).Append(" — Finetrace</title><link rel=\"icon\" href=\"data:,\">");
         if (standalone)
         {
             sb.Append("<style>").Append(Assets.Text("app.css")).Append("</style>");
@@ -29,7 +29,7 @@ internal static class Pages
             sb.Append("<script src=\"/assets/app.js\"></script>");
         }
         sb.Append("</head><body><header><h1>Finetrace</h1>");
-        if (!standalone) sb.Append("<a href=\"/\">latents</a>");
+        if (!standalone) sb.Append("<a href=\"/\">latents</a><a href=\"/live\">live</a><a href=\"/adl\">ADL</a><a href=\"/kl\">KL</a><a href=\"/weights\">weight diff</a>");
         sb.Append("</header><main>").Append(body).Append("</main></body></html>");
         return sb.ToString();
     }
@@ -72,7 +72,7 @@ internal static class Pages
         var sb = new StringBuilder();
         string tag = t.Tags?[id] ?? "";
         sb.Append($"<h2>Latent {id} <span class=\"tag tag-{E(tag)}\">{E(tag)}</span></h2>");
-        if (!standalone) sb.Append($"<p><a href=\"/latent/{id}/export\">export this page as a standalone HTML file</a></p>");
+        if (!standalone) sb.Append($"<p><a href=\"/latent/{id}/export\">export this page as a standalone HTML file</a> · <a href=\"/live?latent={id}\">see it on a live prompt / steer with it</a> · <a href=\"/api/neuronpedia/{id}\">Neuronpedia JSON</a></p>");
 
         // Geometry and scaling cards.
         sb.Append("<div class=\"cards\">");
@@ -147,7 +147,19 @@ internal static class Pages
         sb.Append("<div class=\"plots\">");
         if (norms.Count > 0) sb.Append("<div id=\"norms\" class=\"plot\"></div>");
         if (scaling.Count > 0) sb.Append("<div id=\"scaling\" class=\"plot\"></div>");
-        sb.Append("<div id=\"acthist\" class=\"plot\"></div></div>");
+        sb.Append("<div id=\"acthist\" class=\"plot\"></div>");
+        // The activation histogram over all positions (examples.sqlite latent_histograms, written by the examples stage).
+        JsonObject? hist = null;
+        if (data.Examples is null || !data.Examples.HasHistograms)
+            sb.Append("<div class=\"plot card\" id=\"histogram-none\"><h3>Activation histogram</h3><p class=\"muted\">not computed (examples.sqlite has no latent_histograms table)</p></div>");
+        else if (data.Examples.Histogram(id) is not { } h)
+            sb.Append("<div class=\"plot card\" id=\"histogram-none\"><h3>Activation histogram</h3><p class=\"muted\">no histogram stored for this latent</p></div>");
+        else
+        {
+            hist = new JsonObject { ["edges"] = new JsonArray(h.Edges.Select(x => (JsonNode?)x).ToArray()), ["counts"] = new JsonArray(h.Counts.Select(x => (JsonNode?)x).ToArray()) };
+            sb.Append($"<div id=\"histogram\" class=\"plot\" data-bins=\"{h.Counts.Length}\" data-total=\"{h.Counts.Sum()}\"></div>");
+        }
+        sb.Append("</div>");
 
         // Causal results (per latent set; shown where computed).
         if (data.Causal is { Count: > 0 } causal)
@@ -160,7 +172,7 @@ internal static class Pages
         }
         else sb.Append("<p class=\"muted\">No causal evaluation in this results folder (finetrace analyze causal).</p>");
 
-        var payload = new JsonObject { ["id"] = id, ["norms"] = norms, ["scaling"] = new JsonArray(scaling.ToArray()), ["activations"] = acts };
+        var payload = new JsonObject { ["id"] = id, ["norms"] = norms, ["scaling"] = new JsonArray(scaling.ToArray()), ["activations"] = acts, ["histogram"] = hist };
         sb.Append("<script type=\"application/json\" id=\"latent-data\">").Append(payload.ToJsonString().Replace("</", "<\\/")).Append("</script>");
         return Layout($"Latent {id}", sb.ToString(), standalone);
     }

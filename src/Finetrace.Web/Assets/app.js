@@ -93,6 +93,11 @@
     if (data.scaling && data.scaling.length && $('#scaling')) Plotly.newPlot('scaling', [{ type: 'scatter', mode: 'markers', x: data.scaling.map(s => s[0]), y: data.scaling.map(s => s[1]),
       error_y: { type: 'data', symmetric: false, array: data.scaling.map(s => s[3] === null ? 0 : s[3] - s[1]), arrayminus: data.scaling.map(s => s[2] === null ? 0 : s[1] - s[2]) }, marker: { size: 9 } }],
       { title: { text: 'Latent Scaling ν with intervals', font: { size: 13 } }, margin: { t: 30, l: 45, r: 10, b: 35 } }, cfg);
+    if (data.histogram && $('#histogram')) {
+      const h = data.histogram, c = h.counts.map((_, i) => (h.edges[i] + h.edges[i + 1]) / 2), w = h.edges[1] - h.edges[0];
+      Plotly.newPlot('histogram', [{ type: 'bar', x: c, y: h.counts, width: w, marker: { color: '#4a6fd1' } }],
+        { title: { text: 'activation histogram (all positions)', font: { size: 13 } }, margin: { t: 30, l: 45, r: 10, b: 35 }, yaxis: { type: 'log' } }, cfg);
+    }
     if (data.activations && data.activations.length && $('#acthist')) {
       // plotly-basic has no histogram trace: bin here and draw bars.
       const a = data.activations, lo = Math.min(...a), hi = Math.max(...a), n = 30, w = hi > lo ? (hi - lo) / n : 1, c = new Array(n).fill(0);
@@ -102,8 +107,90 @@
     }
   }
 
+  // The live page: /api/live/status until the models are ready, then analysis, steering and amplification calls.
+  function live() {
+    const status = $('#live-status'), buttons = ['#live-run', '#steer-run', '#amp-run'].map(s => $(s));
+    const asked = new URLSearchParams(location.search).get('latent');
+    if (asked && /^\d+$/.test(asked)) { $('#live-latents').value = asked; $('#steer-latent').value = asked; }
+    let last = null;
+    document.querySelectorAll('input[name=mode]').forEach(r => r.addEventListener('change', () => {
+      const chat = $('input[name=mode]:checked').value === 'chat';
+      $('#chat-box').style.display = chat ? '' : 'none'; $('#live-text').style.display = chat ? 'none' : '';
+    }));
+    function input() {
+      if ($('input[name=mode]:checked').value !== 'chat') return { text: $('#live-text').value };
+      const m = [{ role: 'user', content: $('#live-user').value }];
+      if ($('#live-assistant').value) m.push({ role: 'assistant', content: $('#live-assistant').value });
+      return { messages: m };
+    }
+    async function post(url, body, out) {
+      out.innerHTML = '<p class="muted">running…</p>';
+      const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      const data = await res.json();
+      if (!res.ok) { out.innerHTML = `<div class="error">${res.status}: ${esc(data.error)}</div>`; return null; }
+      return data;
+    }
+    async function poll() {
+      const res = await fetch('/api/live/status'); const s = await res.json();
+      if (s.state === 'loading') { status.textContent = 'loading the models…'; setTimeout(poll, 300); return; }
+      if (s.state !== 'ready') { status.innerHTML = `<span class="error">live analysis is off: ${esc(s.problem)}</span>`; return; }
+      status.textContent = `ready · layer ${s.layer}` + (s.dictionary_latents ? ` · dictionary of ${s.dictionary_latents} latents` : ` · ${s.dictionary_note || 'no dictionary'}`) + (s.chat_template ? ' · chat template' : '');
+      if (!s.chat_template) { const r = $('input[name=mode][value=chat]'); r.disabled = true; r.parentElement.title = s.chat_note || 'no chat template'; }
+      const sel = $('#steer-vector');
+      sel.innerHTML = (s.dictionary_latents ? '<option value="latent">latent decoder direction (fine-tuned row)</option><option value="latent-base">latent decoder direction (base row)</option>' : '') +
+        (s.vectors || []).map(v => `<option value="${esc(v.key)}">${esc(v.label)}</option>`).join('');
+      buttons.forEach(b => b.disabled = false);
+      $('#live').dataset.ready = '1';
+    }
+    function colour(v, max, rgb) { const a = max > 0 ? Math.min(1, Math.abs(v) / max) : 0; return `background:rgba(${rgb},${a.toFixed(3)})`; }
+    function tokens(d, values, rgb, label) {
+      const max = Math.max(0, ...values.map(Math.abs));
+      return '<div class="example live-tokens">' + d.tokens.map((t, i) => `<span class="tok${values[i] ? ' act' : ''}" style="${colour(values[i], max, rgb)}" title="token ${t.id}${t.role ? ' (' + t.role + ')' : ''} · ${label} ${fmt(values[i])} · KL ${fmt(t.kl)} · ‖Δh‖ ${fmt(t.diff_norm)}">${esc(t.text)}</span>`).join('') + '</div>';
+    }
+    function render() {
+      const d = last; if (!d) return;
+      const by = $('#live-colour').value;
+      let h = `<div class="card"><h3>${by === 'kl' ? 'KL(p_ft ‖ p_base) per token' : '‖h_ft − h_base‖ at layer ' + d.layer}</h3>` + tokens(d, d.tokens.map(t => t[by] || 0), '230,80,40', by) + '</div>';
+      if (d.dictionary_note) h += `<p class="muted">${esc(d.dictionary_note)}</p>`;
+      for (const l of d.latents) h += `<div class="card live-latent" data-latent="${l.id}"><h3><a href="/latent/${l.id}">latent ${l.id}</a> <span class="tag tag-${esc(l.tag || '')}">${esc(l.tag || '')}</span> <span class="muted">max ${fmt(l.max)}</span></h3>` + tokens(d, l.values, '74,111,209', 'activation') + '</div>';
+      $('#live-result').innerHTML = h; $('#live-result').dataset.done = String(Date.now());
+    }
+    $('#live-colour').addEventListener('change', render);
+    $('#live-run').addEventListener('click', async () => {
+      const ids = $('#live-latents').value.split(/[ ,]+/).filter(x => x !== '').map(Number);
+      const d = await post('/api/live/analyze', Object.assign(input(), { latents: ids, top: 5 }), $('#live-result'));
+      if (d) { last = d; render(); }
+    });
+    $('#steer-run').addEventListener('click', async () => {
+      let v = $('#steer-vector').value;
+      if (v === 'latent') v = 'latent:' + $('#steer-latent').value + ':finetuned'; else if (v === 'latent-base') v = 'latent:' + $('#steer-latent').value + ':base';
+      const out = $('#steer-result');
+      const d = await post('/api/live/steer', Object.assign(input(), { model: $('#steer-model').value, vector: v, strength: +$('#steer-strength').value, max_new_tokens: +$('#steer-tokens').value, temperature: +$('#steer-temp').value, seed: +$('#steer-seed').value }), out);
+      if (!d) return;
+      out.innerHTML = `<p class="muted">${esc(d.vector)} on the ${esc(d.model)} model at layer ${d.layer}, strength ${fmt(d.strength)} (added norm ${fmt(d.added_norm)})</p><table class="side"><tr><th class="text">steered</th><th class="text">unsteered</th></tr><tr><td class="text wrap" id="steered">${esc(d.steered)}</td><td class="text wrap" id="unsteered">${esc(d.unsteered)}</td></tr></table>`;
+      out.dataset.done = String(Date.now());
+    });
+    $('#amp-run').addEventListener('click', async () => {
+      const out = $('#amp-result');
+      const d = await post('/api/live/amplify', Object.assign(input(), { alpha: +$('#amp-alpha').value, max_new_tokens: +$('#steer-tokens').value, temperature: +$('#steer-temp').value, seed: +$('#steer-seed').value }), out);
+      if (!d) return;
+      out.innerHTML = `<table class="side"><tr><th class="text">base</th><th class="text">fine-tuned</th><th class="text">amplified (α = ${fmt(d.alpha)})</th></tr><tr><td class="text wrap">${esc(d.base)}</td><td class="text wrap">${esc(d.finetuned)}</td><td class="text wrap" id="amplified">${esc(d.amplified)}</td></tr></table>`;
+      out.dataset.done = String(Date.now());
+    });
+    poll();
+  }
+
+  function klPage() {
+    const d = JSON.parse($('#kl-data').textContent);
+    if (!window.Plotly || !$('#kldist') || !d.quantiles.length) return;
+    Plotly.newPlot('kldist', [{ type: 'scatter', mode: 'lines+markers', x: d.quantiles.map(q => q[0]), y: d.quantiles.map(q => q[1]), name: 'quantiles' }],
+      { title: { text: 'per-token KL distribution (quantiles)', font: { size: 13 } }, margin: { t: 30, l: 45, r: 10, b: 35 }, yaxis: { type: 'log' } }, { displaylogo: false, displayModeBar: false });
+  }
+
   document.addEventListener('DOMContentLoaded', () => {
     const b = document.getElementById('browser'); if (b) browser(b);
     if (document.getElementById('latent-data')) latent();
+    if (document.getElementById('live')) live();
+    if (document.getElementById('kl-data')) klPage();
   });
 })();
