@@ -5,6 +5,7 @@ using Finetrace.Activations.Harvest;
 using Finetrace.Dictionaries;
 using Finetrace.Diffing;
 using Finetrace.Diffing.Adl;
+using Finetrace.Diffing.Amplification;
 using Finetrace.Diffing.Causal;
 using Finetrace.Diffing.DiffMining;
 using Finetrace.Diffing.Examples;
@@ -38,7 +39,7 @@ public sealed record DiffRunResult(string Out, IReadOnlyList<StageRun> Stages, s
 /// <summary>
 /// The main job: base and fine-tuned model in, a results folder out. Stages in order: data (self-made when no
 /// sources are given) → harvest → for each dictionary (RESULTS/&lt;name&gt;/): train → latent table → Latent Scaling →
-/// examples → causal evaluation; then on the models: ADL → KL → diff mining → weight diff; then summary.json with its
+/// examples → causal evaluation; then on the models: ADL → KL → diff mining → weight diff → amplification; then summary.json with its
 /// findings. Every stage has an inputs hash (its upstream stages' hashes and its own options) recorded in
 /// RESULTS/manifest.json (per dictionary in RESULTS/&lt;name&gt;/manifest.json); a stage whose record matches and whose
 /// outputs exist is skipped, so a re-run after a crash or cancellation resumes, and a changed option reruns only the
@@ -58,6 +59,7 @@ public static class DiffPipeline
         var dicts = new List<DictionaryRun>();
         foreach (var dc in plan.Config.Dictionaries) dicts.Add(ctx.Dictionary(dc));
         ctx.Readers();
+        ctx.Amplification();
         var summary = ctx.Summary(dicts[0]);
         ctx.Report();
         return new DiffRunResult(ctx.Results.Directory, ctx.Runs, ctx.Results.PathOf(SummaryFile), summary);
@@ -71,7 +73,7 @@ public static class DiffPipeline
         public readonly ResultsFolder Results = ResultsFolder.Open(plan.Out);
         public readonly List<StageRun> Runs = [];
         DiffConfig C => plan.Config;
-        string _dataHash = "", _harvestHash = "";
+        string _dataHash = "", _harvestHash = "", _amplificationHash = "";
         List<DataSourceSpec> _sources = [];
         JsonArray _sourceInfo = [];
         public string StoreDir => Results.PathOf("store");
@@ -100,7 +102,7 @@ public static class DiffPipeline
         static string Hash(params object?[] parts)
         {
             var h = new InputsHash();
-            for (int i = 0; i < parts.Length; i++) h.Add($"p{i}", parts[i] is DiffConfig or DataConfig or HarvestConfig or DictionaryConfig or AnalysisConfig or ReadersConfig or FindingsConfig
+            for (int i = 0; i < parts.Length; i++) h.Add($"p{i}", parts[i] is DiffConfig or DataConfig or HarvestConfig or DictionaryConfig or AnalysisConfig or ReadersConfig or AmplificationConfig or FindingsConfig
                 ? JsonSerializer.Serialize(parts[i], parts[i]!.GetType()) : parts[i]);
             return h.ToString();
         }
@@ -300,6 +302,22 @@ public static class DiffPipeline
                 Reader("weight_diff", () => WeightDiffAnalysis.Run(new WeightDiffOptions { Models = plan.Models }, Results, null, cancel) is not null);
         }
 
+        /// <summary>Logit-diff amplification samples beside both models' unamplified samples (skipped when no α is configured).</summary>
+        public void Amplification()
+        {
+            var a = C.Amplification;
+            if (a.Alphas.Count == 0) return;
+            bool chat = PipelineData.HasChatTemplate(plan.Models.FineTuned);
+            var runs = PipelineAmplification.Options(plan.Models, a, chat);
+            _amplificationHash = Hash("amplification", plan.Models.AddTo(new InputsHash()).ToString(), a, chat);
+            Stage(Results, AmplificationAnalysis.Stage, _amplificationHash, () =>
+            {
+                long total = runs.Sum(r => (long)r.Prompts.Count * (2 + r.Alphas.Count) * r.SamplesPerPrompt), done = 0;
+                PipelineAmplification.Run(runs, Results, new SyncProgress<string>(_ => Report("amplification", PipelineEventKind.Step, "amplification", ++done, total, "samples")), cancel);
+                return [AmplificationAnalysis.OutputFile];
+            }, "amplification");
+        }
+
         /// <summary>A reader that keeps its own manifest record (it returns false when it found its results current).</summary>
         void Reader(string name, Func<bool> run)
         {
@@ -326,7 +344,7 @@ public static class DiffPipeline
             Report("summary", PipelineEventKind.Started, "writing summary.json and findings");
             var summary = SummaryBuilder.Build(plan, Results, primary, _sourceInfo, Tokenizer());
             ResultsFolder.WriteAllTextAtomic(Results.PathOf(SummaryFile), summary.ToJsonString(ResultsJson.Indented) + "\n");
-            Results.Record("summary", Hash("summary", primary.ScalingHash, primary.ExamplesHash, primary.CausalHash, C.Findings), [SummaryFile]);
+            Results.Record("summary", Hash("summary", primary.ScalingHash, primary.ExamplesHash, primary.CausalHash, _amplificationHash, C.Findings), [SummaryFile]);
             Runs.Add(new StageRun("summary", true));
             Report("summary", PipelineEventKind.Finished, "done");
             return summary;
