@@ -74,6 +74,31 @@ public sealed class DiffPipelineTests
         var amp = DiffPipeline.Run(plan);
         Assert.Equal(["amplification", "summary", "report"], amp.Stages.Where(x => x.Ran).Select(x => x.Stage));
         Assert.Equal([2.0], amp.Summary["amplification"]!.AsArray().Select(e => (double)e!["alpha"]!));
+
+        AssertReportOpensInChromium(Path.Combine(amp.Out, "report.html"), tmp.File("profile"));
+    }
+
+    /// <summary>The pipeline's own report opens in headless Chromium with no script or console error and no request, and
+    /// every plot of the page (training curves, Δnorm, ν scatter, ADL Patchscope, KL, diff mining, weight diff) drew
+    /// an SVG. Skipped, with a line saying why, where Chromium is absent (ReportBrowserTests fails the suite's skip list).</summary>
+    static void AssertReportOpensInChromium(string report, string profile)
+    {
+        if (Browser.Path is null) { Console.Error.WriteLine(Browser.MissingMessage); return; }
+        string html = File.ReadAllText(report);
+        var ids = System.Text.RegularExpressions.Regex.Matches(html, "data-plot=\"([^\"]+)\"").Select(m => m.Groups[1].Value).ToList();
+        foreach (var plot in new[] { "training-loss", "delta-norm", "nu-scatter", "kl", "diff-mining", "weight-diff" })   // causal: only when latents are tagged ft_only
+            Assert.Contains(ids, id => id.StartsWith(plot, StringComparison.Ordinal));
+        var (dom, stderr) = Browser.Run(report, profile, "--dump-dom", "--enable-logging=stderr", "--v=0");
+        var m = System.Text.RegularExpressions.Regex.Match(dom, "<pre id=\"ft-render-status\"[^>]*>(.*?)</pre>", System.Text.RegularExpressions.RegexOptions.Singleline);
+        Assert.True(m.Success, "no render status in the DOM\n" + stderr);
+        var status = JsonNode.Parse(System.Net.WebUtility.HtmlDecode(m.Groups[1].Value))!;
+        Assert.True((bool?)status["done"] == true, status.ToJsonString());
+        Assert.Empty(status["errors"]!.AsArray());
+        Assert.Empty(status["resources"]!.AsArray());
+        Assert.DoesNotMatch(new System.Text.RegularExpressions.Regex("CONSOLE.*(Uncaught|Error)|Refused to", System.Text.RegularExpressions.RegexOptions.IgnoreCase), stderr);
+        var plots = status["plots"]!.AsArray();
+        Assert.Equal(ids.Count, plots.Count);
+        Assert.All(plots, p => Assert.True((int)p!["width"]! > 100 && (int)p["height"]! > 100 && (int)p["svg"]! > 0 && (int)p["traces"]! > 0, p.ToJsonString()));
     }
 
     /// <summary>summary.json's amplification: one entry per configured α with one sample per prompt and sample index, in
@@ -98,6 +123,53 @@ public sealed class DiffPipelineTests
             Assert.True(samples.Where((x, i) => x != ft[i]).Count() >= ft.Count / 2, $"α = {e["alpha"]}: amplified samples mostly equal the fine-tune's");
         }
         Assert.Contains("amplification:", s["findings_rule"]!.ToString(), StringComparison.Ordinal);
+    }
+
+    /// <summary>The command killed (SIGKILL, no chance to clean up) while the dictionary trains: a re-run of the same
+    /// command skips the data and harvest stages it had finished and completes the rest.</summary>
+    [SharedFact]
+    public void Killed_mid_stage_the_same_command_resumes_without_redoing_finished_stages()
+    {
+        using var tmp = new TempDir();
+        string cfg = tmp.File("diff.yaml"), results = tmp.File("R");
+        File.WriteAllText(cfg, """
+            data: { generated_samples: 24, generated_tokens: 64 }
+            harvest: { tokens: 4000, context: 64 }
+            dictionaries: [ { name: crosscoder, dict_size: 128, k: 8, batch: 256, tokens: 200000 } ]
+            analysis: { causal_sequences: 0 }
+            readers: { samples: 0, adl_positions: 0, weight_diff: false }
+            amplification: { alphas: [] }
+            """);
+        string[] args = ["diff", "--base", Shared.Path("models", "stories260K"), "--finetuned", Shared.Path("models", "stories260K-zog"), "--config", cfg, "--out", results, "--json"];
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Finetrace.Cli.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using (var p = System.Diagnostics.Process.Start(psi)!)
+        {
+            using var training = new ManualResetEventSlim();
+            var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
+            p.ErrorDataReceived += (_, e) => { if (e.Data is null) return; log.Enqueue(e.Data); if (e.Data.StartsWith("[crosscoder/dictionary] running", StringComparison.Ordinal)) training.Set(); };
+            p.OutputDataReceived += (_, _) => { };
+            p.BeginErrorReadLine();
+            p.BeginOutputReadLine();
+            bool started = training.Wait(TimeSpan.FromSeconds(120));
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            Assert.True(started, "the dictionary stage never started:\n" + string.Join("\n", log));
+        }
+        var finished = ResultsFolder.Open(results).Stages();
+        Assert.True(finished.ContainsKey("data") && finished.ContainsKey("harvest"), string.Join(", ", finished.Keys));
+        Assert.False(ResultsFolder.Open(Path.Combine(results, "crosscoder")).Stages().ContainsKey("dictionary"));   // killed inside the stage: not recorded
+
+        var again = Finetrace.Tests.Cli.CliProcess.Run(args);
+        Assert.True(again.ExitCode == 0, again.ToString());
+        var stages = JsonNode.Parse(again.Stdout)!["stages"]!.AsArray().ToDictionary(x => (string)x!["stage"]!, x => (bool)x!["ran"]!);
+        Assert.False(stages["data"], "data was redone after the kill");
+        Assert.False(stages["harvest"], "harvest was redone after the kill");
+        Assert.True(stages["crosscoder/dictionary"]);
+        Assert.True(stages["crosscoder/latents"]);
+        Assert.True(File.Exists(Path.Combine(results, "summary.json")));
+        Assert.Contains("[crosscoder/dictionary] running", again.Stderr, StringComparison.Ordinal);
     }
 
     [SharedFact]
