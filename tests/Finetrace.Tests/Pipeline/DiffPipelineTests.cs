@@ -135,7 +135,7 @@ public sealed class DiffPipelineTests
         File.WriteAllText(cfg, """
             data: { generated_samples: 24, generated_tokens: 64 }
             harvest: { tokens: 4000, context: 64 }
-            dictionaries: [ { name: crosscoder, dict_size: 128, k: 8, batch: 256, tokens: 200000 } ]
+            dictionaries: [ { name: crosscoder, dict_size: 128, k: 8, batch: 256, tokens: 600000 } ]
             analysis: { causal_sequences: 0 }
             readers: { samples: 0, adl_positions: 0, weight_diff: false }
             amplification: { alphas: [] }
@@ -157,19 +157,20 @@ public sealed class DiffPipelineTests
             p.WaitForExit();
             Assert.True(started, "the dictionary stage never started:\n" + string.Join("\n", log));
         }
+        // killed before the end (normally inside the dictionary's training; on a busy machine possibly a stage later)
+        Assert.False(File.Exists(Path.Combine(results, "summary.json")), "the run finished before it was killed");
         var finished = ResultsFolder.Open(results).Stages();
         Assert.True(finished.ContainsKey("data") && finished.ContainsKey("harvest"), string.Join(", ", finished.Keys));
-        Assert.False(ResultsFolder.Open(Path.Combine(results, "crosscoder")).Stages().ContainsKey("dictionary"));   // killed inside the stage: not recorded
+        bool dictionaryDone = ResultsFolder.Open(Path.Combine(results, "crosscoder")).Stages().ContainsKey("dictionary");
 
         var again = Finetrace.Tests.Cli.CliProcess.Run(args);
         Assert.True(again.ExitCode == 0, again.ToString());
         var stages = JsonNode.Parse(again.Stdout)!["stages"]!.AsArray().ToDictionary(x => (string)x!["stage"]!, x => (bool)x!["ran"]!);
         Assert.False(stages["data"], "data was redone after the kill");
         Assert.False(stages["harvest"], "harvest was redone after the kill");
-        Assert.True(stages["crosscoder/dictionary"]);
-        Assert.True(stages["crosscoder/latents"]);
+        Assert.Equal(!dictionaryDone, stages["crosscoder/dictionary"]);   // redone only when the kill came before its record
+        Assert.True(stages["crosscoder/examples"] || stages["crosscoder/latents"] || stages["crosscoder/scaling"], again.Stderr);
         Assert.True(File.Exists(Path.Combine(results, "summary.json")));
-        Assert.Contains("[crosscoder/dictionary] running", again.Stderr, StringComparison.Ordinal);
     }
 
     [SharedFact]
