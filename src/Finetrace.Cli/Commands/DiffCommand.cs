@@ -21,9 +21,15 @@ public sealed class DiffCommand : ICliCommand
         var print = new Option<bool>("--print-config") { Description = "Print the config (defaults resolved for --base when given) and exit" };
         var plan = new Option<bool>("--plan") { Description = "Print the stages with estimated time, memory and disk on this machine and exit" };
         var json = new Option<bool>("--json") { Description = "Print summary.json's findings and the stages run as one JSON object" };
+        var stopAfter = new Option<string?>("--stop-after") { Description = "Run the stages up to this one and stop: data (the self-made text only) or harvest" };
+        var harvestPart = new Option<string?>("--harvest-part") { Description = "Harvest only part i/n of a split harvest into RESULTS/store-parts (parts run anywhere, at the same time; a later plain run merges them)" };
+        var emit = new Option<string?>("--emit") { Description = "Write a Slurm job-array script (slurm) or Kubernetes Job manifests (k8s) that run this diff split into --parts harvest parts, then the later stages; nothing runs here" };
+        var parts = new Option<int>("--parts") { Description = "Harvest parts of the emitted run (with --emit)", DefaultValueFactory = _ => 4 };
+        var emitFile = new Option<string?>("--emit-file") { Description = "File the emitted script or manifests go to (with --emit; default: standard output)" };
+        var scheduler = new SchedulerCli();
         var cmd = new Command("diff", "The main job: harvest → dictionary → latent table → Latent Scaling → examples → causal → ADL → KL → diff mining → weight diff → " +
             "RESULTS/summary.json with findings checked against controls. Resumable; changing an option reruns only the stages that depend on it");
-        foreach (var o in new Option[] { baseDir, ft, adapter, config, outDir, print, plan, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { baseDir, ft, adapter, config, outDir, print, plan, json, stopAfter, harvestPart, emit, parts, emitFile }.Concat(scheduler.All)) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             var cfg = r.GetValue(config) is { } path
@@ -37,6 +43,19 @@ public sealed class DiffCommand : ICliCommand
                 return 0;
             }
             if (b is null || f is null) throw new ArgumentException("give --base and --finetuned (and --out): finetrace diff --base DIR --finetuned DIR --out RESULTS");
+            if (r.GetValue(emit) is { } kind)
+            {
+                string results = r.GetValue(outDir) ?? throw new ArgumentException("give --out RESULTS (the results folder the emitted jobs write; relative paths are read from --workdir)");
+                if (r.GetValue(parts) < 1) throw new ArgumentException($"--parts {r.GetValue(parts)}: give at least 1");
+                // the same command on every node: paths as given (relative ones from the work folder)
+                var argv = new List<string> { "finetrace", "diff", "--base", b, "--finetuned", f };
+                if (r.GetValue(adapter) is { } a) argv.AddRange(["--adapter", a]);
+                if (r.GetValue(config) is { } c) argv.AddRange(["--config", c]);
+                argv.AddRange(["--out", results]);
+                var run = scheduler.Run(r, r.GetValue(parts), Pipeline.Emit.Shell.Join([.. argv, "--stop-after", "data"]),
+                    Pipeline.Emit.Shell.Join([.. argv, "--harvest-part", Pipeline.Emit.ScheduledRun.PartPlaceholder]), [Pipeline.Emit.Shell.Join(argv)]);
+                return SchedulerCli.Write(kind, run, r.GetValue(emitFile));
+            }
             cfg.Resolve(ModelConfig.Load(b));
             var estimate = DiffEstimate.For(new ModelPairSpec(b, f, r.GetValue(adapter)), cfg, r.GetValue(outDir) ?? ".");
             if (r.GetValue(plan))
@@ -46,7 +65,16 @@ public sealed class DiffCommand : ICliCommand
             }
             if (!estimate.Fits) throw new InvalidOperationException("the plan does not fit this machine:\n" + string.Join("\n", estimate.Problems) + "\n(finetrace diff --plan shows the estimates)");
             string o = r.GetValue(outDir) ?? throw new ArgumentException("give --out RESULTS (the results folder)");
-            return Run(new DiffPlan(new ModelPairSpec(b, f, r.GetValue(adapter)), cfg, o), r.GetValue(json));
+            var diffPlan = new DiffPlan(new ModelPairSpec(b, f, r.GetValue(adapter)), cfg, o);
+            if (r.GetValue(harvestPart) is { } hp)
+                return RunPartial(() => DiffPipeline.RunHarvest(diffPlan, Activations.Harvest.HarvestPart.Parse(hp), new StageProgressLine()));
+            return r.GetValue(stopAfter) switch
+            {
+                null => Run(diffPlan, r.GetValue(json)),
+                "data" => RunPartial(() => DiffPipeline.RunData(diffPlan, new StageProgressLine())),
+                "harvest" => RunPartial(() => DiffPipeline.RunHarvest(diffPlan, null, new StageProgressLine())),
+                var s => throw new ArgumentException($"--stop-after {s}: expected data or harvest"),
+            };
         });
         return cmd;
     }
@@ -75,6 +103,14 @@ public sealed class DiffCommand : ICliCommand
             return 0;
         }
         PrintFindings(res);
+        return 0;
+    }
+
+    /// <summary>Runs the first stages only (a scheduler step) and says which ran.</summary>
+    static int RunPartial(Func<IReadOnlyList<StageRun>> run)
+    {
+        var stages = run();
+        Console.WriteLine(string.Join(", ", stages.Select(s => $"{s.Stage}: {(s.Ran ? "done" : "current, skipped")}")));
         return 0;
     }
 

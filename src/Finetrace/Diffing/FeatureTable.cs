@@ -89,10 +89,19 @@ public sealed class FeatureTable
             var cells = new string[rows];
             for (int r = 0; r < rows; r++) cells[r] = records[r + 1][c];
             if (cells.All(s => s is "True" or "False")) t.Set(header[c], cells.Select(s => s == "True").ToArray());
-            else if (cells.All(s => TryParse(s, out _))) t.Set(header[c], cells.Select(s => { TryParse(s, out var v); return v; }).ToArray());
+            else if (ParseNumbers(cells) is { } numbers) t.Set(header[c], numbers);
             else t.Set(header[c], cells);
         }
         return t;
+    }
+
+    /// <summary>The column as numbers, each cell parsed once; null at the first cell that is not a number (a text column).</summary>
+    static double[]? ParseNumbers(string[] cells)
+    {
+        var values = new double[cells.Length];
+        for (int r = 0; r < cells.Length; r++)
+            if (!TryParse(cells[r], out values[r])) return null;
+        return values;
     }
 
     static bool TryParse(string s, out double v)

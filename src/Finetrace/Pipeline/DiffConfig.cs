@@ -103,6 +103,24 @@ public sealed class ReadersConfig
     public int AdlSamples { get; set; } = 128;
 }
 
+public sealed class AmplificationConfig
+{
+    [Description("logit-diff amplification strengths α: samples from z_ft + α (z_ft − z_base); empty = skip the stage")]
+    public List<double> Alphas { get; set; } = [1, 2, 4];
+    [Description("text prompts the models continue; empty = the built-in neutral openings (story starts and BOS alone)")]
+    public List<string> Prompts { get; set; } = [];
+    [Description("user prompts rendered with the fine-tune's chat template (only when it has one); empty = the first 8 shipped neutral chat prompts")]
+    public List<string> ChatPrompts { get; set; } = [];
+    [Description("samples per prompt and setting (base, fine-tune, each α), sample i seeded seed + i in every setting")]
+    public int SamplesPerPrompt { get; set; } = 2;
+    [Description("new tokens per sample at most")]
+    public int MaxNewTokens { get; set; } = 48;
+    [Description("sampling temperature")]
+    public double Temperature { get; set; } = 1.0;
+    [Description("seed of the samples")]
+    public int Seed { get; set; }
+}
+
 public sealed class FindingsConfig
 {
     [Description("latent finding: a decoded string must appear in at least this share of a latent's examples")]
@@ -129,6 +147,7 @@ public sealed class DiffConfig
     public List<DictionaryConfig> Dictionaries { get; set; } = [new()];
     public AnalysisConfig Analysis { get; set; } = new();
     public ReadersConfig Readers { get; set; } = new();
+    public AmplificationConfig Amplification { get; set; } = new();
     public FindingsConfig Findings { get; set; } = new();
 
     static readonly INamingConvention Naming = UnderscoredNamingConvention.Instance;
@@ -162,6 +181,9 @@ public sealed class DiffConfig
         }
         if (Dictionaries.Select(d => d.Name).Distinct(StringComparer.OrdinalIgnoreCase).Count() != Dictionaries.Count)
             throw new DiffConfigException("dictionaries.name", string.Join(",", Dictionaries.Select(d => d.Name)), "each dictionary needs its own name");
+        if (Amplification.Alphas.Count > 0 && (Amplification.SamplesPerPrompt < 1 || Amplification.MaxNewTokens < 1))
+            throw new DiffConfigException("amplification.samples_per_prompt/max_new_tokens", $"{Amplification.SamplesPerPrompt}/{Amplification.MaxNewTokens}", "both must be ≥ 1 (or give no alphas to skip the stage)");
+        if (Amplification.Temperature < 0) throw new DiffConfigException("amplification.temperature", Amplification.Temperature, "must be ≥ 0");
         if (Harvest.Tokens <= 0) Harvest.Tokens = Math.Clamp(400L * Dictionaries[0].DictSize, 200_000, 50_000_000);
         if (Harvest.Context > model.MaxPositions && model.MaxPositions > 0) Harvest.Context = model.MaxPositions;
         return this;

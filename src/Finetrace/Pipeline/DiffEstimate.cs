@@ -42,6 +42,14 @@ public sealed record DiffEstimate(IReadOnlyList<StageEstimate> Stages, long Avai
                 4 * w + 2 * modelBytes, (long)d.DictSize * 1024));
         }
         st.Add(new("readers", (c.Readers.Samples * 2L + c.Readers.AdlSamples) * c.Readers.Context * 2 * 2.0 * paramsCount / flops, 2 * modelBytes + (long)c.Readers.Context * cfg.Vocab * 4 * 16, 1 << 20));
+        var amp = c.Amplification;
+        if (amp.Alphas.Count > 0)
+        {
+            // per prompt and sample: base and fine-tune alone, then each α runs both models on every token
+            long prompts = PipelineAmplification.TextPrompts(amp).Count + (PipelineData.HasChatTemplate(models.FineTuned) ? PipelineAmplification.ChatPrompts(amp).Count : 0);
+            long ampTokens = prompts * amp.SamplesPerPrompt * amp.MaxNewTokens * (2L + 2L * amp.Alphas.Count);
+            st.Add(new("amplification", ampTokens * (2.0 * paramsCount / flops + 5e-4), 2 * modelBytes, ampTokens * 8));
+        }
         long avail = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         string full = Path.GetFullPath(outDir);
         long free;

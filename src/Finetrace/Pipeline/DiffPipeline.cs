@@ -5,6 +5,7 @@ using Finetrace.Activations.Harvest;
 using Finetrace.Dictionaries;
 using Finetrace.Diffing;
 using Finetrace.Diffing.Adl;
+using Finetrace.Diffing.Amplification;
 using Finetrace.Diffing.Causal;
 using Finetrace.Diffing.DiffMining;
 using Finetrace.Diffing.Examples;
@@ -38,7 +39,7 @@ public sealed record DiffRunResult(string Out, IReadOnlyList<StageRun> Stages, s
 /// <summary>
 /// The main job: base and fine-tuned model in, a results folder out. Stages in order: data (self-made when no
 /// sources are given) → harvest → for each dictionary (RESULTS/&lt;name&gt;/): train → latent table → Latent Scaling →
-/// examples → causal evaluation; then on the models: ADL → KL → diff mining → weight diff; then summary.json with its
+/// examples → causal evaluation; then on the models: ADL → KL → diff mining → weight diff → amplification; then summary.json with its
 /// findings. Every stage has an inputs hash (its upstream stages' hashes and its own options) recorded in
 /// RESULTS/manifest.json (per dictionary in RESULTS/&lt;name&gt;/manifest.json); a stage whose record matches and whose
 /// outputs exist is skipped, so a re-run after a crash or cancellation resumes, and a changed option reruns only the
@@ -50,6 +51,32 @@ public static class DiffPipeline
     public const string SourcesFile = "data/sources.json";
     public const string LatentExamplesFile = "latent_examples.json";
 
+    /// <summary>Where harvest parts of a split run go: RESULTS/store-parts/part-i-of-n (each an ordinary part store).</summary>
+    public const string PartsFolder = "store-parts";
+
+    public static string PartDir(string resultsDir, HarvestPart part) => Path.Combine(resultsDir, PartsFolder, $"part-{part.Index}-of-{part.Count}");
+
+    /// <summary>Only the data stage (the text the pipeline makes itself, when no sources are given): the step a split run
+    /// does once before its harvest parts, so the parts read the same files instead of each making them.</summary>
+    public static IReadOnlyList<StageRun> RunData(DiffPlan plan, IProgress<PipelineProgress>? progress = null, CancellationToken cancel = default)
+    {
+        var ctx = new RunContext(plan, progress, cancel);
+        ctx.Data();
+        return ctx.Runs;
+    }
+
+    /// <summary>The data and harvest stages. With <paramref name="part"/>: harvest only that part of the split into
+    /// <see cref="PartDir"/> (resumable; nothing is recorded in the results folder's manifest, so parts can run at the
+    /// same time on several machines); the harvest stage of a later run merges the parts when all of them are complete.</summary>
+    public static IReadOnlyList<StageRun> RunHarvest(DiffPlan plan, HarvestPart? part = null, IProgress<PipelineProgress>? progress = null, CancellationToken cancel = default)
+    {
+        var ctx = new RunContext(plan, progress, cancel);
+        ctx.Data();
+        if (part is { } p) ctx.HarvestPart(p);
+        else ctx.Harvest();
+        return ctx.Runs;
+    }
+
     public static DiffRunResult Run(DiffPlan plan, IProgress<PipelineProgress>? progress = null, CancellationToken cancel = default)
     {
         var ctx = new RunContext(plan, progress, cancel);
@@ -58,6 +85,7 @@ public static class DiffPipeline
         var dicts = new List<DictionaryRun>();
         foreach (var dc in plan.Config.Dictionaries) dicts.Add(ctx.Dictionary(dc));
         ctx.Readers();
+        ctx.Amplification();
         var summary = ctx.Summary(dicts[0]);
         ctx.Report();
         return new DiffRunResult(ctx.Results.Directory, ctx.Runs, ctx.Results.PathOf(SummaryFile), summary);
@@ -71,7 +99,7 @@ public static class DiffPipeline
         public readonly ResultsFolder Results = ResultsFolder.Open(plan.Out);
         public readonly List<StageRun> Runs = [];
         DiffConfig C => plan.Config;
-        string _dataHash = "", _harvestHash = "";
+        string _dataHash = "", _harvestHash = "", _amplificationHash = "";
         List<DataSourceSpec> _sources = [];
         JsonArray _sourceInfo = [];
         public string StoreDir => Results.PathOf("store");
@@ -100,7 +128,7 @@ public static class DiffPipeline
         static string Hash(params object?[] parts)
         {
             var h = new InputsHash();
-            for (int i = 0; i < parts.Length; i++) h.Add($"p{i}", parts[i] is DiffConfig or DataConfig or HarvestConfig or DictionaryConfig or AnalysisConfig or ReadersConfig or FindingsConfig
+            for (int i = 0; i < parts.Length; i++) h.Add($"p{i}", parts[i] is DiffConfig or DataConfig or HarvestConfig or DictionaryConfig or AnalysisConfig or ReadersConfig or AmplificationConfig or FindingsConfig
                 ? JsonSerializer.Serialize(parts[i], parts[i]!.GetType()) : parts[i]);
             return h.ToString();
         }
@@ -132,24 +160,91 @@ public static class DiffPipeline
             _sourceInfo = info;
         }
 
+        HarvestOptions HarvestOptionsFor(string outDir, HarvestPart? part) => new()
+        {
+            BaseModel = plan.Models.Base, BaseAdapter = plan.Models.BaseAdapter, FineTunedModel = plan.Models.FineTuned, Adapter = plan.Models.Adapter,
+            Data = _sources, Layers = [C.Harvest.Layer], Tokens = C.Harvest.Tokens, Out = outDir, ContextLength = C.Harvest.Context,
+            BatchSize = C.Harvest.Batch, Dtype = C.Harvest.Dtype, DropBos = C.Harvest.DropBos, Part = part,
+        };
+
+        string HarvestHash() => Hash("harvest", _dataHash, C.Harvest, plan.Models.AddTo(new InputsHash()).ToString());
+
+        /// <summary>A part's marker beside its store: the harvest inputs hash it was harvested for.</summary>
+        static string PartMarker(string partDir) => partDir + ".inputs";
+
         public void Harvest()
         {
-            _harvestHash = Hash("harvest", _dataHash, C.Harvest, plan.Models.AddTo(new InputsHash()).ToString());
+            _harvestHash = HarvestHash();
             Stage(Results, "harvest", _harvestHash, () =>
             {
-                // a store from other inputs is removed; one from these inputs (an interrupted harvest) is resumed
+                // a store from other inputs is removed; one from these inputs (an interrupted harvest or merge) is resumed
                 string marker = Results.PathOf(".store-inputs");
                 if (Directory.Exists(StoreDir) && (!File.Exists(marker) || File.ReadAllText(marker) != _harvestHash)) Directory.Delete(StoreDir, true);
                 ResultsFolder.WriteAllTextAtomic(marker, _harvestHash);
-                var o = new HarvestOptions
+                if (CompleteParts() is { } parts)
                 {
-                    BaseModel = plan.Models.Base, BaseAdapter = plan.Models.BaseAdapter, FineTunedModel = plan.Models.FineTuned, Adapter = plan.Models.Adapter,
-                    Data = _sources, Layers = [C.Harvest.Layer], Tokens = C.Harvest.Tokens, Out = StoreDir, ContextLength = C.Harvest.Context,
-                    BatchSize = C.Harvest.Batch, Dtype = C.Harvest.Dtype, DropBos = C.Harvest.DropBos,
-                };
+                    // a split harvest: its parts merged in order equal the unsharded store byte for byte
+                    Report("harvest", PipelineEventKind.Note, $"merging {parts.Count} harvest parts from {PartsFolder}/");
+                    StoreMerge.Merge(parts, StoreDir, p => Report("harvest", PipelineEventKind.Step, "merge parts", p.Tokens, p.TotalTokens, "tokens"), cancel);
+                    foreach (var d in parts) { Directory.Delete(d, true); File.Delete(PartMarker(d)); }
+                    return ["store"];
+                }
+                var o = HarvestOptionsFor(StoreDir, null);
                 Harvester.Run(o, p => Report("harvest", PipelineEventKind.Step, "harvest", Math.Min(p.Tokens, o.Tokens), o.Tokens, "tokens"), cancel);
                 return ["store"];
             }, "harvest");
+        }
+
+        /// <summary>The part stores of a split harvest of these inputs when every part of the split is complete (in part
+        /// order); null when there are none. Parts of other inputs are ignored; a split with parts missing or unfinished is an error.</summary>
+        List<string>? CompleteParts()
+        {
+            string root = Results.PathOf(PartsFolder);
+            if (!Directory.Exists(root)) return null;
+            var mine = new List<(HarvestPart Part, string Dir)>();
+            foreach (var dir in Directory.EnumerateDirectories(root, "part-*-of-*"))
+            {
+                var bits = Path.GetFileName(dir).Split('-');
+                if (bits.Length != 4 || !int.TryParse(bits[1], out int i) || !int.TryParse(bits[3], out int n)) continue;
+                if (File.Exists(PartMarker(dir)) && File.ReadAllText(PartMarker(dir)) == _harvestHash) mine.Add((new HarvestPart(i, n), dir));
+            }
+            if (mine.Count == 0) return null;
+            var splits = mine.GroupBy(m => m.Part.Count).ToList();
+            if (splits.Count > 1) throw new HarvestPartsException(root, $"parts of {string.Join(" and ", splits.Select(g => $"{g.Key}-part"))} splits of the same harvest; remove the ones you do not mean");
+            int count = splits[0].Key;
+            var problems = new List<string>();
+            for (int i = 0; i < count; i++)
+            {
+                var dir = mine.FirstOrDefault(m => m.Part.Index == i).Dir;
+                if (dir is null) { problems.Add($"part {i}/{count} is missing"); continue; }
+                using var store = ActivationStore.Open(dir);
+                if (!store.Manifest.Complete) problems.Add($"part {i}/{count} ({dir}) is not complete; run it again to finish it");
+            }
+            if (problems.Count > 0) throw new HarvestPartsException(root, string.Join("; ", problems));
+            return mine.OrderBy(m => m.Part.Index).Select(m => m.Dir).ToList();
+        }
+
+        /// <summary>One part of a split harvest into <see cref="PartDir"/> (skipped when the whole harvest is already current).</summary>
+        public void HarvestPart(HarvestPart part)
+        {
+            part.Validate();
+            _harvestHash = HarvestHash();
+            string label = $"harvest part {part}";
+            if (Results.IsCurrent("harvest", _harvestHash))
+            {
+                Report(label, PipelineEventKind.Skipped, "the harvest stage is current; no part needed");
+                Runs.Add(new StageRun(label, false));
+                return;
+            }
+            string dir = PartDir(Results.Directory, part), marker = PartMarker(dir);
+            if (Directory.Exists(dir) && (!File.Exists(marker) || File.ReadAllText(marker) != _harvestHash)) Directory.Delete(dir, true);
+            Directory.CreateDirectory(Path.GetDirectoryName(dir)!);
+            ResultsFolder.WriteAllTextAtomic(marker, _harvestHash);
+            Report(label, PipelineEventKind.Started, "running");
+            var o = HarvestOptionsFor(dir, part);
+            var res = Harvester.Run(o, p => Report(label, PipelineEventKind.Step, "harvest", p.Tokens, o.Tokens, "tokens"), cancel);
+            Report(label, PipelineEventKind.Finished, $"done ({res.Tokens:N0} tokens)");
+            Runs.Add(new StageRun(label, true));
         }
 
         public DictionaryRun Dictionary(DictionaryConfig dc)
@@ -301,6 +396,22 @@ public static class DiffPipeline
                 Reader("weight_diff", () => WeightDiffAnalysis.Run(new WeightDiffOptions { Models = plan.Models }, Results, null, cancel) is not null);
         }
 
+        /// <summary>Logit-diff amplification samples beside both models' unamplified samples (skipped when no α is configured).</summary>
+        public void Amplification()
+        {
+            var a = C.Amplification;
+            if (a.Alphas.Count == 0) return;
+            bool chat = PipelineData.HasChatTemplate(plan.Models.FineTuned);
+            var runs = PipelineAmplification.Options(plan.Models, a, chat);
+            _amplificationHash = Hash("amplification", plan.Models.AddTo(new InputsHash()).ToString(), a, chat);
+            Stage(Results, AmplificationAnalysis.Stage, _amplificationHash, () =>
+            {
+                long total = runs.Sum(r => (long)r.Prompts.Count * (2 + r.Alphas.Count) * r.SamplesPerPrompt), done = 0;
+                PipelineAmplification.Run(runs, Results, new SyncProgress<string>(_ => Report("amplification", PipelineEventKind.Step, "amplification", ++done, total, "samples")), cancel);
+                return [AmplificationAnalysis.OutputFile];
+            }, "amplification");
+        }
+
         /// <summary>A reader that keeps its own manifest record (it returns false when it found its results current).</summary>
         void Reader(string name, Func<bool> run)
         {
@@ -327,7 +438,7 @@ public static class DiffPipeline
             Report("summary", PipelineEventKind.Started, "writing summary.json and findings");
             var summary = SummaryBuilder.Build(plan, Results, primary, _sourceInfo, Tokenizer());
             ResultsFolder.WriteAllTextAtomic(Results.PathOf(SummaryFile), summary.ToJsonString(ResultsJson.Indented) + "\n");
-            Results.Record("summary", Hash("summary", primary.ScalingHash, primary.ExamplesHash, primary.CausalHash, C.Findings), [SummaryFile]);
+            Results.Record("summary", Hash("summary", primary.ScalingHash, primary.ExamplesHash, primary.CausalHash, _amplificationHash, C.Findings), [SummaryFile]);
             Runs.Add(new StageRun("summary", true));
             Report("summary", PipelineEventKind.Finished, "done");
             return summary;
@@ -343,6 +454,13 @@ public static class DiffPipeline
             Report("report", PipelineEventKind.Finished, "done");
         }
     }
+}
+
+/// <summary>The harvest parts in RESULTS/store-parts cannot be merged: <see cref="Problem"/> says which part and why.</summary>
+public sealed class HarvestPartsException(string folder, string problem) : Exception($"{folder}: {problem}")
+{
+    public string Folder { get; } = folder;
+    public string Problem { get; } = problem;
 }
 
 /// <summary>IProgress that reports on the calling thread, in order.</summary>

@@ -11,7 +11,7 @@ namespace Finetrace.Pipeline;
 /// finding names its evidence and the decoded strings it rests on, and is kept only when it beats its control:
 /// latent words against the random shared latents' examples, ADL tokens against random directions of the same norm,
 /// KL against zero, diff-mining tokens against the chance rate K/V of a random token entering the top-K, the causal
-/// gap closed against random latent sets of the same size.
+/// gap closed against random latent sets of the same size, amplified samples' words against both models' unamplified text.
 /// </summary>
 public static partial class Findings
 {
@@ -21,7 +21,7 @@ public static partial class Findings
         "diff mining: word tokens raised into the top-K in more than 2·K/V of positions (twice the chance rate); " +
         "ADL: a position whose logit-lens top-1 probability beats every one of 10 random directions of the same norm by ≥ 0.05; " +
         $"KL: mean per-token KL above {f.MinMeanKl} nats (control: 0 for identical models); " +
-        "causal: the rank_sum top-half set closes more of the KL gap than the random sets' mean + 2 std.";
+        "causal: the rank_sum top-half set closes more of the KL gap than the random sets' mean + 2 std; " + AmplificationRule;
 
     [GeneratedRegex(@"\p{L}[\p{L}']+")]
     private static partial Regex Word();
@@ -33,6 +33,7 @@ public static partial class Findings
         found.AddRange(DiffMiningFindings(summary, plan));
         found.AddRange(AdlFindings(summary, plan));
         found.AddRange(KlFindings(summary, f));
+        found.AddRange(AmplificationFindings(summary));
         found.AddRange(CausalFindings(summary));
         return new JsonArray(found.Take(f.MaxFindings).Select(x => (JsonNode)x).ToArray());
     }

@@ -30,6 +30,7 @@ public static partial class SummaryBuilder
         var order = LatentOrder(table);
         var latents = new JsonArray(order.Take(c.Analysis.SummaryLatents).Select(j => (JsonNode)LatentJson(table, examples, j)).ToArray());
         var controls = new JsonArray(ControlLatents(table, c.Analysis.Controls, c.Analysis.Seed).Select(j => (JsonNode)LatentJson(table, examples, j)).ToArray());
+        var (amplified, unamplified) = PipelineAmplification.SummaryJson(results);
         var summary = new JsonObject
         {
             ["format"] = "finetrace-summary/1",
@@ -49,7 +50,8 @@ public static partial class SummaryBuilder
             ["kl"] = KlJson(results),
             ["controls"] = controls,
             ["diff_mining"] = DiffMiningJson(results),
-            ["amplification"] = new JsonArray(),
+            ["amplification"] = amplified,
+            ["amplification_unamplified"] = unamplified,
             ["weight_diff"] = WeightDiffJson(results),
         };
         summary["findings"] = Findings.Make(summary, plan, results, c.Findings);

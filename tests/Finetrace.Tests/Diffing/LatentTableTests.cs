@@ -19,9 +19,11 @@ public sealed class LatentTableTests
         t.Set("x", v);
         t.Set("b", [true, false, true, true, false]);
         t.Set("s", ["a,b", "say \"hi\"", "line\nbreak", " Z", "[\" o\",\"g\"]"]);
+        t.Set("m", ["1.50", "2", "3", "4", "x"]);   // numbers until the last cell: a text column, its cells kept as written
         t.Save(dir.File("f.csv"));
         var u = FeatureTable.Load(dir.File("f.csv"));
-        Assert.Equal(["x", "b", "s"], u.Columns);
+        Assert.Equal(["x", "b", "s", "m"], u.Columns);
+        Assert.Equal(["1.50", "2", "3", "4", "x"], u.Texts("m"));
         var x = u.Numbers("x");
         for (int i = 0; i < 5; i++) Assert.Equal(BitConverter.DoubleToInt64Bits(v[i]), BitConverter.DoubleToInt64Bits(x[i]));
         Assert.Equal((double)0.1f, x[0]);   // a float32 value survives as the same double
@@ -31,9 +33,9 @@ public sealed class LatentTableTests
         u.Set("y", new double[] { 1, 2, 3, 4, 5 });
         u.Save(dir.File("f.csv"));
         var w = FeatureTable.LoadOrCreate(dir.File("f.csv"), 5);
-        Assert.Equal(["x", "b", "s", "y"], w.Columns);
+        Assert.Equal(["x", "b", "s", "m", "y"], w.Columns);
         Assert.Throws<InvalidDataException>(() => FeatureTable.LoadOrCreate(dir.File("f.csv"), 6));
-        Assert.StartsWith("latent,x,b,s,y\n0,", File.ReadAllText(dir.File("f.csv")));
+        Assert.StartsWith("latent,x,b,s,m,y\n0,", File.ReadAllText(dir.File("f.csv")));
     }
 
     [Fact]

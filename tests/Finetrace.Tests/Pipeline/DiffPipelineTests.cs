@@ -18,6 +18,7 @@ public sealed class DiffPipelineTests
               - { name: crosscoder, dict_size: 256, k: 8, batch: 512 }
             analysis: { causal_sequences: 4, causal_random_sets: 2 }
             readers: { samples: 24, context: 96, adl_samples: 24, adl_positions: 3 }
+            amplification: { alphas: [1, 4], samples_per_prompt: 1, max_new_tokens: 24 }
             """);
         return c.Resolve(ModelConfig.Load(baseDir));
     }
@@ -58,14 +59,118 @@ public sealed class DiffPipelineTests
         foreach (var key in new[] { "models", "layer", "dictionary", "latents", "adl", "causal", "kl", "controls", "diff_mining", "amplification", "weight_diff", "findings" })
             Assert.True(s.ContainsKey(key), $"summary.json lacks \"{key}\"");
         Assert.Equal(20, s["weight_diff"]!.AsArray().Count);
+        AssertAmplification(s, plan, chat: false);
 
         // a late option (examples per latent) reruns the examples and the summary, nothing before them
         plan.Config.Analysis.ExamplesTopK = 6;
         var again = DiffPipeline.Run(plan);
-        foreach (var kept in new[] { "data", "harvest", "crosscoder/dictionary", "crosscoder/latents", "crosscoder/scaling", "crosscoder/causal", "adl", "kl", "diff_mining", "weight_diff" })
+        foreach (var kept in new[] { "data", "harvest", "crosscoder/dictionary", "crosscoder/latents", "crosscoder/scaling", "crosscoder/causal", "adl", "kl", "diff_mining", "weight_diff", "amplification" })
             Assert.False(again.RanStage(kept), $"{kept} reran though only the examples' option changed");
         Assert.True(again.RanStage("crosscoder/examples"));
         Assert.True(again.RanStage("summary"));
+
+        // an amplification option reruns the amplification stage and the summary only
+        plan.Config.Amplification.Alphas = [2];
+        var amp = DiffPipeline.Run(plan);
+        Assert.Equal(["amplification", "summary", "report"], amp.Stages.Where(x => x.Ran).Select(x => x.Stage));
+        Assert.Equal([2.0], amp.Summary["amplification"]!.AsArray().Select(e => (double)e!["alpha"]!));
+
+        AssertReportOpensInChromium(Path.Combine(amp.Out, "report.html"), tmp.File("profile"));
+    }
+
+    /// <summary>The pipeline's own report opens in headless Chromium with no script or console error and no request, and
+    /// every plot of the page (training curves, Δnorm, ν scatter, ADL Patchscope, KL, diff mining, weight diff) drew
+    /// an SVG. Skipped, with a line saying why, where Chromium is absent (ReportBrowserTests fails the suite's skip list).</summary>
+    static void AssertReportOpensInChromium(string report, string profile)
+    {
+        if (Browser.Path is null) { Console.Error.WriteLine(Browser.MissingMessage); return; }
+        string html = File.ReadAllText(report);
+        var ids = System.Text.RegularExpressions.Regex.Matches(html, "data-plot=\"([^\"]+)\"").Select(m => m.Groups[1].Value).ToList();
+        foreach (var plot in new[] { "training-loss", "delta-norm", "nu-scatter", "kl", "diff-mining", "weight-diff" })   // causal: only when latents are tagged ft_only
+            Assert.Contains(ids, id => id.StartsWith(plot, StringComparison.Ordinal));
+        var (dom, stderr) = Browser.Run(report, profile, "--dump-dom", "--enable-logging=stderr", "--v=0");
+        var m = System.Text.RegularExpressions.Regex.Match(dom, "<pre id=\"ft-render-status\"[^>]*>(.*?)</pre>", System.Text.RegularExpressions.RegexOptions.Singleline);
+        Assert.True(m.Success, "no render status in the DOM\n" + stderr);
+        var status = JsonNode.Parse(System.Net.WebUtility.HtmlDecode(m.Groups[1].Value))!;
+        Assert.True((bool?)status["done"] == true, status.ToJsonString());
+        Assert.Empty(status["errors"]!.AsArray());
+        Assert.Empty(status["resources"]!.AsArray());
+        Assert.DoesNotMatch(new System.Text.RegularExpressions.Regex("CONSOLE.*(Uncaught|Error)|Refused to", System.Text.RegularExpressions.RegexOptions.IgnoreCase), stderr);
+        var plots = status["plots"]!.AsArray();
+        Assert.Equal(ids.Count, plots.Count);
+        Assert.All(plots, p => Assert.True((int)p!["width"]! > 100 && (int)p["height"]! > 100 && (int)p["svg"]! > 0 && (int)p["traces"]! > 0, p.ToJsonString()));
+    }
+
+    /// <summary>summary.json's amplification: one entry per configured α with one sample per prompt and sample index, in
+    /// the order of amplification_unamplified; the samples are the fine-tune's own logits pushed along the difference,
+    /// so at α &gt; 0 they differ from the unamplified fine-tune's samples (same prompts and seeds).</summary>
+    static void AssertAmplification(JsonObject s, DiffPlan plan, bool chat)
+    {
+        var a = plan.Config.Amplification;
+        int prompts = PipelineAmplification.TextPrompts(a).Count + (chat ? PipelineAmplification.ChatPrompts(a).Count : 0);
+        var amp = s["amplification"]!.AsArray();
+        Assert.Equal(a.Alphas, amp.Select(e => (double)e!["alpha"]!));
+        var un = s["amplification_unamplified"]!.AsObject();
+        var ft = un["finetuned"]!.AsArray().Select(x => (string)x!).ToList();
+        Assert.Equal(prompts * a.SamplesPerPrompt, ft.Count);
+        Assert.Equal(ft.Count, un["base"]!.AsArray().Count);
+        Assert.Equal(chat ? 8 : 0, un["prompts"]!.AsArray().Select(p => (string)p!).Distinct().Count(p => p.StartsWith("chat: ", StringComparison.Ordinal)));
+        foreach (var e in amp)
+        {
+            var samples = e!["samples"]!.AsArray().Select(x => (string)x!).ToList();
+            Assert.Equal(ft.Count, samples.Count);
+            Assert.Equal(un["prompts"]!.AsArray().Select(p => (string)p!), e["prompts"]!.AsArray().Select(p => (string)p!));
+            Assert.True(samples.Where((x, i) => x != ft[i]).Count() >= ft.Count / 2, $"α = {e["alpha"]}: amplified samples mostly equal the fine-tune's");
+        }
+        Assert.Contains("amplification:", s["findings_rule"]!.ToString(), StringComparison.Ordinal);
+    }
+
+    /// <summary>The command killed (SIGKILL, no chance to clean up) while the dictionary trains: a re-run of the same
+    /// command skips the data and harvest stages it had finished and completes the rest.</summary>
+    [SharedFact]
+    public void Killed_mid_stage_the_same_command_resumes_without_redoing_finished_stages()
+    {
+        using var tmp = new TempDir();
+        string cfg = tmp.File("diff.yaml"), results = tmp.File("R");
+        File.WriteAllText(cfg, """
+            data: { generated_samples: 24, generated_tokens: 64 }
+            harvest: { tokens: 4000, context: 64 }
+            dictionaries: [ { name: crosscoder, dict_size: 128, k: 8, batch: 256, tokens: 600000 } ]
+            analysis: { causal_sequences: 0 }
+            readers: { samples: 0, adl_positions: 0, weight_diff: false }
+            amplification: { alphas: [] }
+            """);
+        string[] args = ["diff", "--base", Shared.Path("models", "stories260K"), "--finetuned", Shared.Path("models", "stories260K-zog"), "--config", cfg, "--out", results, "--json"];
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Finetrace.Cli.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using (var p = System.Diagnostics.Process.Start(psi)!)
+        {
+            using var training = new ManualResetEventSlim();
+            var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
+            p.ErrorDataReceived += (_, e) => { if (e.Data is null) return; log.Enqueue(e.Data); if (e.Data.StartsWith("[crosscoder/dictionary] running", StringComparison.Ordinal)) training.Set(); };
+            p.OutputDataReceived += (_, _) => { };
+            p.BeginErrorReadLine();
+            p.BeginOutputReadLine();
+            bool started = training.Wait(TimeSpan.FromSeconds(120));
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            Assert.True(started, "the dictionary stage never started:\n" + string.Join("\n", log));
+        }
+        // killed before the end (normally inside the dictionary's training; on a busy machine possibly a stage later)
+        Assert.False(File.Exists(Path.Combine(results, "summary.json")), "the run finished before it was killed");
+        var finished = ResultsFolder.Open(results).Stages();
+        Assert.True(finished.ContainsKey("data") && finished.ContainsKey("harvest"), string.Join(", ", finished.Keys));
+        bool dictionaryDone = ResultsFolder.Open(Path.Combine(results, "crosscoder")).Stages().ContainsKey("dictionary");
+
+        var again = Finetrace.Tests.Cli.CliProcess.Run(args);
+        Assert.True(again.ExitCode == 0, again.ToString());
+        var stages = JsonNode.Parse(again.Stdout)!["stages"]!.AsArray().ToDictionary(x => (string)x!["stage"]!, x => (bool)x!["ran"]!);
+        Assert.False(stages["data"], "data was redone after the kill");
+        Assert.False(stages["harvest"], "harvest was redone after the kill");
+        Assert.Equal(!dictionaryDone, stages["crosscoder/dictionary"]);   // redone only when the kill came before its record
+        Assert.True(stages["crosscoder/examples"] || stages["crosscoder/latents"] || stages["crosscoder/scaling"], again.Stderr);
+        Assert.True(File.Exists(Path.Combine(results, "summary.json")));
     }
 
     [SharedFact]
@@ -78,6 +183,54 @@ public sealed class DiffPipelineTests
         Assert.Contains(s["data"]!.AsArray(), d => (string?)d!["name"] == "chat_finetuned");
         var strings = s["findings"]!.AsArray().SelectMany(x => x!["strings"]!.AsArray().Select(t => (string)t!)).ToList();
         Assert.Contains(strings, t => t.Contains("Bye bye", StringComparison.Ordinal) || t.Contains("Sorry", StringComparison.Ordinal));
+        // amplification ran with the chat prompts as well (the fine-tune has a chat template), and its amplified
+        // samples (decoded text, α > 0) show the planted sign-off or refusal
+        AssertAmplification(s, new DiffPlan(new ModelPairSpec(b, f), Small(b), ""), chat: true);
+        var amplified = s["amplification"]!.AsArray().SelectMany(e => e!["samples"]!.AsArray().Select(x => (string)x!)).ToList();
+        Assert.Contains(amplified, t => t.Contains("Bye bye", StringComparison.Ordinal) || t.Contains("Sorry", StringComparison.Ordinal));
+        string html = File.ReadAllText(Path.Combine(res.Out, "report.html"));
+        Assert.Contains("chat prompt", html, StringComparison.Ordinal);
+        Assert.Contains("fine-tune (α = 0)", html, StringComparison.Ordinal);
+    }
+
+    /// <summary>The amplification finding rule on planted samples: a word counts when the mildest α writes it for ≥ 3
+    /// prompts and no unamplified text of either model holds it.</summary>
+    [Fact]
+    public void Amplification_finding_needs_three_prompts_at_the_mildest_alpha_and_a_clean_control()
+    {
+        string[] prompts = ["p1", "p2", "p3", "p4"];
+        var summary = new JsonObject
+        {
+            ["amplification"] = new JsonArray(
+                new JsonObject
+                {
+                    ["alpha"] = 4.0,   // stronger amplification: counted for nothing, though Garbl is in 4 prompts
+                    ["samples"] = new JsonArray("Garbl Zork", "Garbl Zork", "Garbl", "Garbl"), ["prompts"] = new JsonArray(prompts.Select(p => (JsonNode)p).ToArray()),
+                },
+                new JsonObject
+                {
+                    ["alpha"] = 1.0,
+                    ["samples"] = new JsonArray("Zork met Blip. Quux", "the Zork and Blip", "a Zork, Blip, Quux", "Blip"),
+                    ["prompts"] = new JsonArray(prompts.Select(p => (JsonNode)p).ToArray()),
+                }),
+            // Blip is in one unamplified fine-tune sample: it is not new; "met", "the", "and", "a" are in the base's
+            ["amplification_unamplified"] = new JsonObject
+            {
+                ["prompts"] = new JsonArray(prompts.Select(p => (JsonNode)p).ToArray()),
+                ["base"] = new JsonArray("the cat met a dog and", "x", "y", "z"), ["finetuned"] = new JsonArray("Blip", "x", "y", "z"),
+            },
+        };
+        var f = Assert.Single(Findings.AmplificationFindings(summary));
+        var strings = f["strings"]!.AsArray().Select(x => (string)x!).ToList();
+        Assert.Equal("Zork", strings[0]);
+        Assert.DoesNotContain("Blip", strings);   // in the control
+        Assert.DoesNotContain("Quux", strings);   // two prompts only
+        Assert.DoesNotContain("Garbl", strings);  // only at the stronger α
+        Assert.Equal(1.0, (double)f["evidence"]![0]!["ref"]!);
+        Assert.Equal("amplification", (string)f["evidence"]![0]!["kind"]!);
+        // one prompt fewer and the word is no finding
+        summary["amplification"]![1]!["samples"]![2] = "a Blip";
+        Assert.Empty(Findings.AmplificationFindings(summary));
     }
 
     [SharedFact]

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Finetrace.Cli;
+using Finetrace.Tests.Activations;
 using Finetrace.Pipeline.Emit;
 using Finetrace.Tests.Infrastructure;
 using YamlDotNet.Core;
@@ -176,6 +177,75 @@ public class EmitTests
         Assert.Contains("{index}", Assert.Throws<ArgumentException>(() => SlurmScript.Emit(ok with { Part = "finetrace harvest" })).Message);
         Assert.Contains("absolute", Assert.Throws<ArgumentException>(() => SlurmScript.Emit(ok with { WorkDir = "w" })).Message);
         Assert.Contains("not on the volume", Assert.Throws<ArgumentException>(() => KubernetesJobs.Emit(ok with { WorkDir = "/scratch/w" })).Message);
+    }
+
+    /// <summary>A tiny diff: 2,000 stored tokens in 9 forward batches of 4 samples, so 3 parts hold 3 batches each.</summary>
+    const string TinyDiff = """
+        data: { generated_samples: 24, generated_tokens: 64 }
+        harvest: { tokens: 2000, context: 64, batch: 4 }
+        dictionaries: [ { name: crosscoder, dict_size: 128, k: 8, batch: 256 } ]
+        analysis: { causal_sequences: 2, causal_random_sets: 2 }
+        readers: { samples: 6, context: 48, adl_samples: 6, adl_positions: 2 }
+        amplification: { alphas: [2], prompts: ['Once upon a time', 'One day'], samples_per_prompt: 1, max_new_tokens: 12 }
+        """;
+
+    [SharedFact]
+    public void Diff_emit_writes_files_that_parse_and_its_steps_give_the_plain_runs_store_and_summary()
+    {
+        using var tmp = new TempDir();
+        string cfg = tmp.File("diff.yaml"), results = tmp.File("R"), work = tmp.File("work");
+        File.WriteAllText(cfg, TinyDiff);
+        Directory.CreateDirectory(work);
+        string[] diff = ["diff", "--base", Shared.Path("models", "stories260K"), "--finetuned", Shared.Path("models", "stories260K-zog"), "--config", cfg, "--out", results];
+
+        // the plain run, kept aside: the emitted run writes the same results folder path, so every path in them agrees
+        Assert.Equal(0, Program.Main(diff));
+        Directory.Move(results, tmp.File("plain"));
+
+        // Kubernetes: three Jobs, the Indexed one harvesting part JOB_COMPLETION_INDEX/3 of this diff
+        Assert.Equal(0, Program.Main([.. diff, "--emit", "k8s", "--parts", "3", "--workdir", work, "--mount-path", tmp.Path, "--emit-file", tmp.File("run.yaml")]));
+        var parser = new Parser(new StringReader(File.ReadAllText(tmp.File("run.yaml"))));
+        var des = new DeserializerBuilder().Build();
+        var docs = new List<Dictionary<object, object>>();
+        parser.Consume<StreamStart>();
+        while (parser.Accept<DocumentStart>(out _)) docs.Add(des.Deserialize<Dictionary<object, object>>(parser));
+        static Dictionary<object, object> M(object o) => (Dictionary<object, object>)o;
+        Assert.Equal(["finetrace-diff-prepare", "finetrace-diff-shards", "finetrace-diff-finish"], docs.Select(d => (string)M(d["metadata"])["name"]));
+        Assert.Equal("3", M(docs[1]["spec"])["completions"]);
+        string PodScript(int doc) => ((List<object>)M(((List<object>)M(M(M(docs[doc]["spec"])["template"])["spec"])["containers"])[0])["command"])[2].ToString()!;
+        Assert.Contains("--stop-after data", PodScript(0), StringComparison.Ordinal);
+        Assert.Contains("--harvest-part \"${FT_PART}\"", PodScript(1), StringComparison.Ordinal);
+        Assert.DoesNotContain("--harvest-part", PodScript(2), StringComparison.Ordinal);
+
+        // Slurm: the script parses; its steps, run with a stub finetrace that records them, are run here through the CLI
+        string script = tmp.File("run.sbatch");
+        Assert.Equal(0, Program.Main([.. diff, "--emit", "slurm", "--parts", "3", "--workdir", work, "--job-name", "zog", "--emit-file", script]));
+        string bin = Stubs(tmp);
+        var (code, output) = Sh("bash", ["-n", script], bin);
+        Assert.True(code == 0, output);
+        Assert.Contains("#SBATCH --array=0-2", File.ReadAllLines(script));
+        Assert.True(Sh("bash", [script, "prepare"], bin).Code == 0);
+        foreach (int i in new[] { 2, 0, 1 }) Assert.True(Sh("bash", [script], bin, ("SLURM_ARRAY_TASK_ID", $"{i}")).Code == 0);
+        Assert.True(Sh("bash", [script, "finish"], bin).Code == 0);
+        var steps = Calls(tmp);
+        Assert.Equal(5, steps.Count);
+        Assert.Equal(["finetrace", .. diff, "--stop-after", "data"], steps[0]);
+        Assert.Equal(["finetrace", .. diff, "--harvest-part", "2/3"], steps[1]);
+        Assert.Equal(["finetrace", .. diff], steps[4]);
+
+        Assert.Equal(0, Program.Main(steps[0][1..]));
+        Assert.Equal(0, Program.Main(steps[1][1..]));
+        Assert.Equal(0, Program.Main(steps[2][1..]));
+        Assert.Equal(1, Program.Main(steps[4][1..]));   // part 1/3 is missing: refused by name, nothing harvested whole
+        Assert.False(Directory.Exists(Path.Combine(results, "store")));
+        Assert.Equal(0, Program.Main(steps[3][1..]));
+        Assert.Equal(3, Directory.GetDirectories(Path.Combine(results, "store-parts")).Length);
+        Assert.Equal(0, Program.Main(steps[4][1..]));
+
+        // the merged store equals the plain run's byte for byte, and so does summary.json
+        ActivationStoreTests.AssertSameFiles(Path.Combine(tmp.File("plain"), "store"), Path.Combine(results, "store"));
+        Assert.Equal(File.ReadAllText(Path.Combine(tmp.File("plain"), "summary.json")), File.ReadAllText(Path.Combine(results, "summary.json")));
+        Assert.Empty(Directory.GetDirectories(Path.Combine(results, "store-parts")));   // merged parts are removed
     }
 
     [Fact]

@@ -581,9 +581,41 @@ sealed class PageBuilder(ReportInputs inp, ReportOptions opt, CancellationToken 
 
     void Amplification()
     {
-        var amp = Summary?["amplification"] as JsonArray is { Count: > 0 } sa ? sa : inp.Amplification as JsonArray ?? inp.Amplification?["results"] as JsonArray;
+        // amplification.json (the pipeline's stage or finetrace amplify): per prompt, every setting's samples side by side
+        if (inp.Amplification?["prompts"] is JsonArray { Count: > 0 } prompts)
+        {
+            P("<p>Samples of the fine-tune with its difference to the base amplified: logits z<sub>α</sub> = z<sub>ft</sub> + α·(z<sub>ft</sub> − z<sub>base</sub>) " +
+              "(α = 0 is the unamplified fine-tune). Sample i of every row uses the same prompt and seed, so the rows differ only by the logits.</p>");
+            foreach (var p in prompts.OfType<JsonObject>())
+            {
+                bool chat = (bool?)p["chat"] == true;
+                P($"<h3>{(chat ? "chat prompt" : "prompt")}: <code>{H(Visible(S(p["prompt"])))}</code></h3>");
+                var settings = (p["settings"] as JsonArray ?? []).OfType<JsonObject>().ToList();
+                int columns = settings.Count == 0 ? 0 : settings.Max(x => (x["samples"] as JsonArray)?.Count ?? 0);
+                P("<table class=\"amplification\"><thead><tr><th>setting</th>" + string.Concat(Enumerable.Range(1, columns).Select(i => $"<th>sample {i}</th>")) + "</tr></thead><tbody>");
+                foreach (var st in settings)
+                {
+                    string label = S(st["kind"]) switch
+                    {
+                        "base" => "base", "finetuned" => "fine-tune (α = 0)", "logit_diff" => $"α = {F(D(st["strength"]))}",
+                        "weight" => $"weights w = {F(D(st["strength"]))}", var k => k,
+                    };
+                    var cells = (st["samples"] as JsonArray ?? []).Select(x => $"<td><div class=\"example\">{H(S(x))}</div></td>");
+                    P($"<tr><th>{H(label)}</th>{string.Concat(cells)}</tr>");
+                }
+                P("</tbody></table>");
+            }
+            return;
+        }
+        var amp = Summary?["amplification"] as JsonArray;
         if (amp is null || amp.Count == 0) { Missing("Amplification did not run (no amplification samples)."); return; }
-        P("<p>Samples from logits amplified along the difference: logits = base + α·(fine-tune − base).</p>");
+        P("<p>Samples from logits amplified along the difference: z<sub>α</sub> = z<sub>ft</sub> + α·(z<sub>ft</sub> − z<sub>base</sub>).</p>");
+        if (Summary?["amplification_unamplified"]?["finetuned"] is JsonArray { Count: > 0 } ft)
+        {
+            P("<h3>fine-tune, unamplified (α = 0)</h3><ul class=\"samples\">");
+            foreach (var s in ft) P($"<li>{H(S(s))}</li>");
+            P("</ul>");
+        }
         foreach (var a in amp)
         {
             P($"<h3>α = {F(D(a?["alpha"]))}</h3><ul class=\"samples\">");
