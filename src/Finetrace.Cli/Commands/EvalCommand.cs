@@ -51,9 +51,12 @@ public sealed class EvalCommand : ICliCommand
             what = inputSpec is not null ? DictionaryInput.Parse(inputSpec, layer)
                 : recorded is not null ? recorded with { Layer = layer }
                 : d.Models > 1 ? DictionaryInput.Paired(layer) : DictionaryInput.SingleModel(layer, 1);
+            what = what with { Site = recorded?.Site ?? st.Settings.Site };
             what.CheckDictionary(d.Models, st.Models);
         }
         catch (DictionaryInputException e) { throw new ArgumentException($"--input {e.Spec}: {e.Problem}", e); }
+        try { what.CheckSite(st); }
+        catch (DictionaryInputException e) { throw new ArgumentException($"{dir}: {e.Problem}; evaluate it on a store harvested at its site (finetrace harvest --site)", e); }
         if (recorded is null && inputSpec is null && d.Models == 1 && !json)
             AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(dir)} does not record what it reads; assuming {Markup.Escape(what.Spec)} (pass --input diff:A-B or model:I if it is something else)");
         if (recorded is not null)
@@ -163,7 +166,7 @@ public sealed class EvalCommand : ICliCommand
         }
         try
         {
-            var o = new SpliceOptions { Layer = layer, Filter = MaskFilter.Parse(filter), Sequences = sa.Sequences, Seed = sa.Seed, FirstRow = offset };
+            var o = new SpliceOptions { Layer = layer, Site = input.Site ?? st.Settings.Site ?? HookSite.ResidPost, Filter = MaskFilter.Parse(filter), Sequences = sa.Sequences, Seed = sa.Seed, FirstRow = offset };
             if (json) return (SplicedEvaluation.Run(st, models, recon, o), null);
             SpliceReport rep = null!;
             CliConsole.Progress("spliced runs", 1, task => rep = SplicedEvaluation.Run(st, models, recon, o, (i, n) => { task.MaxValue = n; task.Value = i; }));

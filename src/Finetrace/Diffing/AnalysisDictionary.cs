@@ -44,6 +44,8 @@ public sealed class AnalysisDictionary
         }
         else if (layer is int l) input = input with { Layer = l };
         store.LayerIndex(input.Layer);
+        try { input.CheckSite(store); }
+        catch (DictionaryInputException e) { throw new ArgumentException($"{dir}: {e.Problem}", e); }
         if (d.DModel != store.DModel) throw new ArgumentException($"{dir}: the dictionary reads width {d.DModel}, the store {store.Directory} holds width {store.DModel}");
         return new AnalysisDictionary(d, dir, input, store.Models);
     }

@@ -64,6 +64,17 @@ public static class HookSites
         _ => "mlp_post",
     };
 
+    /// <summary>What the site holds, in words (for sidecars and reports).</summary>
+    public static string Meaning(HookSite site) => site switch
+    {
+        HookSite.ResidPost => "residual stream after decoder block L",
+        HookSite.ResidPre => "residual stream entering decoder block L",
+        HookSite.ResidMid => "residual stream between the attention and MLP adds of block L",
+        HookSite.AttnOut => "what block L's attention branch adds to the residual stream",
+        HookSite.MlpOut => "what block L's MLP branch adds to the residual stream",
+        _ => "block L's MLP hidden activation after the nonlinearity (input of the down projection)",
+    };
+
     /// <summary>Whether the site is the residual stream itself (where a spliced reconstruction replaces the whole stream).</summary>
     public static bool IsResidual(HookSite site) => site is HookSite.ResidPost or HookSite.ResidPre or HookSite.ResidMid;
 
