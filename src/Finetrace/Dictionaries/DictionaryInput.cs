@@ -62,6 +62,10 @@ public sealed record DictionaryInput
     public NormalizerStatistics NormalizerStatistics { get; init; }
     /// <summary>Store rows at or after this one were held out of training (null: training saw every row).</summary>
     public long? HeldOutFrom { get; init; }
+    /// <summary>Inference-time pruning of low-activating latents (methods.md §15.2) every reader of this record applies
+    /// after encoding; null = none. Kept here, with what the dictionary reads, so that eval, the spliced evaluation, the
+    /// analyses and the exports (which all receive this record) read the dictionary the same pruned way.</summary>
+    public Pruning? Pruning { get; init; }
 
     public static DictionaryInput Paired(int layer) => new() { Layer = layer, Kind = InputKind.Paired };
     public static DictionaryInput SingleModel(int layer, int model) => new() { Layer = layer, Kind = InputKind.SingleModel, Model = model };
@@ -177,6 +181,7 @@ public sealed record DictionaryInput
         o["filter"] = Filter;
         o["normalization"] = new JsonObject { ["target_rms"] = TargetRms, ["statistics"] = NormalizerStatistics.ToString().ToLowerInvariant() };
         o["held_out_from_row"] = HeldOutFrom;
+        if (Pruning is { IsNone: false } p) o["pruning"] = p.ToJson();
         return o;
     }
 
@@ -206,6 +211,7 @@ public sealed record DictionaryInput
                 TargetRms = norm?["target_rms"]?.GetValue<float>(),
                 NormalizerStatistics = Enum.TryParse<NormalizerStatistics>(norm?["statistics"]?.GetValue<string>(), ignoreCase: true, out var ns) ? ns : NormalizerStatistics.None,
                 HeldOutFrom = node["held_out_from_row"]?.GetValue<long>(),
+                Pruning = node["pruning"] is JsonNode pn ? Dictionaries.Pruning.FromJson(pn, where) : null,
             };
         }
         catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException)

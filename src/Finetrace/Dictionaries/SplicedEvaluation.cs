@@ -78,18 +78,19 @@ public sealed record SpliceReconstruction(int[] Spliced, int[] Needed, Func<floa
     {
         int D = d.DModel;
         input.CheckDictionary(d.Models, storeModels);
+        input.Pruning?.Check(d);
         switch (input.Kind)
         {
             case InputKind.Paired:
                 var all = Enumerable.Range(0, storeModels).ToArray();
-                return new(all, all, (x, n) => Evaluation.ReconstructRaw(d, x.AsSpan(0, n * storeModels * D)).XHat);
+                return new(all, all, (x, n) => Evaluation.ReconstructRaw(d, x.AsSpan(0, n * storeModels * D), input.Pruning).XHat);
             case InputKind.SingleModel:
                 int mi = input.Model;
                 return new([mi], [mi], (x, n) =>
                 {
                     var xi = new float[n * D];
                     for (int t = 0; t < n; t++) x.AsSpan((t * storeModels + mi) * D, D).CopyTo(xi.AsSpan(t * D, D));
-                    return Evaluation.ReconstructRaw(d, xi).XHat;
+                    return Evaluation.ReconstructRaw(d, xi, input.Pruning).XHat;
                 });
             default:
                 int a = input.Minuend, b = input.Subtrahend;
@@ -98,7 +99,7 @@ public sealed record SpliceReconstruction(int[] Spliced, int[] Needed, Func<floa
                     var diff = new float[n * D];
                     for (int t = 0; t < n; t++)
                         for (int i = 0; i < D; i++) diff[t * D + i] = x[(t * storeModels + a) * D + i] - x[(t * storeModels + b) * D + i];
-                    var xh = Evaluation.ReconstructRaw(d, diff).XHat;
+                    var xh = Evaluation.ReconstructRaw(d, diff, input.Pruning).XHat;
                     for (int t = 0; t < n; t++)
                         for (int i = 0; i < D; i++) xh[t * D + i] += x[(t * storeModels + b) * D + i];
                     return xh;

@@ -22,8 +22,8 @@ public sealed class AnalysisDictionary
     {
         Dict = dict; Directory = directory; Input = input;
         StoreModels = input.StoreModels(storeModels);
-        try { input.CheckDictionary(dict.Models, storeModels); }
-        catch (DictionaryInputException e) { throw new ArgumentException($"{directory}: {e.Message}", e); }
+        try { input.CheckDictionary(dict.Models, storeModels); input.Pruning?.Check(dict); }
+        catch (Exception e) when (e is DictionaryInputException or PruningException) { throw new ArgumentException($"{directory}: {e.Message}", e); }
     }
 
     public int Latents => Dict.DictSize;
@@ -49,6 +49,10 @@ public sealed class AnalysisDictionary
         if (d.DModel != store.DModel) throw new ArgumentException($"{dir}: the dictionary reads width {d.DModel}, the store {store.Directory} holds width {store.DModel}");
         return new AnalysisDictionary(d, dir, input, store.Models);
     }
+
+    /// <summary>Inference codes of dictionary-space input [B, M, D], pruned as the dictionary's record says
+    /// (<see cref="DictionaryInput.Pruning"/>): every analysis encodes through here.</summary>
+    public SparseCodes Encode(float[] xBMD) => Inference.Encode(Dict, xBMD, Input.Pruning);
 
     /// <summary>The dictionary's input for raw store rows, normalised when it has a normaliser.</summary>
     // xBSD: [B, S, D] raw → [B, M, D] dictionary space
@@ -91,6 +95,6 @@ public sealed class AnalysisDictionary
             hbBTD.Slice(off, D).CopyTo(raw.AsSpan(s * 2 * D, D));
             hfBTD.Slice(off, D).CopyTo(raw.AsSpan(s * 2 * D + D, D));
         }
-        return (slots, Inference.Encode(Dict, ToInput(raw, slots.Count, 2)));
+        return (slots, Encode(ToInput(raw, slots.Count, 2)));
     }
 }
