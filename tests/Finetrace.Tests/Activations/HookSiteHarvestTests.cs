@@ -141,6 +141,42 @@ public sealed class HookSiteHarvestTests(ITestOutputHelper log)
         Assert.Equal(0, j.GetProperty("splice").GetProperty("mismatched_sequences").GetInt32());
         Assert.True(sp.GetProperty("ce_zero").GetDouble() > sp.GetProperty("ce_clean").GetDouble());
 
+        // the pruning trade-off curve, spliced at mlp_out: L0 falls along each curve
+        var sw = Capture("eval", sae, "--store", st, "--tokens", "400", "--splice-sequences", "4", "--prune", "drop-lowest:1,2", "--prune", "below-max:0.2,0.5", "--json");
+        Assert.True(sw.Rc == 0, sw.Err + sw.Out);
+        var sweep = JsonDocument.Parse(sw.Out.Trim().Split('\n').Last()).RootElement;
+        Assert.Equal("blocks.2.hook_mlp_out", sweep.GetProperty("site").GetString());
+        var pts = sweep.GetProperty("pruning_sweep").EnumerateArray().ToArray();
+        Assert.Equal(["none", "drop-lowest:1", "drop-lowest:2", "below-max:0.2", "below-max:0.5"], pts.Select(p => p.GetProperty("pruning").GetString()));
+        double L0(int i) => pts[i].GetProperty("l0").GetDouble();
+        foreach (var p in pts) log.WriteLine($"{p.GetProperty("pruning").GetString(),-14} L0 {p.GetProperty("l0").GetDouble():F3} CE recovered {p.GetProperty("splice")[0].GetProperty("loss_recovered").GetDouble():F4} KL {p.GetProperty("splice")[0].GetProperty("kl_spliced").GetDouble():G4}");
+        Assert.True(L0(0) > L0(1) && L0(1) > L0(2), "drop-lowest L0");
+        Assert.True(L0(0) > L0(3) && L0(3) > L0(4), "below-max L0");
+        // every point is scored on the same spliced sequences, and the unpruned point leaves the least KL
+        double ceClean = pts[0].GetProperty("splice")[0].GetProperty("ce_clean").GetDouble(), kl0 = pts[0].GetProperty("splice")[0].GetProperty("kl_spliced").GetDouble();
+        Assert.All(pts, p => Assert.Equal(ceClean, p.GetProperty("splice")[0].GetProperty("ce_clean").GetDouble(), 9));
+        Assert.All(pts.Skip(1), p => Assert.True(p.GetProperty("splice")[0].GetProperty("kl_spliced").GetDouble() >= kl0 * 0.999));
+
+        // --apply-pruning records it: a plain eval then reads the dictionary pruned, and SAELens gets it as thresholds
+        Assert.Equal(0, Capture("eval", sae, "--store", st, "--tokens", "400", "--no-splice", "--apply-pruning", "below-max:0.2", "--json").Rc);
+        Assert.Equal("below-max:0.2", DictionaryInput.Read(sae)!.Pruning!.Spec);
+        var pe = Capture("eval", sae, "--store", st, "--tokens", "400", "--no-splice", "--json");
+        var pj = JsonDocument.Parse(pe.Out.Trim().Split('\n').Last()).RootElement;
+        Assert.Equal("below-max:0.2", pj.GetProperty("pruning").GetString());
+        Assert.Equal(L0(3), pj.GetProperty("l0").GetDouble(), 9);
+        string conv2 = tmp.File("conv2");
+        var c2 = Capture("convert", sae, conv2, "--to", "saelens");
+        Assert.True(c2.Rc == 0, c2.Err + c2.Out);
+        var cfg2 = JsonNode.Parse(File.ReadAllText(Path.Combine(conv2, "cfg.json")))!;
+        Assert.Equal("jumprelu", cfg2["architecture"]!.GetValue<string>());
+        Assert.Equal("blocks.2.hook_mlp_out", cfg2["metadata"]!["hook_name"]!.GetValue<string>());
+        // the SAELens copy, read back without any pruning record, gives the pruned L0
+        var ce = Capture("eval", conv2, "--store", st, "--tokens", "400", "--no-splice", "--json");
+        Assert.True(ce.Rc == 0, ce.Err + ce.Out);
+        Assert.Equal(L0(3), JsonDocument.Parse(ce.Out.Trim().Split('\n').Last()).RootElement.GetProperty("l0").GetDouble(), 6);
+        Assert.Equal(0, Capture("eval", sae, "--store", st, "--tokens", "100", "--no-splice", "--apply-pruning", "none", "--json").Rc);
+        Assert.Null(DictionaryInput.Read(sae)!.Pruning);
+
         // a residual store of the same layer: the mlp_out dictionary is refused with the site named
         Assert.Equal(0, Capture(["harvest", .. common, "--tokens", "300", "--out", resid]).Rc);
         var bad = Capture("eval", sae, "--store", resid, "--tokens", "100", "--no-splice", "--json");
