@@ -28,6 +28,13 @@ public sealed class AnalysisDictionary
 
     public int Latents => Dict.DictSize;
 
+    /// <summary>Throws <see cref="AnalysisSiteException"/> unless the dictionary reads the residual stream after its block
+    /// (or a store of no recorded site): for analyses that split the forward there and patch the residual.</summary>
+    public void RequireResidualSite(string analysis)
+    {
+        if (Input.Site is { } s && s != Models.HookSite.ResidPost) throw new AnalysisSiteException(analysis, s, Directory);
+    }
+
     /// <summary>Loads a dictionary folder with what it reads (its finetrace.json <see cref="DictionaryInput"/>); a folder
     /// without one (a foreign dictionary) reads every store model when it has several decoders, else the fine-tuned
     /// model, at <paramref name="layer"/> or the store's only layer. <paramref name="layer"/> overrides the recorded layer.</summary>
@@ -97,4 +104,14 @@ public sealed class AnalysisDictionary
         }
         return (slots, Encode(ToInput(raw, slots.Count, 2)));
     }
+}
+
+/// <summary>An analysis that patches the residual stream after block L was given a dictionary of another site
+/// (<see cref="Site"/>, e.g. blocks.{L}.hook_mlp_out).</summary>
+public sealed class AnalysisSiteException(string analysis, Models.HookSite site, string directory)
+    : ArgumentException($"{directory}: {analysis} patches the residual stream after the dictionary's block (blocks.{{L}}.hook_resid_post), but this dictionary reads {Models.HookSites.Template(site)}; use a dictionary trained on a residual store")
+{
+    public string Analysis { get; } = analysis;
+    public Models.HookSite Site { get; } = site;
+    public string Directory { get; } = directory;
 }

@@ -204,4 +204,26 @@ public sealed class PruningTests(ITestOutputHelper log)
         var codes = Inference.Encode(d, buf, points[6].Pruning);
         Assert.Equal(codes.Count / 1000.0, points[6].Eval.L0, 12);
     }
+
+    [Fact]
+    public void Analyses_encode_with_the_recorded_pruning_and_refuse_a_non_residual_site_where_they_patch_the_residual()
+    {
+        int D = 8, F = 24, B = 50;
+        var d = RandomSae(Sparsity.Relu, D, F, 9);
+        var r = new Random(1);
+        var x = Enumerable.Range(0, B * D).Select(_ => (float)(r.NextDouble() * 2 - 1)).ToArray();
+        var p = new Pruning { DropLowest = 2 };
+        var ad = new Finetrace.Diffing.AnalysisDictionary(d, "/dict", DictionaryInput.SingleModel(0, 1) with { Pruning = p }, 2);
+        var viaAnalysis = ad.Encode(x);
+        var direct = Inference.Encode(d, x);
+        p.Apply(direct);
+        Assert.Equal(Dense(direct), Dense(viaAnalysis));
+        Assert.True(viaAnalysis.Count < Inference.Encode(d, x).Count);
+
+        ad.RequireResidualSite("test");   // no recorded site: allowed
+        new Finetrace.Diffing.AnalysisDictionary(d, "/dict", DictionaryInput.SingleModel(0, 1) with { Site = Finetrace.Models.HookSite.ResidPost }, 2).RequireResidualSite("test");
+        var mlp = new Finetrace.Diffing.AnalysisDictionary(d, "/dict", DictionaryInput.SingleModel(0, 1) with { Site = Finetrace.Models.HookSite.MlpOut }, 2);
+        var e = Assert.Throws<Finetrace.Diffing.AnalysisSiteException>(() => mlp.RequireResidualSite("the causal evaluation"));
+        Assert.Contains("blocks.{L}.hook_mlp_out", e.Message);
+    }
 }

@@ -66,6 +66,7 @@ public static class CausalEvaluation
     public static CausalResult Run(AnalysisDictionary ad, ActivationStore store, CausalLM baseLm, CausalLM ftLm, IReadOnlyList<LatentSet> sets, CausalOptions o,
         int[]? randomPool = null, IProgress<(long Done, long Total)>? progress = null, CancellationToken cancel = default)
     {
+        ad.RequireResidualSite("the causal evaluation");
         if (ad.Kind != InputKind.Paired || ad.Dict.Models != 2) throw new ArgumentException($"{ad.Directory}: the causal evaluation patches with a two-model crosscoder; this dictionary reads {ad.Input}");
         var d = ad.Dict;
         int F = d.DictSize, D = d.DModel, L = ad.Layer;
