@@ -47,6 +47,15 @@ public sealed class ConvertCommand : ICliCommand
                     else AnsiConsole.MarkupLine($"[yellow]note:[/] {(what is null ? "no record of what this dictionary reads" : $"its store {Markup.Escape(what.Store ?? "(unrecorded)")} is not here")}: cfg.json gets no hook_name/model_name/context_size/prepend_bos");
                     var density = SaelensFormat.ReadSparsity(inDir);
                     if (density is not null && density.Length != d.DictSize) density = null;
+                    if (what?.Pruning is { IsNone: false } pruning)
+                    {
+                        // SAELens has no pruning field: fold the per-latent rule into JumpReLU thresholds (exact), or refuse
+                        try { d = pruning.FoldIntoThresholds(d); }
+                        catch (PruningException e) { throw new ArgumentException($"{inDir} records pruning {e.Spec} (eval --apply-pruning): {e.Problem}, so a SAELens folder cannot reproduce it; record a below-max pruning instead, or remove it with eval --apply-pruning none", e); }
+                        AnsiConsole.MarkupLine($"pruning {Markup.Escape(pruning.Spec)} folded into per-latent jumprelu thresholds");
+                        what = what with { Pruning = null };
+                        density = null;   // measured without the pruning
+                    }
                     SaelensFormat.Save(d, outDir, density, meta);
                     break;
                 case "dictionary-learning":

@@ -23,6 +23,13 @@ public sealed class HarvestCommand : ICliCommand
             Required = true, AllowMultipleArgumentsPerToken = true,
         };
         var layers = new Option<string>("--layers") { Description = "Layers to store, e.g. 13 or 6,13; a fraction r means floor(r·(layers−1))", Required = true };
+        var site = new Option<string>("--site")
+        {
+            Description = "Activation stored per layer (TransformerLens names): resid_post (default), resid_pre, resid_mid, attn_out, mlp_out " +
+                          "(what the attention / MLP branch adds to the residual) or mlp_post (the MLP hidden activation after the nonlinearity, width = intermediate size); " +
+                          "hook_mlp_out and blocks.{L}.hook_mlp_out are accepted too",
+            DefaultValueFactory = _ => "resid_post",
+        };
         var tokens = new Option<long>("--tokens") { Description = "Tokens to store", Required = true };
         var outDir = new Option<string>("--out") { Description = "Store folder (re-run the same command to resume)", Required = true };
         var context = new Option<int>("--context") { Description = "Context length: samples are truncated to it", DefaultValueFactory = _ => 512 };
@@ -37,8 +44,9 @@ public sealed class HarvestCommand : ICliCommand
             Description = "Store only part i of n (0-based, e.g. 0/4 … 3/4) of this harvest, to run the parts on several machines; " +
                           "join them with `finetrace store merge` (the result equals the unsharded store byte for byte)",
         };
-        var cmd = new Command("harvest", "Run base and fine-tuned model on identical tokens and store their residual activations (blocks.{L}.hook_resid_post) for dictionary training");
-        foreach (var o in new Option[] { baseDir, baseAdapter, ft, adapter, data, layers, tokens, outDir, context, batch, dtype, dropBos, skipFirst, outlier, shard, part })
+        var cmd = new Command("harvest", "Run base and fine-tuned model on identical tokens and store their activations at one site per layer " +
+                                         "(default the residual stream, blocks.{L}.hook_resid_post; --site for attention / MLP outputs) for dictionary training");
+        foreach (var o in new Option[] { baseDir, baseAdapter, ft, adapter, data, layers, site, tokens, outDir, context, batch, dtype, dropBos, skipFirst, outlier, shard, part })
             cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
@@ -48,6 +56,7 @@ public sealed class HarvestCommand : ICliCommand
                 BaseModel = b, BaseAdapter = r.GetValue(baseAdapter), FineTunedModel = f, Adapter = r.GetValue(adapter),
                 Data = r.GetValue(data)!.Select(DataSourceSpec.Parse).ToList(),
                 Layers = ParseLayers(r.GetValue(layers)!, b),
+                Site = HookSites.Parse(r.GetValue(site)!),
                 Tokens = r.GetValue(tokens), Out = r.GetValue(outDir)!, ContextLength = r.GetValue(context), BatchSize = r.GetValue(batch),
                 Dtype = r.GetValue(dtype)!, DropBos = r.GetValue(dropBos), SkipFirst = r.GetValue(skipFirst), OutlierFactor = r.GetValue(outlier),
                 ShardTokens = r.GetValue(shard),

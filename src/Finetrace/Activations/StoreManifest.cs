@@ -1,3 +1,4 @@
+using Finetrace.Models;
 using Finetrace.Tensors;
 using System.Reflection;
 using System.Text.Json;
@@ -57,6 +58,10 @@ public sealed class StoreSettings
     public SortedDictionary<string, string> Options { get; set; } = new(StringComparer.Ordinal);
 
     [JsonIgnore] public StoreDType DType => StoreDTypes.Parse(Dtype);
+
+    /// <summary>The block site <see cref="Hook"/> names (e.g. <c>blocks.{L}.hook_mlp_out</c> → <see cref="HookSite.MlpOut"/>);
+    /// null when it names no model site (synthetic stores).</summary>
+    [JsonIgnore] public HookSite? Site => HookSites.TryParse(Hook, out var s, out _) ? s : null;
 
     public void Validate()
     {

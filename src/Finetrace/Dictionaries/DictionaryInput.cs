@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Finetrace.Activations;
+using Finetrace.Models;
 
 namespace Finetrace.Dictionaries;
 
@@ -38,7 +39,7 @@ public sealed class DictionaryInputException(string spec, string problem) : Exce
 }
 
 /// <summary>
-/// The typed record of what a dictionary reads: a layer of a store, and either every model side by side (crosscoder),
+/// The typed record of what a dictionary reads: a layer and site (<see cref="HookSite"/>, e.g. blocks.{L}.hook_mlp_out) of a store, and either every model side by side (crosscoder),
 /// one model (SAE) or a difference a − b (diff-SAE); the store, the token filter, the normaliser and the store rows
 /// training used (the rest are held out). Train writes it into <c>finetrace.json</c> (key <c>"input"</c>), and eval,
 /// the spliced evaluation, convert and every analysis read it back: one record, one parser
@@ -48,6 +49,9 @@ public sealed record DictionaryInput
 {
     public required int Layer { get; init; }
     public required InputKind Kind { get; init; }
+    /// <summary>The activation site at <see cref="Layer"/> (as the store's manifest names it); null when the store holds no
+    /// model site (synthetic stores) or the record predates sites (those stores held blocks.{L}.hook_resid_post).</summary>
+    public HookSite? Site { get; init; }
     /// <summary><see cref="InputKind.SingleModel"/>: the store model read.</summary>
     public int Model { get; init; }
     /// <summary><see cref="InputKind.Difference"/>: a and b of a − b.</summary>
@@ -62,6 +66,10 @@ public sealed record DictionaryInput
     public NormalizerStatistics NormalizerStatistics { get; init; }
     /// <summary>Store rows at or after this one were held out of training (null: training saw every row).</summary>
     public long? HeldOutFrom { get; init; }
+    /// <summary>Inference-time pruning of low-activating latents (methods.md §15.2) every reader of this record applies
+    /// after encoding; null = none. Kept here, with what the dictionary reads, so that eval, the spliced evaluation, the
+    /// analyses and the exports (which all receive this record) read the dictionary the same pruned way.</summary>
+    public Pruning? Pruning { get; init; }
 
     public static DictionaryInput Paired(int layer) => new() { Layer = layer, Kind = InputKind.Paired };
     public static DictionaryInput SingleModel(int layer, int model) => new() { Layer = layer, Kind = InputKind.SingleModel, Model = model };
@@ -79,7 +87,10 @@ public sealed record DictionaryInput
         _ => $"diff:{Minuend}-{Subtrahend}",
     };
 
-    public override string ToString() => $"{Spec} at layer {Layer}";
+    /// <summary>The site's TransformerLens name at <see cref="Layer"/> (e.g. <c>blocks.3.hook_mlp_out</c>), or null.</summary>
+    public string? HookName => Site is { } s ? HookSites.Name(s, Layer) : null;
+
+    public override string ToString() => $"{Spec} at layer {Layer}" + (Site is { } s && s != HookSite.ResidPost ? $" ({HookSites.Name(s, Layer)})" : "");
 
     /// <summary>Parses <c>paired</c>, <c>model:I</c> or <c>diff:A-B</c> (the only parser of these strings).</summary>
     public static DictionaryInput Parse(string spec, int layer)
@@ -101,6 +112,7 @@ public sealed record DictionaryInput
         var d = new List<string>();
         if (other.Layer != Layer) d.Add($"layer {Layer} vs {other.Layer}");
         if (other.Spec != Spec) d.Add($"input {Spec} vs {other.Spec}");
+        if (Site is { } a && other.Site is { } b && a != b) d.Add($"site {HookSites.Template(a)} vs {HookSites.Template(b)}");
         return d;
     }
 
@@ -134,10 +146,19 @@ public sealed record DictionaryInput
                 : $"needs a single-model dictionary, this one reads {dictModels} models");
     }
 
+    /// <summary>Throws <see cref="DictionaryInputException"/> when the store holds another site than the one this record reads
+    /// (a dictionary trained on blocks.{L}.hook_mlp_out cannot read residuals). Unknown sites on either side pass.</summary>
+    public void CheckSite(ActivationStore store)
+    {
+        if (Site is { } mine && store.Settings.Site is { } held && mine != held)
+            throw new DictionaryInputException(Spec, $"the dictionary reads {HookSites.Template(mine)} but the store {store.Directory} holds {HookSites.Template(held)}");
+    }
+
     /// <summary>Opens the rows this input reads from <paramref name="store"/> (the layer of <paramref name="options"/> is replaced by <see cref="Layer"/>).</summary>
     public InputBatches Open(ActivationStore store, StoreBatchOptions options)
     {
         CheckModels(store.Models);
+        CheckSite(store);
         options.Layer = Layer;
         return Kind switch
         {
@@ -157,12 +178,14 @@ public sealed record DictionaryInput
     public JsonObject ToJson()
     {
         var o = new JsonObject { ["layer"] = Layer, ["kind"] = Spec.Split(':')[0] switch { "model" => "model", "diff" => "difference", _ => "paired" }, ["spec"] = Spec };
+        if (Site is { } site) { o["site"] = HookSites.Template(site); o["hook_name"] = HookSites.Name(site, Layer); }
         if (Kind == InputKind.SingleModel) o["model"] = Model;
         if (Kind == InputKind.Difference) { o["minuend"] = Minuend; o["subtrahend"] = Subtrahend; }
         o["store"] = Store;
         o["filter"] = Filter;
         o["normalization"] = new JsonObject { ["target_rms"] = TargetRms, ["statistics"] = StatisticsName(NormalizerStatistics) };
         o["held_out_from_row"] = HeldOutFrom;
+        if (Pruning is { IsNone: false } p) o["pruning"] = p.ToJson();
         return o;
     }
 
@@ -190,13 +213,18 @@ public sealed record DictionaryInput
                 _ => throw new DictionaryFormatException($"{where}: input.kind '{kind}' is not paired, model or difference"),
             };
             var norm = node["normalization"];
+            HookSite? site = null;
+            if (node["site"]?.GetValue<string>() is string siteText)
+                site = HookSites.TryParse(siteText, out var st, out _) ? st : throw new DictionaryFormatException($"{where}: input.site '{siteText}' is not a block site ({string.Join(", ", HookSites.All.Select(HookSites.Template))})");
             return input with
             {
+                Site = site,
                 Store = node["store"]?.GetValue<string>(),
                 Filter = node["filter"]?.GetValue<string>() ?? "all",
                 TargetRms = norm?["target_rms"]?.GetValue<float>(),
                 NormalizerStatistics = ParseStatistics(norm?["statistics"]?.GetValue<string>()),
                 HeldOutFrom = node["held_out_from_row"]?.GetValue<long>(),
+                Pruning = node["pruning"] is JsonNode pn ? Dictionaries.Pruning.FromJson(pn, where) : null,
             };
         }
         catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException)

@@ -36,18 +36,20 @@ public static class Evaluation
     /// <summary>Encodes raw rows (normalising when the dictionary has a normaliser) with the inference rule and
     /// returns the codes and the raw-space reconstruction.</summary>
     // xRawBMD: [B, M, D] → codes, xHatRawBMD
-    public static (SparseCodes Codes, float[] XHat) ReconstructRaw(SparseDictionary d, ReadOnlySpan<float> xRawBMD)
+    public static (SparseCodes Codes, float[] XHat) ReconstructRaw(SparseDictionary d, ReadOnlySpan<float> xRawBMD, Pruning? pruning = null)
     {
         var x = xRawBMD.ToArray();
         d.Normalizer?.Normalize(x, d.Models, d.DModel);
-        var (codes, xh) = Inference.Reconstruct(d, x);
+        var (codes, xh) = Inference.Reconstruct(d, x, pruning);
         d.Normalizer?.Denormalize(xh, d.Models, d.DModel);
         return (codes, xh);
     }
 
-    /// <summary>Runs over <paramref name="tokens"/> rows of <paramref name="source"/> in batches.</summary>
-    public static EvalReport Run(SparseDictionary d, IActivationBatches source, long tokens, int batch = 4096, Action<long>? progress = null)
+    /// <summary>Runs over <paramref name="tokens"/> rows of <paramref name="source"/> in batches, with the codes pruned by
+    /// <paramref name="pruning"/> when given.</summary>
+    public static EvalReport Run(SparseDictionary d, IActivationBatches source, long tokens, int batch = 4096, Action<long>? progress = null, Pruning? pruning = null)
     {
+        pruning?.Check(d);
         int M = d.Models, D = d.DModel, F = d.DictSize, rowLen = M * D;
         if (source.Models != M || source.DModel != D) throw new ArgumentException($"the activations have {source.Models} model(s) × {source.DModel} but the dictionary expects {M} × {D}");
         var buf = new float[(long)batch * rowLen];
@@ -63,7 +65,7 @@ public static class Evaluation
             int got = source.Next(buf, want);
             if (got == 0) break;
             var x = buf.AsSpan(0, got * rowLen);
-            var (codes, xh) = ReconstructRaw(d, x);
+            var (codes, xh) = ReconstructRaw(d, x, pruning);
             for (int e = 0; e < codes.Count; e++) if (codes.Value[e] != 0) { nnz++; l1 += Math.Abs(codes.Value[e]); }
             Dictionaries.Firing.Count(codes, weights, fires);
             for (int t = 0; t < got; t++)

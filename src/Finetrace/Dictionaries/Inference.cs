@@ -49,6 +49,32 @@ public static class Inference
         return codes;
     }
 
+    /// <summary>Inference-mode codes with <paramref name="pruning"/> applied (methods.md §15.2): the one place where the
+    /// pruning a dictionary's record carries meets its codes. Null or <see cref="Pruning.None"/>: <see cref="Encode(SparseDictionary, ReadOnlySpan{float})"/>.</summary>
+    public static SparseCodes Encode(SparseDictionary d, ReadOnlySpan<float> xBMD, Pruning? pruning)
+    {
+        var codes = Encode(d, xBMD);
+        Prune(d, codes, pruning);
+        return codes;
+    }
+
+    /// <summary>Applies <paramref name="pruning"/> to freshly encoded <paramref name="codes"/> of <paramref name="d"/> (checked first).</summary>
+    static void Prune(SparseDictionary d, SparseCodes codes, Pruning? pruning)
+    {
+        if (pruning is null || pruning.IsNone) return;
+        pruning.Check(d);
+        pruning.Apply(codes, Pruning.RankWeights(d));
+    }
+
+    /// <summary>Inference-mode reconstruction from pruned codes (see <see cref="Encode(SparseDictionary, ReadOnlySpan{float}, Pruning?)"/>).</summary>
+    // xBMD: [B, M, D] → codes, xHatBMD: [B, M, D]
+    public static (SparseCodes Codes, float[] XHat) Reconstruct(SparseDictionary d, ReadOnlySpan<float> xBMD, Pruning? pruning)
+    {
+        if (pruning is null || pruning.IsNone) return Reconstruct(d, xBMD);
+        var c = Encode(d, xBMD, pruning);
+        return (c, Decode(d, c));
+    }
+
     /// <summary>Training-mode codes: batch top-k over the whole batch for BatchTopK, otherwise the inference rule.</summary>
     public static SparseCodes EncodeTraining(SparseDictionary d, ReadOnlySpan<float> xBMD)
     {

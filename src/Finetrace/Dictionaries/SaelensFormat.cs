@@ -154,11 +154,13 @@ public static class SaelensMetadata
     /// A diff-SAE is named after its minuend model (the model whose residual its reconstruction is spliced into).</summary>
     public static Dictionary<string, object?> From(ActivationStore store, DictionaryInput input)
     {
+        input.CheckSite(store);
         var s = store.Settings;
         int m = input.Kind switch { InputKind.SingleModel => input.Model, InputKind.Difference => input.Minuend, _ => 0 };
         var meta = new Dictionary<string, object?>
         {
-            ["hook_name"] = s.Hook.Replace("{L}", input.Layer.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+            // the dictionary's own record names its site; a store of no model site (synthetic) gives its hook text
+            ["hook_name"] = input.HookName ?? s.Hook.Replace("{L}", input.Layer.ToString(System.Globalization.CultureInfo.InvariantCulture)),
             ["model_name"] = m < s.Models.Count ? s.Models[m].Name : null,
             ["finetrace_input"] = input.Spec,
         };

@@ -28,8 +28,12 @@ public sealed class SpliceModelMissingException(int model, string name, string? 
 /// <summary>Settings of a spliced-model evaluation.</summary>
 public sealed record SpliceOptions
 {
-    /// <summary>Layer number whose blocks.{L}.hook_resid_post is replaced.</summary>
+    /// <summary>Layer number whose <see cref="Site"/> is replaced.</summary>
     public required int Layer { get; init; }
+    /// <summary>The site the store holds and the dictionary reads (default blocks.{L}.hook_resid_post). A residual site
+    /// replaces the residual stream there; attn_out / mlp_out replace what that branch of block L adds to the residual,
+    /// mlp_post the MLP hidden activation its down projection reads (the rest of the block and the later blocks run on).</summary>
+    public HookSite Site { get; init; } = HookSite.ResidPost;
     /// <summary>Stored tokens that are spliced and scored (the eval filter).</summary>
     public MaskFilter Filter { get; init; } = MaskFilter.All;
     /// <summary>Stored sequences to sample (fewer when the store has fewer usable ones).</summary>
@@ -74,18 +78,19 @@ public sealed record SpliceReconstruction(int[] Spliced, int[] Needed, Func<floa
     {
         int D = d.DModel;
         input.CheckDictionary(d.Models, storeModels);
+        input.Pruning?.Check(d);
         switch (input.Kind)
         {
             case InputKind.Paired:
                 var all = Enumerable.Range(0, storeModels).ToArray();
-                return new(all, all, (x, n) => Evaluation.ReconstructRaw(d, x.AsSpan(0, n * storeModels * D)).XHat);
+                return new(all, all, (x, n) => Evaluation.ReconstructRaw(d, x.AsSpan(0, n * storeModels * D), input.Pruning).XHat);
             case InputKind.SingleModel:
                 int mi = input.Model;
                 return new([mi], [mi], (x, n) =>
                 {
                     var xi = new float[n * D];
                     for (int t = 0; t < n; t++) x.AsSpan((t * storeModels + mi) * D, D).CopyTo(xi.AsSpan(t * D, D));
-                    return Evaluation.ReconstructRaw(d, xi).XHat;
+                    return Evaluation.ReconstructRaw(d, xi, input.Pruning).XHat;
                 });
             default:
                 int a = input.Minuend, b = input.Subtrahend;
@@ -94,7 +99,7 @@ public sealed record SpliceReconstruction(int[] Spliced, int[] Needed, Func<floa
                     var diff = new float[n * D];
                     for (int t = 0; t < n; t++)
                         for (int i = 0; i < D; i++) diff[t * D + i] = x[(t * storeModels + a) * D + i] - x[(t * storeModels + b) * D + i];
-                    var xh = Evaluation.ReconstructRaw(d, diff).XHat;
+                    var xh = Evaluation.ReconstructRaw(d, diff, input.Pruning).XHat;
                     for (int t = 0; t < n; t++)
                         for (int i = 0; i < D; i++) xh[t * D + i] += x[(t * storeModels + b) * D + i];
                     return xh;
@@ -105,8 +110,9 @@ public sealed record SpliceReconstruction(int[] Spliced, int[] Needed, Func<floa
 
 /// <summary>
 /// Spliced-model evaluation (methods.md §14 "CE loss score" / "KL score"): re-runs each model on stored token ids and, at
-/// the stored (filter-passing) positions, replaces blocks.{L}.hook_resid_post by the dictionary's reconstruction, or by
-/// zeros (zero ablation). Positions the store did not keep (dropped BOS, outliers) keep their clean residual and are not
+/// the stored (filter-passing) positions, replaces the site (blocks.{L}.hook_resid_post by default; any
+/// <see cref="HookSite"/>, e.g. blocks.{L}.hook_mlp_out = the MLP's contribution to the residual) by the dictionary's
+/// reconstruction, or by zeros (zero ablation). Positions the store did not keep (dropped BOS, outliers) keep their clean residual and are not
 /// scored. Scored: every spliced position whose next token is known; CE of that token and KL(p_clean ‖ p_new) over the
 /// vocabulary, means over positions, per model.
 /// </summary>
@@ -164,6 +170,9 @@ public static class SplicedEvaluation
         {
             var lm = models[m] ?? throw new ArgumentException($"model {m} is needed for the spliced evaluation but was not loaded");
             if (layer >= lm.Layers) throw new ArgumentException($"layer {layer}: {lm.Folder} has layers 0..{lm.Layers - 1}");
+            HookSites.Check(o.Site, lm.Config);
+            if (HookSites.Width(o.Site, lm.Config) != D)
+                throw new ArgumentException($"{HookSites.Name(o.Site, layer)} of {lm.Folder} has width {HookSites.Width(o.Site, lm.Config)}, the store {store.Directory} holds width {D}: not the store's site or model");
         }
         var (plans, unusable, reason) = Sample(store, o);
         if (plans.Count == 0)
@@ -183,7 +192,7 @@ public static class SplicedEvaluation
             int end = start + 1, longest = plans[start].Ids.Length;
             while (end < plans.Count && (long)Math.Max(longest, plans[end].Ids.Length) * (end - start + 1) <= budget) { longest = Math.Max(longest, plans[end].Ids.Length); end++; }
             var group = plans.GetRange(start, end - start);
-            var (mm, worst) = RunBatch(store, models, recon, group, layer, D, M, o.MaxStoreMismatch, acc, count);
+            var (mm, worst) = RunBatch(store, models, recon, group, layer, o.Site, D, M, o.MaxStoreMismatch, acc, count);
             mismatched += mm; maxMismatch = Math.Max(maxMismatch, worst);
             done += group.Count;
             progress?.Invoke(done, plans.Count);
@@ -378,7 +387,7 @@ public static class SplicedEvaluation
     }
 
     static (int Mismatched, double Worst) RunBatch(ActivationStore store, IReadOnlyList<CausalLM?> models, SpliceReconstruction recon, List<Plan> group,
-        int layer, int D, int M, double maxMismatch, double[][] acc, long[] count)
+        int layer, HookSite site, int D, int M, double maxMismatch, double[][] acc, long[] count)
     {
         var tb = TokenBatch.RightPadded(group.Select(p => p.Ids).ToList());
         int T = tb.Seq;
@@ -389,16 +398,30 @@ public static class SplicedEvaluation
                 if (group[g].Splice[i]) slots.Add((g, group[g].Positions[i], group[g].Rows[i]));
         int n = slots.Count;
 
-        // clean residuals at the layer, and the store check per sequence
+        // clean activations at the site, and the store check per sequence. The residual after block L is reached by
+        // running blocks 0..L once and continuing from a copy; any other site is read and edited by a hook in full forwards.
+        bool split = site == HookSite.ResidPost;
+        string siteName = HookSites.Name(site, layer);
         var hL = new Tensor?[M];
+        var cleanLogits = new float[]?[M];
         var xNMD = new float[n * M * D];
         var errSq = new double[group.Count]; var refSq = new double[group.Count];
         var stored = new float[D];
         foreach (int m in recon.Needed)
         {
             var lm = models[m]!;
-            var h = lm.Embed(tb);
-            lm.RunLayers(0, layer, h, tb);
+            Tensor h;
+            if (split)
+            {
+                h = lm.Embed(tb);
+                lm.RunLayers(0, layer, h, tb);
+            }
+            else
+            {
+                var got = new Dictionary<string, Tensor>();
+                cleanLogits[m] = lm.Forward(tb, new HookSet().Capture(siteName, got)).Logits!.Data;
+                h = got[siteName];
+            }
             hL[m] = h;
             for (int s = 0; s < n; s++)
             {
@@ -434,6 +457,11 @@ public static class SplicedEvaluation
             int V = lm.Config.Vocab;
             float[] Logits(Action<Tensor>? edit)
             {
+                if (!split)
+                {
+                    if (edit is null) return cleanLogits[m]!;
+                    return lm.Forward(tb, new HookSet().On(siteName, (a, _) => edit(a))).Logits!.Data;
+                }
                 var h = hL[m]!.Clone();
                 edit?.Invoke(h);
                 lm.RunLayers(layer + 1, lm.Layers - 1, h, tb);

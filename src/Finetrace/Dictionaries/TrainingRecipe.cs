@@ -161,7 +161,7 @@ public sealed record TrainingRecipe
     public TrainingSetup Prepare(ActivationStore store)
     {
         DictionaryInput input;
-        try { input = Input(Path.GetFullPath(store.Directory)); input.CheckModels(store.Models); }
+        try { input = Input(Path.GetFullPath(store.Directory)) with { Site = store.Settings.Site }; input.CheckModels(store.Models); }
         catch (DictionaryInputException e)
         {
             throw Kind == DictionaryKind.Sae ? new RecipeSettingException(RecipeProblem.ModelOutOfRange, nameof(Model), Model, e.Problem)
@@ -336,7 +336,7 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
         return new Dictionary<string, object?>
         {
             ["input"] = Input.ToJson(),
-            ["site"] = new { layer = Input.Layer, store = Input.Store },
+            ["site"] = new { layer = Input.Layer, store = Input.Store, hook_name = Input.HookName },
             ["training"] = new
             {
                 kind = TrainingRecipe.KindName(r.Kind), recipe = TrainingRecipe.PresetName(r.Preset), activation = trained.Sparsity.ToString().ToLowerInvariant(), loss_mode = LossName(Options.Loss),

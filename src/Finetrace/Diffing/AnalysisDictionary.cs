@@ -22,11 +22,18 @@ public sealed class AnalysisDictionary
     {
         Dict = dict; Directory = directory; Input = input;
         StoreModels = input.StoreModels(storeModels);
-        try { input.CheckDictionary(dict.Models, storeModels); }
-        catch (DictionaryInputException e) { throw new ArgumentException($"{directory}: {e.Message}", e); }
+        try { input.CheckDictionary(dict.Models, storeModels); input.Pruning?.Check(dict); }
+        catch (Exception e) when (e is DictionaryInputException or PruningException) { throw new ArgumentException($"{directory}: {e.Message}", e); }
     }
 
     public int Latents => Dict.DictSize;
+
+    /// <summary>Throws <see cref="AnalysisSiteException"/> unless the dictionary reads the residual stream after its block
+    /// (or a store of no recorded site): for analyses that split the forward there and patch the residual.</summary>
+    public void RequireResidualSite(string analysis)
+    {
+        if (Input.Site is { } s && s != Models.HookSite.ResidPost) throw new AnalysisSiteException(analysis, s, Directory);
+    }
 
     /// <summary>Loads a dictionary folder with what it reads (its finetrace.json <see cref="DictionaryInput"/>); a folder
     /// without one (a foreign dictionary) reads every store model when it has several decoders, else the fine-tuned
@@ -44,9 +51,15 @@ public sealed class AnalysisDictionary
         }
         else if (layer is int l) input = input with { Layer = l };
         store.LayerIndex(input.Layer);
+        try { input.CheckSite(store); }
+        catch (DictionaryInputException e) { throw new ArgumentException($"{dir}: {e.Problem}", e); }
         if (d.DModel != store.DModel) throw new ArgumentException($"{dir}: the dictionary reads width {d.DModel}, the store {store.Directory} holds width {store.DModel}");
         return new AnalysisDictionary(d, dir, input, store.Models);
     }
+
+    /// <summary>Inference codes of dictionary-space input [B, M, D], pruned as the dictionary's record says
+    /// (<see cref="DictionaryInput.Pruning"/>): every analysis encodes through here.</summary>
+    public SparseCodes Encode(float[] xBMD) => Inference.Encode(Dict, xBMD, Input.Pruning);
 
     /// <summary>The dictionary's input for raw store rows, normalised when it has a normaliser.</summary>
     // xBSD: [B, S, D] raw → [B, M, D] dictionary space
@@ -89,6 +102,16 @@ public sealed class AnalysisDictionary
             hbBTD.Slice(off, D).CopyTo(raw.AsSpan(s * 2 * D, D));
             hfBTD.Slice(off, D).CopyTo(raw.AsSpan(s * 2 * D + D, D));
         }
-        return (slots, Inference.Encode(Dict, ToInput(raw, slots.Count, 2)));
+        return (slots, Encode(ToInput(raw, slots.Count, 2)));
     }
+}
+
+/// <summary>An analysis that patches the residual stream after block L was given a dictionary of another site
+/// (<see cref="Site"/>, e.g. blocks.{L}.hook_mlp_out).</summary>
+public sealed class AnalysisSiteException(string analysis, Models.HookSite site, string directory)
+    : ArgumentException($"{directory}: {analysis} patches the residual stream after the dictionary's block (blocks.{{L}}.hook_resid_post), but this dictionary reads {Models.HookSites.Template(site)}; use a dictionary trained on a residual store")
+{
+    public string Analysis { get; } = analysis;
+    public Models.HookSite Site { get; } = site;
+    public string Directory { get; } = directory;
 }

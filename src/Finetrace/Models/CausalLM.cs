@@ -223,7 +223,8 @@ public sealed class CausalLM : IDisposable
 
     /// <summary>Runs blocks <paramref name="from"/>..<paramref name="to"/> (inclusive) on the residual stream in place, firing
     /// blocks.{i}.hook_resid_pre before block i (except block 0's, which <see cref="Forward"/> fires after the embedding) and
-    /// blocks.{i}.hook_resid_post after it.</summary>
+    /// blocks.{i}.hook_resid_post after it; inside each block the <see cref="HookSite"/> hooks (attn_out, resid_mid, mlp.hook_post,
+    /// mlp_out) fire when someone listens.</summary>
     // hBTD: [Batch, Seq, Hidden]
     public void RunLayers(int from, int to, Tensor hBTD, TokenBatch batch, HookSet? hooks = null)
     {
@@ -233,7 +234,7 @@ public sealed class CausalLM : IDisposable
         for (int i = from; i <= to; i++)
         {
             if (i > 0) hooks?.Fire(HookNames.ResidPre(i), hBTD, batch);
-            Layer(i, hBTD.Data, batch, ws);
+            Layer(i, hBTD, batch, ws, hooks);
             hooks?.Fire(HookNames.ResidPost(i), hBTD, batch);
         }
     }
@@ -332,40 +333,71 @@ public sealed class CausalLM : IDisposable
         else Kernels.RmsNorm(x[..(m * d)], n.W, m, n.Eps, n.Kind == NormKind.GemmaRmsNorm, y);
     }
 
-    // h: [m, Hidden] residual, updated in place
-    void Layer(int i, Span<float> h, TokenBatch batch, Workspace ws)
+    // hBTD: [Batch, Seq, Hidden] residual, updated in place
+    void Layer(int i, Tensor hBTD, TokenBatch batch, Workspace ws, HookSet? hooks)
     {
         var blk = _blocks[i];
-        ApplyNorm(blk.AttnIn, h, batch.Count, ws.X);
+        ApplyNorm(blk.AttnIn, hBTD.Data, batch.Count, ws.X);
         Attention(i, blk, batch, ws); // ws.X → ws.Proj [m, d]
-        FinishBlock(blk, h, batch.Count, ws);
+        FinishBlock(i, blk, hBTD, batch, ws, hooks);
     }
 
-    /// <summary>Everything of a block after the attention output projection (in ws.Proj): residual adds, MLP, Gemma's output norms.</summary>
-    // h: [m, Hidden] residual, updated in place
-    void FinishBlock(Block blk, Span<float> h, int m, Workspace ws)
+    /// <summary>Everything of a block after the attention output projection (in ws.Proj): residual adds, MLP, Gemma's
+    /// output norms. Fires hook_attn_out and hook_mlp_out on exactly what is added to the residual, mlp.hook_post on what
+    /// the down projection reads, hook_resid_mid between the adds (sequential blocks); edits made there flow on.</summary>
+    // hBTD: [Batch, Seq, Hidden] residual, updated in place
+    void FinishBlock(int layer, Block blk, Tensor hBTD, TokenBatch batch, Workspace ws, HookSet? hooks)
     {
-        int d = Hidden;
+        int d = Hidden, m = batch.Count;
+        var h = hBTD.Data.AsSpan();
         if (blk.AttnOut is { } ao) ApplyNorm(ao, ws.Proj, m, ws.Proj);
+        FireBuffer(hooks, HookSite.AttnOut, layer, ws.Proj, d, batch);
         if (Config.ParallelResidual)
         {
             // NeoX: h ← mlp(ln2(h)) + attn(ln1(h)) + h, both norms reading the block input
             ApplyNorm(blk.MlpIn, h, m, ws.X);
-            Mlp(blk, m, ws);
+            Mlp(layer, blk, batch, ws, hooks);
+            FireBuffer(hooks, HookSite.MlpOut, layer, ws.MlpOut, d, batch);
             var mo = ws.MlpOut.AsSpan(0, m * d);
             var pr = ws.Proj.AsSpan(0, m * d);
             for (int j = 0; j < mo.Length; j++) h[j] = (mo[j] + pr[j]) + h[j];
             return;
         }
         System.Numerics.Tensors.TensorPrimitives.Add(h[..(m * d)], ws.Proj.AsSpan(0, m * d), h);
+        if (hooks is not null) hooks.Fire(SiteName(HookSite.ResidMid, layer), hBTD, batch);
         ApplyNorm(blk.MlpIn, h, m, ws.X);
-        Mlp(blk, m, ws);
+        Mlp(layer, blk, batch, ws, hooks);
         if (blk.MlpOut is { } mo2) ApplyNorm(mo2, ws.MlpOut, m, ws.MlpOut);
+        FireBuffer(hooks, HookSite.MlpOut, layer, ws.MlpOut, d, batch);
         System.Numerics.Tensors.TensorPrimitives.Add(h[..(m * d)], ws.MlpOut.AsSpan(0, m * d), h);
     }
 
-    void Mlp(Block blk, int m, Workspace ws)
+    /// <summary>Hook names per site and layer, built once so that a forward with hooks allocates no names.</summary>
+    string[][]? _siteNames;
+
+    string SiteName(HookSite site, int layer)
     {
+        var names = _siteNames ??= HookSites.All.Select(s => Enumerable.Range(0, Layers).Select(l => HookSites.Name(s, l)).ToArray()).ToArray();
+        return names[(int)site][layer];
+    }
+
+    /// <summary>Fires a block-internal hook on the first [m, <paramref name="width"/>] of a workspace buffer. Only when a hook
+    /// listens: the rows are then copied into a [Batch, Seq, width] tensor and copied back after the hooks ran (so edits
+    /// flow into the rest of the block); without a listener this costs one dictionary lookup, no copy.</summary>
+    void FireBuffer(HookSet? hooks, HookSite site, int layer, float[] buffer, int width, TokenBatch batch)
+    {
+        if (hooks is null) return;
+        string name = SiteName(site, layer);
+        if (!hooks.Has(name)) return;
+        var t = new Tensor(batch.Batch, batch.Seq, width);
+        buffer.AsSpan(0, t.Length).CopyTo(t.Data);
+        hooks.Fire(name, t, batch);
+        t.Data.CopyTo(buffer.AsSpan(0, t.Length));
+    }
+
+    void Mlp(int layer, Block blk, TokenBatch batch, Workspace ws, HookSet? hooks)
+    {
+        int m = batch.Count;
         int inter = Config.Intermediate;
         if (blk.Gate is { } gate)
         {
@@ -392,6 +424,7 @@ public sealed class CausalLM : IDisposable
                 case HiddenAct.GeluErf: Kernels.GeluErf(a, a); break;
             }
         }
+        FireBuffer(hooks, HookSite.MlpPost, layer, ws.MlpA, inter, batch);
         blk.Down.Apply(ws.MlpA, m, ws.MlpOut, _tile);
     }
 
@@ -513,7 +546,7 @@ public sealed class CausalLM : IDisposable
     public KvCache NewCache() => new(Layers);
 
     /// <summary>Feeds <paramref name="ids"/> (positions continue after the cached tokens) and returns the logits [Vocab] of the last one.
-    /// Residual hooks (<see cref="HookNames.ResidPre"/>, <see cref="HookNames.ResidPost"/>) fire on the new tokens only
+    /// Residual and block-site hooks (<see cref="HookNames.ResidPre"/>, <see cref="HookNames.ResidPost"/>, <see cref="HookSite"/>) fire on the new tokens only
     /// ([1, n, Hidden]; the batch's positions continue after the cache), so an edit made there (steering) reaches both the
     /// cached keys/values of later blocks and the logits, exactly as in a full forward with the same hooks.</summary>
     public float[] StepWithCache(int[] ids, KvCache cache, HookSet? hooks = null)
@@ -546,7 +579,7 @@ public sealed class CausalLM : IDisposable
             ws.V.AsSpan(0, n * kvW).CopyTo(cache.V[i].AsSpan(start * kvW));
             Attend(i, ws.Q, n, start, cache.K[i], cache.V[i], total, 1, [0], [total - 1], null, ws.Attn);
             blk.O.Apply(ws.Attn, n, ws.Proj, _tile);
-            FinishBlock(blk, h.Data, n, ws);
+            FinishBlock(i, blk, h, batch, ws, hooks);
             hooks?.Fire(HookNames.ResidPost(i), h, batch);
         }
         cache.Length = total;

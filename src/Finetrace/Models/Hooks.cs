@@ -2,9 +2,18 @@ using Finetrace.Tensors;
 
 namespace Finetrace.Models;
 
-/// <summary>Residual-stream hook names, as TransformerLens spells them (model-facts.md §11).</summary>
+/// <summary>Hook names, as TransformerLens spells them (model-facts.md §11).</summary>
 public static class HookNames
 {
+    /// <summary>Residual after the attention add of a sequential block (not fired by parallel-residual blocks, as in TransformerLens).</summary>
+    public static string ResidMid(int layer) => $"blocks.{layer}.hook_resid_mid";
+    /// <summary>What block <paramref name="layer"/>'s attention branch adds to the residual (Gemma 2: after post_attention_layernorm).</summary>
+    public static string AttnOut(int layer) => $"blocks.{layer}.hook_attn_out";
+    /// <summary>What block <paramref name="layer"/>'s MLP branch adds to the residual (Gemma 2: after post_feedforward_layernorm).</summary>
+    public static string MlpOut(int layer) => $"blocks.{layer}.hook_mlp_out";
+    /// <summary>The MLP's hidden activation [.., Intermediate] that the down projection reads: act(gate)·up (gated MLPs), act(fc) (GPT-2, NeoX).</summary>
+    public static string MlpPost(int layer) => $"blocks.{layer}.mlp.hook_post";
+
     /// <summary>Input of block <paramref name="layer"/>; block 0's is the embedding output (× ν for Gemma, + wpe for GPT-2).</summary>
     public static string ResidPre(int layer) => $"blocks.{layer}.hook_resid_pre";
     /// <summary>Output of block <paramref name="layer"/> (after both residual adds, before the final norm).</summary>

@@ -72,4 +72,29 @@ public sealed class SynthAndCliTests(ITestOutputHelper log)
                 name == "logits" ? ArchParityTests.LogitTol : ArchParityTests.HiddenTol, log: log);
         }
     }
+
+    [SharedTheory]
+    [InlineData("gpt_neox")]
+    [InlineData("qwen3")]
+    public void ActivationsCliWritesBlockSites(string folder)
+    {
+        string dir = Shared.Path("fixtures", "arch", folder);
+        using var tmp = new TempDir();
+        using (var expected = new SafetensorsFile(Path.Combine(dir, "expected.safetensors")))
+            SafetensorsWriter.Write(tmp.File("in.safetensors"), [TensorData.I64("input_ids", expected.ReadI64("input_ids"), expected.Info("input_ids").Shape)]);
+        Assert.Equal(0, Finetrace.Cli.Program.Main(["activations", "--model", dir, "--input-ids", tmp.File("in.safetensors"), "--out", tmp.File("out.safetensors"), "--sites", "all"]));
+        using var got = new SafetensorsFile(tmp.File("out.safetensors"));
+        var c = ModelConfig.Load(dir);
+        for (int l = 0; l < c.Layers; l++)
+        {
+            Assert.Equal([2, 12, c.Intermediate], got.Info(HookNames.MlpPost(l)).Shape);
+            Assert.Equal(!c.ParallelResidual, got.Contains(HookNames.ResidMid(l)));
+            // what the two branches add is the block's whole update of the residual
+            var pre = got.ReadF32(HookNames.ResidPre(l)).Data;
+            var post = got.ReadF32(HookNames.ResidPost(l)).Data;
+            var a = got.ReadF32(HookNames.AttnOut(l)).Data;
+            var m = got.ReadF32(HookNames.MlpOut(l)).Data;
+            Golden.AssertClose($"{folder} layer {l} post − pre", post.Select((v, i) => v - pre[i]).ToArray(), a.Select((v, i) => v + m[i]).ToArray(), 1e-5, log: log);
+        }
+    }
 }

@@ -1,3 +1,4 @@
+using Finetrace.Models;
 using Finetrace.Tensors;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -159,7 +160,7 @@ public static class CrosscoderCacheExport
             ["kind"] = "activation-cache",
             ["models"] = JsonSerializer.SerializeToNode(s.Models, StoreJson.Options),
             ["model_index"] = model,
-            ["site"] = new JsonObject { ["layer"] = layer, ["hook_name"] = s.Hook.Replace("{L}", layer.ToString()), ["meaning"] = "residual stream after decoder block L" },
+            ["site"] = new JsonObject { ["layer"] = layer, ["hook_name"] = s.Hook.Replace("{L}", layer.ToString()), ["meaning"] = s.Site is { } site ? HookSites.Meaning(site) : s.Hook },
             ["dtype"] = StoreDTypes.Name(s.DType),
             ["data"] = new JsonObject
             {

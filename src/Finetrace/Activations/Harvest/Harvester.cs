@@ -18,6 +18,9 @@ public sealed record HarvestOptions
     public string? Adapter { get; init; }
     public required IReadOnlyList<DataSourceSpec> Data { get; init; }
     public required int[] Layers { get; init; }
+    /// <summary>Which activation of each layer to store (default: the residual after the block). Non-residual sites store
+    /// what the block's attention or MLP branch adds to the residual, or the MLP hidden activation (width = intermediate).</summary>
+    public HookSite Site { get; init; } = HookSite.ResidPost;
     public required long Tokens { get; init; }
     public required string Out { get; init; }
     public int ContextLength { get; init; } = 512;
@@ -81,6 +84,11 @@ public static class Harvester
         var sw = Stopwatch.StartNew();
         if (baseModel.Hidden != ftModel.Hidden)
             throw new InvalidOperationException($"the models' residual widths differ: base {baseModel.Hidden} ({o.BaseModel}), fine-tuned {ftModel.Hidden} ({o.FineTunedModel}); they cannot be diffed");
+        HookSites.Check(o.Site, baseModel.Config);
+        HookSites.Check(o.Site, ftModel.Config);
+        int width = HookSites.Width(o.Site, baseModel.Config);
+        if (HookSites.Width(o.Site, ftModel.Config) != width)
+            throw new InvalidOperationException($"the models' {HookSites.Template(o.Site)} widths differ: base {width} ({o.BaseModel}), fine-tuned {HookSites.Width(o.Site, ftModel.Config)} ({o.FineTunedModel}); they cannot be diffed");
         int maxLayer = o.Layers.Max();
         int layersAvail = Math.Min(baseModel.Layers, ftModel.Layers);
         if (o.Layers.Min() < 0 || maxLayer >= layersAvail)
@@ -88,7 +96,7 @@ public static class Harvester
 
         var (encoder, tokenizerDir, templateDir) = Encoder(o);
         var vocab = new VocabCheck(o, baseModel, ftModel);
-        var settings = Settings(o, baseModel.Hidden, tokenizerDir, templateDir, encoder);
+        var settings = Settings(o, width, tokenizerDir, templateDir, encoder);
         // A part stores samples [firstSample, endSample) and exactly the tokens they keep; the whole run stops at the
         // sequence that reaches the token target.
         long firstSample = 0, endSample = long.MaxValue, target = o.Tokens;
@@ -119,7 +127,7 @@ public static class Harvester
 
         if (!writer.IsComplete)
         {
-            int models = 2, nl = o.Layers.Length, d = baseModel.Hidden;
+            int models = 2, nl = o.Layers.Length, d = width;
             long seq = 0;
             Task? storing = null;
             var batchSamples = new List<EncodedSample>(o.BatchSize);
@@ -146,8 +154,8 @@ public static class Harvester
                 var rows = batchSamples.Select(s => s.Ids).ToList();
                 var tb = TokenBatch.RightPadded(rows);
                 var acts = new float[models * nl][];
-                Capture(baseModel, tb, o.Layers, maxLayer, acts, 0);
-                Capture(ftModel, tb, o.Layers, maxLayer, acts, nl);
+                Capture(baseModel, tb, o.Site, o.Layers, maxLayer, acts, 0);
+                Capture(ftModel, tb, o.Site, o.Layers, maxLayer, acts, nl);
                 forwardSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
 
                 storing?.GetAwaiter().GetResult();
@@ -202,14 +210,14 @@ public static class Harvester
         if (o.Data.Select(d => d.Name).Distinct().Count() != o.Data.Count) throw new SettingException(nameof(o.Data), null, "source names repeat; give each a name=… option");
     }
 
-    /// <summary>Runs one model to the last requested layer and keeps copies of the requested residuals [B·T, D].</summary>
-    static void Capture(CausalLM model, TokenBatch tb, int[] layers, int maxLayer, float[][] acts, int slot)
+    /// <summary>Runs one model to the last requested layer and keeps copies of the requested site's activations [B·T, width].</summary>
+    static void Capture(CausalLM model, TokenBatch tb, HookSite site, int[] layers, int maxLayer, float[][] acts, int slot)
     {
         var hooks = new HookSet();
         for (int l = 0; l < layers.Length; l++)
         {
             int li = l;
-            hooks.On(HookNames.ResidPost(layers[l]), (a, _) => acts[slot + li] = (float[])a.Data.Clone());
+            hooks.On(HookSites.Name(site, layers[l]), (a, _) => acts[slot + li] = (float[])a.Data.Clone());
         }
         model.Forward(tb, hooks, stopAfterLayer: maxLayer);
     }
@@ -351,7 +359,7 @@ public static class Harvester
                 ModelEntry(o.FineTunedModel, o.Adapter),
             ],
             Layers = o.Layers,
-            Hook = "blocks.{L}.hook_resid_post",
+            Hook = HookSites.Template(o.Site),
             Dtype = StoreDTypes.Name(StoreDTypes.Parse(o.Dtype)),
             DModel = dModel,
             ShardTokens = o.ShardTokens,

@@ -49,6 +49,7 @@ public static class KlAttribution
     public static AttributionResult Run(AnalysisDictionary ad, ActivationStore store, CausalLM baseLm, CausalLM ftLm, DifferentiableLM ftDiff, AttributionOptions o,
         IProgress<(long Done, long Total)>? progress = null, CancellationToken cancel = default)
     {
+        ad.RequireResidualSite("KL attribution");
         if (ad.Kind != InputKind.Paired || ad.Dict.Models != 2) throw new ArgumentException($"{ad.Directory}: attribution needs a two-model crosscoder; this dictionary reads {ad.Input}");
         var d = ad.Dict;
         int F = d.DictSize, D = d.DModel, L = ad.Layer, V = ftLm.Config.Vocab;

@@ -72,6 +72,7 @@ public static class CausalEvaluation
     public static CausalResult Run(AnalysisDictionary ad, ActivationStore store, CausalLM baseLm, CausalLM ftLm, IReadOnlyList<LatentSet> sets, CausalOptions o,
         int[]? randomPool = null, IProgress<(long Done, long Total)>? progress = null, CancellationToken cancel = default)
     {
+        ad.RequireResidualSite("the causal evaluation");
         bool diffSae = ad.Kind == InputKind.Difference;
         if (!diffSae && (ad.Kind != InputKind.Paired || ad.Dict.Models != 2))
             throw new ArgumentException($"{ad.Directory}: the causal evaluation patches with a two-model crosscoder or a diff-SAE; this dictionary reads {ad.Input}");

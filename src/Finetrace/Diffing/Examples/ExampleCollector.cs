@@ -223,7 +223,7 @@ public static class ExampleCollector
             var ids = new long[n];
             int got = 0;
             while (got < n) got += rows.Next(raw.AsSpan(got * S * D), ids.AsSpan(got), n - got);
-            var codes = Inference.Encode(ad.Dict, ad.ToInput(raw, n, S));
+            var codes = ad.Encode(ad.ToInput(raw, n, S));
             codes.BuildColumns();
             var starts = new int[last - seq + 1];
             for (int s = seq; s <= last; s++) starts[s - seq] = (int)(ranges[s] - ranges[seq]);

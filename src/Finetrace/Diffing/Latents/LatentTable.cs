@@ -110,7 +110,7 @@ public static class LatentTable
                 int tok = sh.Tokens[local];
                 tokenCount[tok] = tokenCount.GetValueOrDefault(tok) + 1;
             }
-            var codes = Inference.Encode(d, ad.ToInput(raw.AsSpan(0, n * S * D), n, S));
+            var codes = ad.Encode(ad.ToInput(raw.AsSpan(0, n * S * D), n, S));
             codes.BuildColumns();
             var ids = rowIds; var srcL = src; var maskL = mask; var ctrlL = ctrlIdx;
             int nc = Math.Max(1, Math.Min(Environment.ProcessorCount * 4, F / 16));

@@ -125,10 +125,10 @@ public static class LatentScaler
                 var x = ad.ToInput(raw.AsSpan(0, n * S * D), n, S);
                 if (ad.Kind == InputKind.Paired)
                 {
-                    var (codes, xh) = Inference.Reconstruct(d, x);
+                    var (codes, xh) = Inference.Reconstruct(d, x, ad.Input.Pruning);
                     acc.Add(codes, x, xh, default, k);
                 }
-                else acc.Add(Inference.Encode(d, x), default, default, raw.AsSpan(0, n * S * D), k);
+                else acc.Add(ad.Encode(x), default, default, raw.AsSpan(0, n * S * D), k);
                 done += n;
                 progress?.Report((done, N));
             }
