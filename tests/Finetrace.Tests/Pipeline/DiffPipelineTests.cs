@@ -135,7 +135,7 @@ public sealed class DiffPipelineTests
         File.WriteAllText(cfg, """
             data: { generated_samples: 24, generated_tokens: 64 }
             harvest: { tokens: 4000, context: 64 }
-            dictionaries: [ { name: crosscoder, dict_size: 128, k: 8, batch: 256, tokens: 600000 } ]
+            dictionaries: [ { name: crosscoder, dict_size: 128, k: 8, batch: 256, tokens: 2400000 } ]   # long enough that a loaded machine still kills it mid-training
             analysis: { causal_sequences: 0 }
             readers: { samples: 0, adl_positions: 0, weight_diff: false }
             amplification: { alphas: [] }
