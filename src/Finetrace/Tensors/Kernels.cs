@@ -221,8 +221,8 @@ public static class Kernels
     /// consecutive floats), so that both stay in cache while every query reads them and a head dim of 8 still fills the
     /// vectors. Per query head: the scores are hd vector FMAs per eight keys (four vectors in flight), the running maximum
     /// is kept in the same pass, the last partial vector is computed whole and its extra lanes masked to −∞ (no scalar
-    /// remainder); the exponentials are <see cref="Exp2Softmax"/>; o = Σ e_j·v_j is one FMA per eight keys and head
-    /// dimension (<see cref="WeightValues"/>), and the softmax's normalisation 1/Σe scales the output. The order of
+    /// remainder); the exponentials and o = Σ e_j·v_j (one FMA per eight keys and head dimension) are one pass
+    /// (<see cref="SoftmaxWeightValues"/>), and the softmax's normalisation 1/Σe scales the output. The order of
     /// every sum is fixed (it does not depend on the thread or the batch).</summary>
     // q, o: query i, head r at [i·qStride + r·hd .. +hd] (r &lt; heads); k, v: key j at [j·kvStride .. +hd];
     // scratch: at least AttendGroupScratch(hd, nk) floats
@@ -288,9 +288,7 @@ public static class Kernels
                     e.Slice(n, tail).Fill(float.NegativeInfinity);
                 }
                 if (!finite) { oRow.Fill(float.NaN); continue; }
-                int whole = (n + V - 1) & ~(V - 1);
-                float inv = 1f / Exp2Softmax(e[..whole], max);
-                WeightValues(e[..whole], vT, ld, first, inv, oRow);
+                SoftmaxWeightValues(e[..((n + V - 1) & ~(V - 1))], max, vT, ld, first, oRow);
             }
         }
     }
@@ -346,9 +344,9 @@ public static class Kernels
             vmax = Vector256.MaxNative(vmax, acc);
         }
         finite = Vector256.Sum(check) == 0f;
-        float m = vmax[0];
-        for (int l = 1; l < V; l++) m = MathF.Max(m, vmax[l]);
-        return m;
+        var m4 = Vector128.MaxNative(vmax.GetLower(), vmax.GetUpper());
+        m4 = Vector128.MaxNative(m4, Vector128.Shuffle(m4, Vector128.Create(2, 3, 0, 1)));
+        return float.MaxNative(m4[0], m4[1]);
     }
 
     /// <summary>x ← exp(x − max) in place over whole vectors (−∞ lanes give 0), returning Σ exp(x − max). With every
@@ -397,17 +395,55 @@ public static class Kernels
         return p * twoK.AsSingle();
     }
 
-    /// <summary>o[d] = (Σ_t e[t]·vT[d, first + t]) · inv over whole vectors of keys (e is 0 past the visible keys):
-    /// eight head dimensions at a time, each with its own accumulator (lane l adds keys t ≡ l mod 8 in ascending t), one
-    /// load of e per eight keys serving all eight; the eight accumulators are then summed across lanes together.</summary>
+    /// <summary>The softmax of the scores and the weighted sum of the values in one pass over the keys:
+    /// e[t] = exp(s[t] − max) (as <see cref="Exp2Softmax"/>, written back for later head dimensions), then
+    /// o[d] = (Σ_t e[t]·vT[d, first + t]) / Σ_t e[t] over whole vectors of keys (e is 0 past the visible keys). Eight head
+    /// dimensions at a time, each with its own accumulator (lane l adds keys t ≡ l mod 8 in ascending t): one vector of
+    /// e serves all eight; the first eight dimensions take e straight from the exponential, later ones reread it.</summary>
+    // s: [n] scores in, exponentials out, n a multiple of V; vT: [hd, ld]; o: [hd]
+    static void SoftmaxWeightValues(Span<float> s, float max, ReadOnlySpan<float> vT, int ld, int first, Span<float> o)
+    {
+        int hd = o.Length, n = s.Length;
+        if (hd < V)
+        {
+            float invSmall = 1f / Exp2Softmax(s, max);
+            WeightValues(s, vT, ld, first, 0, invSmall, o);
+            return;
+        }
+        ref float pe = ref MemoryMarshal.GetReference(s);
+        ref float r0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(vT), first);
+        var vm = Vector256.Create(max);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default, sum = default;
+        for (int t = 0; t < n; t += V)
+        {
+            var et = Exp2NonPositive((Vector256.LoadUnsafe(ref pe, (nuint)t) - vm) * Vector256.Create(Log2E));
+            et.StoreUnsafe(ref pe, (nuint)t);
+            sum += et;
+            ref float rt = ref Unsafe.Add(ref r0, t);
+            a0 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt), a0);
+            a1 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)ld), a1);
+            a2 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(2 * ld)), a2);
+            a3 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(3 * ld)), a3);
+            a4 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(4 * ld)), a4);
+            a5 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(5 * ld)), a5);
+            a6 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(6 * ld)), a6);
+            a7 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(7 * ld)), a7);
+        }
+        float inv = 1f / LaneSum(sum);
+        (LaneSums(a0, a1, a2, a3, a4, a5, a6, a7) * Vector256.Create(inv)).StoreUnsafe(ref MemoryMarshal.GetReference(o));
+        if (hd > V) WeightValues(s, vT, ld, first, V, inv, o);
+    }
+
+    /// <summary>o[d] = (Σ_t e[t]·vT[d, first + t]) · inv for d ≥ <paramref name="from"/>, over whole vectors of keys, in
+    /// the order <see cref="SoftmaxWeightValues"/> states.</summary>
     // e: [n], n a multiple of V; vT: [hd, ld]; o: [hd]
-    static void WeightValues(ReadOnlySpan<float> e, ReadOnlySpan<float> vT, int ld, int first, float inv, Span<float> o)
+    static void WeightValues(ReadOnlySpan<float> e, ReadOnlySpan<float> vT, int ld, int first, int from, float inv, Span<float> o)
     {
         int hd = o.Length, n = e.Length;
         ref float pe = ref MemoryMarshal.GetReference(e);
         ref float pv = ref Unsafe.Add(ref MemoryMarshal.GetReference(vT), first);
         var vinv = Vector256.Create(inv);
-        int c = 0;
+        int c = from;
         for (; c <= hd - V; c += V)
         {
             Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
