@@ -306,14 +306,42 @@ public static class Kernels
         // check accumulates s·0: 0 while every score is finite, NaN otherwise.
         var check = Vector256<float>.Zero;
         int j = 0, full = n & ~(V - 1);
+        if (hd == V)
+        {
+            // Head dim 8 (small models): the query's eight values stay in registers for all keys; the same sums, in
+            // the same order, as the general loop below.
+            var q0 = Vector256.Create(pq); var q1 = Vector256.Create(Unsafe.Add(ref pq, 1));
+            var q2 = Vector256.Create(Unsafe.Add(ref pq, 2)); var q3 = Vector256.Create(Unsafe.Add(ref pq, 3));
+            var q4 = Vector256.Create(Unsafe.Add(ref pq, 4)); var q5 = Vector256.Create(Unsafe.Add(ref pq, 5));
+            var q6 = Vector256.Create(Unsafe.Add(ref pq, 6)); var q7 = Vector256.Create(Unsafe.Add(ref pq, 7));
+            ref float k0 = ref pk; ref float k1 = ref Unsafe.Add(ref pk, ld); ref float k2 = ref Unsafe.Add(ref pk, 2 * ld);
+            ref float k3 = ref Unsafe.Add(ref pk, 3 * ld); ref float k4 = ref Unsafe.Add(ref pk, 4 * ld); ref float k5 = ref Unsafe.Add(ref pk, 5 * ld);
+            ref float k6 = ref Unsafe.Add(ref pk, 6 * ld); ref float k7 = ref Unsafe.Add(ref pk, 7 * ld);
+            for (; j <= full - 2 * V; j += 2 * V)
+            {
+                nuint u = (nuint)j, w = (nuint)(j + V);
+                var a0 = Vector256.FusedMultiplyAdd(q0, Vector256.LoadUnsafe(ref k0, u), Vector256<float>.Zero);
+                var a1 = Vector256.FusedMultiplyAdd(q0, Vector256.LoadUnsafe(ref k0, w), Vector256<float>.Zero);
+                a0 = Vector256.FusedMultiplyAdd(q1, Vector256.LoadUnsafe(ref k1, u), a0); a1 = Vector256.FusedMultiplyAdd(q1, Vector256.LoadUnsafe(ref k1, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q2, Vector256.LoadUnsafe(ref k2, u), a0); a1 = Vector256.FusedMultiplyAdd(q2, Vector256.LoadUnsafe(ref k2, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q3, Vector256.LoadUnsafe(ref k3, u), a0); a1 = Vector256.FusedMultiplyAdd(q3, Vector256.LoadUnsafe(ref k3, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q4, Vector256.LoadUnsafe(ref k4, u), a0); a1 = Vector256.FusedMultiplyAdd(q4, Vector256.LoadUnsafe(ref k4, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q5, Vector256.LoadUnsafe(ref k5, u), a0); a1 = Vector256.FusedMultiplyAdd(q5, Vector256.LoadUnsafe(ref k5, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q6, Vector256.LoadUnsafe(ref k6, u), a0); a1 = Vector256.FusedMultiplyAdd(q6, Vector256.LoadUnsafe(ref k6, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q7, Vector256.LoadUnsafe(ref k7, u), a0); a1 = Vector256.FusedMultiplyAdd(q7, Vector256.LoadUnsafe(ref k7, w), a1);
+                a0.StoreUnsafe(ref ps, u);
+                a1.StoreUnsafe(ref ps, w);
+                vmax = Vector256.MaxNative(vmax, Vector256.MaxNative(a0, a1));
+                check = Vector256.FusedMultiplyAdd(a0 + a1, Vector256<float>.Zero, check);
+            }
+        }
         for (; j <= full - 4 * V; j += 4 * V)
         {
             Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-            ref float row = ref Unsafe.Add(ref pk, j);
-            for (int d = 0; d < hd; d++)
+            ref float kd = ref Unsafe.Add(ref pk, j);
+            for (int d = 0; d < hd; d++, kd = ref Unsafe.Add(ref kd, ld))
             {
                 var qd = Vector256.Create(Unsafe.Add(ref pq, d));
-                ref float kd = ref Unsafe.Add(ref row, d * ld);
                 a0 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd), a0);
                 a1 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, V), a1);
                 a2 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, 2 * V), a2);
@@ -391,7 +419,8 @@ public static class Kernels
         p = Vector256.FusedMultiplyAdd(p, f, Vector256.Create(2.402210683e-1f));
         p = Vector256.FusedMultiplyAdd(p, f, Vector256.Create(6.931471825e-1f));
         p = Vector256.FusedMultiplyAdd(p, f, Vector256.Create(1.000000119f));
-        var twoK = (Vector256.ConvertToInt32(k) + Vector256.Create(127)) << 23;   // k = −127 gives +0
+        // k is a whole number in [−127, 0]: the plain (native) conversion is exact, no saturation fix-ups needed
+        var twoK = (Vector256.ConvertToInt32Native(k) + Vector256.Create(127)) << 23;   // k = −127 gives +0
         return p * twoK.AsSingle();
     }
 
@@ -412,22 +441,25 @@ public static class Kernels
         }
         ref float pe = ref MemoryMarshal.GetReference(s);
         ref float r0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(vT), first);
+        ref float r1 = ref Unsafe.Add(ref r0, ld); ref float r2 = ref Unsafe.Add(ref r0, 2 * ld); ref float r3 = ref Unsafe.Add(ref r0, 3 * ld);
+        ref float r4 = ref Unsafe.Add(ref r0, 4 * ld); ref float r5 = ref Unsafe.Add(ref r0, 5 * ld); ref float r6 = ref Unsafe.Add(ref r0, 6 * ld);
+        ref float r7 = ref Unsafe.Add(ref r0, 7 * ld);
         var vm = Vector256.Create(max);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default, sum = default;
         for (int t = 0; t < n; t += V)
         {
-            var et = Exp2NonPositive((Vector256.LoadUnsafe(ref pe, (nuint)t) - vm) * Vector256.Create(Log2E));
-            et.StoreUnsafe(ref pe, (nuint)t);
+            nuint u = (nuint)t;
+            var et = Exp2NonPositive((Vector256.LoadUnsafe(ref pe, u) - vm) * Vector256.Create(Log2E));
+            et.StoreUnsafe(ref pe, u);
             sum += et;
-            ref float rt = ref Unsafe.Add(ref r0, t);
-            a0 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt), a0);
-            a1 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)ld), a1);
-            a2 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(2 * ld)), a2);
-            a3 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(3 * ld)), a3);
-            a4 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(4 * ld)), a4);
-            a5 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(5 * ld)), a5);
-            a6 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(6 * ld)), a6);
-            a7 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(7 * ld)), a7);
+            a0 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r0, u), a0);
+            a1 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r1, u), a1);
+            a2 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r2, u), a2);
+            a3 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r3, u), a3);
+            a4 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r4, u), a4);
+            a5 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r5, u), a5);
+            a6 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r6, u), a6);
+            a7 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r7, u), a7);
         }
         float inv = 1f / LaneSum(sum);
         (LaneSums(a0, a1, a2, a3, a4, a5, a6, a7) * Vector256.Create(inv)).StoreUnsafe(ref MemoryMarshal.GetReference(o));
@@ -448,18 +480,21 @@ public static class Kernels
         {
             Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
             ref float r0 = ref Unsafe.Add(ref pv, c * ld);
+            ref float r1 = ref Unsafe.Add(ref r0, ld); ref float r2 = ref Unsafe.Add(ref r0, 2 * ld); ref float r3 = ref Unsafe.Add(ref r0, 3 * ld);
+            ref float r4 = ref Unsafe.Add(ref r0, 4 * ld); ref float r5 = ref Unsafe.Add(ref r0, 5 * ld); ref float r6 = ref Unsafe.Add(ref r0, 6 * ld);
+            ref float r7 = ref Unsafe.Add(ref r0, 7 * ld);
             for (int t = 0; t < n; t += V)
             {
-                var et = Vector256.LoadUnsafe(ref pe, (nuint)t);
-                ref float rt = ref Unsafe.Add(ref r0, t);
-                a0 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt), a0);
-                a1 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)ld), a1);
-                a2 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(2 * ld)), a2);
-                a3 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(3 * ld)), a3);
-                a4 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(4 * ld)), a4);
-                a5 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(5 * ld)), a5);
-                a6 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(6 * ld)), a6);
-                a7 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref rt, (nuint)(7 * ld)), a7);
+                nuint u = (nuint)t;
+                var et = Vector256.LoadUnsafe(ref pe, u);
+                a0 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r0, u), a0);
+                a1 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r1, u), a1);
+                a2 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r2, u), a2);
+                a3 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r3, u), a3);
+                a4 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r4, u), a4);
+                a5 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r5, u), a5);
+                a6 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r6, u), a6);
+                a7 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r7, u), a7);
             }
             (LaneSums(a0, a1, a2, a3, a4, a5, a6, a7) * vinv).StoreUnsafe(ref MemoryMarshal.GetReference(o), (nuint)c);
         }
@@ -488,6 +523,7 @@ public static class Kernels
         return Vector256.Create(LaneSum(a0), LaneSum(a1), LaneSum(a2), LaneSum(a3), LaneSum(a4), LaneSum(a5), LaneSum(a6), LaneSum(a7));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float LaneSum(Vector256<float> a) => ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 
     // ---------------------------------------------------------------- selection
