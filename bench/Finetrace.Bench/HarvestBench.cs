@@ -11,14 +11,17 @@ namespace Finetrace.Bench;
 
 /// <summary>
 /// <c>finetrace bench harvest --base DIR --finetuned DIR [--data SPEC…] [--tokens N] [--context 512] [--vs-context 128]
-/// [--json]</c>: tokens/s of a full harvest (tokenize, both forwards to the last layer, copy, drop rules, bf16 +
-/// statistics + shard writes) beside the pure forward tokens/s of the same models on the same batches (tokenize and
-/// both forwards only), in the same run, alternating, best of each. The bound: the store adds at most 15%
-/// (forward/harvest − 1 ≤ 0.15). Also printed: CPU time per token of both (robust on a shared machine), and the split
-/// inside the harvest itself (batch-loop time over the time of its own forwards), which compares the very same forwards.
-/// By default it measures what a harvest meets: long samples (about 450 tokens, generated) at harvest's default context
-/// of 512, against the same harvest at a short context (<c>--vs-context</c>, in alternating rounds): long contexts
-/// cost attention, and the bound is that context 512 keeps at least 60% of the short context's tokens/s.
+/// [--repeat 5] [--json]</c>: what a harvest costs beyond its forwards, and what a long context costs.
+/// Each round runs, back to back (order reversed every other round, so drift in machine load favours no side):
+/// a pure forward pass over the harvest's own batches (tokenize and both forwards to the last stored layer, nothing
+/// kept), the full harvest (the same plus copies, drop rules, bf16 conversion, statistics and shard writes) at the
+/// context, and the same harvest at the short context (<c>--vs-context</c>). Every ratio is taken within a round, then
+/// the median over rounds is reported, so one disturbed run moves no figure.
+/// Store overhead (bound 15%): the pure forward's tokens/s over the harvest's, minus 1 (separate runs); also inside the
+/// harvest itself (its batch loop over the time of its own forwards, minus 1: the very same forwards) and in CPU time
+/// per token (all threads). Long context (bound: context 512 keeps at least 60% of the short context's tokens/s): long
+/// samples (about 450 tokens, generated) at harvest's default context of 512 cost attention; at the short context the
+/// same samples are truncated.
 /// </summary>
 public sealed class HarvestBench : IBenchCommand
 {
@@ -34,15 +37,26 @@ public sealed class HarvestBench : IBenchCommand
         var tokens = new Option<long>("--tokens") { Description = "Tokens per run", DefaultValueFactory = _ => 20_000 };
         var batch = new Option<int>("--batch") { Description = "Samples per batch", DefaultValueFactory = _ => 16 };
         var context = new Option<int>("--context") { Description = "Context length (harvest's default)", DefaultValueFactory = _ => 512 };
-        var vsContext = new Option<int>("--vs-context") { Description = "Also harvest at this shorter context in alternating rounds and compare tokens/s (0 = off)", DefaultValueFactory = _ => 128 };
+        var vsContext = new Option<int>("--vs-context") { Description = "Also harvest at this shorter context in each round and compare tokens/s (0 = off)", DefaultValueFactory = _ => 128 };
         var dtype = new Option<string>("--dtype") { Description = "Stored dtype", DefaultValueFactory = _ => "bf16" };
-        var repeat = new Option<int>("--repeat") { Description = "Alternating forward/harvest rounds (best of each)", DefaultValueFactory = _ => 2 };
+        var repeat = new Option<int>("--repeat") { Description = "Rounds (forward, harvest, short-context harvest); figures are medians of per-round ratios", DefaultValueFactory = _ => 5 };
         var json = BenchOptions.Json();
-        var cmd = new Command("harvest", "Harvest tokens/s against the pure forward tokens/s of the same models (store overhead bound 15%)");
+        var cmd = new Command("harvest", "Harvest tokens/s against the pure forward tokens/s of the same models (store overhead bound 15%), and context 512 against 128 (bound 60%)");
         foreach (var o in new Option[] { baseDir, ft, data, layers, tokens, batch, context, vsContext, dtype, repeat, json }) cmd.Options.Add(o);
         cmd.SetAction(r => Run(r.GetValue(baseDir)!, r.GetValue(ft)!, r.GetValue(data), r.GetValue(layers), r.GetValue(tokens), r.GetValue(batch),
             r.GetValue(context), r.GetValue(vsContext), r.GetValue(dtype)!, r.GetValue(repeat), r.GetValue(json)));
         return cmd;
+    }
+
+    /// <summary>One timed run: tokens/s (wall), CPU seconds per token (all threads) and, for a harvest, its batch loop
+    /// over its own forwards − 1.</summary>
+    readonly record struct RunFigures(double TokensPerSecond, double CpuPerToken, double InRunOverhead);
+
+    static double Median(IEnumerable<double> xs)
+    {
+        var a = xs.Where(x => !double.IsNaN(x)).Order().ToArray();
+        if (a.Length == 0) return double.NaN;
+        return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
     }
 
     static int Run(string baseDir, string ftDir, string[]? dataSpecs, int[]? layerArg, long tokens, int batch, int context, int vsContext, string dtype, int repeat, bool json)
@@ -57,14 +71,14 @@ public sealed class HarvestBench : IBenchCommand
             int[] layers = layerArg is { Length: > 0 } ? layerArg : [nLayers / 2];
             int maxLayer = layers.Max();
 
-            double bestForward = 0, bestHarvest = 0, cpuForward = double.MaxValue, cpuHarvest = double.MaxValue, bestSplit = double.MaxValue;
-            double bestShort = 0, cpuShort = double.MaxValue;
+            var forwards = new List<RunFigures>(); var harvests = new List<RunFigures>(); var shorts = new List<RunFigures>();
             long fwdTokens = 0, hvTokens = 0, shortTokens = 0, samples = 0;
+            string loadBefore = BenchSupport.LoadAverage();
             using (var baseModel = CausalLM.Load(baseDir))
             using (var ftModel = CausalLM.Load(ftDir))
             {
                 var encoder = ModelSampleEncoder.FromFolder(File.Exists(Path.Combine(ftDir, "tokenizer.json")) ? ftDir : baseDir);
-                void Forward()
+                RunFigures Forward()
                 {
                     // Pure forward: the harvest's batches, tokenized the same way, both models to the last layer, nothing kept.
                     var sw = Stopwatch.StartNew();
@@ -92,78 +106,88 @@ public sealed class HarvestBench : IBenchCommand
                         foreach (var r in rows) n += r.Length;
                     }
                     fwdTokens = n;
-                    bestForward = Math.Max(bestForward, n / sw.Elapsed.TotalSeconds);
-                    cpuForward = Math.Min(cpuForward, (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / n);
+                    return new(n / sw.Elapsed.TotalSeconds, (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / n, double.NaN);
                 }
-                HarvestResult HarvestAt(int ctx, string store) => Harvester.Run(new HarvestOptions
+                RunFigures HarvestAt(int ctx, string store)
                 {
-                    BaseModel = baseDir, FineTunedModel = ftDir, Data = data, Layers = layers, Tokens = tokens, Out = store,
-                    ContextLength = ctx, BatchSize = batch, Dtype = dtype,
-                }, baseModel, ftModel);
-                void Short(int round)
-                {
-                    // The same harvest at a short context: same samples, each truncated, so fewer tokens per sample.
-                    if (vsContext == 0) return;
-                    string store = Path.Combine(tmp, $"short{round}");
-                    var res = HarvestAt(vsContext, store);
-                    shortTokens = res.Tokens;
-                    bestShort = Math.Max(bestShort, res.Tokens / res.LoopSeconds);
-                    cpuShort = Math.Min(cpuShort, res.LoopCpuSeconds / res.Tokens);
+                    var res = Harvester.Run(new HarvestOptions
+                    {
+                        BaseModel = baseDir, FineTunedModel = ftDir, Data = data, Layers = layers, Tokens = tokens, Out = store,
+                        ContextLength = ctx, BatchSize = batch, Dtype = dtype,
+                    }, baseModel, ftModel);
                     Directory.Delete(store, recursive: true);
-                }
-                void Harvest(int round)
-                {
-                    string store = Path.Combine(tmp, $"store{round}");
-                    var res = HarvestAt(context, store);
-                    hvTokens = res.Tokens;
-                    samples = res.Samples;
-                    bestHarvest = Math.Max(bestHarvest, res.Tokens / res.LoopSeconds);
-                    cpuHarvest = Math.Min(cpuHarvest, res.LoopCpuSeconds / res.Tokens);
+                    if (ctx == context) { hvTokens = res.Tokens; samples = res.Samples; } else shortTokens = res.Tokens;
                     // Same run, same forwards: what the harvest spends beyond its own two forwards.
-                    bestSplit = Math.Min(bestSplit, res.LoopSeconds / res.ForwardSeconds - 1);
-                    Directory.Delete(store, recursive: true);
+                    return new(res.Tokens / res.LoopSeconds, res.LoopCpuSeconds / res.Tokens, res.LoopSeconds / res.ForwardSeconds - 1);
                 }
-                // Untimed warm-up (JIT, weight pages), then rounds in alternating order so drift in machine load
-                // does not favour either side; each figure is the best of its rounds.
+                // Untimed warm-up (JIT, weight pages, buffers at both contexts), then the rounds.
                 Forward();
-                bestForward = 0; cpuForward = double.MaxValue;
+                HarvestAt(context, Path.Combine(tmp, "warm"));
+                if (vsContext > 0) HarvestAt(vsContext, Path.Combine(tmp, "warm-short"));
                 for (int round = 0; round < repeat; round++)
                 {
-                    if (round % 2 == 0) { Forward(); Harvest(round); Short(round); }
-                    else { Short(round); Harvest(round); Forward(); }
+                    RunFigures f, h, sh = new(double.NaN, double.NaN, double.NaN);
+                    if (round % 2 == 0)
+                    {
+                        f = Forward(); h = HarvestAt(context, Path.Combine(tmp, $"store{round}"));
+                        if (vsContext > 0) sh = HarvestAt(vsContext, Path.Combine(tmp, $"short{round}"));
+                    }
+                    else
+                    {
+                        if (vsContext > 0) sh = HarvestAt(vsContext, Path.Combine(tmp, $"short{round}"));
+                        h = HarvestAt(context, Path.Combine(tmp, $"store{round}")); f = Forward();
+                    }
+                    forwards.Add(f); harvests.Add(h); shorts.Add(sh);
                 }
             }
-            double overhead = bestForward / bestHarvest - 1;
+            string loadAfter = BenchSupport.LoadAverage();
+            var rounds = Enumerable.Range(0, repeat).ToList();
+            double overhead = Median(rounds.Select(r => forwards[r].TokensPerSecond / harvests[r].TokensPerSecond - 1));
+            double inRun = Median(harvests.Select(h => h.InRunOverhead));
             // CPU time per token, all threads: robust on a shared machine, and conservative (storing overlaps the
             // forwards in wall time but is fully counted here).
-            double cpuOverhead = cpuHarvest / cpuForward - 1;
-            double longVsShort = vsContext == 0 ? double.NaN : bestHarvest / bestShort, cpuLongVsShort = vsContext == 0 ? double.NaN : cpuShort / cpuHarvest;
+            double cpuOverhead = Median(rounds.Select(r => harvests[r].CpuPerToken / forwards[r].CpuPerToken - 1));
+            double longVsShort = vsContext == 0 ? double.NaN : Median(rounds.Select(r => harvests[r].TokensPerSecond / shorts[r].TokensPerSecond));
+            double cpuLongVsShort = vsContext == 0 ? double.NaN : Median(rounds.Select(r => shorts[r].CpuPerToken / harvests[r].CpuPerToken));
+            double fwdRate = Median(forwards.Select(f => f.TokensPerSecond)), hvRate = Median(harvests.Select(h => h.TokensPerSecond));
+            double shortRate = Median(shorts.Select(h => h.TokensPerSecond));
+            double cpuForward = Median(forwards.Select(f => f.CpuPerToken)), cpuHarvest = Median(harvests.Select(h => h.CpuPerToken));
             if (json)
             {
-                BenchSupport.PrintJson(new Dictionary<string, double>
+                // JSON has no NaN: a figure that was not measured (no short context) is null.
+                static object? J(double x) => double.IsNaN(x) ? null : x;
+                BenchSupport.PrintJson(new Dictionary<string, object?>
                 {
-                    ["harvest_tokens_per_s"] = bestHarvest, ["forward_tokens_per_s"] = bestForward, ["overhead"] = overhead, ["overhead_in_run"] = bestSplit,
+                    ["harvest_tokens_per_s"] = hvRate, ["forward_tokens_per_s"] = fwdRate, ["overhead"] = overhead, ["overhead_in_run"] = inRun,
                     ["cpu_us_per_token_harvest"] = cpuHarvest * 1e6, ["cpu_us_per_token_forward"] = cpuForward * 1e6, ["cpu_overhead"] = cpuOverhead, ["bound"] = Bound,
-                    ["context"] = context, ["tokens_per_sample"] = hvTokens / (double)Math.Max(1, samples),
-                    ["short_context"] = vsContext, ["short_context_harvest_tokens_per_s"] = vsContext == 0 ? double.NaN : bestShort,
-                    ["long_vs_short_context"] = longVsShort, ["cpu_long_vs_short_context"] = cpuLongVsShort, ["long_context_bound"] = LongContextBound,
+                    ["context"] = context, ["tokens_per_sample"] = hvTokens / (double)Math.Max(1, samples), ["rounds"] = repeat,
+                    ["short_context"] = vsContext, ["short_context_harvest_tokens_per_s"] = J(shortRate),
+                    ["long_vs_short_context"] = J(longVsShort), ["cpu_long_vs_short_context"] = J(cpuLongVsShort), ["long_context_bound"] = LongContextBound,
+                    ["overhead_per_round"] = rounds.Select(r => forwards[r].TokensPerSecond / harvests[r].TokensPerSecond - 1).ToArray(),
+                    ["long_vs_short_context_per_round"] = rounds.Select(r => J(harvests[r].TokensPerSecond / shorts[r].TokensPerSecond)).ToArray(),
+                    ["load_average_before"] = loadBefore, ["load_average_after"] = loadAfter,
                 });
                 return 0;
             }
+            string Ok(double x, bool good) => $"{x:P1} {(good ? "[green]ok[/]" : "[red]out of bound[/]")}";
+            string PerRound(Func<int, double> f) => string.Join(" ", rounds.Select(r => $"{f(r):P0}"));
             var t = new Table().AddColumns("figure", "value");
             t.AddRow("models", Markup.Escape($"{baseDir} vs {ftDir}, layers {string.Join(",", layers)}, {dtype}"));
-            t.AddRow("tokens per run", $"{fwdTokens:N0} forward / {hvTokens:N0} harvest ({hvTokens / (double)Math.Max(1, samples):F0} per sample), batch {batch}, context {context}, best of {repeat}");
-            t.AddRow("pure forward (both models) tokens/s", $"{bestForward:N0}");
-            t.AddRow("harvest tokens/s", $"{bestHarvest:N0}");
-            t.AddRow($"store overhead, wall, separate runs (bound ≤ {Bound:P0})", $"{overhead:P1} {(overhead <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
-            t.AddRow($"store overhead inside the harvest: batch loop / its forwards − 1", $"{bestSplit:P1} {(bestSplit <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
+            t.AddRow("tokens per run", $"{fwdTokens:N0} forward / {hvTokens:N0} harvest ({hvTokens / (double)Math.Max(1, samples):F0} per sample), batch {batch}, context {context}");
+            t.AddRow("rounds (figures: medians of per-round ratios)", $"{repeat}; load average {loadBefore} before, {loadAfter} after");
+            t.AddRow("pure forward (both models) tokens/s", $"{fwdRate:N0}");
+            t.AddRow("harvest tokens/s", $"{hvRate:N0}");
+            t.AddRow($"store overhead: forward tokens/s / harvest tokens/s − 1 (bound ≤ {Bound:P0})", Ok(overhead, overhead <= Bound));
+            t.AddRow("  per round", PerRound(r => forwards[r].TokensPerSecond / harvests[r].TokensPerSecond - 1));
+            t.AddRow("store overhead inside the harvest: its batch loop / its own forwards − 1", Ok(inRun, inRun <= Bound));
             t.AddRow("CPU µs/token forward / harvest (all threads)", $"{cpuForward * 1e6:F1} / {cpuHarvest * 1e6:F1}");
-            t.AddRow($"store overhead, CPU time (bound ≤ {Bound:P0})", $"{cpuOverhead:P1} {(cpuOverhead <= Bound ? "[green]ok[/]" : "[red]over[/]")}");
+            t.AddRow($"store overhead in CPU time per token (bound ≤ {Bound:P0})", Ok(cpuOverhead, cpuOverhead <= Bound));
             if (vsContext > 0)
             {
-                t.AddRow($"harvest tokens/s at context {vsContext} ({shortTokens:N0} tokens)", $"{bestShort:N0}");
-                t.AddRow($"context {context} / context {vsContext} tokens/s (bound ≥ {LongContextBound:P0})", $"{longVsShort:P1} {(longVsShort >= LongContextBound ? "[green]ok[/]" : "[red]under[/]")}");
-                t.AddRow($"the same in CPU time per token", $"{cpuLongVsShort:P1} {(cpuLongVsShort >= LongContextBound ? "[green]ok[/]" : "[red]under[/]")}");
+                t.AddRow($"harvest tokens/s at context {vsContext} ({shortTokens:N0} tokens)", $"{shortRate:N0}");
+                t.AddRow($"context {context} / context {vsContext} harvest tokens/s (bound ≥ {LongContextBound:P0})", Ok(longVsShort, longVsShort >= LongContextBound));
+                t.AddRow("  per round", PerRound(r => harvests[r].TokensPerSecond / shorts[r].TokensPerSecond));
+                t.AddRow("the same in CPU time per token", Ok(cpuLongVsShort, cpuLongVsShort >= LongContextBound));
             }
             AnsiConsole.Write(t);
             return 0;

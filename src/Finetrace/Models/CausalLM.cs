@@ -493,9 +493,9 @@ public sealed class CausalLM : IDisposable
     /// qOffset + i) sees key j iff j ≤ qOffset + i, the key is a real token (keyFirst[b] ≤ j ≤ keyLast[b]) and, on
     /// sliding layers, qOffset + i − j &lt; W; query head h reads KV head h / n_rep (repeat_kv). Scores (q·k)·scale are
     /// soft-capped (Gemma 2) and softmaxed in f32 over the visible keys only (masked keys get weight 0, as with HF's
-    /// additive finfo.min mask), then weight V (<see cref="Kernels.AttendHead"/>). Only visible keys are computed, so
+    /// additive finfo.min mask), then weight V (<see cref="Kernels.AttendGroup"/>). Only visible keys are computed, so
     /// causal attention costs half of the full square. Queries after queryEnd[b] (right padding, never read) get 0.
-    /// (row, head) pairs run in parallel (no sgemm inside, style.md §2.6).</summary>
+    /// (row, KV head) pairs run in parallel, each with the query heads that share the KV head (no sgemm inside, style.md §2.6).</summary>
     // q, o: [rows·nq, heads·hd]; k, v: [rows·nk, kv·hd]; keyFirst, keyLast, queryEnd: [rows]
     void Attend(int layer, float[] q, int nq, int qOffset, float[] k, float[] v, int nk, int rows, int[] keyFirst, int[] keyLast, int[]? queryEnd, float[] o)
     {
@@ -507,21 +507,22 @@ public sealed class CausalLM : IDisposable
         float? softcap = c.AttnSoftcap;
         // Small work (a generation step: one query) runs on this thread: handing a few tiny heads to the pool costs more
         // than computing them, and far more on a busy machine.
-        if ((long)rows * nq * nk * nh * hd < SequentialAttentionWork) for (int it = 0; it < rows * nh; it++) Item(it);
-        else Parallel.For(0, rows * nh, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, Item);
+        if ((long)rows * nq * nk * nh * hd < SequentialAttentionWork) for (int it = 0; it < rows * nkv; it++) Item(it);
+        else Parallel.For(0, rows * nkv, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, Item);
 
+        // One item: the rep query heads of row b that read KV head g (they share one transposed copy of the keys).
         void Item(int item)
         {
-            int b = item / nh, h = item % nh, g = h / rep;
+            int b = item / nkv, g = item % nkv;
             int queries = queryEnd is null ? nq : Math.Clamp(queryEnd[b] - qOffset + 1, 0, nq);
-            var qSpan = q.AsSpan(b * nq * qW + h * hd);
-            var oSpan = o.AsSpan(b * nq * qW + h * hd);
-            for (int i = queries; i < nq; i++) oSpan.Slice(i * qW, hd).Clear();
+            var qSpan = q.AsSpan(b * nq * qW + g * rep * hd);
+            var oSpan = o.AsSpan(b * nq * qW + g * rep * hd);
+            for (int i = queries; i < nq; i++) oSpan.Slice(i * qW, rep * hd).Clear();
             if (queries == 0) return;
-            var scratch = System.Buffers.ArrayPool<float>.Shared.Rent(hd * nk + nk);
+            var scratch = System.Buffers.ArrayPool<float>.Shared.Rent(Kernels.AttendGroupScratch(hd, nk));
             try
             {
-                Kernels.AttendHead(qSpan, qW, queries, qOffset, k.AsSpan(b * nk * kvW + g * hd), v.AsSpan(b * nk * kvW + g * hd), kvW, nk,
+                Kernels.AttendGroup(qSpan, qW, queries, qOffset, rep, k.AsSpan(b * nk * kvW + g * hd), v.AsSpan(b * nk * kvW + g * hd), kvW, nk,
                     hd, keyFirst[b], keyLast[b], window, scale, softcap, oSpan, scratch);
             }
             finally { System.Buffers.ArrayPool<float>.Shared.Return(scratch); }

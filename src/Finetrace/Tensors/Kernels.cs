@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Finetrace.Tensors;
 
@@ -203,129 +204,185 @@ public static class Kernels
 
     // ---------------------------------------------------------------- attention
 
-    /// <summary>Eager causal attention of one query head over one sequence: for query i (absolute position a = qOffset + i)
-    /// the visible keys are j ∈ [max(keyFirst, a − window + 1 if window &gt; 0), min(a, keyLast, nk − 1)];
-    /// s_j = cap(Σ_d q_i,d·k_j,d · scale) (cap = softcap·tanh(·/softcap) when given), p = softmax(s) over the visible
-    /// keys only, o_i = Σ_j p_j·v_j; a query with no visible key (padding) gets o_i = 0.
-    /// Keys lie in vector lanes for the scores (from a transposed copy of K in <paramref name="scratch"/>) and head
-    /// dimensions for the weighted sum, so every lane adds in the same fixed order as the scalar remainder: the result
-    /// does not depend on the vector width. Small head dimensions (8–16) cost a few vector operations per key instead
-    /// of a library call per key. The softmax's normalisation is applied to the weighted sum (o_i = Σ e_j v_j / Σ e_j).</summary>
-    // q: row i at q[i·qStride .. +hd]; k, v: row j at [j·kvStride .. +hd]; o: row i at o[i·qStride .. +hd];
-    // scratch: at least hd·nk + nk floats
-    public static void AttendHead(ReadOnlySpan<float> q, int qStride, int nq, int qOffset, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int kvStride, int nk,
-        int hd, int keyFirst, int keyLast, int window, float scale, float? softcap, Span<float> o, Span<float> scratch)
+    /// <summary>Floats of scratch <see cref="AttendGroup"/> needs for <paramref name="nk"/> keys of head dim <paramref name="hd"/>.</summary>
+    public static int AttendGroupScratch(int hd, int nk) => (2 * hd + 1) * AttendKeyStride(nk);
+
+    /// <summary>Keys per row of the transposed key copy: nk rounded up to whole vectors, plus one vector, so that the
+    /// last (partial) vector of any query's visible keys can be read whole (its extra lanes are masked).</summary>
+    static int AttendKeyStride(int nk) => ((nk + V - 1) & ~(V - 1)) + V;
+
+    /// <summary>Eager causal attention of the <paramref name="heads"/> query heads that share one key/value head (GQA),
+    /// over one sequence: for query i (absolute position a = qOffset + i) the visible keys are
+    /// j ∈ [max(keyFirst, a − window + 1 if window &gt; 0), min(a, keyLast, nk − 1)];
+    /// s_j = cap(Σ_d (q_i,d·scale)·k_j,d) (cap = softcap·tanh(·/softcap) when given), p = softmax(s) over the visible keys
+    /// only, o_i = Σ_j p_j·v_j; a query with no visible key (padding) gets o_i = 0; a NaN or infinite score among the
+    /// visible keys gives a NaN row (as the exact softmax would), masked keys never matter.
+    /// The keys and values are copied once for all heads of the group, transposed ([hd, keys]: consecutive keys are
+    /// consecutive floats), so that both stay in cache while every query reads them and a head dim of 8 still fills the
+    /// vectors. Per query head: the scores are hd vector FMAs per eight keys (four vectors in flight), the running maximum
+    /// is kept in the same pass, the last partial vector is computed whole and its extra lanes masked to −∞ (no scalar
+    /// remainder); the exponentials and o = Σ e_j·v_j (one FMA per eight keys and head dimension) are one pass
+    /// (<see cref="SoftmaxWeightValues"/>), and the softmax's normalisation 1/Σe scales the output. The order of
+    /// every sum is fixed (it does not depend on the thread or the batch).</summary>
+    // q, o: query i, head r at [i·qStride + r·hd .. +hd] (r &lt; heads); k, v: key j at [j·kvStride .. +hd];
+    // scratch: at least AttendGroupScratch(hd, nk) floats
+    public static void AttendGroup(ReadOnlySpan<float> q, int qStride, int nq, int qOffset, int heads, ReadOnlySpan<float> k, ReadOnlySpan<float> v,
+        int kvStride, int nk, int hd, int keyFirst, int keyLast, int window, float scale, float? softcap, Span<float> o, Span<float> scratch)
     {
-        if (nq <= 0 || nk <= 0) return;
-        if (hd <= 0 || qStride < hd || kvStride < hd) throw new ArgumentException($"AttendHead: head dim {hd} with strides q {qStride}, kv {kvStride}");
-        if (q.Length < (nq - 1) * qStride + hd || o.Length < (nq - 1) * qStride + hd)
-            throw new ArgumentException($"AttendHead: {nq} query rows of stride {qStride} need {(nq - 1) * qStride + hd} floats; q has {q.Length}, o {o.Length}");
+        if (nq <= 0 || nk <= 0 || heads <= 0) return;
+        if (hd <= 0 || qStride < heads * hd || kvStride < hd)
+            throw new ArgumentException($"AttendGroup: {heads} heads of dim {hd} with strides q {qStride}, kv {kvStride}");
+        int qNeed = (nq - 1) * qStride + heads * hd;
+        if (q.Length < qNeed || o.Length < qNeed)
+            throw new ArgumentException($"AttendGroup: {nq} query rows of stride {qStride} with {heads} heads need {qNeed} floats; q has {q.Length}, o {o.Length}");
         if (k.Length < (nk - 1) * kvStride + hd || v.Length < (nk - 1) * kvStride + hd)
-            throw new ArgumentException($"AttendHead: {nk} key rows of stride {kvStride} need {(nk - 1) * kvStride + hd} floats; k has {k.Length}, v {v.Length}");
-        if (scratch.Length < hd * nk + nk) throw new ArgumentException($"AttendHead: scratch holds {scratch.Length} floats, needs {hd * nk + nk}");
-        int lastKey = Math.Min(keyLast, nk - 1);
-        // kT [hd, nk]: the keys this head can see, transposed so that consecutive keys are consecutive floats.
-        var kT = scratch[..(hd * nk)];
-        var scores = scratch.Slice(hd * nk, nk);
-        for (int j = Math.Max(keyFirst, 0); j <= lastKey; j++)
+            throw new ArgumentException($"AttendGroup: {nk} key rows of stride {kvStride} need {(nk - 1) * kvStride + hd} floats; k has {k.Length}, v {v.Length}");
+        if (scratch.Length < AttendGroupScratch(hd, nk))
+            throw new ArgumentException($"AttendGroup: scratch holds {scratch.Length} floats, needs {AttendGroupScratch(hd, nk)}");
+        int ld = AttendKeyStride(nk);
+        int lastKey = Math.Min(keyLast, nk - 1), firstKey = Math.Max(keyFirst, 0);
+        if (firstKey > lastKey)
+        {
+            // no real key: every query is padding
+            for (int i = 0; i < nq; i++) o.Slice(i * qStride, heads * hd).Clear();
+            return;
+        }
+        // kT, vT [hd, ld]: keys and values transposed; e [ld]: one query's scores, then exponentials.
+        var kT = scratch[..(hd * ld)];
+        var vT = scratch.Slice(hd * ld, hd * ld);
+        var e = scratch.Slice(2 * hd * ld, ld);
+        for (int j = firstKey; j <= lastKey; j++)
         {
             var kRow = k.Slice(j * kvStride, hd);
-            for (int d = 0; d < hd; d++) kT[d * nk + j] = kRow[d];
+            var vRow = v.Slice(j * kvStride, hd);
+            for (int d = 0; d < hd; d++) { kT[d * ld + j] = kRow[d]; vT[d * ld + j] = vRow[d]; }
         }
-        ref float pk = ref MemoryMarshal.GetReference(kT);
-        ref float ps = ref MemoryMarshal.GetReference(scores);
-        ref float pv = ref MemoryMarshal.GetReference(v);
-        var vScale = Vector256.Create(scale);
+        // Lanes past the visible keys are read (scores masked to −∞, weights 0): keep them finite so that no NaN
+        // pattern left in the scratch reaches a product. Only the one vector after lastKey can be read.
+        for (int d = 0; d < hd; d++)
+        {
+            kT.Slice(d * ld + lastKey + 1, V).Clear();
+            vT.Slice(d * ld + lastKey + 1, V).Clear();
+        }
+
+        Span<float> qs = hd <= 256 ? stackalloc float[hd] : new float[hd];
         for (int i = 0; i < nq; i++)
         {
-            var qRow = q.Slice(i * qStride, hd);
-            var oRow = o.Slice(i * qStride, hd);
             int abs = qOffset + i;
-            int first = Math.Max(keyFirst, window > 0 ? abs - window + 1 : 0);
+            int first = Math.Max(firstKey, window > 0 ? abs - window + 1 : 0);
             int last = Math.Min(abs, lastKey);
-            if (first > last) { oRow.Clear(); continue; }
-            int n = last - first + 1;
-            // Scores: eight keys per vector, Σ_d over the head dimension in ascending order; four vectors at a time
-            // so that four independent chains hide the FMA latency (each lane's sum is the same either way).
-            int j = 0;
-            for (; j <= n - 4 * V; j += 4 * V)
+            for (int r = 0; r < heads; r++)
             {
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                ref float row = ref Unsafe.Add(ref pk, first + j);
-                for (int d = 0; d < hd; d++)
+                var oRow = o.Slice(i * qStride + r * hd, hd);
+                if (first > last) { oRow.Clear(); continue; }
+                var qRow = q.Slice(i * qStride + r * hd, hd);
+                for (int d = 0; d < hd; d++) qs[d] = qRow[d] * scale;
+                int n = last - first + 1;
+                float max = AttendScores(qs, kT, ld, first, n, e, out bool finite);
+                if (softcap is { } cap)
                 {
-                    var qd = Vector256.Create(qRow[d]);
-                    ref float kd = ref Unsafe.Add(ref row, d * nk);
-                    a0 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd), a0);
-                    a1 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, V), a1);
-                    a2 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, 2 * V), a2);
-                    a3 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, 3 * V), a3);
+                    var s = e[..n];
+                    SoftCap(s, cap);
+                    max = Max(s);
+                    int tail = ((n + V - 1) & ~(V - 1)) - n;
+                    e.Slice(n, tail).Fill(float.NegativeInfinity);
                 }
-                (a0 * vScale).StoreUnsafe(ref ps, (nuint)j);
-                (a1 * vScale).StoreUnsafe(ref ps, (nuint)(j + V));
-                (a2 * vScale).StoreUnsafe(ref ps, (nuint)(j + 2 * V));
-                (a3 * vScale).StoreUnsafe(ref ps, (nuint)(j + 3 * V));
-            }
-            for (; j <= n - V; j += V)
-            {
-                var acc = Vector256<float>.Zero;
-                for (int d = 0; d < hd; d++)
-                    acc = Vector256.FusedMultiplyAdd(Vector256.Create(qRow[d]), Vector256.LoadUnsafe(ref pk, (nuint)(d * nk + first + j)), acc);
-                (acc * vScale).StoreUnsafe(ref ps, (nuint)j);
-            }
-            for (; j < n; j++)
-            {
-                float acc = 0f;
-                for (int d = 0; d < hd; d++) acc = MathF.FusedMultiplyAdd(qRow[d], kT[d * nk + first + j], acc);
-                scores[j] = acc * scale;
-            }
-            var e = scores[..n];
-            if (softcap is { } cap) SoftCap(e, cap);
-            // Softmax without its last pass: e_j = exp(s_j − max s), and 1/Σe scales the weighted sum instead.
-            float inv = 1f / ExpShiftedAndSum(e, Max(e));
-            // Weighted sum: eight head dimensions per vector; keys split over four accumulators by j mod 4 (each in
-            // ascending j), combined as (a0 + a1) + (a2 + a3). The scalar remainder adds in the very same order.
-            int c = 0;
-            for (; c <= hd - V; c += V)
-            {
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                ref float vc = ref Unsafe.Add(ref pv, first * kvStride + c);
-                int t = 0;
-                for (; t <= n - 4; t += 4)
-                {
-                    a0 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t]), Vector256.LoadUnsafe(ref vc, (nuint)(t * kvStride)), a0);
-                    a1 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 1]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 1) * kvStride)), a1);
-                    a2 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 2]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 2) * kvStride)), a2);
-                    a3 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 3]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 3) * kvStride)), a3);
-                }
-                if (t < n) a0 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t]), Vector256.LoadUnsafe(ref vc, (nuint)(t * kvStride)), a0);
-                if (t + 1 < n) a1 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 1]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 1) * kvStride)), a1);
-                if (t + 2 < n) a2 = Vector256.FusedMultiplyAdd(Vector256.Create(e[t + 2]), Vector256.LoadUnsafe(ref vc, (nuint)((t + 2) * kvStride)), a2);
-                (((a0 + a1) + (a2 + a3)) * Vector256.Create(inv)).CopyTo(oRow[c..]);
-            }
-            for (; c < hd; c++)
-            {
-                float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f;
-                int t = 0;
-                for (; t <= n - 4; t += 4)
-                {
-                    a0 = MathF.FusedMultiplyAdd(e[t], v[(first + t) * kvStride + c], a0);
-                    a1 = MathF.FusedMultiplyAdd(e[t + 1], v[(first + t + 1) * kvStride + c], a1);
-                    a2 = MathF.FusedMultiplyAdd(e[t + 2], v[(first + t + 2) * kvStride + c], a2);
-                    a3 = MathF.FusedMultiplyAdd(e[t + 3], v[(first + t + 3) * kvStride + c], a3);
-                }
-                if (t < n) a0 = MathF.FusedMultiplyAdd(e[t], v[(first + t) * kvStride + c], a0);
-                if (t + 1 < n) a1 = MathF.FusedMultiplyAdd(e[t + 1], v[(first + t + 1) * kvStride + c], a1);
-                if (t + 2 < n) a2 = MathF.FusedMultiplyAdd(e[t + 2], v[(first + t + 2) * kvStride + c], a2);
-                oRow[c] = ((a0 + a1) + (a2 + a3)) * inv;
+                if (!finite) { oRow.Fill(float.NaN); continue; }
+                SoftmaxWeightValues(e[..((n + V - 1) & ~(V - 1))], max, vT, ld, first, oRow);
             }
         }
     }
 
-    /// <summary>x_j ← exp(x_j − max) in place (every argument ≤ 0), returning Σ_j exp(x_j − max), through
-    /// <see cref="ExpNonPositive"/>: attention's softmax, where the exponentials are most of the work.</summary>
-    // x: [n], in place
-    static float ExpShiftedAndSum(Span<float> x, float max)
+    /// <summary>e[t] = Σ_d qs[d]·kT[d, first + t] for t &lt; n (Σ over d in ascending order), lanes t ∈ [n, n rounded up to
+    /// a vector) set to −∞; returns max_t e[t]. <paramref name="finite"/> is false when a score is NaN or ±∞.</summary>
+    // qs: [hd] (scaled query); kT: [hd, ld]; e: [≥ n rounded up to V]
+    static float AttendScores(ReadOnlySpan<float> qs, ReadOnlySpan<float> kT, int ld, int first, int n, Span<float> e, out bool finite)
+    {
+        int hd = qs.Length;
+        ref float pk = ref Unsafe.Add(ref MemoryMarshal.GetReference(kT), first);
+        ref float pq = ref MemoryMarshal.GetReference(qs);
+        ref float ps = ref MemoryMarshal.GetReference(e);
+        var vmax = Vector256.Create(float.NegativeInfinity);
+        // check accumulates s·0: 0 while every score is finite, NaN otherwise.
+        var check = Vector256<float>.Zero;
+        int j = 0, full = n & ~(V - 1);
+        if (hd == V)
+        {
+            // Head dim 8 (small models): the query's eight values stay in registers for all keys; the same sums, in
+            // the same order, as the general loop below.
+            var q0 = Vector256.Create(pq); var q1 = Vector256.Create(Unsafe.Add(ref pq, 1));
+            var q2 = Vector256.Create(Unsafe.Add(ref pq, 2)); var q3 = Vector256.Create(Unsafe.Add(ref pq, 3));
+            var q4 = Vector256.Create(Unsafe.Add(ref pq, 4)); var q5 = Vector256.Create(Unsafe.Add(ref pq, 5));
+            var q6 = Vector256.Create(Unsafe.Add(ref pq, 6)); var q7 = Vector256.Create(Unsafe.Add(ref pq, 7));
+            ref float k0 = ref pk; ref float k1 = ref Unsafe.Add(ref pk, ld); ref float k2 = ref Unsafe.Add(ref pk, 2 * ld);
+            ref float k3 = ref Unsafe.Add(ref pk, 3 * ld); ref float k4 = ref Unsafe.Add(ref pk, 4 * ld); ref float k5 = ref Unsafe.Add(ref pk, 5 * ld);
+            ref float k6 = ref Unsafe.Add(ref pk, 6 * ld); ref float k7 = ref Unsafe.Add(ref pk, 7 * ld);
+            for (; j <= full - 2 * V; j += 2 * V)
+            {
+                nuint u = (nuint)j, w = (nuint)(j + V);
+                var a0 = Vector256.FusedMultiplyAdd(q0, Vector256.LoadUnsafe(ref k0, u), Vector256<float>.Zero);
+                var a1 = Vector256.FusedMultiplyAdd(q0, Vector256.LoadUnsafe(ref k0, w), Vector256<float>.Zero);
+                a0 = Vector256.FusedMultiplyAdd(q1, Vector256.LoadUnsafe(ref k1, u), a0); a1 = Vector256.FusedMultiplyAdd(q1, Vector256.LoadUnsafe(ref k1, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q2, Vector256.LoadUnsafe(ref k2, u), a0); a1 = Vector256.FusedMultiplyAdd(q2, Vector256.LoadUnsafe(ref k2, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q3, Vector256.LoadUnsafe(ref k3, u), a0); a1 = Vector256.FusedMultiplyAdd(q3, Vector256.LoadUnsafe(ref k3, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q4, Vector256.LoadUnsafe(ref k4, u), a0); a1 = Vector256.FusedMultiplyAdd(q4, Vector256.LoadUnsafe(ref k4, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q5, Vector256.LoadUnsafe(ref k5, u), a0); a1 = Vector256.FusedMultiplyAdd(q5, Vector256.LoadUnsafe(ref k5, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q6, Vector256.LoadUnsafe(ref k6, u), a0); a1 = Vector256.FusedMultiplyAdd(q6, Vector256.LoadUnsafe(ref k6, w), a1);
+                a0 = Vector256.FusedMultiplyAdd(q7, Vector256.LoadUnsafe(ref k7, u), a0); a1 = Vector256.FusedMultiplyAdd(q7, Vector256.LoadUnsafe(ref k7, w), a1);
+                a0.StoreUnsafe(ref ps, u);
+                a1.StoreUnsafe(ref ps, w);
+                vmax = Vector256.MaxNative(vmax, Vector256.MaxNative(a0, a1));
+                check = Vector256.FusedMultiplyAdd(a0 + a1, Vector256<float>.Zero, check);
+            }
+        }
+        for (; j <= full - 4 * V; j += 4 * V)
+        {
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            ref float kd = ref Unsafe.Add(ref pk, j);
+            for (int d = 0; d < hd; d++, kd = ref Unsafe.Add(ref kd, ld))
+            {
+                var qd = Vector256.Create(Unsafe.Add(ref pq, d));
+                a0 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd), a0);
+                a1 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, V), a1);
+                a2 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, 2 * V), a2);
+                a3 = Vector256.FusedMultiplyAdd(qd, Vector256.LoadUnsafe(ref kd, 3 * V), a3);
+            }
+            a0.StoreUnsafe(ref ps, (nuint)j);
+            a1.StoreUnsafe(ref ps, (nuint)(j + V));
+            a2.StoreUnsafe(ref ps, (nuint)(j + 2 * V));
+            a3.StoreUnsafe(ref ps, (nuint)(j + 3 * V));
+            vmax = Vector256.MaxNative(vmax, Vector256.MaxNative(Vector256.MaxNative(a0, a1), Vector256.MaxNative(a2, a3)));
+            check = Vector256.FusedMultiplyAdd((a0 + a1) + (a2 + a3), Vector256<float>.Zero, check);
+        }
+        for (; j < n; j += V)
+        {
+            var acc = Vector256<float>.Zero;
+            ref float row = ref Unsafe.Add(ref pk, j);
+            for (int d = 0; d < hd; d++)
+                acc = Vector256.FusedMultiplyAdd(Vector256.Create(Unsafe.Add(ref pq, d)), Vector256.LoadUnsafe(ref row, (nuint)(d * ld)), acc);
+            if (j + V > n)
+            {
+                // the last partial vector: lanes past n are other keys (or zeros) and must not count
+                var valid = Vector256.LessThan(Vector256.Create(j) + Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7), Vector256.Create(n)).AsSingle();
+                check = Vector256.FusedMultiplyAdd(acc & valid, Vector256<float>.Zero, check);
+                acc = Vector256.ConditionalSelect(valid, acc, Vector256.Create(float.NegativeInfinity));
+            }
+            else check = Vector256.FusedMultiplyAdd(acc, Vector256<float>.Zero, check);
+            acc.StoreUnsafe(ref ps, (nuint)j);
+            vmax = Vector256.MaxNative(vmax, acc);
+        }
+        finite = Vector256.Sum(check) == 0f;
+        var m4 = Vector128.MaxNative(vmax.GetLower(), vmax.GetUpper());
+        m4 = Vector128.MaxNative(m4, Vector128.Shuffle(m4, Vector128.Create(2, 3, 0, 1)));
+        return float.MaxNative(m4[0], m4[1]);
+    }
+
+    /// <summary>x ← exp(x − max) in place over whole vectors (−∞ lanes give 0), returning Σ exp(x − max). With every
+    /// x ≤ max: t = (x − max)·log2(e), clamped at −127, 2^t = 2^round(t) · p(t − round(t)), p a degree-5 polynomial fit
+    /// to 2^f on [−½, ½] (relative error 1.6e-7; below 2.5e-7 with float rounding, tested); 2^round(t) is built in the exponent bits (−127 gives 0). The
+    /// relative error grows with |x − max| by the rounding of t (about 4e-8·|x − max|), i.e. only where exp is tiny.</summary>
+    // x: [n], n a multiple of V, in place
+    static float Exp2Softmax(Span<float> x, float max)
     {
         ref float px = ref MemoryMarshal.GetReference(x);
         var vm = Vector256.Create(max);
@@ -333,51 +390,141 @@ public static class Kernels
         int n = x.Length, i = 0;
         for (; i <= n - 2 * V; i += 2 * V)
         {
-            var e0 = ExpNonPositive(Vector256.LoadUnsafe(ref px, (nuint)i) - vm);
-            var e1 = ExpNonPositive(Vector256.LoadUnsafe(ref px, (nuint)(i + V)) - vm);
+            var e0 = Exp2NonPositive((Vector256.LoadUnsafe(ref px, (nuint)i) - vm) * Vector256.Create(Log2E));
+            var e1 = Exp2NonPositive((Vector256.LoadUnsafe(ref px, (nuint)(i + V)) - vm) * Vector256.Create(Log2E));
             e0.StoreUnsafe(ref px, (nuint)i); e1.StoreUnsafe(ref px, (nuint)(i + V));
             s0 += e0; s1 += e1;
         }
-        for (; i <= n - V; i += V)
+        for (; i < n; i += V)
         {
-            var e0 = ExpNonPositive(Vector256.LoadUnsafe(ref px, (nuint)i) - vm);
+            var e0 = Exp2NonPositive((Vector256.LoadUnsafe(ref px, (nuint)i) - vm) * Vector256.Create(Log2E));
             e0.StoreUnsafe(ref px, (nuint)i);
             s0 += e0;
-        }
-        if (i < n)
-        {
-            Span<float> buf = stackalloc float[V];
-            var e = ExpNonPositive(LoadTail(x, i, float.NegativeInfinity) - vm);   // padding lanes give 0
-            s1 += e;
-            e.CopyTo(buf);
-            buf[..(n - i)].CopyTo(x[i..]);
         }
         return Vector256.Sum(s0 + s1);
     }
 
-    /// <summary>exp(x) for x ≤ 0 in float arithmetic (relative error below 3e-7; 0 below −87.3, where exp would be
-    /// subnormal; NaN stays NaN): x = k·ln2 + r with |r| ≤ ln2/2 (Cody–Waite, ln2 split in two parts), exp(r) by its
-    /// degree-7 Taylor polynomial (truncation below 6e-9), times 2^k built in the exponent bits. Several times cheaper
-    /// than <see cref="Vector256.Exp(Vector256{float})"/>, which works in double; used where x − max ≤ 0 (softmax).</summary>
+    const float Log2E = 1.44269504f;
+
+    /// <summary>2^t for t ≤ 0 (t ≤ −127 and −∞ give 0; relative error below 2.5e-7), as described at <see cref="Exp2Softmax"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<float> ExpNonPositive(Vector256<float> x)
+    internal static Vector256<float> Exp2NonPositive(Vector256<float> t)
     {
-        var low = Vector256.LessThan(x, Vector256.Create(-87.3f));
-        var xc = Vector256.ConditionalSelect(low, Vector256.Create(-87.3f), x);
-        var k = Vector256.Round(xc * Vector256.Create(1.44269504f));
-        var r = Vector256.FusedMultiplyAdd(k, Vector256.Create(-0.693145752f), xc);      // ln2's high part: k·hi is exact
-        r = Vector256.FusedMultiplyAdd(k, Vector256.Create(-1.42860677e-6f), r);           // ln2's low part
-        var p = Vector256.Create(1f / 5040f);
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 720f));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 120f));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 24f));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 6f));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(0.5f));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f));
-        var twoK = (Vector256.ConvertToInt32(k) + Vector256.Create(127)) << 23;
-        return Vector256.ConditionalSelect(low, Vector256<float>.Zero, p * twoK.AsSingle());
+        t = Vector256.MaxNative(t, Vector256.Create(-127f));
+        var k = Vector256.Round(t);
+        var f = t - k;                                                           // exact, |f| ≤ ½
+        var p = Vector256.Create(1.339086331e-3f);
+        p = Vector256.FusedMultiplyAdd(p, f, Vector256.Create(9.676031768e-3f));
+        p = Vector256.FusedMultiplyAdd(p, f, Vector256.Create(5.550356954e-2f));
+        p = Vector256.FusedMultiplyAdd(p, f, Vector256.Create(2.402210683e-1f));
+        p = Vector256.FusedMultiplyAdd(p, f, Vector256.Create(6.931471825e-1f));
+        p = Vector256.FusedMultiplyAdd(p, f, Vector256.Create(1.000000119f));
+        // k is a whole number in [−127, 0]: the plain (native) conversion is exact, no saturation fix-ups needed
+        var twoK = (Vector256.ConvertToInt32Native(k) + Vector256.Create(127)) << 23;   // k = −127 gives +0
+        return p * twoK.AsSingle();
     }
+
+    /// <summary>The softmax of the scores and the weighted sum of the values in one pass over the keys:
+    /// e[t] = exp(s[t] − max) (as <see cref="Exp2Softmax"/>, written back for later head dimensions), then
+    /// o[d] = (Σ_t e[t]·vT[d, first + t]) / Σ_t e[t] over whole vectors of keys (e is 0 past the visible keys). Eight head
+    /// dimensions at a time, each with its own accumulator (lane l adds keys t ≡ l mod 8 in ascending t): one vector of
+    /// e serves all eight; the first eight dimensions take e straight from the exponential, later ones reread it.</summary>
+    // s: [n] scores in, exponentials out, n a multiple of V; vT: [hd, ld]; o: [hd]
+    static void SoftmaxWeightValues(Span<float> s, float max, ReadOnlySpan<float> vT, int ld, int first, Span<float> o)
+    {
+        int hd = o.Length, n = s.Length;
+        if (hd < V)
+        {
+            float invSmall = 1f / Exp2Softmax(s, max);
+            WeightValues(s, vT, ld, first, 0, invSmall, o);
+            return;
+        }
+        ref float pe = ref MemoryMarshal.GetReference(s);
+        ref float r0 = ref Unsafe.Add(ref MemoryMarshal.GetReference(vT), first);
+        ref float r1 = ref Unsafe.Add(ref r0, ld); ref float r2 = ref Unsafe.Add(ref r0, 2 * ld); ref float r3 = ref Unsafe.Add(ref r0, 3 * ld);
+        ref float r4 = ref Unsafe.Add(ref r0, 4 * ld); ref float r5 = ref Unsafe.Add(ref r0, 5 * ld); ref float r6 = ref Unsafe.Add(ref r0, 6 * ld);
+        ref float r7 = ref Unsafe.Add(ref r0, 7 * ld);
+        var vm = Vector256.Create(max);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default, sum = default;
+        for (int t = 0; t < n; t += V)
+        {
+            nuint u = (nuint)t;
+            var et = Exp2NonPositive((Vector256.LoadUnsafe(ref pe, u) - vm) * Vector256.Create(Log2E));
+            et.StoreUnsafe(ref pe, u);
+            sum += et;
+            a0 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r0, u), a0);
+            a1 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r1, u), a1);
+            a2 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r2, u), a2);
+            a3 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r3, u), a3);
+            a4 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r4, u), a4);
+            a5 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r5, u), a5);
+            a6 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r6, u), a6);
+            a7 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r7, u), a7);
+        }
+        float inv = 1f / LaneSum(sum);
+        (LaneSums(a0, a1, a2, a3, a4, a5, a6, a7) * Vector256.Create(inv)).StoreUnsafe(ref MemoryMarshal.GetReference(o));
+        if (hd > V) WeightValues(s, vT, ld, first, V, inv, o);
+    }
+
+    /// <summary>o[d] = (Σ_t e[t]·vT[d, first + t]) · inv for d ≥ <paramref name="from"/>, over whole vectors of keys, in
+    /// the order <see cref="SoftmaxWeightValues"/> states.</summary>
+    // e: [n], n a multiple of V; vT: [hd, ld]; o: [hd]
+    static void WeightValues(ReadOnlySpan<float> e, ReadOnlySpan<float> vT, int ld, int first, int from, float inv, Span<float> o)
+    {
+        int hd = o.Length, n = e.Length;
+        ref float pe = ref MemoryMarshal.GetReference(e);
+        ref float pv = ref Unsafe.Add(ref MemoryMarshal.GetReference(vT), first);
+        var vinv = Vector256.Create(inv);
+        int c = from;
+        for (; c <= hd - V; c += V)
+        {
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            ref float r0 = ref Unsafe.Add(ref pv, c * ld);
+            ref float r1 = ref Unsafe.Add(ref r0, ld); ref float r2 = ref Unsafe.Add(ref r0, 2 * ld); ref float r3 = ref Unsafe.Add(ref r0, 3 * ld);
+            ref float r4 = ref Unsafe.Add(ref r0, 4 * ld); ref float r5 = ref Unsafe.Add(ref r0, 5 * ld); ref float r6 = ref Unsafe.Add(ref r0, 6 * ld);
+            ref float r7 = ref Unsafe.Add(ref r0, 7 * ld);
+            for (int t = 0; t < n; t += V)
+            {
+                nuint u = (nuint)t;
+                var et = Vector256.LoadUnsafe(ref pe, u);
+                a0 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r0, u), a0);
+                a1 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r1, u), a1);
+                a2 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r2, u), a2);
+                a3 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r3, u), a3);
+                a4 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r4, u), a4);
+                a5 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r5, u), a5);
+                a6 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r6, u), a6);
+                a7 = Vector256.FusedMultiplyAdd(et, Vector256.LoadUnsafe(ref r7, u), a7);
+            }
+            (LaneSums(a0, a1, a2, a3, a4, a5, a6, a7) * vinv).StoreUnsafe(ref MemoryMarshal.GetReference(o), (nuint)c);
+        }
+        for (; c < hd; c++)
+        {
+            var acc = Vector256<float>.Zero;
+            ref float rc = ref Unsafe.Add(ref pv, c * ld);
+            for (int t = 0; t < n; t += V) acc = Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref pe, (nuint)t), Vector256.LoadUnsafe(ref rc, (nuint)t), acc);
+            o[c] = LaneSum(acc) * inv;
+        }
+    }
+
+    /// <summary>[Σ lanes of a0, …, Σ lanes of a7], each as <see cref="LaneSum"/> adds them: ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> LaneSums(Vector256<float> a0, Vector256<float> a1, Vector256<float> a2, Vector256<float> a3,
+        Vector256<float> a4, Vector256<float> a5, Vector256<float> a6, Vector256<float> a7)
+    {
+        if (Avx.IsSupported)
+        {
+            // hadd pairs neighbouring lanes within each 128-bit half: two rounds give each half's four-lane sums,
+            // the last step adds the halves.
+            var h0123 = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
+            var h4567 = Avx.HorizontalAdd(Avx.HorizontalAdd(a4, a5), Avx.HorizontalAdd(a6, a7));
+            return Avx.Permute2x128(h0123, h4567, 0x20) + Avx.Permute2x128(h0123, h4567, 0x31);
+        }
+        return Vector256.Create(LaneSum(a0), LaneSum(a1), LaneSum(a2), LaneSum(a3), LaneSum(a4), LaneSum(a5), LaneSum(a6), LaneSum(a7));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float LaneSum(Vector256<float> a) => ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 
     // ---------------------------------------------------------------- selection
 

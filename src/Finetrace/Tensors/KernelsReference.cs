@@ -136,7 +136,7 @@ public static class KernelsReference
         all.AsSpan(0, k).CopyTo(indices);
     }
 
-    /// <summary>Causal attention of one query head, exactly as <see cref="Kernels.AttendHead"/> states it, in double
+    /// <summary>Causal attention of one query head, as <see cref="Kernels.AttendGroup"/> states it for each head, in double
     /// precision: for query i at a = qOffset + i, keys j ∈ [max(keyFirst, a − window + 1 if window &gt; 0), min(a, keyLast)];
     /// s_j = cap(q_i·k_j·scale), o_i = Σ_j softmax(s)_j v_j; no visible key gives 0.</summary>
     // q, o: row i at [i·qStride .. +hd]; k, v: row j at [j·kvStride .. +hd]

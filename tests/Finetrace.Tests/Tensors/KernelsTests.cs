@@ -329,73 +329,149 @@ public class KernelsTests
 
     // ---------------------------------------------------------------- attention
 
-    /// <summary>One query head against the double-precision reference: head dims around the vector width, keys not
-    /// a multiple of it, strided rows (other heads interleaved), a cache offset, left and right padding, a sliding
-    /// window and a soft-cap; queries with no visible key must come out 0.</summary>
+    /// <summary>The query heads of one KV group against the double-precision reference applied head by head: head dims
+    /// below, at and past the vector width, GQA groups of 1, 2 and 4 heads, keys not a multiple of the vector width
+    /// (1, 7, 513), strided rows (other heads interleaved), a cache offset, left and right padding, a sliding window and a
+    /// soft-cap; queries with no visible key must come out 0, and nothing outside the group's head slices is written.</summary>
     [Theory]
-    [InlineData(8, 37, 0, 0, 36, 0, false)]        // stories260K's head dim, causal, no padding
-    [InlineData(8, 37, 0, 0, 20, 0, false)]        // right padding: queries after 20 see keys ≤ 20
-    [InlineData(8, 37, 0, 5, 36, 0, false)]        // left padding: queries before 5 see nothing
-    [InlineData(3, 19, 0, 0, 18, 0, false)]        // head dim below a vector: scalar only
-    [InlineData(12, 41, 0, 0, 40, 7, true)]        // vector + remainder dims, sliding window, soft-cap
-    [InlineData(64, 70, 0, 2, 65, 0, false)]       // a real model's head dim
-    [InlineData(16, 5, 30, 0, 34, 0, false)]       // 5 new queries after 30 cached keys
-    public void AttendHeadMatchesReference(int hd, int nq, int qOffset, int keyFirst, int keyLast, int window, bool softcap)
+    [InlineData(8, 2, 37, 0, 0, 36, 0, false)]       // stories260K's head dim and GQA ratio, causal, no padding
+    [InlineData(8, 2, 37, 0, 0, 20, 0, false)]       // right padding: queries after 20 see keys ≤ 20
+    [InlineData(8, 1, 37, 0, 5, 36, 0, false)]       // left padding: queries before 5 see nothing
+    [InlineData(3, 1, 19, 0, 0, 18, 0, false)]       // head dim below a vector: scalar dims only
+    [InlineData(12, 2, 41, 0, 0, 40, 7, true)]       // vector + remainder dims, sliding window, soft-cap
+    [InlineData(64, 4, 70, 0, 2, 65, 0, false)]      // a real model's head dim
+    [InlineData(16, 2, 5, 30, 0, 34, 0, false)]      // 5 new queries after 30 cached keys
+    [InlineData(8, 1, 1, 0, 0, 0, 0, false)]         // T = 1
+    [InlineData(8, 4, 7, 0, 0, 6, 0, false)]         // T = 7: one partial vector of keys
+    [InlineData(8, 2, 513, 0, 0, 512, 0, false)]     // T = 513: every tail length on the way
+    [InlineData(16, 4, 513, 0, 3, 500, 0, false)]
+    [InlineData(64, 1, 513, 0, 0, 512, 100, true)]
+    [InlineData(8, 2, 1, 40, 0, 40, 0, false)]       // a generation step after 40 cached keys
+    [InlineData(8, 2, 9, 0, 5, 3, 0, false)]         // no real key at all (keyFirst > keyLast): all zeros
+    public void AttendGroupMatchesReference(int hd, int heads, int nq, int qOffset, int keyFirst, int keyLast, int window, bool softcap)
     {
-        int nk = qOffset + nq, qStride = hd * 3, kvStride = hd * 2 + 1;
-        var q = Random((nq - 1) * qStride + hd, 11 + hd, 2f);
+        int nk = qOffset + nq, qStride = hd * heads + 5, kvStride = hd * 2 + 1;
+        var q = Random((nq - 1) * qStride + heads * hd, 11 + hd + heads, 2f);
         var k = Random((nk - 1) * kvStride + hd, 12 + hd, 2f);
         var v = Random((nk - 1) * kvStride + hd, 13 + hd, 1f);
         float scale = 1f / MathF.Sqrt(hd);
         float? cap = softcap ? 3f : null;
         var expected = new float[q.Length];
-        KernelsReference.AttendHead(q, qStride, nq, qOffset, k, v, kvStride, nk, hd, keyFirst, keyLast, window, scale, cap, expected);
+        for (int r = 0; r < heads; r++)
+            KernelsReference.AttendHead(q.AsSpan(r * hd), qStride, nq, qOffset, k, v, kvStride, nk, hd, keyFirst, keyLast, window, scale, cap, expected.AsSpan(r * hd));
         var actual = new float[q.Length];
-        Kernels.AttendHead(q, qStride, nq, qOffset, k, v, kvStride, nk, hd, keyFirst, keyLast, window, scale, cap, actual, new float[hd * nk + nk]);
-        // Only each row's head slice is written; compare those.
+        actual.AsSpan().Fill(77f);
+        // a scratch left dirty by earlier use (NaN included) must not matter
+        var scratch = new float[Kernels.AttendGroupScratch(hd, nk) + 3];
+        scratch.AsSpan().Fill(float.NaN);
+        Kernels.AttendGroup(q, qStride, nq, qOffset, heads, k, v, kvStride, nk, hd, keyFirst, keyLast, window, scale, cap, actual, scratch);
         var e = new List<float>(); var a = new List<float>();
-        for (int i = 0; i < nq; i++) { e.AddRange(expected.AsSpan(i * qStride, hd).ToArray()); a.AddRange(actual.AsSpan(i * qStride, hd).ToArray()); }
-        AssertClose($"AttendHead hd={hd} nq={nq}", e.ToArray(), a.ToArray(), 2e-6, 2e-6);
+        for (int i = 0; i < nq; i++)
+        {
+            e.AddRange(expected.AsSpan(i * qStride, heads * hd).ToArray());
+            a.AddRange(actual.AsSpan(i * qStride, heads * hd).ToArray());
+            if (i < nq - 1) Assert.All(actual.AsSpan(i * qStride + heads * hd, qStride - heads * hd).ToArray(), x => Assert.Equal(77f, x));
+        }
+        AssertClose($"AttendGroup hd={hd} heads={heads} nq={nq}", e.ToArray(), a.ToArray(), 2e-6, 2e-6);
         for (int i = 0; i < nq; i++)
         {
             int abs = qOffset + i;
             bool none = Math.Max(keyFirst, window > 0 ? abs - window + 1 : 0) > Math.Min(abs, keyLast);
-            if (none) Assert.All(actual.AsSpan(i * qStride, hd).ToArray(), x => Assert.Equal(0f, x));
-            else Assert.Contains(actual.AsSpan(i * qStride, hd).ToArray(), x => x != 0f);
+            var row = actual.AsSpan(i * qStride, heads * hd).ToArray();
+            if (none) Assert.All(row, x => Assert.Equal(0f, x));
+            else Assert.Contains(row, x => x != 0f);
         }
     }
 
+    /// <summary>Random shapes against the reference: head dims 8, 16, 64 (and odd ones), GQA groups 1, 2, 4, lengths
+    /// around the vector width and 513, random padding and offsets.</summary>
     [Fact]
-    public void ExpNonPositiveIsAccurateOverItsRange()
+    public void AttendGroupMatchesReferenceOnRandomShapes()
     {
-        // Every x in [−87.3, 0] on a fine grid plus the edges: relative error against double exp; 0 below, NaN kept.
+        var rng = new Random(5);
+        int[] dims = [8, 16, 64, 5, 24], groups = [1, 2, 4], lengths = [1, 2, 7, 8, 9, 31, 33, 100, 513];
+        for (int trial = 0; trial < 40; trial++)
+        {
+            int hd = dims[rng.Next(dims.Length)], heads = groups[rng.Next(groups.Length)];
+            int nq = lengths[rng.Next(lengths.Length)], qOffset = rng.Next(3) == 0 ? rng.Next(20) : 0, nk = qOffset + nq;
+            int keyFirst = rng.Next(3) == 0 ? rng.Next(Math.Min(nk, 10)) : 0, keyLast = rng.Next(3) == 0 ? nk - 1 - rng.Next(Math.Min(nk, 10)) : nk - 1;
+            int window = rng.Next(4) == 0 ? 1 + rng.Next(50) : 0;
+            float? cap = rng.Next(4) == 0 ? 2.5f : null;
+            int qStride = heads * hd + rng.Next(3) * hd, kvStride = hd + rng.Next(3);
+            var q = Random((nq - 1) * qStride + heads * hd, 100 + trial, 3f);
+            var k = Random((nk - 1) * kvStride + hd, 200 + trial, 3f);
+            var v = Random((nk - 1) * kvStride + hd, 300 + trial, 1f);
+            float scale = 1f / MathF.Sqrt(hd);
+            var expected = new float[q.Length];
+            for (int r = 0; r < heads; r++)
+                KernelsReference.AttendHead(q.AsSpan(r * hd), qStride, nq, qOffset, k, v, kvStride, nk, hd, keyFirst, keyLast, window, scale, cap, expected.AsSpan(r * hd));
+            var actual = new float[q.Length];
+            Kernels.AttendGroup(q, qStride, nq, qOffset, heads, k, v, kvStride, nk, hd, keyFirst, keyLast, window, scale, cap, actual, new float[Kernels.AttendGroupScratch(hd, nk)]);
+            var e = new List<float>(); var a = new List<float>();
+            for (int i = 0; i < nq; i++) { e.AddRange(expected.AsSpan(i * qStride, heads * hd).ToArray()); a.AddRange(actual.AsSpan(i * qStride, heads * hd).ToArray()); }
+            AssertClose($"trial {trial}: hd={hd} heads={heads} nq={nq} offset={qOffset} keys [{keyFirst}, {keyLast}] window={window} cap={cap}", e.ToArray(), a.ToArray(), 3e-6, 3e-6);
+        }
+    }
+
+    /// <summary>A NaN among a query's visible keys makes its row NaN (as the exact softmax does); the same NaN in a key
+    /// the query cannot see (a later key, or padding read past the last real key) changes nothing.</summary>
+    [Fact]
+    public void AttendGroupPropagatesNaNOnlyFromVisibleKeys()
+    {
+        int hd = 8, nq = 20, nk = 20, heads = 2;
+        var q = Random(nq * heads * hd, 1, 1f);
+        var k = Random(nk * hd, 2, 1f);
+        var v = Random(nk * hd, 3, 1f);
+        k[12 * hd + 3] = float.NaN;                      // key 12
+        var o = new float[q.Length];
+        Kernels.AttendGroup(q, heads * hd, nq, 0, heads, k, v, hd, nk, hd, 0, 16, 0, 0.3f, null, o, new float[Kernels.AttendGroupScratch(hd, nk)]);
+        for (int i = 0; i < nq; i++)
+        {
+            var row = o.AsSpan(i * heads * hd, heads * hd).ToArray();
+            if (i < 12) Assert.All(row, x => Assert.True(float.IsFinite(x), $"query {i} sees no NaN key but got {x}"));
+            else Assert.All(row, x => Assert.True(float.IsNaN(x), $"query {i} sees the NaN key but got {x}"));
+        }
+        // keys past keyLast (padding) hold NaN: every query stays finite
+        k[12 * hd + 3] = 0.5f;
+        for (int j = 17; j < nk; j++) k[j * hd] = float.NaN;
+        Kernels.AttendGroup(q, heads * hd, nq, 0, heads, k, v, hd, nk, hd, 0, 16, 0, 0.3f, null, o, new float[Kernels.AttendGroupScratch(hd, nk)]);
+        Assert.All(o, x => Assert.True(float.IsFinite(x)));
+    }
+
+    [Fact]
+    public void Exp2NonPositiveIsAccurateOverItsRange()
+    {
+        // t in [−126, 0] on a fine grid plus the edges: relative error against double 2^t; 0 at −127 and below.
         double worst = 0;
-        var xs = new List<float> { 0f, -0f, -1e-30f, -87.3f, -87.29f };
-        for (double x = -87.3; x <= 0; x += 1.7e-3) xs.Add((float)x);
-        for (int i = 0; i < xs.Count; i += 8)
+        var ts = new List<float> { 0f, -0f, -1e-30f, -0.5f, -126f, -125.9f };
+        for (double t = -126; t <= 0; t += 1.3e-3) ts.Add((float)t);
+        for (int i = 0; i < ts.Count; i += 8)
         {
             var chunk = new float[8];
-            for (int l = 0; l < 8; l++) chunk[l] = xs[Math.Min(i + l, xs.Count - 1)];
-            var e = Kernels.ExpNonPositive(System.Runtime.Intrinsics.Vector256.Create(chunk));
+            for (int l = 0; l < 8; l++) chunk[l] = ts[Math.Min(i + l, ts.Count - 1)];
+            var e = Kernels.Exp2NonPositive(System.Runtime.Intrinsics.Vector256.Create(chunk));
             for (int l = 0; l < 8; l++)
             {
-                double exact = Math.Exp(chunk[l]);
+                double exact = Math.Pow(2, chunk[l]);
                 worst = Math.Max(worst, Math.Abs(e[l] - exact) / exact);
             }
         }
-        Assert.True(worst < 3e-7, $"ExpNonPositive: worst relative error {worst:E2}");
-        var edge = Kernels.ExpNonPositive(System.Runtime.Intrinsics.Vector256.Create(-87.4f, -1000f, float.NegativeInfinity, float.NaN, -88f, -100f, -0.5f, 0f));
-        Assert.Equal([0f, 0f, 0f], new[] { edge[0], edge[1], edge[2] });
-        Assert.True(float.IsNaN(edge[3]));
-        Assert.Equal((float)Math.Exp(-0.5), edge[6], 6);
-        Assert.Equal(1f, edge[7]);
+        Assert.True(worst < 2.5e-7, $"Exp2NonPositive: worst relative error {worst:E2}");
+        var edge = Kernels.Exp2NonPositive(System.Runtime.Intrinsics.Vector256.Create(-127f, -1000f, float.NegativeInfinity, -127.4f, -128f, -3f, -1f, 0f));
+        Assert.Equal([0f, 0f, 0f, 0f, 0f], new[] { edge[0], edge[1], edge[2], edge[3], edge[4] });
+        Assert.Equal(0.125, edge[5], 0.125 * 2.5e-7);
+        Assert.Equal(0.5, edge[6], 0.5 * 2.5e-7);
+        Assert.Equal(1.0, edge[7], 2.5e-7);
     }
 
     [Fact]
-    public void AttendHeadRejectsShortBuffers()
+    public void AttendGroupRejectsShortBuffers()
     {
-        var q = new float[16]; var k = new float[16]; var v = new float[16]; var o = new float[16];
-        Assert.Throws<ArgumentException>(() => Kernels.AttendHead(q, 8, 2, 0, k, v, 8, 2, 8, 0, 1, 0, 1f, null, o, new float[17]));
-        Assert.Throws<ArgumentException>(() => Kernels.AttendHead(q, 8, 3, 0, k, v, 8, 2, 8, 0, 1, 0, 1f, null, o, new float[18]));
+        var q = new float[32]; var k = new float[16]; var v = new float[16]; var o = new float[32];
+        int need = Kernels.AttendGroupScratch(8, 2);
+        Kernels.AttendGroup(q, 16, 2, 0, 2, k, v, 8, 2, 8, 0, 1, 0, 1f, null, o, new float[need]);
+        Assert.Throws<ArgumentException>(() => Kernels.AttendGroup(q, 16, 2, 0, 2, k, v, 8, 2, 8, 0, 1, 0, 1f, null, o, new float[need - 1]));
+        Assert.Throws<ArgumentException>(() => Kernels.AttendGroup(q, 16, 3, 0, 2, k, v, 8, 2, 8, 0, 1, 0, 1f, null, o, new float[need]));
+        Assert.Throws<ArgumentException>(() => Kernels.AttendGroup(q, 8, 2, 0, 2, k, v, 8, 2, 8, 0, 1, 0, 1f, null, o, new float[need]));
     }
 }
