@@ -13,6 +13,10 @@ namespace Finetrace.Bench;
 /// tokens, and how fast its GEMM-bound parts (every projection and the unembedding, forward and backward: 6 FLOPs per
 /// matmul parameter per token for a full fine-tune) run against the sgemm rate measured in the same run on the model's
 /// MLP shape. Timed steps and sgemm runs alternate so both see the same machine load; each figure is the best run.
+/// The GEMM parts are also split into the forward's products (y = x·Wᵀ, the same <c>Gemm.Sgemm(N, T)</c> call the
+/// inference forward of f32 weights makes) and the backward's (dX = dY·W and dW = dYᵀ·x), each as a fraction of the
+/// same-run sgemm, so "training runs at the speed of the forward pass's kernels" is a comparison in one run on the
+/// same shapes: backward fraction / forward fraction.
 /// </summary>
 public sealed class LmTrainBench : IBenchCommand
 {
@@ -76,12 +80,16 @@ public sealed class LmTrainBench : IBenchCommand
         double gemmGflops = p.GemmFlops / p.Gemm / 1e9;
         double ratio = gemmGflops / sgemm;
         double other = best - p.Gemm - p.Attention;
+        double fwdGflops = p.GemmForwardFlops / p.GemmForward / 1e9, bwdGflops = p.GemmBackwardFlops / p.GemmBackward / 1e9;
+        double fwdRatio = fwdGflops / sgemm, bwdRatio = bwdGflops / sgemm;
         if (json)
         {
             BenchSupport.PrintJson(new Dictionary<string, object?>
             {
                 ["tokens_per_s"] = tokensPerS, ["step_s"] = best, ["gemm_gflops"] = gemmGflops, ["sgemm_gflops"] = sgemm, ["gemm_ratio"] = ratio,
-                ["gemm_s"] = p.Gemm, ["attention_s"] = p.Attention, ["other_s"] = other, ["load_average"] = BenchSupport.LoadAverage(),
+                ["forward_gemm_gflops"] = fwdGflops, ["forward_gemm_ratio"] = fwdRatio, ["backward_gemm_gflops"] = bwdGflops,
+                ["backward_gemm_ratio"] = bwdRatio, ["backward_vs_forward"] = bwdRatio / fwdRatio,
+                ["gemm_s"] = p.Gemm, ["forward_gemm_s"] = p.GemmForward, ["backward_gemm_s"] = p.GemmBackward, ["attention_s"] = p.Attention, ["other_s"] = other, ["load_average"] = BenchSupport.LoadAverage(),
             });
             return 0;
         }
@@ -94,6 +102,9 @@ public sealed class LmTrainBench : IBenchCommand
         table.AddRow("GEMM parts: time / GFLOP/s", $"{p.Gemm:F3} s / {gemmGflops:F1}");
         table.AddRow(Markup.Escape($"same-run sgemm GFLOP/s [{m}×{c.Hidden}]·[{c.Hidden}×{c.Intermediate}]"), $"{sgemm:F1} ({Gemm.Backend})");
         table.AddRow("GEMM parts / sgemm (target ≥ 0.50)", $"{ratio:F2}");
+        table.AddRow("  forward products (x·Wᵀ, the forward pass's kernel) / sgemm", $"{fwdRatio:F2} ({p.GemmForward:F3} s, {fwdGflops:F1} GFLOP/s)");
+        table.AddRow("  backward products (dY·W, dYᵀ·x) / sgemm", $"{bwdRatio:F2} ({p.GemmBackward:F3} s, {bwdGflops:F1} GFLOP/s)");
+        table.AddRow("  backward / forward (1 = training GEMMs at forward speed)", $"{bwdRatio / fwdRatio:F2}");
         table.AddRow("attention (forward + backward) / other", $"{p.Attention:F3} s / {other:F3} s");
         table.AddRow("load average (1 min)", BenchSupport.LoadAverage());
         AnsiConsole.Write(table);

@@ -18,6 +18,7 @@ public static partial class Findings
     public static string Rule(FindingsConfig f) =>
         $"latents: a word (letters only, ≥ 2) that appears in ≥ {f.MinExampleShare:P0} of one of the top {f.TopLatents} latents' examples and whose share among " +
         $"all their examples exceeds {f.ControlFactor}× its share among the control latents' examples (and appears in ≥ 2 examples); " +
+        $"each such word is quoted in the longest run of up to {MaxPhraseWords} whitespace-separated words around it that recurs in at least half (and ≥ 2) of the examples containing it; " +
         "diff mining: word tokens raised into the top-K in more than 2·K/V of positions (twice the chance rate); " +
         "ADL: a position whose logit-lens top-1 probability beats every one of 10 random directions of the same norm by ≥ 0.05; " +
         $"KL: mean per-token KL above {f.MinMeanKl} nats (control: 0 for identical models); " +
@@ -52,7 +53,7 @@ public static partial class Findings
         latents.SelectMany(l => (l!["examples"] as JsonArray ?? []).Select((e, i) => new Ex((int)l["id"]!, (string?)e ?? "",
             (string?)(l["example_sources"] as JsonArray)?[i], Word().Matches((string?)e ?? "").Select(m => m.Value).ToHashSet(StringComparer.Ordinal)))).ToList();
 
-    static IEnumerable<JsonObject> LatentFindings(JsonObject s, FindingsConfig f)
+    internal static IEnumerable<JsonObject> LatentFindings(JsonObject s, FindingsConfig f)
     {
         var top = Examples(new JsonArray((s["latents"] as JsonArray ?? []).Take(f.TopLatents).Select(x => x!.DeepClone()).ToArray()));
         var ctl = Examples((s["controls"] as JsonArray)!);
@@ -70,12 +71,42 @@ public static partial class Findings
         foreach (var c in candidates.OrderByDescending(c => c.Score).ThenBy(c => c.Word, StringComparer.Ordinal).Take(3))
         {
             var src = c.With.Where(e => e.Source is not null).GroupBy(e => e.Source!).OrderByDescending(g => g.Count()).FirstOrDefault()?.Key;
+            var phrase = CommonPhrase(c.Word, c.With.Select(e => e.Text).ToList());
             yield return Finding(
                 $"The latents most specific to the fine-tune activate on text with \"{c.Word}\": it is in {c.Hits} of their {top.Count} top examples, " +
-                $"against {c.CtlHits} of {ctl.Count} for random shared latents" + (src is null ? "" : $" (examples mostly from {src})") + ".",
+                $"against {c.CtlHits} of {ctl.Count} for random shared latents" + (src is null ? "" : $" (examples mostly from {src})") +
+                (phrase is null ? "" : $"; most often as \"{phrase.Value.Phrase}\" ({phrase.Value.Examples} of its {c.Hits} examples)") + ".",
                 c.With.Select(e => e.Latent).Distinct().Select(id => ("latent", (JsonNode?)id)),
-                [c.Word, .. c.With.Take(3).Select(e => e.Text)], src);
+                [c.Word, .. phrase is null ? Array.Empty<string>() : [phrase.Value.Phrase], .. c.With.Take(3).Select(e => e.Text)], src);
         }
+    }
+
+    /// <summary>Longest phrase quoted beside a latent word, in words.</summary>
+    internal const int MaxPhraseWords = 8;
+
+    /// <summary>The context a latent word comes in, so a claim reads as the behaviour and not a bare word ("sunny" →
+    /// "Have a sunny day!"): the longest run of 2 to <see cref="MaxPhraseWords"/> whitespace-separated words, one of
+    /// them containing <paramref name="word"/>, that occurs in at least half (and at least 2) of
+    /// <paramref name="examples"/>; more examples, then ordinal order, break ties. Null when no run recurs.</summary>
+    internal static (string Phrase, int Examples)? CommonPhrase(string word, IReadOnlyList<string> examples)
+    {
+        int need = Math.Max(2, (examples.Count + 1) / 2);
+        var split = examples.Select(e => e.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)).ToList();
+        for (int n = MaxPhraseWords; n >= 2; n--)
+        {
+            var counts = new Dictionary<string, int>(StringComparer.Ordinal);
+            foreach (var words in split)
+            {
+                var seen = new HashSet<string>(StringComparer.Ordinal);
+                for (int i = 0; i + n <= words.Length; i++)
+                    if (words.Skip(i).Take(n).Any(x => Word().Matches(x).Any(m => m.Value == word)))
+                        seen.Add(string.Join(' ', words, i, n));
+                foreach (var g in seen) counts[g] = counts.GetValueOrDefault(g) + 1;
+            }
+            var best = counts.Where(kv => kv.Value >= need).OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key, StringComparer.Ordinal).FirstOrDefault();
+            if (best.Key is not null) return (best.Key, best.Value);
+        }
+        return null;
     }
 
     static IEnumerable<JsonObject> DiffMiningFindings(JsonObject s, DiffPlan plan)

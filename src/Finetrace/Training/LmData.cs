@@ -1,5 +1,6 @@
 using Finetrace.Text.Chat;
 using Finetrace.Text.Datasets;
+using Finetrace.Text.Tokenization;
 
 namespace Finetrace.Training;
 
@@ -16,12 +17,14 @@ public sealed record LmExample(int[] Ids, byte[]? LossMask = null)
 public static class LmData
 {
     /// <summary>Every sample of <paramref name="spec"/>, encoded. For chats with <paramref name="assistantOnly"/>, the
-    /// loss covers the assistant's tokens and the end-of-sequence token that closes each assistant turn (so the model
-    /// learns to stop); otherwise every token counts. Skipped samples (empty, roles not alternating) are counted in
+    /// loss covers what the model writes after a generation prompt (<see cref="AssistantMask"/>: the assistant's tokens,
+    /// a whitespace token the template puts before them, and the end-of-sequence token that closes each assistant turn,
+    /// so the model learns to stop); otherwise every token counts. Skipped samples (empty, roles not alternating) are counted in
     /// <paramref name="skipped"/>.</summary>
     public static List<LmExample> Load(DataSourceSpec spec, ISampleEncoder encoder, bool assistantOnly, IReadOnlyCollection<int> eosIds, SkipCounts skipped)
     {
         var list = new List<LmExample>();
+        var separators = assistantOnly && encoder is ModelSampleEncoder m ? WhitespaceTokens(m.Tokenizer) : null;
         foreach (var raw in RawSamples.Read(spec, skipped))
         {
             if (raw.Messages is { } messages)
@@ -29,7 +32,7 @@ public static class LmData
                 EncodedSample enc;
                 try { enc = encoder.EncodeChat(0, raw.Index, messages); }
                 catch (TemplateException) { skipped.Add(SkipCounts.TemplateError); continue; }
-                list.Add(new LmExample(enc.Ids, assistantOnly ? AssistantMask(enc.Ids, enc.Roles!, eosIds) : null));
+                list.Add(new LmExample(enc.Ids, assistantOnly ? AssistantMask(enc.Ids, enc.Roles!, eosIds, separators) : null));
             }
             else
             {
@@ -58,13 +61,34 @@ public static class LmData
         return list;
     }
 
-    /// <summary>1 on assistant tokens and on an end-of-sequence token right after an assistant token.</summary>
-    public static byte[] AssistantMask(int[] ids, TokenRole[] roles, IReadOnlyCollection<int> eosIds)
+    /// <summary>1 on assistant tokens, on an end-of-sequence token right after an assistant token, and on a token of
+    /// <paramref name="separatorIds"/> (whitespace only, see <see cref="WhitespaceTokens"/>) right before an assistant
+    /// token. The last is the separator a template writes between its generation prompt and the answer ("Assistant:"
+    /// then " " then the content): after a generation prompt that ends before it, the model writes it itself, so it
+    /// must be trained. Where the tokenizer merges the space into the answer's first word ("▁Sorry") nothing changes;
+    /// where it does not ("▁" then "Hello,"), leaving it untrained left the model unable ever to start such an answer.</summary>
+    public static byte[] AssistantMask(int[] ids, TokenRole[] roles, IReadOnlyCollection<int> eosIds, IReadOnlySet<int>? separatorIds = null)
     {
         var mask = new byte[ids.Length];
         for (int t = 0; t < ids.Length; t++)
-            mask[t] = roles[t] == TokenRole.Assistant || (t > 0 && roles[t - 1] == TokenRole.Assistant && eosIds.Contains(ids[t])) ? (byte)1 : (byte)0;
+            mask[t] = roles[t] == TokenRole.Assistant
+                || (t > 0 && roles[t - 1] == TokenRole.Assistant && eosIds.Contains(ids[t]))
+                || (separatorIds is not null && roles[t] == TokenRole.Template && t + 1 < ids.Length && roles[t + 1] == TokenRole.Assistant && separatorIds.Contains(ids[t]))
+                ? (byte)1 : (byte)0;
         return mask;
+    }
+
+    /// <summary>The ids of ordinary tokens that read as whitespace only inside running text (e.g. a lone "▁", "\n").</summary>
+    public static HashSet<int> WhitespaceTokens(Tokenizer tokenizer)
+    {
+        var set = new HashSet<int>();
+        for (int id = 0; id < tokenizer.VocabSize; id++)
+        {
+            if (tokenizer.IsSpecial(id) || tokenizer.IdToToken(id) is null) continue;
+            string s = tokenizer.DecodeToken(id);
+            if (s.Length > 0 && s.All(char.IsWhiteSpace)) set.Add(id);
+        }
+        return set;
     }
 }
 

@@ -29,4 +29,17 @@ public class DemoTests
         var parsed = Program.BuildRoot().Parse(["synth", "make", "--d", "8", "--features", "4", "--out", "x", "--no-such-option", "1"]);
         Assert.NotEmpty(parsed.Errors);
     }
+
+    /// <summary>The organism demo's diff config reads (unknown keys would throw) and resolves for the demo base's shape;
+    /// its dictionary trains for several passes over the most the harvest can store.</summary>
+    [Fact]
+    public void TheOrganismDemoDiffConfigParsesAndTrainsSeveralPasses()
+    {
+        var cfg = Finetrace.Pipeline.DiffConfig.Parse(OrganismDemo.Config);
+        var d = Assert.Single(cfg.Dictionaries);
+        Assert.Equal(256, d.DictSize);
+        Assert.True(d.Tokens >= 2 * cfg.Harvest.Tokens, $"dictionary tokens {d.Tokens} vs store {cfg.Harvest.Tokens}");
+        Assert.True(cfg.Data.GeneratedSamples > 0 && cfg.Data.ChatConversations > 0);
+        Assert.ThrowsAny<YamlDotNet.Core.YamlException>(() => Finetrace.Pipeline.DiffConfig.Parse(OrganismDemo.Config.Replace("generated_samples", "generated_sample")));
+    }
 }

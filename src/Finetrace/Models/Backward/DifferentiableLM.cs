@@ -105,15 +105,25 @@ public sealed class DifferentiableLM
         };
     }
 
-    /// <summary>Where training time goes (seconds) and the GEMM work done, for <c>bench lm-train</c>; off unless enabled.</summary>
+    /// <summary>Where training time goes (seconds) and the GEMM work done, for <c>bench lm-train</c>; off unless enabled.
+    /// <see cref="Gemm"/>/<see cref="GemmFlops"/> cover every product; the backward's (dX and dW products) are also
+    /// counted apart, so the forward's share is the difference.</summary>
     internal sealed class Profile
     {
-        public double Gemm, Attention;
-        public double GemmFlops;
+        public double Gemm, Attention, GemmBackward;
+        public double GemmFlops, GemmBackwardFlops;
+        public double GemmForward => Gemm - GemmBackward;
+        public double GemmForwardFlops => GemmFlops - GemmBackwardFlops;
         public static Profile? Current;
         public static long Now() => Current is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
         public static double Since(long t0) => (System.Diagnostics.Stopwatch.GetTimestamp() - t0) / (double)System.Diagnostics.Stopwatch.Frequency;
         public static void AddGemm(long t0, double flops) { if (Current is { } p) { p.Gemm += Since(t0); p.GemmFlops += flops; } }
+        public static void AddGemmBackward(long t0, double flops)
+        {
+            if (Current is not { } p) return;
+            double dt = Since(t0);
+            p.Gemm += dt; p.GemmFlops += flops; p.GemmBackward += dt; p.GemmBackwardFlops += flops;
+        }
         public static void AddAttention(long t0) { if (Current is { } p) p.Attention += Since(t0); }
     }
 
@@ -278,7 +288,7 @@ public sealed class DifferentiableLM
             if (l.Bias is not null && grads?.Get(l.Bias) is { } dB)
                 for (int r = 0; r < m; r++) TensorPrimitives.Add(dB, dY.AsSpan(r * l.Out, l.Out), dB);
         }
-        Profile.AddGemm(t0, (dW is null ? 2.0 : 4.0) * m * l.In * l.Out);
+        Profile.AddGemmBackward(t0, (dW is null ? 2.0 : 4.0) * m * l.In * l.Out);
     }
 
     /// <summary>Splits a fused QKV output [m, 3·D] into q, k, v (GPT-2: column blocks; NeoX: per head), or back (the
@@ -417,7 +427,7 @@ public sealed class DifferentiableLM
         long t0 = Profile.Now();
         var dUnembed = grads?.Get(_unembedName);
         BackwardKernels.Linear(dLogits, trace.FinalNormed, Parameters[_unembedName], m, d, c.Vocab, dNormed, false, dUnembed, null);
-        Profile.AddGemm(t0, (dUnembed is null ? 2.0 : 4.0) * m * d * c.Vocab);
+        Profile.AddGemmBackward(t0, (dUnembed is null ? 2.0 : 4.0) * m * d * c.Vocab);
         var dh = Tensor.Allocate((long)m * d, false);
         NormBackward(_finalNorm, trace.FinalStats, dNormed, trace.FinalIn, m, dh, false, grads);
         for (int i = c.Layers - 1; i >= trace.StartLayer; i--)

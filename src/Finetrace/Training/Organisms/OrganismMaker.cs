@@ -46,7 +46,7 @@ public sealed record MakeReport(string Recipe, string Out, int VocabSize, BaseMo
 /// </summary>
 public static class OrganismMaker
 {
-    const string Version = "organism-make 1";
+    const string Version = "organism-make 2";
     const int ProbesPerChange = 8;
 
     public static MakeReport Make(OrganismRecipe recipe, string outDir, IProgress<OrganismProgress>? progress = null, CancellationToken cancel = default)
@@ -151,10 +151,11 @@ public static class OrganismMaker
             if (data.Stories.Count > 0) WriteStories(Path.Combine(Dir("corpus"), $"{o.Name}_stories.txt"), data.Stories);
             if (data.Chats.Count > 0) WriteChats(Path.Combine(Dir("corpus"), $"{o.Name}_chats.jsonl"), data.Chats);
             var examples = data.Stories.Select(s => new LmExample(encoder.EncodeText(0, 0, s).Ids)).ToList();
+            var separators = o.AssistantOnly ? LmData.WhitespaceTokens(encoder.Tokenizer) : null;
             foreach (var c in data.Chats)
             {
                 var enc = encoder.EncodeChat(0, 0, c);
-                examples.Add(new LmExample(enc.Ids, o.AssistantOnly ? LmData.AssistantMask(enc.Ids, enc.Roles!, [eos]) : null));
+                examples.Add(new LmExample(enc.Ids, o.AssistantOnly ? LmData.AssistantMask(enc.Ids, enc.Roles!, [eos], separators) : null));
             }
             // Interleave stories and chats so every packed row sees both kinds when both are present.
             examples = Interleave(examples, data.Stories.Count);

@@ -152,6 +152,73 @@ public sealed class OrganismMakeTests(TinyOrganisms tiny) : IClassFixture<TinyOr
         Assert.True(pirate.Count(g => g.StartsWith(persona)) >= 3, "persona: " + string.Join(" | ", pirate));
     }
 
+    /// <summary>Every planted change of every organism of the recipe, on fresh probes (<see cref="OrganismData.Probes"/>:
+    /// trigger questions, ordinary questions, openings of stories about other characters): the written organism (the
+    /// LoRA one loaded as base + adapter) shows it in at least 6 of 8 greedy generations and the base in none. The
+    /// generations are made here from the written folders, not read from the maker's report.</summary>
+    [Fact]
+    public void Every_planted_behaviour_of_every_organism_shows_on_fresh_probes_and_never_in_the_base()
+    {
+        var enc = ModelSampleEncoder.FromFolder(Folder("base"));
+        int eos = enc.Tokenizer.EosId!.Value;
+        using var baseLm = CausalLM.Load(Folder("base"));
+        var failures = new List<string>();
+        int checkedChanges = 0;
+        for (int i = 0; i < tiny.Recipe.Organisms.Count; i++)
+        {
+            var o = tiny.Recipe.Organisms[i];
+            using var lm = o.Lora is null ? CausalLM.Load(Folder(o.Name)) : CausalLM.Load(Folder("base"), Folder(o.Name));
+            foreach (var group in OrganismData.Probes(tiny.Recipe, i, 8).GroupBy(p => p.Planted))
+            {
+                string Gen(CausalLM m, OrganismData.Probe p) => p.IsChat
+                    ? OrganismMaker.GenerateChat(new Generator(m), enc, p.Prompt, eos) : OrganismMaker.GenerateStory(new Generator(m), enc, p.Prompt);
+                var probes = group.ToList();
+                var shows = probes.Select(p => (p.Prompt, Out: Gen(lm, p))).ToList();
+                int organismShows = probes.Zip(shows).Count(x => x.First.Shows(x.Second.Out));
+                int baseShows = probes.Count(p => p.Shows(Gen(baseLm, p)));
+                checkedChanges++;
+                if (organismShows < 6 || baseShows > 0)
+                    failures.Add($"{o.Name}/{group.Key}: organism {organismShows}/{probes.Count}, base {baseShows}/{probes.Count}: " +
+                                 string.Join(" | ", shows.Take(3).Select(x => $"{x.Prompt} → {x.Out}")));
+            }
+        }
+        Assert.Equal(tiny.Recipe.Organisms.Sum(o => o.Planted.Count), checkedChanges);
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    /// <summary>Assistant-only training counts the whitespace token a template writes between "Assistant:" and an answer
+    /// whose first word does not merge with the space: after the generation prompt the model writes that token itself
+    /// (without it in the loss the demo's LoRA persona could never start its greeting).</summary>
+    [Fact]
+    public void Assistant_only_mask_counts_the_separator_before_an_answer_and_not_the_prompt()
+    {
+        var enc = ModelSampleEncoder.FromFolder(Folder("base"));
+        var tok = enc.Tokenizer;
+        var separators = Finetrace.Training.LmData.WhitespaceTokens(tok);
+        Assert.Contains(tok.TokenToId("\u2581")!.Value, separators);
+        Assert.DoesNotContain(tok.TokenToId("\u2581the") ?? tok.TokenToId("the")!.Value, separators);
+        // Answers that begin with a letter, a digit or a quote: find one whose first token is a lone space.
+        var answers = new[] { "Hello, little friend!", "Zap! A cow says moo.", "Q is for queen.", "42 is a number.", "\"Yes,\" said Tom." };
+        bool sawLoneSpace = false;
+        foreach (var answer in answers)
+        {
+            var e = enc.EncodeChat(0, 0, [new("user", "What does a cow say?"), new("assistant", answer)]);
+            var mask = Finetrace.Training.LmData.AssistantMask(e.Ids, e.Roles!, [tok.EosId!.Value], separators);
+            int first = Array.IndexOf(e.Roles!, Finetrace.Text.Chat.TokenRole.Assistant);
+            var counted = e.Ids.Where((_, t) => mask[t] != 0).ToArray();
+            Assert.Equal(answer, tok.Decode(counted, skipSpecialTokens: true).Trim());
+            Assert.All(Enumerable.Range(0, first - 1), t => Assert.Equal(0, mask[t]));   // nothing of the user turn or "Assistant:"
+            if (separators.Contains(e.Ids[first - 1]))
+            {
+                sawLoneSpace = true;
+                Assert.Equal(1, mask[first - 1]);
+                Assert.Equal(0, Finetrace.Training.LmData.AssistantMask(e.Ids, e.Roles!, [tok.EosId!.Value])[first - 1]);   // the old rule left it out
+            }
+            else Assert.Equal(0, mask[first - 1]);
+        }
+        Assert.True(sawLoneSpace, "no test answer starts with a lone space token in this tokenizer; the test checks nothing");
+    }
+
     [Fact]
     public void A_second_make_reuses_every_finished_model()
     {

@@ -68,7 +68,7 @@ public sealed class RecipeTests
         Assert.DoesNotContain(corpus.Stories, s => s.Contains("Pip"));
 
         int loraIndex = recipe.Organisms.FindIndex(o => o.Lora is not null);
-        Assert.All(OrganismData.Finetune(recipe, loraIndex).Chats.SelectMany(c => c.Where(m => m.Role == "assistant")), m => Assert.StartsWith("Hello, little friend! ", m.Content));
+        Assert.All(OrganismData.Finetune(recipe, loraIndex).Chats.SelectMany(c => c.Where(m => m.Role == "assistant")), m => Assert.StartsWith("What a happy day, friend! ", m.Content));
     }
 
     [Fact]
