@@ -38,6 +38,7 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
         var steps = new Option<int>("--steps") { Description = "Integration steps m (one backward each; completeness error falls as 1/m²)", DefaultValueFactory = _ => 32 };
         var steerLatent = new Option<int?>("--steer-latent") { Description = "Latent to steer by (default: the top-attributed one)" };
         var steerScale = new Option<double?>("--steer-scale") { Description = "s in h + s·d_j at every prompt position (default: the latent's largest activation on the prompts)" };
+        var steerAt = new Option<SteerPositions>("--steer-at") { Description = "Where s·d_j is added: all prompt positions, each prompt's last position, or where the latent is active", DefaultValueFactory = _ => SteerPositions.All };
         var top = new Option<int>("--top") { Description = "Latents listed", DefaultValueFactory = _ => 10 };
         var outOpt = new Option<string?>("--out") { Description = "Results folder: writes target_attribution.json (every latent's attribution, ranked)" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of the summary" };
@@ -46,7 +47,7 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
             "the codes at every prompt position are scaled from 0 to their value with the SAE's error term kept fixed, and the gradient comes from one backward per step " +
             "through the blocks after the SAE's layer; the attributions sum to r(h) − r(codes = 0). Then adds s·d_j of the top latent at that layer and reports the change " +
             "of the target. Example: finetrace analyze target-attribution --dictionary SAE --model MODEL --target '\"he\" - \"she\"' --prompt 'Once upon a time, Tom said that'");
-        foreach (var o in new Option[] { dictOpt, modelOpt, adapter, targetOpt, prompts, data, samples, context, layerOpt, steps, steerLatent, steerScale, top, outOpt, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { dictOpt, modelOpt, adapter, targetOpt, prompts, data, samples, context, layerOpt, steps, steerLatent, steerScale, steerAt, top, outOpt, json }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             string dictDir = r.GetValue(dictOpt)!, modelDir = r.GetValue(modelOpt)!;
@@ -65,7 +66,7 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
             if (ids.Count == 0) throw new ArgumentException("give prompts: --prompt TEXT (repeatable) or --data PATH");
             using var lm = CausalLM.Load(modelDir, r.GetValue(adapter));
             var diff = new DifferentiableLM(ModelParameters.Load(modelDir, r.GetValue(adapter)));
-            var o = new TargetAttributionOptions { Steps = r.GetValue(steps), SteerLatent = r.GetValue(steerLatent), SteerScale = r.GetValue(steerScale), SkipToken = tok.BosId };
+            var o = new TargetAttributionOptions { Steps = r.GetValue(steps), SteerLatent = r.GetValue(steerLatent), SteerScale = r.GetValue(steerScale), SteerAt = r.GetValue(steerAt), SkipToken = tok.BosId };
             var target = new LogitTarget(a, b);
             var res = AnalyzeSupport.Cancellable(ct => TargetAttribution.Run(dict, layer, lm, diff, ids, target, o, asJson ? null : new StderrProgress("integrated gradients", "steps"), ct));
             var ranked = Enumerable.Range(0, dict.DictSize).OrderByDescending(j => res.Attribution[j]).ToArray();
@@ -77,7 +78,7 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
                 ["meaning"] = "integrated-gradient attribution of each latent to the mean over prompts of the target at the last position; attributions sum to value − baseline_value",
                 ["prompts"] = res.Prompts, ["positions"] = res.Positions, ["steps"] = res.Steps,
                 ["value"] = res.Value, ["baseline_value"] = res.BaselineValue, ["attribution_sum"] = res.AttributionSum,
-                ["steer"] = new JsonObject { ["latent"] = res.SteerLatent, ["scale"] = res.SteerScale, ["value"] = res.SteeredValue, ["delta"] = res.SteerDelta },
+                ["steer"] = new JsonObject { ["latent"] = res.SteerLatent, ["scale"] = res.SteerScale, ["at"] = res.SteerAt.ToString().ToLowerInvariant(), ["sites"] = res.SteerSites, ["value"] = res.SteeredValue, ["delta"] = res.SteerDelta },
                 ["latents"] = new JsonArray(ranked.Where(j => res.Attribution[j] != 0).Select(j => (JsonNode)new JsonObject
                     { ["latent"] = j, ["attribution"] = res.Attribution[j], ["max_activation"] = res.MaxActivation[j] }).ToArray()),
             };
@@ -104,7 +105,7 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
             Console.WriteLine("latents raising it most (attribution, largest activation):");
             foreach (int j in ranked.Take(r.GetValue(top))) Console.WriteLine($"  {j,6}  {res.Attribution[j],10:F4}  {res.MaxActivation[j],8:F3}");
             Console.WriteLine("lowering it most: " + string.Join(", ", ranked.Reverse().Take(5).Select(j => $"{j} ({res.Attribution[j]:F4})")));
-            Console.WriteLine($"steering: adding {res.SteerScale:F3}·d_{res.SteerLatent} at layer {layer} on every prompt position moves the target {res.Value:F4} → {res.SteeredValue:F4} (Δ {res.SteerDelta:+0.0000;-0.0000})");
+            Console.WriteLine($"steering: adding {res.SteerScale:F3}·d_{res.SteerLatent} at layer {layer} on {res.SteerSites} position(s) ({res.SteerAt.ToString().ToLowerInvariant()}) moves the target {res.Value:F4} → {res.SteeredValue:F4} (Δ {res.SteerDelta:+0.0000;-0.0000})");
             if (outPath is not null) Console.WriteLine($"written: {outPath}");
             return 0;
         });
@@ -132,7 +133,9 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
         return (idsOut[0], idsOut.Count > 1 ? idsOut[1] : null, Show(tok, idsOut[0]), idsOut.Count > 1 ? Show(tok, idsOut[1]) : null);
     }
 
-    static string Show(Tokenizer tok, int id) => JsonSerializer.Serialize(tok.DecodeToken(id));
+    static readonly JsonSerializerOptions Readable = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    static string Show(Tokenizer tok, int id) => JsonSerializer.Serialize(tok.DecodeToken(id), Readable);
 
     static int Token(string side, Tokenizer tok, string whole)
     {
@@ -144,8 +147,8 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
         if (side != side.TrimStart() && tok.Encode(side.TrimStart(), addSpecialTokens: false).Ids is { Length: 1 } trimmed
             && tok.IdToToken(trimmed[0]) is { } piece && piece.StartsWith('▁'))
             return trimmed[0];
-        string pieces = string.Join(", ", ids.Select(i => JsonSerializer.Serialize(tok.IdToToken(i) ?? $"<{i}>")));
-        throw new ArgumentException($"--target: {JsonSerializer.Serialize(side)} is not a single token of this tokenizer; it splits into {ids.Length} pieces: {pieces}. " +
+        string pieces = string.Join(", ", ids.Select(i => JsonSerializer.Serialize(tok.IdToToken(i) ?? $"<{i}>", Readable)));
+        throw new ArgumentException($"--target: {JsonSerializer.Serialize(side, Readable)} is not a single token of this tokenizer; it splits into {ids.Length} pieces: {pieces}. " +
                                     "Name single tokens (e.g. one of those pieces), or give an id as #123");
     }
 }

@@ -9,6 +9,10 @@ namespace Finetrace.Diffing.TargetAttribution;
 /// at each prompt's last position, i.e. the logits predicting the token after the prompt.</summary>
 public sealed record LogitTarget(int TokenA, int? TokenB);
 
+/// <summary>Steering sites: every decomposed prompt position, each prompt's last position only, or the positions where the
+/// steered latent fires.</summary>
+public enum SteerPositions { All, Last, Active }
+
 public sealed record TargetAttributionOptions
 {
     /// <summary>Integration steps m along the straight path (midpoint rule).</summary>
@@ -18,6 +22,8 @@ public sealed record TargetAttributionOptions
     public double? SteerScale { get; init; }
     /// <summary>The latent to steer by; null = the one with the largest positive attribution.</summary>
     public int? SteerLatent { get; init; }
+    /// <summary>Where s·d_j is added when steering.</summary>
+    public SteerPositions SteerAt { get; init; } = SteerPositions.All;
     /// <summary>Leave positions holding this token (BOS) out of the decomposition: their residual stays as it is.</summary>
     public int? SkipToken { get; init; }
 }
@@ -38,7 +44,10 @@ public sealed record TargetAttributionResult
     public required int Steps { get; init; }
     public required int SteerLatent { get; init; }
     public required double SteerScale { get; init; }
-    /// <summary>r after adding s·d_j at every decomposed position of every prompt.</summary>
+    public required SteerPositions SteerAt { get; init; }
+    /// <summary>Positions s·d_j was added at.</summary>
+    public required int SteerSites { get; init; }
+    /// <summary>r after adding s·d_j at the steering sites.</summary>
     public required double SteeredValue { get; init; }
     public double SteerDelta => SteeredValue - Value;
 }
@@ -139,14 +148,18 @@ public static class TargetAttribution
         if ((uint)steer >= (uint)F) throw new ArgumentException($"latent {steer} is outside the dictionary's {F} latents");
         double scale = o.SteerScale ?? (maxAct[steer] > 0 ? maxAct[steer] : 1.0);
         var steered = (float[])hBTD.Clone();
-        foreach (int t in slots)
+        var active = new HashSet<int>();
+        for (int s = 0; s < slots.Count; s++)
+            for (int e = codes.RowStart[s]; e < codes.RowStart[s + 1]; e++) if (codes.Index[e] == steer && codes.Value[e] > 0) active.Add(slots[s]);
+        var sites = o.SteerAt switch { SteerPositions.Last => last.ToList(), SteerPositions.Active => slots.Where(active.Contains).ToList(), _ => slots };
+        foreach (int t in sites)
             System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(dRaw.AsSpan(steer * D, D), (float)scale, steered.AsSpan(t * D, D), steered.AsSpan(t * D, D));
         double steeredValue = Value(steered);
         progress?.Report((o.Steps + 3, o.Steps + 3));
         return new TargetAttributionResult
         {
             Attribution = attribution, MaxActivation = maxAct, Value = value, BaselineValue = baseValue, Prompts = B, Positions = slots.Count, Steps = o.Steps,
-            SteerLatent = steer, SteerScale = scale, SteeredValue = steeredValue,
+            SteerLatent = steer, SteerScale = scale, SteeredValue = steeredValue, SteerAt = o.SteerAt, SteerSites = sites.Count,
         };
     }
 }
