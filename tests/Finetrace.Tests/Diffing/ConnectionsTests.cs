@@ -104,3 +104,33 @@ public sealed class ConnectionsTests(ITestOutputHelper log)
         return Enumerable.Range(0, p).Select(i => m[i, p] / m[i, i]).ToArray();
     }
 }
+
+/// <summary>The store path: a dictionary connected to itself gives the identity over its alive latents.</summary>
+public sealed class ConnectionsStoreTests(ITestOutputHelper log)
+{
+    [Fact]
+    public void A_dictionary_connected_to_itself_is_the_identity_over_its_alive_latents()
+    {
+        using var dir = new Finetrace.Tests.Infrastructure.TempDir();
+        Finetrace.Activations.Synthetic.SyntheticGenerator.Make(new Finetrace.Activations.Synthetic.SyntheticSpec { DModel = 16, Features = 32, Tokens = 1500, Seed = 7, Dtype = "f32", SequenceLength = 50 }, dir.Path);
+        using var st = Finetrace.Activations.ActivationStore.Open(dir.Path);
+        var d = new Finetrace.Dictionaries.SparseDictionary(1, 16, 12, Finetrace.Dictionaries.Sparsity.Relu, Finetrace.Dictionaries.CodeNormalization.Sae, true);
+        Finetrace.Dictionaries.Initialization.Crosscoder(d, new Finetrace.Tensors.SplitMix64(3), 1f, sameInitForAllModels: false);
+        for (int j = 0; j < 12; j++) d.BEnc[j] = 0.05f;
+        d.BEnc[3] = -1e4f;   // never fires: left out
+        var ad = new Finetrace.Diffing.AnalysisDictionary(d, "self", Finetrace.Dictionaries.DictionaryInput.SingleModel(0, 0), 2);
+        var r = SparseConnections.Run(ad, ad, st, new ConnectionsOptions { Alphas = [0.01], MlpHidden = 0 });
+        log.WriteLine($"alive {r.FromLatents.Length}/12, nonzeros {r.Nonzeros}, α {r.Alpha}");
+        Assert.DoesNotContain(3, r.FromLatents);
+        Assert.Equal(r.FromLatents, r.ToLatents);
+        Assert.True(r.FromLatents.Length >= 8, $"only {r.FromLatents.Length} latents fire");
+        Assert.Equal(1500 - 150, r.TrainRows);
+        foreach (var f in r.Outputs)
+        {
+            Assert.Equal(1, f.Nonzeros);
+            Assert.Equal(f.Latent, f.Inputs[0].Latent);
+            Assert.InRange(f.Inputs[0].Weight, 0.97, 1.0);
+            Assert.True(f.FvuLinear < 1e-3, $"latent {f.Latent}: FVU {f.FvuLinear:E2}");
+        }
+    }
+}
