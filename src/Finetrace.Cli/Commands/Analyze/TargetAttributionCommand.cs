@@ -54,7 +54,10 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
             bool asJson = r.GetValue(json);
             var dict = DictionaryIO.Load(dictDir, AnalyzeSupport.Note);
             if (dict.Models != 1) throw new ArgumentException($"{dictDir}: a {dict.Models}-model dictionary; target attribution reads one residual stream: give an SAE (train sae)");
-            int layer = r.GetValue(layerOpt) ?? DictionaryInput.Read(dictDir, AnalyzeSupport.Note)?.Layer
+            var record = DictionaryInput.Read(dictDir, AnalyzeSupport.Note);
+            // attribution decomposes the residual stream after block L: a dictionary of another site cannot be read there
+            if (record?.Site is { } site && site != HookSite.ResidPost) throw new AnalysisSiteException("target attribution", site, dictDir);
+            int layer = r.GetValue(layerOpt) ?? record?.Layer
                 ?? throw new ArgumentException($"{dictDir}: no finetrace.json records the SAE's layer; give --layer");
             var enc = ModelSampleEncoder.FromFolder(modelDir);
             var tok = enc.Tokenizer;

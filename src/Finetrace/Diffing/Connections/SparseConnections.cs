@@ -108,7 +108,7 @@ public static class SparseConnections
             cancel.ThrowIfCancellationRequested();
             int got = rows.Next(buf, ids, batch);
             if (got == 0) break;
-            var codes = Inference.Encode(ad.Dict, ad.ToInput(buf.AsSpan(0, got * S * D), got, S));
+            var codes = ad.Encode(ad.ToInput(buf.AsSpan(0, got * S * D), got, S));   // honours a recorded pruning
             for (int t = 0; t < got; t++)
                 for (int e = codes.RowStart[t]; e < codes.RowStart[t + 1]; e++) dense[(long)(n + t) * F + codes.Index[e]] = codes.Value[e];
             n += got;
