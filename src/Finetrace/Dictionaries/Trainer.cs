@@ -48,6 +48,9 @@ public sealed record TrainerOptions
     public float JumpBandwidth { get; init; } = 0.001f;
     /// <summary>Use the dense GEMM reference kernels instead of the sparse ones (for benchmarks and tests).</summary>
     public bool Dense { get; init; }
+    /// <summary>Crosscoder research variant (methods.md §16): latent masks, designated shared latents, diff-aware loss.
+    /// Null: the plain crosscoder (the plain code path runs unchanged).</summary>
+    public CrosscoderVariant? Variant { get; init; }
 }
 
 /// <summary>What one step measured (normalised space).</summary>
@@ -140,6 +143,39 @@ public sealed class DictionaryTrainer
         Codes = new SparseCodes(0, F);
         AuxCodes = new SparseCodes(0, F);
         ModelCodes = dict.PerModelCodes ? Enumerable.Range(0, M).Select(_ => new SparseCodes(0, F)).ToArray() : [];
+        if (options.Variant is { IsPlain: false } v)
+        {
+            v.Validate(M, F, dict.IsSae, options.Loss);
+            Variant = v;
+            _penaltyWeight = v.PenaltyWeights(F);
+        }
+    }
+
+    /// <summary>The research variant in force (null: plain crosscoder).</summary>
+    public CrosscoderVariant? Variant { get; }
+    readonly float[]? _penaltyWeight;
+
+    // Diff-aware loss (methods.md §16), two models, mse: adds (2λ/B) Σ_b ⟨e_0, e_1⟩ to the loss and λ times the other
+    // model's δ = −2e/B to each model's δ (∂/∂x̂_0 of 2λ⟨e_0, e_1⟩/B is −2λ e_1/B). Returns the added loss.
+    // xBMD, xHatBMD, δBMD: [B, 2, D] (δ updated in place)
+    double DiffAwareCrossTerm(ReadOnlySpan<float> xBMD, ReadOnlySpan<float> xHatBMD, Span<float> deltaBMD, int B, double lambda)
+    {
+        double cross = 0;
+        float l = (float)lambda;
+        for (int t = 0; t < B; t++)
+        {
+            int o0 = t * 2 * D, o1 = o0 + D;
+            double s = 0;
+            for (int i = 0; i < D; i++)
+            {
+                s += (double)(xBMD[o0 + i] - xHatBMD[o0 + i]) * (xBMD[o1 + i] - xHatBMD[o1 + i]);
+                float d0 = deltaBMD[o0 + i], d1 = deltaBMD[o1 + i];
+                deltaBMD[o0 + i] = d0 + l * d1;
+                deltaBMD[o1 + i] = d1 + l * d0;
+            }
+            cross += s;
+        }
+        return 2 * lambda * cross / B;
     }
 
     public IReadOnlyList<float[]> Parameters => Dict.Sparsity == Sparsity.JumpRelu
@@ -286,6 +322,7 @@ public sealed class DictionaryTrainer
                     for (int i = 0; i < D; i++) delta[o + i] = -(x[o + i] - xhat[o + i]) * fs;
                 }
             recon /= Options.Loss == ReconLoss.Mse ? B : (double)B * M;
+            if (Variant is { DiffLambda: not 0 } dv) recon += DiffAwareCrossTerm(x, xhat, delta, B, dv.DiffLambda);
             for (int m = 0; m < M; m++)
             {
                 double mm = 0;
@@ -362,6 +399,16 @@ public sealed class DictionaryTrainer
             {
                 if (Options.Penalty == SparsityPenalty.L1) { sparsity += (double)colSum[j] * c[j]; gc[j] = (float)(mu * colSum[j] / B); }
                 else { double rc = Math.Sqrt(c[j]); sparsity += rc * colSum[j]; gc[j] = rc > 0 ? (float)(mu * colSum[j] / (2 * rc) / B) : 0; }
+            }
+            if (_penaltyWeight is not null)   // designated shared latents: their penalty term × the multiplier (recomputed)
+            {
+                sparsity = 0;
+                for (int j = 0; j < F; j++)
+                {
+                    double term = Options.Penalty == SparsityPenalty.L1 ? (double)colSum[j] * c[j] : Math.Sqrt(c[j]) * colSum[j];
+                    sparsity += _penaltyWeight[j] * term;
+                    gc[j] *= _penaltyWeight[j];
+                }
             }
             sparsity /= B;
             l0Relu = (double)DictionaryKernels.CountPositive(pre) / B;
@@ -501,6 +548,7 @@ public sealed class DictionaryTrainer
                     TensorPrimitives.MultiplyAdd(Dict.WEnc.AsSpan((m * F + j) * D, D), -g, GBDec.AsSpan(m * D, D), GBDec.AsSpan(m * D, D));
                 }
 
+        Variant?.ProjectGradients(GWEnc, GWDec, M, F, D);
         Phase("bias grads");
         double l0 = 0;
         for (int e = 0; e < Codes.Count; e++) if (Codes.Value[e] != 0) l0++;
@@ -538,6 +586,7 @@ public sealed class DictionaryTrainer
         bool l1 = Options.Penalty == SparsityPenalty.L1;
         var add = new float[f];
         for (int j = 0; j < f; j++) add[j] = l1 ? (float)(mu * cF[j] / B) : (float)(mu / B * Math.Sqrt(cF[j]) / 2);
+        if (_penaltyWeight is not null) for (int j = 0; j < f; j++) add[j] *= _penaltyWeight[j];
         fixed (float* fp = fBF, gp = gBF)
         {
             float* FP = fp, GP = gp;

@@ -103,6 +103,9 @@ public sealed record TrainingRecipe
     /// <summary>Store rows held out of training at the end of the store (moved forward to the next sequence start);
     /// null: 5% of the store, at most 1,000,000 rows; 0: none.</summary>
     public long? HoldoutTokens { get; init; }
+    /// <summary>Crosscoder research variant (methods.md §16): dedicated exclusive blocks, designated shared latents,
+    /// diff-aware loss. Null or plain: the standard crosscoder.</summary>
+    public CrosscoderVariant? Variant { get; init; }
     /// <summary>Validation on the held-out rows every this many steps and at the end (0: only at the end).</summary>
     public long ValidateEvery { get; init; } = 1000;
     /// <summary>Held-out tokens each validation evaluates.</summary>
@@ -197,7 +200,13 @@ public sealed record TrainingRecipe
             {
                 init = new CrosscoderInit(SameInitForAllModels: true, NormInitScale ?? (a == Sparsity.Relu ? 0.005f : 1f));   // both presets
                 Initialization.Crosscoder(dict, rng, init.NormInitScale, init.SameInitForAllModels);
+                if (Variant is { IsPlain: false } v)
+                {
+                    v.Validate(dict.Models, F, false, ResolvedLoss);
+                    v.Apply(dict);
+                }
             }
+            if (sae && Variant is { IsPlain: false }) throw new CrosscoderVariantException(nameof(Variant), "crosscoder variants apply to crosscoders only");
 
             var stats = NormalizerStatistics.None;
             if (TargetRms > 0)
@@ -225,6 +234,7 @@ public sealed record TrainingRecipe
                 // SAEs keep unit-norm decoder rows whatever the activation: with a free decoder norm an L1 (or L0) penalty is
                 // scale-degenerate (shrink f, grow d_j: same reconstruction, smaller penalty), and c_j = 1 in Firing's rule
                 UnitNormDecoder = sae, KMax = KMax, KAnnealSteps = KAnnealSteps,
+                Variant = Variant is { IsPlain: false } ? Variant : null,
             };
             return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps) { Init = init, Validation = validation };
         }
@@ -330,7 +340,7 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
     public Dictionary<string, object?> SidecarFields(SparseDictionary trained)
     {
         var r = Recipe;
-        return new Dictionary<string, object?>
+        var fields = new Dictionary<string, object?>
         {
             ["input"] = Input.ToJson(),
             ["site"] = new { layer = Input.Layer, store = Input.Store },
@@ -343,6 +353,8 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
                 models = Input.StoreModels(trained.Models), filter = r.Filter,
             },
         };
+        if (Options.Variant is { } v) fields["variant"] = v.ToJson();
+        return fields;
     }
 
     public static string LossName(ReconLoss l) => l switch { ReconLoss.Mse => "mse", ReconLoss.L2 => "l2", _ => "mse-mean-models" };
