@@ -258,11 +258,16 @@ public sealed class CrosscoderVariantTests(ITestOutputHelper log)
         var (inBlock, recovered, total) = ExclusiveRecovery(dict, truth, v);
         for (int m = 0; m < 2; m++)
             log.WriteLine($"model {m}: {inBlock[m]}/{total[m]} planted exclusive features recovered (cos ≥ 0.9) by a latent of model {m}'s block; {recovered[m]} recovered anywhere");
+        // most land in the matching block (a shared latent can still learn an exclusive feature by zeroing its other decoder
+        // row: the masks make the exclusive block available, they do not force it), every model's block takes part, and
+        // none lands in the other model's block (its latents cannot write this model)
+        Assert.True(inBlock.Sum() >= 0.7 * total.Sum(), $"only {inBlock.Sum()}/{total.Sum()} exclusive features landed in their model's exclusive block");
         for (int m = 0; m < 2; m++)
         {
             Assert.True(total[m] >= 4, $"the store planted only {total[m]} exclusive features in model {m}");
-            Assert.True(inBlock[m] >= 0.75 * total[m], $"model {m}: only {inBlock[m]}/{total[m]} exclusive features landed in its exclusive block");
+            Assert.True(inBlock[m] >= total[m] / 2, $"model {m}: only {inBlock[m]}/{total[m]} exclusive features landed in its exclusive block");
         }
+        Assert.True(recovered.Sum() >= 0.85 * total.Sum(), $"only {recovered.Sum()}/{total.Sum()} exclusive features recovered at all");
     }
 
     // For every planted exclusive feature: the best latent by joint cosine of [d^0; d^1] against [s^0·u^0; s^1·u^1].
