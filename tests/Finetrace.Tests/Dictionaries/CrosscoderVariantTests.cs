@@ -302,3 +302,40 @@ public sealed class CrosscoderVariantTests(ITestOutputHelper log)
         return (inBlock, rec, tot);
     }
 }
+
+/// <summary><c>train crosscoder</c> with the variant flags: the variant reaches the trainer (constraints hold in the saved
+/// dictionary), is recorded in finetrace.json, and <c>synth score --json</c> reports the exclusive blocks.</summary>
+[Collection(ProcessWide.Name)]
+public sealed class CrosscoderVariantCliTests
+{
+    [Fact]
+    public void Train_crosscoder_with_variant_flags_records_and_honours_them()
+    {
+        using var store = new TempDir();
+        SyntheticGenerator.Make(new SyntheticSpec { DModel = 16, Features = 32, Tokens = 20_000, Seed = 2, Dtype = "f32" }, store.Path);
+        using var outs = new TempDir();
+        string cc = Path.Combine(outs.Path, "cc");
+        Assert.Equal(0, Finetrace.Cli.Program.Main(["train", "crosscoder", "--store", store.Path, "--layer", "0", "--k", "4", "--dict-size", "64", "--batch", "256",
+            "--tokens", "25600", "--threshold-start", "20", "--dedicated", "base:8,ft:6", "--designated", "4", "--diff-lambda", "-1", "--out", cc]));
+        var v = CrosscoderVariant.Read(cc);
+        Assert.Equal([8, 6], v.Exclusive);
+        Assert.Equal((4, 1f, true, -1.0), (v.Designated, v.DesignatedPenalty, v.TieDesignatedDecoder, v.DiffLambda));
+        var d = DictionaryIO.Load(cc);
+        int D = d.DModel, F = d.DictSize;
+        for (int j = 0; j < 8; j++) Assert.True(d.WDec.AsSpan((F + j) * D, D).ToArray().All(w => w == 0), $"base-only latent {j} writes the fine-tuned model");
+        for (int j = 8; j < 14; j++) Assert.True(d.WEnc.AsSpan(j * D, D).ToArray().All(w => w == 0), $"fine-tune-only latent {j} reads the base");
+        for (int j = F - 4; j < F; j++) Assert.True(d.WDec.AsSpan(j * D, D).SequenceEqual(d.WDec.AsSpan((F + j) * D, D)), $"designated latent {j} is not tied");
+
+        var old = Console.Out; var sw = new StringWriter();
+        Console.SetOut(sw);
+        try { Assert.Equal(0, Finetrace.Cli.Commands.SynthScoreCommand.Run(cc, store.Path, 0.9, json: true)); }
+        finally { Console.SetOut(old); }
+        using var score = System.Text.Json.JsonDocument.Parse(sw.ToString().Trim().Split('\n').Last());
+        var per = score.RootElement.GetProperty("exclusive_per_model").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        Assert.Equal(SyntheticTruth.Load(store.Path).FeaturesOf(FeatureCategory.Exclusive).Length, per.Sum());
+        Assert.Equal(2, score.RootElement.GetProperty("exclusive_in_owner_block").GetArrayLength());
+
+        Assert.NotEqual(0, Finetrace.Cli.Program.Main(["train", "crosscoder", "--store", store.Path, "--layer", "0", "--k", "4", "--dict-size", "64",
+            "--dedicated", "base:40,ft:40", "--out", Path.Combine(outs.Path, "bad")]));
+    }
+}
