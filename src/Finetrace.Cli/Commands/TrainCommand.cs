@@ -64,8 +64,9 @@ public sealed class TrainCommand : ICliCommand
         var designatedPenalty = new Option<float>("--designated-penalty") { Description = "Sparsity-penalty multiplier of the designated latents (ReLU crosscoders, e.g. 0.1)", DefaultValueFactory = _ => 1f };
         var untied = new Option<bool>("--untied-designated") { Description = "Do not tie the designated latents' decoder rows (penalty multiplier only)" };
         var diffLambda = new Option<double>("--diff-lambda") { Description = "Diff-aware loss ‖e_base‖² + ‖e_ft‖² + 2λ⟨e_base, e_ft⟩ with λ in [−1, 0] (−1: only the difference is reconstructed; needs --loss mse and two models)", DefaultValueFactory = _ => 0 };
+        var sourcesOpt = new Option<string?>("--sources") { Description = "Crosscoder over (model, layer) sources of the store, acausal, e.g. 0:2,1:2,0:3,1:3 (default: every model at --layer)" };
         var cmd = new Command(kind, description);
-        if (kind == "crosscoder") foreach (var o in new Option[] { dedicated, designated, designatedPenalty, untied, diffLambda }) cmd.Options.Add(o);
+        if (kind == "crosscoder") foreach (var o in new Option[] { sourcesOpt, dedicated, designated, designatedPenalty, untied, diffLambda }) cmd.Options.Add(o);
         foreach (var o in new Option[] { store, layer, outDir, recipeOpt, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, auxkK, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, overwrite, holdout, validateEvery, validationTokens })
             cmd.Options.Add(o);
         if (kind == "sae") cmd.Options.Add(model);
@@ -85,6 +86,7 @@ public sealed class TrainCommand : ICliCommand
                 TargetRms = r.GetValue(targetRms), Model = r.GetValue(model), Minuend = r.GetValue(minuend), Subtrahend = r.GetValue(subtrahend),
                 Filter = r.GetValue(filter)!, Seed = r.GetValue(seed),
                 HoldoutTokens = r.GetValue(holdout), ValidateEvery = r.GetValue(validateEvery), ValidationTokens = r.GetValue(validationTokens),
+                Sources = r.GetValue(sourcesOpt) is string ss ? ParseSources(ss) : null,
                 Variant = kind == "crosscoder" ? new CrosscoderVariant
                 {
                     Exclusive = ParseDedicated(r.GetValue(dedicated)), Designated = r.GetValue(designated), DesignatedPenalty = r.GetValue(designatedPenalty),
@@ -125,6 +127,7 @@ public sealed class TrainCommand : ICliCommand
                 RecipeProblem.ActivationNotForCrosscoder => $"--activation {act}: crosscoders are trained as batchtopk (--k) or relu (--l1); there is no file format for other crosscoder activations",
                 RecipeProblem.NeedsSparsityCoefficient => $"--activation {act} needs a sparsity coefficient: --l1 MU",
                 RecipeProblem.HoldoutTooLarge => $"--holdout {e.Value}: {e.Detail}; hold out fewer tokens",
+                RecipeProblem.SourceOutOfRange => $"--sources {e.Value}: {e.Detail}",
                 _ => e.Message,
             }, e);
         }
@@ -137,6 +140,12 @@ public sealed class TrainCommand : ICliCommand
             };
             throw new ArgumentException($"{flag}: {e.Detail}", e);
         }
+    }
+
+    static (int, int)[] ParseSources(string s)
+    {
+        try { return SourceBatches.Parse(s); }
+        catch (FormatException e) { throw new ArgumentException($"--sources {s}: {e.Message}"); }
     }
 
     /// <summary>--dedicated "base:N,ft:N" (or "0:N,1:N,…") → exclusive block sizes per model.</summary>

@@ -29,6 +29,8 @@ public enum RecipeProblem
     NeedsSparsityCoefficient,
     /// <summary>HoldoutTokens leaves no training rows.</summary>
     HoldoutTooLarge,
+    /// <summary>Sources name a model or layer the store does not hold, or are given for a dictionary other than a crosscoder.</summary>
+    SourceOutOfRange,
 }
 
 /// <summary>A recipe setting that is invalid or does not fit the others. <see cref="Setting"/> is the
@@ -106,6 +108,9 @@ public sealed record TrainingRecipe
     /// <summary>Crosscoder research variant (methods.md §16): dedicated exclusive blocks, designated shared latents,
     /// diff-aware loss. Null or plain: the standard crosscoder.</summary>
     public CrosscoderVariant? Variant { get; init; }
+    /// <summary>Crosscoder over these (store model, store layer) sources, acausal (every source in and out; methods.md §16);
+    /// null: every store model at <see cref="Layer"/>.</summary>
+    public (int Model, int Layer)[]? Sources { get; init; }
     /// <summary>Validation on the held-out rows every this many steps and at the end (0: only at the end).</summary>
     public long ValidateEvery { get; init; } = 1000;
     /// <summary>Held-out tokens each validation evaluates.</summary>
@@ -152,6 +157,7 @@ public sealed record TrainingRecipe
     {
         var input = Kind switch
         {
+            DictionaryKind.Crosscoder when Sources is { Length: > 0 } s => DictionaryInput.FromSources(s),
             DictionaryKind.Crosscoder => DictionaryInput.Paired(Layer),
             DictionaryKind.Sae => DictionaryInput.SingleModel(Layer, Model),
             _ => DictionaryInput.Difference(Layer, Minuend, Subtrahend),
@@ -163,6 +169,15 @@ public sealed record TrainingRecipe
     /// options. The returned setup owns the open source.</summary>
     public TrainingSetup Prepare(ActivationStore store)
     {
+        if (Sources is { Length: > 0 } srcs)
+        {
+            if (Kind != DictionaryKind.Crosscoder) throw new RecipeSettingException(RecipeProblem.SourceOutOfRange, nameof(Sources), SourceBatches.Format(srcs), "sources apply to crosscoders only");
+            foreach (var (m, l) in srcs)
+                if ((uint)m >= (uint)store.Models || !store.Layers.Contains(l))
+                    throw new RecipeSettingException(RecipeProblem.SourceOutOfRange, nameof(Sources), SourceBatches.Format(srcs),
+                        $"source {m}:{l} is not in the store (models 0..{store.Models - 1}, layers {string.Join(", ", store.Layers)})");
+            if (srcs.Distinct().Count() != srcs.Length) throw new RecipeSettingException(RecipeProblem.SourceOutOfRange, nameof(Sources), SourceBatches.Format(srcs), "a source appears twice");
+        }
         DictionaryInput input;
         try { input = Input(Path.GetFullPath(store.Directory)); input.CheckModels(store.Models); }
         catch (DictionaryInputException e)
@@ -179,13 +194,14 @@ public sealed record TrainingRecipe
         var filter = MaskFilter.Parse(Filter);
         long? heldOut = HeldOutFrom(store);
         input = input with { HeldOutFrom = heldOut };
-        var bo = new StoreBatchOptions { Layer = Layer, Seed = Seed, Filter = filter, Cycle = true, EndRow = heldOut };
+        int layer = input.Layer;
+        var bo = new StoreBatchOptions { Layer = layer, Seed = Seed, Filter = filter, Cycle = true, EndRow = heldOut };
         var source = input.Open(store, bo);
         InputBatches? validation = null;
         try
         {
             if (heldOut is long from)
-                validation = input.Open(store, new StoreBatchOptions { Layer = Layer, Filter = filter, Shuffle = false, Cycle = false, MixSources = false, FirstRow = from });
+                validation = input.Open(store, new StoreBatchOptions { Layer = layer, Filter = filter, Shuffle = false, Cycle = false, MixSources = false, FirstRow = from });
             int kk = K ?? 100;
             int D = store.DModel;
             int F = DictSize ?? (Expansion ?? (Kind == DictionaryKind.DiffSae ? 2 : 32)) * D;
@@ -211,10 +227,11 @@ public sealed record TrainingRecipe
             var stats = NormalizerStatistics.None;
             if (TargetRms > 0)
             {
-                bool sample = Kind == DictionaryKind.DiffSae || filter != MaskFilter.All;
+                // several layers: the store's statistics are per layer, so sample the rows (one normaliser per source)
+                bool sample = Kind == DictionaryKind.DiffSae || filter != MaskFilter.All || input.Kind == InputKind.Sources;
                 dict.Normalizer = sample
                     ? NormalizerStats.FromSample(source, TargetRms, Math.Min(1_000_000, 64L * Batch))
-                    : NormalizerStats.FromStore(store, Layer, input.StoreModels(store.Models), TargetRms);
+                    : NormalizerStats.FromStore(store, layer, input.StoreModels(store.Models), TargetRms);
                 stats = sample ? NormalizerStatistics.Sample : NormalizerStatistics.Store;
             }
             input = input with { TargetRms = TargetRms > 0 ? TargetRms : null, NormalizerStatistics = stats };
