@@ -146,6 +146,9 @@ public sealed class DictionaryTrainer
         if (options.Variant is { IsPlain: false } v)
         {
             v.Validate(M, F, dict.IsSae, options.Loss);
+            if (v.Designated > 0 && v.DesignatedPenalty != 1f && dict.Sparsity is not (Sparsity.Relu or Sparsity.JumpRelu))
+                throw new CrosscoderVariantException(nameof(CrosscoderVariant.DesignatedPenalty),
+                    $"{v.DesignatedPenalty}: the penalty multiplier scales a sparsity penalty, and a {dict.Sparsity} crosscoder has none (train with an L1 penalty, or leave the multiplier at 1)");
             Variant = v;
             _penaltyWeight = v.PenaltyWeights(F);
         }

@@ -41,10 +41,10 @@ public sealed class CrosscoderVariantTests(ITestOutputHelper log)
         { "all", Sparsity.Relu, 2 },
     };
 
-    static CrosscoderVariant VariantNamed(string name, int models) => name switch
+    static CrosscoderVariant VariantNamed(string name, int models, Sparsity act) => name switch
     {
         "dedicated" => new CrosscoderVariant { Exclusive = models == 2 ? [3, 2] : [2, 2, 1] },
-        "designated" => new CrosscoderVariant { Designated = 3, DesignatedPenalty = 0.1f },
+        "designated" => new CrosscoderVariant { Designated = 3, DesignatedPenalty = act == Sparsity.Relu ? 0.1f : 1f },
         "diff-1" => new CrosscoderVariant { DiffLambda = -1 },
         "diff-0.5" => new CrosscoderVariant { DiffLambda = -0.5 },
         _ => new CrosscoderVariant { Exclusive = [2, 2], Designated = 2, DesignatedPenalty = 0.3f, DiffLambda = -1 },
@@ -55,7 +55,7 @@ public sealed class CrosscoderVariantTests(ITestOutputHelper log)
     public void Gradients_match_finite_differences_on_the_constraint_set(string name, Sparsity act, int models)
     {
         int d = 6, f = 12, b = 12;
-        var v = VariantNamed(name, models);
+        var v = VariantNamed(name, models, act);
         var dict = Make(act, models, d, f, 3, 11, v);
         var x = Data(b, models * d, 5);
         var opts = new TrainerOptions { SparsityCoef = 0.3f, GeometricMedianInit = false, AuxKAlpha = 0, ThresholdStartStep = long.MaxValue, Variant = v };
@@ -156,9 +156,9 @@ public sealed class CrosscoderVariantTests(ITestOutputHelper log)
     public void Masks_and_ties_hold_after_training_steps()
     {
         int models = 2, d = 8, f = 24, b = 64;
-        var v = new CrosscoderVariant { Exclusive = [4, 5], Designated = 3, DesignatedPenalty = 0.1f };
         foreach (var act in new[] { Sparsity.BatchTopK, Sparsity.Relu })
         {
+            var v = new CrosscoderVariant { Exclusive = [4, 5], Designated = 3, DesignatedPenalty = act == Sparsity.Relu ? 0.1f : 1f };
             var dict = Make(act, models, d, f, 3, 2, v);
             var tr = new DictionaryTrainer(dict, new TrainerOptions { Lr = 1e-2, WarmupSteps = 0, SparsityCoef = 0.1f, DeadTokens = 2 * b, ThresholdStartStep = 0, Variant = v });
             var start = (float[])dict.WDec.Clone();
@@ -232,6 +232,16 @@ public sealed class CrosscoderVariantTests(ITestOutputHelper log)
         Assert.Contains(says, e.Message);
     }
 
+    [Fact]
+    public void A_penalty_multiplier_without_a_penalty_is_refused()
+    {
+        var v = new CrosscoderVariant { Designated = 2, DesignatedPenalty = 0.1f };
+        var dict = Make(Sparsity.BatchTopK, 2, 4, 8, 2, 1, v);
+        var e = Assert.Throws<CrosscoderVariantException>(() => new DictionaryTrainer(dict, new TrainerOptions { Variant = v }));
+        Assert.Equal(nameof(CrosscoderVariant.DesignatedPenalty), e.Setting);
+        _ = new DictionaryTrainer(dict, new TrainerOptions { Variant = v with { DesignatedPenalty = 1f } });   // the tie alone is fine
+    }
+
     /// <summary>What the dedicated crosscoder is for: on a synthetic store with planted model-exclusive features, the
     /// latent that recovers each exclusive feature (best joint cosine ≥ 0.9) lies in its owner model's exclusive block.</summary>
     [Fact]
@@ -268,6 +278,56 @@ public sealed class CrosscoderVariantTests(ITestOutputHelper log)
             Assert.True(inBlock[m] >= total[m] / 2, $"model {m}: only {inBlock[m]}/{total[m]} exclusive features landed in its exclusive block");
         }
         Assert.True(recovered.Sum() >= 0.85 * total.Sum(), $"only {recovered.Sum()}/{total.Sum()} exclusive features recovered at all");
+    }
+
+    /// <summary>What the diff-aware loss is for: at the same k, λ = −1 spends the code on what differs between the models,
+    /// so it reconstructs the difference x_ft − x_base far better than the standard crosscoder (λ = 0), which spends it on
+    /// the shared bulk. Difference FVE computed directly from inference-mode reconstructions.</summary>
+    [Fact]
+    public void Diff_aware_crosscoder_reconstructs_the_difference_better_at_the_same_sparsity()
+    {
+        using var store = new TempDir();
+        SyntheticGenerator.Make(new SyntheticSpec { DModel = 32, Features = 64, Shared = 0.75, Exclusive = 0.25, Shrunk = 0, Decoupled = 0, Tokens = 40_000, Seed = 4, Dtype = "f32" }, store.Path);
+        (double Diff, double Plain) Fve(double lambda)
+        {
+            const int steps = 800, batch = 256, D = 32, rows = 4096;
+            var v = new CrosscoderVariant { DiffLambda = lambda };
+            var dict = new SparseDictionary(2, D, 64, Sparsity.BatchTopK, CodeNormalization.Crosscoder, false, 3);
+            Initialization.Crosscoder(dict, new SplitMix64(5), 1f);
+            using var st = ActivationStore.Open(store.Path);
+            using (var src = StoreBatches.Paired(st, new StoreBatchOptions { Layer = 0, Seed = 1 }))
+            {
+                var tr = new DictionaryTrainer(dict, new TrainerOptions
+                {
+                    Lr = 4e-3, WarmupSteps = steps / 20, TotalSteps = steps, ClipNorm = 1f, DeadTokens = 20 * batch, ThresholdStartStep = steps / 2, Variant = lambda == 0 ? null : v,
+                });
+                using var outDir = new TempDir();
+                new TrainingRun(outDir.Path, tr, src, new RunOptions { BatchSize = batch, Steps = steps, LogEvery = 0 }).Run();
+            }
+            using var eval = StoreBatches.Paired(st, new StoreBatchOptions { Layer = 0, Shuffle = false, Cycle = false, MixSources = false, FirstRow = 30_000 });
+            var x = new float[rows * 2 * D];
+            int n = eval.Next(x, rows);
+            var (_, xh) = Inference.Reconstruct(dict, x.AsSpan(0, n * 2 * D));
+            double errD = 0, errP = 0, totP = 0, totD = 0;
+            var meanD = new double[D]; var meanP = new double[2 * D];
+            for (int t = 0; t < n; t++) for (int i = 0; i < D; i++) { meanD[i] += (x[(t * 2 + 1) * D + i] - x[t * 2 * D + i]) / (double)n; meanP[i] += x[t * 2 * D + i] / (double)n; meanP[D + i] += x[t * 2 * D + D + i] / (double)n; }
+            for (int t = 0; t < n; t++)
+                for (int i = 0; i < D; i++)
+                {
+                    double d = x[(t * 2 + 1) * D + i] - x[t * 2 * D + i], dh = xh[(t * 2 + 1) * D + i] - xh[t * 2 * D + i];
+                    errD += (d - dh) * (d - dh); totD += (d - meanD[i]) * (d - meanD[i]);
+                    for (int m = 0; m < 2; m++)
+                    {
+                        double e = x[(t * 2 + m) * D + i] - xh[(t * 2 + m) * D + i], c = x[(t * 2 + m) * D + i] - meanP[m * D + i];
+                        errP += e * e; totP += c * c;
+                    }
+                }
+            return (1 - errD / totD, 1 - errP / totP);
+        }
+        var standard = Fve(0); var diffAware = Fve(-1);
+        log.WriteLine($"difference FVE: standard {standard.Diff:F3}, diff-aware (λ = −1) {diffAware.Diff:F3}; activation FVE: standard {standard.Plain:F3}, diff-aware {diffAware.Plain:F3}");
+        Assert.True(diffAware.Diff > standard.Diff + 0.05, $"difference FVE: diff-aware {diffAware.Diff:F3} vs standard {standard.Diff:F3}");
+        Assert.True(diffAware.Plain < standard.Plain, "λ = −1 should give up reconstructing the shared activations themselves");
     }
 
     // For every planted exclusive feature: the best latent by joint cosine of [d^0; d^1] against [s^0·u^0; s^1·u^1].
