@@ -31,13 +31,16 @@ public static class SynthScoreCommand
         var d = DictionaryIO.Load(dictDir);
         var t = SyntheticTruth.Load(truthDir);
         using var store = ActivationStore.Open(truthDir);
-        var s = SyntheticScoring.Score(d, t, store, tokens, threshold);
+        var variant = CrosscoderVariant.Read(dictDir);
+        var s = SyntheticScoring.Score(d, t, store, tokens, threshold, variant);
         if (json)
         {
             Console.WriteLine(JsonSerializer.Serialize(new
             {
                 threshold = s.Threshold, features = s.Features, recovered = s.Recovered, fraction = s.Fraction, latents = s.Latents, alive_latents = s.AliveLatents, firing_tokens = s.FiringTokens,
                 exclusive_latents = s.ExclusiveLatents, false_exclusive_latents = s.FalseExclusiveLatents,
+                exclusive_per_model = s.ExclusivePerModel.Length > 0 ? s.ExclusivePerModel : null,
+                exclusive_in_owner_block = s.ExclusivePerModel.Length > 0 ? s.ExclusiveInOwnerBlock : null,
                 categories = s.Categories.Select(c => new
                 {
                     category = c.Category, features = c.Features, recovered = c.Recovered, fraction = Num(c.Fraction), mean_best_cosine = Num(c.MeanBestCosine),
@@ -51,6 +54,9 @@ public static class SynthScoreCommand
             table.AddRow(c.Category, c.Features.ToString(), $"{c.Recovered} ({c.Fraction:P0})", $"{c.MeanBestCosine:F3}", double.IsNaN(c.MeanAbsDeltaNormError) ? "–" : $"{c.MeanAbsDeltaNormError:F3}", c.FalseExclusive.ToString());
         table.AddRow("[bold]all[/]", s.Features.ToString(), $"{s.Recovered} ({s.Fraction:P0})", "", "", s.FalseExclusiveLatents.ToString());
         AnsiConsole.Write(table);
+        if (s.ExclusivePerModel.Length > 0)
+            AnsiConsole.MarkupLine("dedicated crosscoder: planted exclusive features recovered by a latent of their model's exclusive block: " +
+                string.Join(", ", s.ExclusivePerModel.Select((n, m) => $"model {m} {s.ExclusiveInOwnerBlock[m]}/{n}")));
         AnsiConsole.MarkupLine($"{s.AliveLatents} of {s.Latents} latents alive (fired on the first {s.FiringTokens:N0} tokens); {s.ExclusiveLatents} look exclusive (Δnorm < 0.1 or > 0.9), {s.FalseExclusiveLatents} of them match a non-exclusive true feature");
         return 0;
     }

@@ -59,7 +59,14 @@ public sealed class TrainCommand : ICliCommand
         var holdout = new Option<long?>("--holdout") { Description = "Tokens held out of training at the end of the store, for validation and eval (default 5% of the store, at most 1,000,000; 0 = none)" };
         var validateEvery = new Option<long>("--validate-every") { Description = "Log held-out FVE/L0/dead into metrics.jsonl every N steps (and at the end; 0 = only at the end)", DefaultValueFactory = _ => 1000 };
         var validationTokens = new Option<long>("--validation-tokens") { Description = "Held-out tokens per validation", DefaultValueFactory = _ => 20_000 };
+        var dedicated = new Option<string?>("--dedicated") { Description = "Dedicated feature crosscoder: exclusive latent blocks per model, e.g. base:64,ft:64 (or 0:64,1:64); exclusive latents read and write only their model, the rest are shared" };
+        var designated = new Option<int>("--designated") { Description = "Designated shared latents: the last N latents, their decoder rows tied across models", DefaultValueFactory = _ => 0 };
+        var designatedPenalty = new Option<float>("--designated-penalty") { Description = "Sparsity-penalty multiplier of the designated latents (ReLU crosscoders, e.g. 0.1)", DefaultValueFactory = _ => 1f };
+        var untied = new Option<bool>("--untied-designated") { Description = "Do not tie the designated latents' decoder rows (penalty multiplier only)" };
+        var diffLambda = new Option<double>("--diff-lambda") { Description = "Diff-aware loss ‖e_base‖² + ‖e_ft‖² + 2λ⟨e_base, e_ft⟩ with λ in [−1, 0] (−1: only the difference is reconstructed; needs --loss mse and two models)", DefaultValueFactory = _ => 0 };
+        var sourcesOpt = new Option<string?>("--sources") { Description = "Crosscoder over (model, layer) sources of the store, acausal, e.g. 0:2,1:2,0:3,1:3 (default: every model at --layer)" };
         var cmd = new Command(kind, description);
+        if (kind == "crosscoder") foreach (var o in new Option[] { sourcesOpt, dedicated, designated, designatedPenalty, untied, diffLambda }) cmd.Options.Add(o);
         foreach (var o in new Option[] { store, layer, outDir, recipeOpt, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, auxkK, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, overwrite, holdout, validateEvery, validationTokens })
             cmd.Options.Add(o);
         if (kind == "sae") cmd.Options.Add(model);
@@ -79,6 +86,12 @@ public sealed class TrainCommand : ICliCommand
                 TargetRms = r.GetValue(targetRms), Model = r.GetValue(model), Minuend = r.GetValue(minuend), Subtrahend = r.GetValue(subtrahend),
                 Filter = r.GetValue(filter)!, Seed = r.GetValue(seed),
                 HoldoutTokens = r.GetValue(holdout), ValidateEvery = r.GetValue(validateEvery), ValidationTokens = r.GetValue(validationTokens),
+                Sources = r.GetValue(sourcesOpt) is string ss ? ParseSources(ss) : null,
+                Variant = kind == "crosscoder" ? new CrosscoderVariant
+                {
+                    Exclusive = ParseDedicated(r.GetValue(dedicated)), Designated = r.GetValue(designated), DesignatedPenalty = r.GetValue(designatedPenalty),
+                    TieDesignatedDecoder = !r.GetValue(untied), DiffLambda = r.GetValue(diffLambda),
+                } : null,
             };
             foreach (var w in recipe.Warnings()) Console.Error.WriteLine($"warning: {Worded(w, recipe)}");
             using var st = ActivationStore.Open(r.GetValue(store)!);
@@ -114,9 +127,43 @@ public sealed class TrainCommand : ICliCommand
                 RecipeProblem.ActivationNotForCrosscoder => $"--activation {act}: crosscoders are trained as batchtopk (--k) or relu (--l1); there is no file format for other crosscoder activations",
                 RecipeProblem.NeedsSparsityCoefficient => $"--activation {act} needs a sparsity coefficient: --l1 MU",
                 RecipeProblem.HoldoutTooLarge => $"--holdout {e.Value}: {e.Detail}; hold out fewer tokens",
+                RecipeProblem.SourceOutOfRange => $"--sources {e.Value}: {e.Detail}",
                 _ => e.Message,
             }, e);
         }
+        catch (CrosscoderVariantException e)
+        {
+            string flag = e.Setting switch
+            {
+                nameof(CrosscoderVariant.Exclusive) => "--dedicated", nameof(CrosscoderVariant.Designated) => "--designated",
+                nameof(CrosscoderVariant.DesignatedPenalty) => "--designated-penalty", nameof(CrosscoderVariant.DiffLambda) => "--diff-lambda", _ => "crosscoder variant",
+            };
+            throw new ArgumentException($"{flag}: {e.Detail}", e);
+        }
+    }
+
+    static (int, int)[] ParseSources(string s)
+    {
+        try { return SourceBatches.Parse(s); }
+        catch (FormatException e) { throw new ArgumentException($"--sources {s}: {e.Message}"); }
+    }
+
+    /// <summary>--dedicated "base:N,ft:N" (or "0:N,1:N,…") → exclusive block sizes per model.</summary>
+    internal static int[] ParseDedicated(string? s)
+    {
+        if (string.IsNullOrWhiteSpace(s)) return [];
+        var sizes = new SortedDictionary<int, int>();
+        foreach (var part in s.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            var kv = part.Split(':');
+            int m = kv.Length != 2 ? -1 : kv[0] switch { "base" => 0, "ft" => 1, var t when int.TryParse(t, out int v) && v >= 0 => v, _ => -1 };
+            if (m < 0 || !int.TryParse(kv[1], out int n) || n < 0 || sizes.ContainsKey(m))
+                throw new ArgumentException($"--dedicated {s}: expected MODEL:N pairs such as base:64,ft:64 or 0:64,1:64 (each model once, N ≥ 0)");
+            sizes[m] = n;
+        }
+        var a = new int[sizes.Keys.Max() + 1];
+        foreach (var (m, n) in sizes) a[m] = n;
+        return a;
     }
 
     /// <summary>A recipe warning in the flags' words.</summary>

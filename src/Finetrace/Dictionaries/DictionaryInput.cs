@@ -13,6 +13,9 @@ public enum InputKind
     SingleModel,
     /// <summary>Model a − model b, [1, D] (a diff-SAE; a = <see cref="DictionaryInput.Minuend"/>, b = <see cref="DictionaryInput.Subtrahend"/>).</summary>
     Difference,
+    /// <summary>(model, layer) sources side by side, [S, D] per token (a crosscoder over several layers and/or a subset of
+    /// models, <see cref="DictionaryInput.Sources"/>).</summary>
+    Sources,
 }
 
 /// <summary>Where the activation normaliser's statistics came from (methods.md §2.7).</summary>
@@ -70,6 +73,8 @@ public sealed record DictionaryInput
     /// after encoding; null = none. Kept here, with what the dictionary reads, so that eval, the spliced evaluation, the
     /// analyses and the exports (which all receive this record) read the dictionary the same pruned way.</summary>
     public Pruning? Pruning { get; init; }
+    /// <summary><see cref="InputKind.Sources"/>: (store model, store layer) of each source, in row order.</summary>
+    public (int Model, int Layer)[] Sources { get; init; } = [];
 
     public static DictionaryInput Paired(int layer) => new() { Layer = layer, Kind = InputKind.Paired };
     public static DictionaryInput SingleModel(int layer, int model) => new() { Layer = layer, Kind = InputKind.SingleModel, Model = model };
@@ -79,10 +84,19 @@ public sealed record DictionaryInput
         return new() { Layer = layer, Kind = InputKind.Difference, Minuend = minuend, Subtrahend = subtrahend };
     }
 
-    /// <summary>The spec text: <c>paired</c>, <c>model:I</c> or <c>diff:A-B</c>.</summary>
+    /// <summary>(model, layer) sources side by side (<see cref="Layer"/> is the first source's layer).</summary>
+    public static DictionaryInput FromSources((int Model, int Layer)[] sources)
+    {
+        if (sources.Length < 1) throw new DictionaryInputException("sources:", "no (model, layer) sources");
+        if (sources.Distinct().Count() != sources.Length) throw new DictionaryInputException("sources:" + SourceBatches.Format(sources), "a (model, layer) source appears twice");
+        return new() { Layer = sources[0].Layer, Kind = InputKind.Sources, Sources = sources };
+    }
+
+    /// <summary>The spec text: <c>paired</c>, <c>model:I</c>, <c>diff:A-B</c> or <c>sources:M:L,…</c>.</summary>
     public string Spec => Kind switch
     {
         InputKind.Paired => "paired",
+        InputKind.Sources => "sources:" + SourceBatches.Format(Sources),
         InputKind.SingleModel => $"model:{Model}",
         _ => $"diff:{Minuend}-{Subtrahend}",
     };
@@ -97,6 +111,11 @@ public sealed record DictionaryInput
     {
         string s = spec.Trim();
         if (s == "paired") return Paired(layer);
+        if (s.StartsWith("sources:", StringComparison.Ordinal))
+        {
+            try { return FromSources(SourceBatches.Parse(s[8..])); }
+            catch (FormatException e) { throw new DictionaryInputException(spec, e.Message); }
+        }
         if (s.StartsWith("model:", StringComparison.Ordinal) && int.TryParse(s[6..], out int m) && m >= 0) return SingleModel(layer, m);
         if (s.StartsWith("diff:", StringComparison.Ordinal))
         {
@@ -117,13 +136,14 @@ public sealed record DictionaryInput
     }
 
     /// <summary>Number of models in one row the dictionary sees.</summary>
-    public int DictionaryModels(int storeModels) => Kind == InputKind.Paired ? storeModels : 1;
+    public int DictionaryModels(int storeModels) => Kind switch { InputKind.Paired => storeModels, InputKind.Sources => Sources.Length, _ => 1 };
 
     /// <summary>Store models whose activations a row is made from.</summary>
     public int[] StoreModels(int storeModels) => Kind switch
     {
         InputKind.Paired => Enumerable.Range(0, storeModels).ToArray(),
         InputKind.SingleModel => [Model],
+        InputKind.Sources => Sources.Select(s => s.Model).Distinct().Order().ToArray(),
         _ => [Minuend, Subtrahend],
     };
 
@@ -141,7 +161,8 @@ public sealed record DictionaryInput
         CheckModels(storeModels);
         int want = DictionaryModels(storeModels);
         if (dictModels != want)
-            throw new DictionaryInputException(Spec, Kind == InputKind.Paired
+            throw new DictionaryInputException(Spec, Kind == InputKind.Sources ? $"the crosscoder reads {dictModels} sources but the input names {want}"
+                : Kind == InputKind.Paired
                 ? $"the crosscoder reads {dictModels} models but the store holds {storeModels}"
                 : $"needs a single-model dictionary, this one reads {dictModels} models");
     }
@@ -164,8 +185,15 @@ public sealed record DictionaryInput
         {
             InputKind.Paired => new InputBatches(StoreBatches.Paired(store, options), null),
             InputKind.SingleModel => OpenSlice(store, options),
+            InputKind.Sources => OpenSources(store, options),
             _ => new InputBatches(StoreBatches.Difference(store, options, Minuend, Subtrahend), null),
         };
+    }
+
+    InputBatches OpenSources(ActivationStore store, StoreBatchOptions options)
+    {
+        var s = new SourceBatches(store, options, Sources);
+        return new InputBatches(s.First, s);
     }
 
     InputBatches OpenSlice(ActivationStore store, StoreBatchOptions options)
@@ -177,8 +205,9 @@ public sealed record DictionaryInput
     /// <summary>The <c>"input"</c> object of finetrace.json.</summary>
     public JsonObject ToJson()
     {
-        var o = new JsonObject { ["layer"] = Layer, ["kind"] = Spec.Split(':')[0] switch { "model" => "model", "diff" => "difference", _ => "paired" }, ["spec"] = Spec };
+        var o = new JsonObject { ["layer"] = Layer, ["kind"] = Spec.Split(':')[0] switch { "model" => "model", "diff" => "difference", "sources" => "sources", _ => "paired" }, ["spec"] = Spec };
         if (Site is { } site) { o["site"] = HookSites.Template(site); o["hook_name"] = HookSites.Name(site, Layer); }
+        if (Kind == InputKind.Sources) o["sources"] = new JsonArray(Sources.Select(s => (JsonNode)new JsonArray(s.Model, s.Layer)).ToArray());
         if (Kind == InputKind.SingleModel) o["model"] = Model;
         if (Kind == InputKind.Difference) { o["minuend"] = Minuend; o["subtrahend"] = Subtrahend; }
         o["store"] = Store;
@@ -210,6 +239,7 @@ public sealed record DictionaryInput
                 "paired" => Paired(layer),
                 "model" => SingleModel(layer, node["model"]!.GetValue<int>()),
                 "difference" => Difference(layer, node["minuend"]!.GetValue<int>(), node["subtrahend"]!.GetValue<int>()),
+                "sources" => FromSources(node["sources"]!.AsArray().Select(p => (p![0]!.GetValue<int>(), p[1]!.GetValue<int>())).ToArray()),
                 _ => throw new DictionaryFormatException($"{where}: input.kind '{kind}' is not paired, model or difference"),
             };
             var norm = node["normalization"];
@@ -281,5 +311,5 @@ public sealed class InputBatches(StoreBatches batches, IActivationBatches? slice
     public void Seek(long position) => _src.Seek(position);
     // xBND: [rows, Models, DModel]
     public int Next(Span<float> xBND, int rows) => _src.Next(xBND, rows);
-    public void Dispose() => batches.Dispose();
+    public void Dispose() { batches.Dispose(); (slice as IDisposable)?.Dispose(); }
 }

@@ -14,6 +14,10 @@ public sealed record SyntheticScore(double Threshold, int Latents, int AliveLate
     /// <summary>Tokens of the encode pass that decided which latents are alive (<see cref="Firing"/>).</summary>
     public long FiringTokens { get; init; }
     public double Fraction => (double)Recovered / Features;
+    /// <summary>Dedicated crosscoders (<see cref="CrosscoderVariant.Exclusive"/>): per model m, the planted features exclusive
+    /// to m, and how many of them are recovered by a latent of m's exclusive block. Empty for other dictionaries.</summary>
+    public int[] ExclusivePerModel { get; init; } = [];
+    public int[] ExclusiveInOwnerBlock { get; init; } = [];
 }
 
 /// <summary>
@@ -35,15 +39,15 @@ public static class SyntheticScoring
 {
     /// <summary>Scores a dictionary trained on the synthetic store <paramref name="store"/>: an encode pass over its first
     /// <paramref name="tokens"/> paired rows decides which latents fire.</summary>
-    public static SyntheticScore Score(SparseDictionary dict, SyntheticTruth truth, ActivationStore store, long tokens = 200_000, double threshold = 0.9)
+    public static SyntheticScore Score(SparseDictionary dict, SyntheticTruth truth, ActivationStore store, long tokens = 200_000, double threshold = 0.9, CrosscoderVariant? variant = null)
     {
         using var src = DictionaryInput.Paired(store.Layers[0]).Open(store, new StoreBatchOptions { Shuffle = false, Cycle = false, MixSources = false });
         var firing = Firing.Measure(dict, src, Math.Min(tokens, src.RowsPerEpoch));
-        return Score(dict, truth, firing, threshold);
+        return Score(dict, truth, firing, threshold, variant);
     }
 
     /// <summary>Scores with the latents alive in <paramref name="firing"/> (<see cref="Firing.Measure"/> over the store).</summary>
-    public static SyntheticScore Score(SparseDictionary dict, SyntheticTruth truth, FiringCounts firing, double threshold = 0.9)
+    public static SyntheticScore Score(SparseDictionary dict, SyntheticTruth truth, FiringCounts firing, double threshold = 0.9, CrosscoderVariant? variant = null)
     {
         if (firing.Fires.Length != dict.DictSize) throw new ArgumentException($"firing counts for {firing.Fires.Length} latents, the dictionary has {dict.DictSize}");
         int M = truth.Models, D = truth.DModel, FT = truth.Features, F = dict.DictSize;
@@ -135,7 +139,19 @@ public static class SyntheticScoring
             cats.Add(new CategoryScore(cat.ToString().ToLowerInvariant(), ids.Length, rec, ids.Length > 0 ? cosSum / ids.Length : double.NaN,
                 dN > 0 ? dSum / dN : double.NaN, falseByCat[(int)cat]));
         }
-        return new SyntheticScore(threshold, F, alive.Length, cats, recoveredAll, FT, exclusiveLatents, falseExclusive) { FiringTokens = firing.Tokens };
+        int[] exPer = [], exInBlock = [];
+        if (variant is { HasExclusive: true })
+        {
+            exPer = new int[M]; exInBlock = new int[M];
+            foreach (int i in truth.FeaturesOf(FeatureCategory.Exclusive))
+            {
+                int owner = truth.Owner[i];
+                exPer[owner]++;
+                if (bestCos[i] >= threshold && variant.OwnerOf(best[i]) == owner) exInBlock[owner]++;
+            }
+        }
+        return new SyntheticScore(threshold, F, alive.Length, cats, recoveredAll, FT, exclusiveLatents, falseExclusive)
+        { FiringTokens = firing.Tokens, ExclusivePerModel = exPer, ExclusiveInOwnerBlock = exInBlock };
     }
 
     static double Dot(ReadOnlySpan<float> a, int ao, ReadOnlySpan<float> b, int bo, int n)

@@ -48,6 +48,9 @@ public sealed record TrainerOptions
     public float JumpBandwidth { get; init; } = 0.001f;
     /// <summary>Use the dense GEMM reference kernels instead of the sparse ones (for benchmarks and tests).</summary>
     public bool Dense { get; init; }
+    /// <summary>Crosscoder research variant (methods.md §16): latent masks, designated shared latents, diff-aware loss.
+    /// Null: the plain crosscoder (the plain code path runs unchanged).</summary>
+    public CrosscoderVariant? Variant { get; init; }
 }
 
 /// <summary>What one step measured (normalised space).</summary>
@@ -142,6 +145,42 @@ public sealed partial class DictionaryTrainer
         Codes = new SparseCodes(0, F);
         AuxCodes = new SparseCodes(0, F);
         ModelCodes = dict.PerModelCodes ? Enumerable.Range(0, M).Select(_ => new SparseCodes(0, F)).ToArray() : [];
+        if (options.Variant is { IsPlain: false } v)
+        {
+            v.Validate(M, F, dict.IsSae, options.Loss);
+            if (v.Designated > 0 && v.DesignatedPenalty != 1f && dict.Sparsity is not (Sparsity.Relu or Sparsity.JumpRelu))
+                throw new CrosscoderVariantException(nameof(CrosscoderVariant.DesignatedPenalty),
+                    $"{v.DesignatedPenalty}: the penalty multiplier scales a sparsity penalty, and a {dict.Sparsity} crosscoder has none (train with an L1 penalty, or leave the multiplier at 1)");
+            Variant = v;
+            _penaltyWeight = v.PenaltyWeights(F);
+        }
+    }
+
+    /// <summary>The research variant in force (null: plain crosscoder).</summary>
+    public CrosscoderVariant? Variant { get; }
+    readonly float[]? _penaltyWeight;
+
+    // Diff-aware loss (methods.md §16), two models, mse: adds (2λ/B) Σ_b ⟨e_0, e_1⟩ to the loss and λ times the other
+    // model's δ = −2e/B to each model's δ (∂/∂x̂_0 of 2λ⟨e_0, e_1⟩/B is −2λ e_1/B). Returns the added loss.
+    // xBMD, xHatBMD, δBMD: [B, 2, D] (δ updated in place)
+    double DiffAwareCrossTerm(ReadOnlySpan<float> xBMD, ReadOnlySpan<float> xHatBMD, Span<float> deltaBMD, int B, double lambda)
+    {
+        double cross = 0;
+        float l = (float)lambda;
+        for (int t = 0; t < B; t++)
+        {
+            int o0 = t * 2 * D, o1 = o0 + D;
+            double s = 0;
+            for (int i = 0; i < D; i++)
+            {
+                s += (double)(xBMD[o0 + i] - xHatBMD[o0 + i]) * (xBMD[o1 + i] - xHatBMD[o1 + i]);
+                float d0 = deltaBMD[o0 + i], d1 = deltaBMD[o1 + i];
+                deltaBMD[o0 + i] = d0 + l * d1;
+                deltaBMD[o1 + i] = d1 + l * d0;
+            }
+            cross += s;
+        }
+        return 2 * lambda * cross / B;
     }
 
     public IReadOnlyList<float[]> Parameters => Dict.Sparsity == Sparsity.JumpRelu
@@ -181,7 +220,7 @@ public sealed partial class DictionaryTrainer
     public StepStats ForwardBackward(ReadOnlySpan<float> xBMD, long step, bool updateState = true)
     {
         _mark = _clock.Elapsed.TotalSeconds;
-        return Dict.Sparsity switch
+        var stats = Dict.Sparsity switch
         {
             Sparsity.BatchTopK when Dict.PerModelCodes => DecoupledStep(xBMD, step, updateState),
             Sparsity.BatchTopK or Sparsity.TopK => TopKStep(xBMD, step, updateState),
@@ -189,6 +228,8 @@ public sealed partial class DictionaryTrainer
             Sparsity.JumpRelu => JumpReluStep(xBMD, step, updateState),
             var s => throw new NotSupportedException($"no training step for sparsity {s}"),
         };
+        Variant?.ProjectGradients(GWEnc, GWDec, M, F, D);   // crosscoder variants: masked rows get no gradient, tied rows share one
+        return stats;
     }
 
     /// <summary>Decoder-gradient projection (unit-norm recipe) and global clipping; returns the pre-clip norm.</summary>

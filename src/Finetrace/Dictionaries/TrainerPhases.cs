@@ -107,6 +107,7 @@ public sealed partial class DictionaryTrainer
                 for (int i = 0; i < D; i++) delta[o + i] = -(x[o + i] - xhat[o + i]) * fs;
             }
         recon /= Options.Loss == ReconLoss.Mse ? B : (double)B * M;
+        if (Variant is { DiffLambda: not 0 } dv) recon += DiffAwareCrossTerm(x, xhat, delta, B, dv.DiffLambda);   // diff-aware crosscoder (methods §16)
         for (int m = 0; m < M; m++)
         {
             double mm = 0;
@@ -300,6 +301,7 @@ public sealed partial class DictionaryTrainer
         bool l1 = Options.Penalty == SparsityPenalty.L1;
         var add = new float[f];
         for (int j = 0; j < f; j++) add[j] = l1 ? (float)(mu * cF[j] / B) : (float)(mu / B * Math.Sqrt(cF[j]) / 2);
+        if (_penaltyWeight is not null) for (int j = 0; j < f; j++) add[j] *= _penaltyWeight[j];
         fixed (float* fp = fBF, gp = gBF)
         {
             float* FP = fp, GP = gp;
@@ -332,6 +334,16 @@ public sealed partial class DictionaryTrainer
         {
             if (Options.Penalty == SparsityPenalty.L1) { sparsity += (double)colSum[j] * cF[j]; gcF[j] = (float)(mu * colSum[j] / B); }
             else { double rc = Math.Sqrt(cF[j]); sparsity += rc * colSum[j]; gcF[j] = rc > 0 ? (float)(mu * colSum[j] / (2 * rc) / B) : 0; }
+        }
+        if (_penaltyWeight is not null)   // designated shared latents: their penalty term × the multiplier (recomputed)
+        {
+            sparsity = 0;
+            for (int j = 0; j < F; j++)
+            {
+                double term = Options.Penalty == SparsityPenalty.L1 ? (double)colSum[j] * cF[j] : Math.Sqrt(cF[j]) * colSum[j];
+                sparsity += _penaltyWeight[j] * term;
+                gcF[j] *= _penaltyWeight[j];
+            }
         }
         return sparsity / B;
     }

@@ -29,6 +29,8 @@ public enum RecipeProblem
     NeedsSparsityCoefficient,
     /// <summary>HoldoutTokens leaves no training rows.</summary>
     HoldoutTooLarge,
+    /// <summary>Sources name a model or layer the store does not hold, or are given for a dictionary other than a crosscoder.</summary>
+    SourceOutOfRange,
 }
 
 /// <summary>A recipe setting that is invalid or does not fit the others. <see cref="Setting"/> is the
@@ -103,6 +105,12 @@ public sealed record TrainingRecipe
     /// <summary>Store rows held out of training at the end of the store (moved forward to the next sequence start);
     /// null: 5% of the store, at most 1,000,000 rows; 0: none.</summary>
     public long? HoldoutTokens { get; init; }
+    /// <summary>Crosscoder research variant (methods.md §16): dedicated exclusive blocks, designated shared latents,
+    /// diff-aware loss. Null or plain: the standard crosscoder.</summary>
+    public CrosscoderVariant? Variant { get; init; }
+    /// <summary>Crosscoder over these (store model, store layer) sources, acausal (every source in and out; methods.md §16);
+    /// null: every store model at <see cref="Layer"/>.</summary>
+    public (int Model, int Layer)[]? Sources { get; init; }
     /// <summary>Validation on the held-out rows every this many steps and at the end (0: only at the end).</summary>
     public long ValidateEvery { get; init; } = 1000;
     /// <summary>Held-out tokens each validation evaluates.</summary>
@@ -149,6 +157,7 @@ public sealed record TrainingRecipe
     {
         var input = Kind switch
         {
+            DictionaryKind.Crosscoder when Sources is { Length: > 0 } s => DictionaryInput.FromSources(s),
             DictionaryKind.Crosscoder => DictionaryInput.Paired(Layer),
             DictionaryKind.Sae => DictionaryInput.SingleModel(Layer, Model),
             _ => DictionaryInput.Difference(Layer, Minuend, Subtrahend),
@@ -160,6 +169,15 @@ public sealed record TrainingRecipe
     /// options. The returned setup owns the open source.</summary>
     public TrainingSetup Prepare(ActivationStore store)
     {
+        if (Sources is { Length: > 0 } srcs)
+        {
+            if (Kind != DictionaryKind.Crosscoder) throw new RecipeSettingException(RecipeProblem.SourceOutOfRange, nameof(Sources), SourceBatches.Format(srcs), "sources apply to crosscoders only");
+            foreach (var (m, l) in srcs)
+                if ((uint)m >= (uint)store.Models || !store.Layers.Contains(l))
+                    throw new RecipeSettingException(RecipeProblem.SourceOutOfRange, nameof(Sources), SourceBatches.Format(srcs),
+                        $"source {m}:{l} is not in the store (models 0..{store.Models - 1}, layers {string.Join(", ", store.Layers)})");
+            if (srcs.Distinct().Count() != srcs.Length) throw new RecipeSettingException(RecipeProblem.SourceOutOfRange, nameof(Sources), SourceBatches.Format(srcs), "a source appears twice");
+        }
         DictionaryInput input;
         try { input = Input(Path.GetFullPath(store.Directory)) with { Site = store.Settings.Site }; input.CheckModels(store.Models); }
         catch (DictionaryInputException e)
@@ -176,13 +194,14 @@ public sealed record TrainingRecipe
         var filter = MaskFilter.Parse(Filter);
         long? heldOut = HeldOutFrom(store);
         input = input with { HeldOutFrom = heldOut };
-        var bo = new StoreBatchOptions { Layer = Layer, Seed = Seed, Filter = filter, Cycle = true, EndRow = heldOut };
+        int layer = input.Layer;
+        var bo = new StoreBatchOptions { Layer = layer, Seed = Seed, Filter = filter, Cycle = true, EndRow = heldOut };
         var source = input.Open(store, bo);
         InputBatches? validation = null;
         try
         {
             if (heldOut is long from)
-                validation = input.Open(store, new StoreBatchOptions { Layer = Layer, Filter = filter, Shuffle = false, Cycle = false, MixSources = false, FirstRow = from });
+                validation = input.Open(store, new StoreBatchOptions { Layer = layer, Filter = filter, Shuffle = false, Cycle = false, MixSources = false, FirstRow = from });
             int kk = K ?? 100;
             int D = store.DModel;
             int F = DictSize ?? (Expansion ?? (Kind == DictionaryKind.DiffSae ? 2 : 32)) * D;
@@ -197,18 +216,25 @@ public sealed record TrainingRecipe
             {
                 init = new CrosscoderInit(SameInitForAllModels: true, NormInitScale ?? (a == Sparsity.Relu ? 0.005f : 1f));   // both presets
                 Initialization.Crosscoder(dict, rng, init.NormInitScale, init.SameInitForAllModels);
+                if (Variant is { IsPlain: false } v)
+                {
+                    v.Validate(dict.Models, F, false, ResolvedLoss);
+                    v.Apply(dict);
+                }
             }
+            if (sae && Variant is { IsPlain: false }) throw new CrosscoderVariantException(nameof(Variant), "crosscoder variants apply to crosscoders only");
 
             var stats = NormalizerStatistics.None;
             if (TargetRms > 0)
             {
-                bool sample = Kind == DictionaryKind.DiffSae || filter != MaskFilter.All;
                 // statistics of the training rows only (the source ends before the held-out rows; the store's are cut there):
                 // validation and eval on the held-out rows must not have shaped the normaliser. A sample reads at most one
-                // epoch, so a small store counts each training row once.
+                // epoch, so a small store counts each training row once. Several layers (sources): the store's statistics
+                // are per layer, so sample the rows (one normaliser per source).
+                bool sample = Kind == DictionaryKind.DiffSae || filter != MaskFilter.All || input.Kind == InputKind.Sources;
                 dict.Normalizer = sample
                     ? NormalizerStats.FromSample(source, TargetRms, Math.Min(source.RowsPerEpoch, Math.Min(1_000_000, 64L * Batch)))
-                    : NormalizerStats.FromStore(store, Layer, input.StoreModels(store.Models), TargetRms, endRow: heldOut);
+                    : NormalizerStats.FromStore(store, layer, input.StoreModels(store.Models), TargetRms, endRow: heldOut);
                 stats = sample ? NormalizerStatistics.Sample : NormalizerStatistics.TrainingRows;
             }
             input = input with { TargetRms = TargetRms > 0 ? TargetRms : null, NormalizerStatistics = stats };
@@ -228,6 +254,7 @@ public sealed record TrainingRecipe
                 // SAEs keep unit-norm decoder rows whatever the activation: with a free decoder norm an L1 (or L0) penalty is
                 // scale-degenerate (shrink f, grow d_j: same reconstruction, smaller penalty), and c_j = 1 in Firing's rule
                 UnitNormDecoder = sae, KMax = KMax, KAnnealSteps = KAnnealSteps,
+                Variant = Variant is { IsPlain: false } ? Variant : null,
             };
             return new TrainingSetup(this, input, dict, opts, new DictionaryTrainer(dict, opts, Seed), source, steps) { Init = init, Validation = validation };
         }
@@ -333,7 +360,7 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
     public Dictionary<string, object?> SidecarFields(SparseDictionary trained)
     {
         var r = Recipe;
-        return new Dictionary<string, object?>
+        var fields = new Dictionary<string, object?>
         {
             ["input"] = Input.ToJson(),
             ["site"] = new { layer = Input.Layer, store = Input.Store, hook_name = Input.HookName },
@@ -346,6 +373,8 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
                 models = Input.StoreModels(trained.Models), filter = r.Filter,
             },
         };
+        if (Options.Variant is { } v) fields["variant"] = v.ToJson();
+        return fields;
     }
 
     public static string LossName(ReconLoss l) => l switch { ReconLoss.Mse => "mse", ReconLoss.L2 => "l2", _ => "mse-mean-models" };

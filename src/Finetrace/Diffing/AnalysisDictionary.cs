@@ -21,6 +21,9 @@ public sealed class AnalysisDictionary
     public AnalysisDictionary(SparseDictionary dict, string directory, DictionaryInput input, int storeModels)
     {
         Dict = dict; Directory = directory; Input = input;
+        // the analyses read one layer's store rows; a crosscoder over (model, layer) sources would need every source's layer
+        if (input.Kind == InputKind.Sources)
+            throw new ArgumentException($"{directory}: this crosscoder reads {input.Spec} ((model, layer) sources); the diffing analyses read one layer of paired rows and do not take source crosscoders yet");
         StoreModels = input.StoreModels(storeModels);
         try { input.CheckDictionary(dict.Models, storeModels); input.Pruning?.Check(dict); }
         catch (Exception e) when (e is DictionaryInputException or PruningException) { throw new ArgumentException($"{directory}: {e.Message}", e); }
