@@ -28,6 +28,9 @@ public sealed class DashboardData
     public string? DictionaryFolder { get; }
     /// <summary>The layer from summary.json, used when the dictionary records none.</summary>
     public int? SummaryLayer { get; }
+    /// <summary>The activation store the analyses read (manifest: stages.examples/latents/scaling.inputs.store); null when
+    /// not recorded or gone. The Neuronpedia export streams it for the correlated neurons/latents.</summary>
+    public string? StoreDirectory { get; private init; }
 
     DashboardData(string dir, string tableDir, LatentIndex? latents, ExampleReader? examples, JsonArray? causal, string? tokFolder, Func<int, string>? tokenText,
         ModelPairSpec? models, string? dictionary, int? layer)
@@ -91,7 +94,7 @@ public sealed class DashboardData
         }
         string? dictDir = System.IO.Directory.Exists(Path.Combine(tableDir, "dictionary")) ? Path.Combine(tableDir, "dictionary") : ManifestDictionary(tableDir);
         int? layer = summary?["layer"] is JsonValue lv && lv.TryGetValue<int>(out int li) ? li : null;
-        return new DashboardData(dir, tableDir, latents, examples, causal, tokDir, tokenText, spec, dictDir, layer);
+        return new DashboardData(dir, tableDir, latents, examples, causal, tokDir, tokenText, spec, dictDir, layer) { StoreDirectory = StoreDir(tableDir) };
     }
 
     static JsonObject? ReadSummary(string dir)
@@ -122,14 +125,24 @@ public sealed class DashboardData
     {
         try
         {
+            if (StoreDir(dir) is not { } storeDir) return null;
+            using var store = ActivationStore.Open(storeDir);
+            var paths = store.Settings.Models.Select(m => m.Path).Where(p => !string.IsNullOrEmpty(p)).Select(p => p!).ToList();
+            if (paths.Count > 0) return paths;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or JsonException or InvalidOperationException or UnauthorizedAccessException) { }
+        return null;
+    }
+
+    /// <summary>The first existing store folder the manifest's examples/latents/scaling stages record; null when none.</summary>
+    static string? StoreDir(string dir)
+    {
+        try
+        {
             var stages = ResultsFolder.Open(dir).Stages();
             foreach (var st in new[] { "examples", "latents", "scaling" })
-            {
-                if (!stages.TryGetValue(st, out var rec) || rec.Inputs?["store"]?.GetValue<string>() is not { } storeDir || !System.IO.Directory.Exists(storeDir)) continue;
-                using var store = ActivationStore.Open(storeDir);
-                var paths = store.Settings.Models.Select(m => m.Path).Where(p => !string.IsNullOrEmpty(p)).Select(p => p!).ToList();
-                if (paths.Count > 0) return paths;
-            }
+                if (stages.TryGetValue(st, out var rec) && rec.Inputs?["store"]?.GetValue<string>() is { } storeDir && System.IO.Directory.Exists(storeDir))
+                    return storeDir;
         }
         catch (Exception e) when (e is IOException or InvalidDataException or JsonException or InvalidOperationException or UnauthorizedAccessException) { }
         return null;

@@ -1,6 +1,8 @@
 using System.Text.Json.Nodes;
 using Finetrace.Diffing;
+using Finetrace.Activations;
 using Finetrace.Diffing.Causal;
+using Finetrace.Diffing.Correlations;
 using Finetrace.Diffing.Latents;
 using Finetrace.Models;
 using Finetrace.Tensors;
@@ -12,8 +14,10 @@ namespace Finetrace.Web;
 /// per feature the decoder vector (the fine-tuned row of a crosscoder, the derived choice §3 allows; documented in
 /// the output's "finetrace" note), neuron alignment, logit effects W_U · d_j (top/bottom 10 and a 50-bin histogram)
 /// through the fine-tuned model, firing density, the activation histogram, and the stored examples as activation
-/// records. Correlated neurons and features are not computed by the toolkit and are written as empty lists. Parts
-/// that need what is not loaded (dictionary, model) are empty lists too. Values are rounded to 5 decimals.
+/// records. Correlated neurons and features come from <see cref="LatentCorrelations"/> over the first
+/// <see cref="CorrelationRows"/> rows of the analyses' store when the dictionary is loaded and the store is recorded
+/// (l1 = the uncentred cosine, SAEDashboard's cossim); otherwise empty lists. Parts that need what is not loaded
+/// (dictionary, model) are empty lists too. Values are rounded to 5 decimals.
 /// </summary>
 public static class Neuronpedia
 {
@@ -32,9 +36,26 @@ public static class Neuronpedia
     static JsonNode? R(double v) => double.IsFinite(v) ? JsonValue.Create(Math.Round(v, 5)) : null;
     static JsonArray Arr<T>(IEnumerable<T> xs, Func<T, JsonNode?> f) => new(xs.Select(f).ToArray());
 
-    public static JsonObject Batch(DashboardData data, (AnalysisDictionary? Dict, CausalLM? FineTuned, Func<int, string>? Decode) parts, IReadOnlyList<int> ids)
+    /// <summary>Store rows the correlated neurons/latents are computed over (from the start of the store), so a batch
+    /// stays a bounded pass however large the store.</summary>
+    public const long CorrelationRows = 65_536;
+
+    /// <summary>Correlations of <paramref name="ids"/> when the dictionary is loaded and the analyses' store is there; else null.</summary>
+    static Dictionary<int, LatentCorrelation>? Correlations(DashboardData data, AnalysisDictionary? ad, IReadOnlyList<int> ids, CancellationToken cancel)
+    {
+        if (ad is null || data.StoreDirectory is null) return null;
+        var valid = ids.Where(j => j >= 0 && j < ad.Latents).ToArray();
+        if (valid.Length == 0) return null;
+        using var store = ActivationStore.Open(data.StoreDirectory);
+        if (store.DModel != ad.Dict.DModel) return null;
+        return LatentCorrelations.Run(ad, store, valid, new CorrelationOptions { MaxPositions = CorrelationRows }, cancel: cancel).ToDictionary(c => c.Latent);
+    }
+
+    public static JsonObject Batch(DashboardData data, (AnalysisDictionary? Dict, CausalLM? FineTuned, Func<int, string>? Decode) parts, IReadOnlyList<int> ids,
+        CancellationToken cancel = default)
     {
         var (ad, lm, decode) = parts;
+        var corr = Correlations(data, ad, ids, cancel);
         var features = new JsonArray();
         float[]? rows = ad is null ? null : CausalEvaluation.RawRows(ad.Dict, ad.Dict.Models - 1);
         int D = ad?.Dict.DModel ?? 0;
@@ -53,8 +74,18 @@ public static class Neuronpedia
                 f["neuron_alignment_l1"] = Arr(top3, i => R(l1 > 0 ? Math.Abs(v[i]) / l1 : 0));
             }
             else { f["neuron_alignment_indices"] = new JsonArray(); f["neuron_alignment_values"] = new JsonArray(); f["neuron_alignment_l1"] = new JsonArray(); }
-            foreach (var k in new[] { "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson", "correlated_features_indices", "correlated_features_l1", "correlated_features_pearson" })
-                f[k] = new JsonArray();
+            if (corr is not null && corr.TryGetValue(j, out var cj))
+            {
+                f["correlated_neurons_indices"] = Arr(cj.NeuronIndices, i => i);
+                f["correlated_neurons_l1"] = Arr(cj.NeuronCosine, x => R(x));
+                f["correlated_neurons_pearson"] = Arr(cj.NeuronPearson, x => R(x));
+                f["correlated_features_indices"] = Arr(cj.FeatureIndices, i => i);
+                f["correlated_features_l1"] = Arr(cj.FeatureCosine, x => R(x));
+                f["correlated_features_pearson"] = Arr(cj.FeaturePearson, x => R(x));
+            }
+            else
+                foreach (var k in new[] { "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson", "correlated_features_indices", "correlated_features_l1", "correlated_features_pearson" })
+                    f[k] = new JsonArray();
             // Logit effects W_U · d_j without the final norm (LogitEffects' convention), in the fine-tuned model's logit units.
             if (v is not null && lm is not null && lm.Hidden == D)
             {
@@ -91,7 +122,10 @@ public static class Neuronpedia
             ["sae_set"] = "finetrace-" + Path.GetFileName(data.TableDirectory.TrimEnd('/')),
             ["sae_id_suffix"] = ad is null ? null : Path.GetFileName(ad.Directory.TrimEnd('/')),
             ["finetrace"] = "vector = the fine-tuned model's decoder row in raw activation space (crosscoders: formats.md §3, derived); " +
-                            "correlated neurons/features are not computed (empty lists); freq_hist = examples.sqlite latent_histograms bins",
+                            (corr is not null
+                                ? $"correlated neurons = input dimensions (the fine-tuned model's part for a crosscoder), correlated features = among the {new CorrelationOptions().Candidates} latents of highest decoder cosine, both ranked by |Pearson| over the store's first {CorrelationRows:N0} rows; l1 = uncentred cosine (SAEDashboard's cossim); "
+                                : "correlated neurons/features not computed (needs the dictionary loaded and the analyses' store; empty lists); ") +
+                            "freq_hist = examples.sqlite latent_histograms bins (50)",
             ["features"] = features,
         };
     }
@@ -132,7 +166,8 @@ public static class Neuronpedia
     }
 
     /// <summary>Writes DIR/batch-N.json for all latents, <paramref name="batchSize"/> per file; returns the files written.</summary>
-    public static IReadOnlyList<string> Export(DashboardData data, (AnalysisDictionary?, CausalLM?, Func<int, string>?) parts, string dir, int batchSize = 128, IProgress<(int Done, int Total)>? progress = null)
+    public static IReadOnlyList<string> Export(DashboardData data, (AnalysisDictionary?, CausalLM?, Func<int, string>?) parts, string dir, int batchSize = 128, IProgress<(int Done, int Total)>? progress = null,
+        CancellationToken cancel = default)
     {
         if (data.Latents is null) throw new InvalidDataException($"{data.TableDirectory}: no feature_df.csv; run 'finetrace analyze latents' first");
         if (batchSize < 1) throw new ArgumentOutOfRangeException(nameof(batchSize), "batch size must be ≥ 1");
@@ -143,7 +178,7 @@ public static class Neuronpedia
         {
             var ids = Enumerable.Range(start, Math.Min(batchSize, n - start)).ToArray();
             string path = Path.Combine(dir, $"batch-{b}.json");
-            ResultsFolder.WriteAllTextAtomic(path, Batch(data, parts, ids).ToJsonString());
+            ResultsFolder.WriteAllTextAtomic(path, Batch(data, parts, ids, cancel).ToJsonString());
             files.Add(path);
             progress?.Report((start + ids.Length, n));
         }

@@ -91,7 +91,7 @@ public sealed class ExamplesTests
         }
         Assert.Equal(1, Count("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'idx_examples_score'"));
 
-        // latent_histograms: 33 equal-width edges over [0, max] and 32 counts of the nonzero activations, against a
+        // latent_histograms: 51 equal-width edges over [0, max] and 50 counts of the nonzero activations, against a
         // direct count of every firing value (edges[k] ≤ a < edges[k+1], the last bin closed)
         Assert.Equal(10, Count("SELECT COUNT(*) FROM latent_histograms"));
         using (var cmd = conn.CreateCommand())
@@ -104,17 +104,17 @@ public sealed class ExamplesTests
                 int j = rd.GetInt32(0);
                 var edges = System.Text.Json.JsonSerializer.Deserialize<double[]>(rd.GetString(1))!;
                 var counts = System.Text.Json.JsonSerializer.Deserialize<long[]>(rd.GetString(2))!;
-                Assert.Equal(33, edges.Length);
-                Assert.Equal(32, counts.Length);
+                Assert.Equal(51, edges.Length);
+                Assert.Equal(50, counts.Length);
                 var values = perSeq.Where(kv => kv.Key.J == j).SelectMany(kv => kv.Value.Select(p => (double)p.A)).ToList();
                 Assert.Equal(values.Count, counts.Sum());
                 if (values.Count == 0) { Assert.All(edges, e => Assert.Equal(0, e)); continue; }
                 Assert.Equal(0, edges[0]);
-                Assert.Equal(values.Max(), edges[32], 1e-5);
-                for (int k = 0; k < 32; k++)
+                Assert.Equal(values.Max(), edges[50], 1e-5);
+                for (int k = 0; k < 50; k++)
                 {
-                    Assert.Equal(edges[32] * (k + 1) / 32, edges[k + 1], 12);
-                    long direct = values.Count(a => a >= edges[k] && (a < edges[k + 1] || k == 31));
+                    Assert.Equal(edges[50] * (k + 1) / 50, edges[k + 1], 12);
+                    long direct = values.Count(a => a >= edges[k] && (a < edges[k + 1] || k == 49));
                     Assert.Equal(direct, counts[k]);
                 }
                 if (counts.Count(n => n > 0) >= 3) histChecked++;

@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using Finetrace.Dictionaries;
 using Finetrace.Diffing;
+using Finetrace.Diffing.Examples;
 using Finetrace.Models;
 using Finetrace.Tests.Infrastructure;
 using Finetrace.Web;
@@ -209,11 +210,11 @@ public sealed class DashboardLiveTests(LiveFixture f) : IClassFixture<LiveFixtur
     {
         var (s, page) = await f.Get("/latent/12");
         Assert.Equal(HttpStatusCode.OK, s);
-        Assert.Contains($"id=\"histogram\" class=\"plot\" data-bins=\"32\" data-total=\"{Enumerable.Range(0, 32).Sum(i => LiveResults.Count(12, i))}\"", page);
+        Assert.Contains($"id=\"histogram\" class=\"plot\" data-bins=\"50\" data-total=\"{Enumerable.Range(0, 50).Sum(i => LiveResults.Count(12, i))}\"", page);
         var (sh, h) = await f.Get("/api/latents/12/histogram");
         Assert.Equal(HttpStatusCode.OK, sh);
         var hj = JsonDocument.Parse(h).RootElement;
-        Assert.Equal(LiveResults.Edge(12, 32), hj.GetProperty("edges")[32].GetDouble(), 9);
+        Assert.Equal(LiveResults.Edge(12, 50), hj.GetProperty("edges")[50].GetDouble(), 9);
         Assert.Equal(LiveResults.Count(12, 5), hj.GetProperty("counts")[5].GetInt64());
     }
 
@@ -240,7 +241,10 @@ public sealed class DashboardLiveTests(LiveFixture f) : IClassFixture<LiveFixtur
         Assert.True(pos.Zip(pos.Skip(1)).All(p => p.First >= p.Second), "pos_values not descending");
         Assert.Equal(50, feat.GetProperty("logits_hist_data_bar_heights").GetArrayLength());
         Assert.Equal(512, feat.GetProperty("logits_hist_data_bar_heights").EnumerateArray().Sum(x => x.GetInt64()));
-        Assert.Equal(32, feat.GetProperty("freq_hist_data_bar_heights").GetArrayLength());
+        Assert.Equal(ExampleCollector.HistogramBins, feat.GetProperty("freq_hist_data_bar_heights").GetArrayLength());
+        Assert.Equal(50, feat.GetProperty("freq_hist_data_bar_heights").GetArrayLength());
+        Assert.Equal(LiveResults.Count(4, 49), feat.GetProperty("freq_hist_data_bar_heights")[49].GetInt64());
+        Assert.Equal((LiveResults.Edge(4, 49) + LiveResults.Edge(4, 50)) / 2, feat.GetProperty("freq_hist_data_bar_values")[49].GetDouble(), 5);
         Assert.Equal(SyntheticResults.Frequency(4), feat.GetProperty("frac_nonzero").GetDouble(), 5);
         var acts = feat.GetProperty("activations").EnumerateArray().ToArray();
         Assert.Equal(3, acts.Length);

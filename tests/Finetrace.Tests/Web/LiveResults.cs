@@ -97,11 +97,14 @@ public static class LiveResults
         return (cb.Values.Single().Data, cf.Values.Single().Data);
     }
 
-    /// <summary>Edges of latent j's histogram: 0, 0.1 (j+1), …, 3.2 (j+1); counts: 1000 − 30 i + j.</summary>
-    public static double Edge(int j, int i) => i * 0.1 * (j + 1);
-    public static long Count(int j, int i) => 1000 - 30 * i + j;
+    /// <summary>Bins the examples stage writes (ExampleCollector.HistogramBins, spelled out so a change there is seen here).</summary>
+    public const int HistogramBins = 50;
 
-    /// <summary>The latent_histograms table the examples stage writes (33 edges, 32 counts per latent as JSON arrays).</summary>
+    /// <summary>Edges of latent j's histogram: 0, 0.1 (j+1), …, 5.0 (j+1); counts: 2000 − 30 i + j.</summary>
+    public static double Edge(int j, int i) => i * 0.1 * (j + 1);
+    public static long Count(int j, int i) => 2000 - 30 * i + j;
+
+    /// <summary>The latent_histograms table the examples stage writes (51 edges, 50 counts per latent as JSON arrays).</summary>
     public static void WriteHistograms(string db, int latents)
     {
         using var c = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = db, Pooling = false }.ToString());
@@ -119,8 +122,8 @@ public static class LiveResults
             cmd.Transaction = tx;
             cmd.CommandText = "INSERT INTO latent_histograms VALUES ($j, $e, $c)";
             cmd.Parameters.AddWithValue("$j", j);
-            cmd.Parameters.AddWithValue("$e", new JsonArray(Enumerable.Range(0, 33).Select(i => (JsonNode?)Edge(j, i)).ToArray()).ToJsonString());
-            cmd.Parameters.AddWithValue("$c", new JsonArray(Enumerable.Range(0, 32).Select(i => (JsonNode?)Count(j, i)).ToArray()).ToJsonString());
+            cmd.Parameters.AddWithValue("$e", new JsonArray(Enumerable.Range(0, HistogramBins + 1).Select(i => (JsonNode?)Edge(j, i)).ToArray()).ToJsonString());
+            cmd.Parameters.AddWithValue("$c", new JsonArray(Enumerable.Range(0, HistogramBins).Select(i => (JsonNode?)Count(j, i)).ToArray()).ToJsonString());
             cmd.ExecuteNonQuery();
         }
         tx.Commit();

@@ -36,7 +36,7 @@ public sealed record ExampleResult(long Positions, long Sequences, IReadOnlyList
     public double[]? ModelScale { get; init; }
     public string[] ModelNames { get; init; } = [];
 
-    /// <summary>The 33 edges of latent j's histogram: max_j · k / 32.</summary>
+    /// <summary>The HistogramBins + 1 (51) edges of latent j's histogram: max_j · k / 50.</summary>
     public double[] HistogramEdges(int j) => ExampleCollector.Edges(MaxAct[j]);
 }
 
@@ -50,8 +50,9 @@ public static class ExampleCollector
 {
     public const string Stage = "examples";
     public const string FileName = "examples.sqlite";
-    /// <summary>Bins of the per-latent activation histogram (table latent_histograms).</summary>
-    public const int HistogramBins = 32;
+    /// <summary>Bins of the per-latent activation histogram (table latent_histograms): 50, the bin count of the
+    /// Neuronpedia batch JSON's freq_hist (formats.md §3), so the export copies the stored bins exactly.</summary>
+    public const int HistogramBins = 50;
 
     /// <summary>Equal-width edges over [0, max]: max · k / <see cref="HistogramBins"/>, k = 0..bins.</summary>
     public static double[] Edges(double max)
