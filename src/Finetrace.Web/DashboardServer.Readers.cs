@@ -23,7 +23,9 @@ public sealed partial class DashboardServer
         app.MapGet("/adl", () => ReadResult("adl.json") is JsonArray a ? Html(Pages.Adl(a)) : Html(Pages.NotComputed("ADL", "adl.json", "run 'finetrace analyze adl' (or 'finetrace diff') on it"), 404));
         app.MapGet("/kl", () => ReadResult("kl.json") is JsonObject o ? Html(Pages.Kl(o)) : Html(Pages.NotComputed("KL", "kl.json", "run 'finetrace analyze kl' (or 'finetrace diff') on it"), 404));
         app.MapGet("/weights", () => ReadResult("weight_diff.json") is JsonObject o ? Html(Pages.WeightDiff(o)) : Html(Pages.NotComputed("Weight diff", "weight_diff.json", "run 'finetrace analyze weight-diff' (or 'finetrace diff') on it"), 404));
-        foreach (var (route, file) in new[] { ("/api/adl", "adl.json"), ("/api/kl", "kl.json"), ("/api/weight_diff", "weight_diff.json") })
+        app.MapGet("/connections", () => ReadResult("connections.json") is JsonObject o ? Html(Pages.Connections(o)) : Html(Pages.NotComputed("Connections", "connections.json", "run 'finetrace connect --from SAE_A --to SAE_B --store STORE --out' this folder"), 404));
+        app.MapGet("/attribution", () => ReadResult("target_attribution.json") is JsonObject o ? Html(Pages.TargetAttribution(o)) : Html(Pages.NotComputed("Target attribution", "target_attribution.json", "run 'finetrace analyze target-attribution … --out' this folder"), 404));
+        foreach (var (route, file) in new[] { ("/api/adl", "adl.json"), ("/api/kl", "kl.json"), ("/api/weight_diff", "weight_diff.json"), ("/api/connections", "connections.json"), ("/api/target_attribution", "target_attribution.json") })
             app.MapGet(route, () => ReadResult(file) is { } n ? Json(n) : JsonError(404, $"{file} not computed: this results folder has none"));
 
         app.MapGet("/api/latents/{id}/histogram", (string id) =>

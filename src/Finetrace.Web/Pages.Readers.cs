@@ -117,6 +117,43 @@ internal static partial class Pages
         return Layout("Weight diff", sb.ToString(), charts: false);
     }
 
+    /// <summary>connections.json (finetrace connect): the α sweep and, per output latent, its linear and MLP fit and
+    /// the few input latents it depends on; outputs ordered by how well a sparse linear map explains them.</summary>
+    public static string Connections(JsonObject c)
+    {
+        var sb = new StringBuilder("<h2>Connections between dictionaries (connections.json)</h2>");
+        sb.Append($"<p class=\"muted\"><code>{E(S(c["from"]))}</code> → <code>{E(S(c["to"]))}</code>. {E(S(c["meaning"]))}. α = {F(D(c["alpha"]))}: " +
+                  $"{S(c["nonzeros"])} nonzero weights (density {F(D(c["density"]))}, {F(D(c["mean_nonzeros_per_output"]))} inputs per output); mean held-out FVU linear {F(D(c["mean_fvu_linear"]))}, MLP {F(D(c["mean_fvu_mlp"]))}.</p>");
+        sb.Append("<h3>α sweep</h3><table id=\"sweep\"><tr><th>α</th><th>nonzeros</th><th>density</th><th>mean held-out FVU</th></tr>");
+        foreach (var r in c["sweep"] as JsonArray ?? []) sb.Append($"<tr><td>{F(D(r?["alpha"]))}</td><td>{S(r?["nonzeros"])}</td><td>{F(D(r?["density"]))}</td><td>{F(D(r?["mean_fvu"]))}</td></tr>");
+        sb.Append("</table><h3>Output latents, best explained first</h3>");
+        sb.Append("<table id=\"connections\"><tr><th>output latent</th><th>FVU linear</th><th>FVU MLP</th><th>gap</th><th>inputs</th><th class=\"text\">largest input weights</th></tr>");
+        var outs = (c["outputs"] as JsonArray ?? []).OrderBy(o => D(o?["fvu_linear"]) is var v && double.IsFinite(v) ? v : double.MaxValue);
+        foreach (var o in outs.Take(500))
+        {
+            var inputs = (o?["inputs"] as JsonArray ?? []).Take(6).Select(i => $"{S(i?["latent"])} ({F(D(i?["weight"]))})");
+            sb.Append($"<tr><td>{S(o?["latent"])}</td><td>{F(D(o?["fvu_linear"]))}</td><td>{F(D(o?["fvu_mlp"]))}</td><td>{F(D(o?["gap"]))}</td><td>{S(o?["nonzeros"])}</td><td class=\"text\">{E(string.Join(", ", inputs))}</td></tr>");
+        }
+        sb.Append("</table>");
+        return Layout("Connections", sb.ToString(), charts: false);
+    }
+
+    /// <summary>target_attribution.json (finetrace analyze target-attribution): latents ranked by their integrated-gradient
+    /// attribution to a logit difference, and the steering check.</summary>
+    public static string TargetAttribution(JsonObject t)
+    {
+        var sb = new StringBuilder("<h2>Attribution to a logit difference (target_attribution.json)</h2>");
+        sb.Append($"<p class=\"muted\">target <code>{E(S(t["target"]))}</code> at layer {S(t["layer"])} of <code>{E(S(t["model"]))}</code> over {S(t["prompts"])} prompt(s): value {F(D(t["value"]))}, " +
+                  $"all latents removed {F(D(t["baseline_value"]))}, attributions sum to {F(D(t["attribution_sum"]))}. {E(S(t["meaning"]))}.</p>");
+        if (t["steer"] is JsonObject st)
+            sb.Append($"<p id=\"steer\">Steering by latent {S(st["latent"])} (scale {F(D(st["scale"]))}) moves the target to {F(D(st["value"]))} (Δ {F(D(st["delta"]))}).</p>");
+        sb.Append("<table id=\"attribution\"><tr><th>latent</th><th>attribution</th><th>max activation</th></tr>");
+        foreach (var l in (t["latents"] as JsonArray ?? []).Take(200))
+            sb.Append($"<tr><td><a href=\"/latent/{S(l?["latent"])}\">{S(l?["latent"])}</a></td><td>{F(D(l?["attribution"]))}</td><td>{F(D(l?["max_activation"]))}</td></tr>");
+        sb.Append("</table>");
+        return Layout("Target attribution", sb.ToString(), charts: false);
+    }
+
     public static string LiveOff(string problem) =>
         Layout("Live analysis off", $"<div class=\"error\" id=\"live-off\"><h2>Live analysis is off</h2><p>{E(problem)}</p><p>The rest of the dashboard works: <a href=\"/\">latent table</a>.</p></div>", charts: false);
 

@@ -29,7 +29,7 @@ internal static partial class Pages
             sb.Append("<script src=\"/assets/app.js\"></script>");
         }
         sb.Append("</head><body><header><h1>Finetrace</h1>");
-        if (!standalone) sb.Append("<a href=\"/\">latents</a><a href=\"/live\">live</a><a href=\"/adl\">ADL</a><a href=\"/kl\">KL</a><a href=\"/weights\">weight diff</a>");
+        if (!standalone) sb.Append("<a href=\"/\">latents</a><a href=\"/live\">live</a><a href=\"/adl\">ADL</a><a href=\"/kl\">KL</a><a href=\"/weights\">weight diff</a><a href=\"/connections\">connections</a><a href=\"/attribution\">attribution</a>");
         sb.Append("</header><main>").Append(body).Append("</main></body></html>");
         return sb.ToString();
     }

@@ -360,7 +360,7 @@ public sealed class DashboardDegradedTests
         Assert.Equal(3, np.GetProperty("activations").GetArrayLength());
 
         // files not computed: proper 404 pages, and the latent page says the histogram is not computed
-        foreach (var (url, file) in new[] { ("/adl", "adl.json"), ("/kl", "kl.json"), ("/weights", "weight_diff.json") })
+        foreach (var (url, file) in new[] { ("/adl", "adl.json"), ("/kl", "kl.json"), ("/weights", "weight_diff.json"), ("/connections", "connections.json"), ("/attribution", "target_attribution.json") })
         {
             var res = await http.GetAsync(url);
             Assert.Equal(HttpStatusCode.NotFound, res.StatusCode);
@@ -370,6 +370,48 @@ public sealed class DashboardDegradedTests
         Assert.Contains("id=\"histogram-none\"", latent);
         Assert.Contains("not computed", latent);
         Assert.Equal(HttpStatusCode.NotFound, (await http.GetAsync("/api/latents/3/histogram")).StatusCode);
+    }
+
+    [SharedFact]
+    public async Task Connections_and_target_attribution_pages_show_their_files()
+    {
+        using var tmp = new TempDir();
+        string dir = tmp.File("RESULTS");
+        LiveResults.Write(dir, readers: false, histograms: false);
+        // hand-made files in the layout finetrace connect / analyze target-attribution write
+        File.WriteAllText(Path.Combine(dir, "connections.json"), """
+            { "from": "SAE_A", "to": "SAE_B", "meaning": "f_to ≈ W f_from + b", "alpha": 0.1, "nonzeros": 3, "density": 0.25,
+              "mean_nonzeros_per_output": 1.5, "mean_fvu_linear": 0.3, "mean_fvu_mlp": 0.2,
+              "sweep": [ { "alpha": 0.1, "nonzeros": 3, "density": 0.25, "mean_fvu": 0.3 }, { "alpha": 0.01, "nonzeros": 4, "density": 0.33, "mean_fvu": 0.29 } ],
+              "outputs": [ { "latent": 7, "fvu_linear": 0.5, "fvu_mlp": 0.2, "gap": 0.3, "nonzeros": 2, "inputs": [ { "latent": 2, "weight": -0.25 }, { "latent": 9, "weight": 0.125 } ] },
+                           { "latent": 3, "fvu_linear": 0.1, "fvu_mlp": 0.1, "gap": 0.0, "nonzeros": 1, "inputs": [ { "latent": 11, "weight": 0.75 } ] } ] }
+            """);
+        File.WriteAllText(Path.Combine(dir, "target_attribution.json"), """
+            { "model": "M", "layer": 1, "target": "z[\" he\"] − z[\" she\"]", "prompts": 3, "meaning": "IG", "value": 2.5, "baseline_value": 0.5,
+              "attribution_sum": 2.0, "steer": { "latent": 85, "scale": 2.0, "value": 4.5, "delta": 2.0 },
+              "latents": [ { "latent": 85, "attribution": 1.25, "max_activation": 2.0 }, { "latent": 103, "attribution": 0.5, "max_activation": 1.0 } ] }
+            """);
+        await using var server = new DashboardServer(DashboardData.Load(dir), new DashboardOptions("127.0.0.1", 0, Live: false));
+        await server.StartAsync();
+        using var http = new HttpClient { BaseAddress = server.Address };
+        var c = await http.GetAsync("/connections");
+        Assert.Equal(HttpStatusCode.OK, c.StatusCode);
+        string cp = await c.Content.ReadAsStringAsync();
+        // best-explained output first: latent 3 (FVU 0.1) before latent 7 (FVU 0.5), each with its inputs and weights
+        int r3 = cp.IndexOf("<tr><td>3</td><td>0.1</td>", StringComparison.Ordinal), r7 = cp.IndexOf("<tr><td>7</td><td>0.5</td>", StringComparison.Ordinal);
+        Assert.True(r3 > 0 && r7 > r3, cp);
+        Assert.Contains("11 (0.75)", cp);
+        Assert.Contains("2 (-0.25), 9 (0.125)", cp);
+        Assert.Contains("<td>0.01</td><td>4</td>", cp);   // the sweep
+        var t = await http.GetAsync("/attribution");
+        Assert.Equal(HttpStatusCode.OK, t.StatusCode);
+        string tp = await t.Content.ReadAsStringAsync();
+        Assert.Contains("<a href=\"/latent/85\">85</a></td><td>1.25</td>", tp);
+        Assert.True(tp.IndexOf(">85<", StringComparison.Ordinal) < tp.IndexOf(">103<", StringComparison.Ordinal));
+        Assert.Contains("moves the target to 4.5 (Δ 2)", tp);
+        var api = JsonDocument.Parse(await http.GetStringAsync("/api/connections")).RootElement;
+        Assert.Equal(2, api.GetProperty("outputs").GetArrayLength());
+        Assert.Equal(85, JsonDocument.Parse(await http.GetStringAsync("/api/target_attribution")).RootElement.GetProperty("steer").GetProperty("latent").GetInt32());
     }
 
     [Fact]
