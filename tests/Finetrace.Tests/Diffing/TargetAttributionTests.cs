@@ -31,6 +31,22 @@ public sealed class TargetAttributionTests(ITestOutputHelper log)
     }
 
     [Fact]
+    public void A_recorded_pruning_applies_to_the_attributed_codes()
+    {
+        // dropping more latents per token than any token has leaves no code: nothing can be attributed, while the
+        // unpruned run attributes the target to the latents
+        using var models = new SyntheticPair(seed: 8);
+        using var lm = CausalLM.Load(models.Base);
+        var diff = new DifferentiableLM(ModelParameters.Load(models.Base));
+        var dict = Sae(SyntheticPair.Read(models.Base), 3);
+        var plain = TargetAttribution.Run(dict, 0, lm, diff, Prompts, new LogitTarget(TokA, TokB), new TargetAttributionOptions { Steps = 4 });
+        var pruned = TargetAttribution.Run(dict, 0, lm, diff, Prompts, new LogitTarget(TokA, TokB),
+            new TargetAttributionOptions { Steps = 4, Pruning = Pruning.Parse("drop-lowest:100000") });
+        Assert.Contains(plain.Attribution, a => a != 0);
+        Assert.All(pruned.Attribution, a => Assert.Equal(0.0, a));
+    }
+
+    [Fact]
     public void Integrated_gradients_are_complete_through_a_nonlinear_block()
     {
         using var models = new SyntheticPair(seed: 8);

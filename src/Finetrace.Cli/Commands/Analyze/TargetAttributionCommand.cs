@@ -69,7 +69,7 @@ public sealed class TargetAttributionCommand : IAnalyzeCommand
             if (ids.Count == 0) throw new ArgumentException("give prompts: --prompt TEXT (repeatable) or --data PATH");
             using var lm = CausalLM.Load(modelDir, r.GetValue(adapter));
             var diff = new DifferentiableLM(ModelParameters.Load(modelDir, r.GetValue(adapter)));
-            var o = new TargetAttributionOptions { Steps = r.GetValue(steps), SteerLatent = r.GetValue(steerLatent), SteerScale = r.GetValue(steerScale), SteerAt = r.GetValue(steerAt), SkipToken = tok.BosId };
+            var o = new TargetAttributionOptions { Steps = r.GetValue(steps), SteerLatent = r.GetValue(steerLatent), SteerScale = r.GetValue(steerScale), SteerAt = r.GetValue(steerAt), SkipToken = tok.BosId, Pruning = record?.Pruning };
             var target = new LogitTarget(a, b);
             var res = AnalyzeSupport.Cancellable(ct => TargetAttribution.Run(dict, layer, lm, diff, ids, target, o, asJson ? null : new StderrProgress("integrated gradients", "steps"), ct));
             var ranked = Enumerable.Range(0, dict.DictSize).OrderByDescending(j => res.Attribution[j]).ToArray();

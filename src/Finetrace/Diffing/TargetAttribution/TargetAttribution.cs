@@ -17,6 +17,10 @@ public sealed record TargetAttributionOptions
 {
     /// <summary>Integration steps m along the straight path (midpoint rule).</summary>
     public int Steps { get; init; } = 32;
+
+    /// <summary>The dictionary's recorded inference-time pruning (its <see cref="DictionaryInput.Pruning"/>), applied
+    /// after encoding as every other analysis does; null = none.</summary>
+    public Pruning? Pruning { get; init; }
     /// <summary>s in h + s·d_j when steering (raw decoder row d_j); null = the latent's largest activation on the prompts
     /// (1 when it never fires).</summary>
     public double? SteerScale { get; init; }
@@ -85,7 +89,7 @@ public static class TargetAttribution
         var x = new float[slots.Count * D];
         for (int s = 0; s < slots.Count; s++) hBTD.AsSpan(slots[s] * D, D).CopyTo(x.AsSpan(s * D, D));
         dict.Normalizer?.Normalize(x, 1, D);
-        var codes = Inference.Encode(dict, x);
+        var codes = Inference.Encode(dict, x, o.Pruning);
         var dRaw = CausalEvaluation.RawRows(dict, 0);   // [F, D]
         // c_t = Σ_j f_{j,t} d_j: what the latents contribute at each decomposed position (raw space)
         var cBTD = new float[hBTD.Length];
