@@ -10,7 +10,7 @@ namespace Finetrace.Models;
 /// <see cref="FinalNorm"/>, <see cref="Unembed"/>. <see cref="Forward"/> chains them with hooks.
 /// An instance reuses its activation buffers between calls: run one forward at a time per instance.
 /// </summary>
-public sealed class CausalLM : IDisposable
+public sealed class CausalLM : IForwardModel
 {
     public ModelConfig Config { get; }
     public string Folder { get; }
