@@ -502,6 +502,11 @@ public static class Harvester
         s.Options["tokenizer_sha256"] = HashFile(Path.Combine(tokenizerDir, "tokenizer.json"));
         s.Options["chat_template_sha256"] = enc.Chat is null ? "none" : Convert.ToHexStringLower(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(enc.Chat.Template.Source)));
         if (templateDir is not null) s.Options["chat_template_from"] = Path.GetFullPath(templateDir);
+        if (!o.Loader.IsCpu)
+        {
+            s.Options[DeviceKey] = o.Loader.Device;
+            s.Options[PrecisionKey] = o.Loader.Precision;
+        }
         return s;
     }
 
