@@ -87,6 +87,14 @@ public sealed class DeviceContext : IDisposable
         _ => throw new ArgumentException($"{GemmEnvVar}={value}: expected cublas (the default) or ilgpu"),
     };
 
+    /// <summary>A second products object of this context's kind (cuBLAS or the ILGPU kernel) in another mode, on the
+    /// same accelerator and stream; the caller disposes it. For checks and benchmarks that compare modes.</summary>
+    public IDeviceGemm CreateGemm(GemmMode mode) => Gemm switch
+    {
+        CublasGemm => new CublasGemm((CudaAccelerator)Accelerator, mode),
+        _ => new IlgpuGemm(Accelerator, mode),
+    };
+
     /// <summary>What computes the products, for benchmark and check output.</summary>
     public string GemmDescription => Gemm switch
     {

@@ -1,6 +1,5 @@
 using Finetrace.Tensors;
 using ILGPU.Runtime;
-using ILGPU.Runtime.Cuda;
 
 namespace Finetrace.Cuda;
 
@@ -39,7 +38,7 @@ public static class GemmParity
 
     /// <summary>Runs the check with products of the context's own kind (cuBLAS or the ILGPU kernel) in each mode.</summary>
     public static GemmParityResult Run(DeviceContext ctx, GemmParityOptions? options = null) =>
-        Run(ctx, mode => CreateLike(ctx, mode), options);
+        Run(ctx, ctx.CreateGemm, options);
 
     /// <summary>Runs the check on the products <paramref name="create"/> makes for each mode (disposed after use).</summary>
     public static GemmParityResult Run(DeviceContext ctx, Func<GemmMode, IDeviceGemm> create, GemmParityOptions? options = null)
@@ -59,13 +58,6 @@ public static class GemmParity
         }
         return new GemmParityResult(ctx.Name, ctx.GemmDescription, cases);
     }
-
-    // A second products object of the context's kind in another mode (the context's own stays as it is).
-    static IDeviceGemm CreateLike(DeviceContext ctx, GemmMode mode) => ctx.Gemm switch
-    {
-        CublasGemm => new CublasGemm((CudaAccelerator)ctx.Accelerator, mode),
-        _ => new IlgpuGemm(ctx.Accelerator, mode),
-    };
 
     // The stored operand sizes of one product with padded leading dimensions.
     readonly record struct Layout(int Lda, int Ldb, int Ldc, int ARows, int BRows)
