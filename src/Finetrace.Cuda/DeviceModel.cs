@@ -25,6 +25,9 @@ public sealed class DeviceModel : IForwardModel
     /// <summary>Cap on the attention scores buffer (floats; 1 GiB); rows beyond it run in chunks.</summary>
     public const long MaxScoreFloats = 1L << 28;
 
+    /// <summary>Largest view handed to one elementwise kernel launch (their index is an int).</summary>
+    const long ElementwiseChunk = 1L << 30;
+
     public ModelConfig Config { get; }
     public string Folder { get; }
     public int Layers => Config.Layers;
@@ -214,7 +217,9 @@ public sealed class DeviceModel : IForwardModel
         if (!wantLogits) return true;
         var lg = ws.Logits(_acc, (long)m * Config.Vocab);
         Project(_unembed, x, m, lg, ws);
-        if (Config.FinalSoftcap is { } cap) Context.Forward.SoftCap(lg, cap);
+        if (Config.FinalSoftcap is { } cap)
+            for (long o = 0; o < lg.Length; o += ElementwiseChunk) // kernels index with int: Gemma's 32×1024×256k logits exceed it
+                Context.Forward.SoftCap(lg.SubView(o, Math.Min(ElementwiseChunk, lg.Length - o)), cap);
         _logitsValid = true;
         Fire(hooks, HookNames.Logits, lg, Config.Vocab, batch);
         return true;
