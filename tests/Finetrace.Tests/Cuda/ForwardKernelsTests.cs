@@ -344,4 +344,112 @@ public class ForwardKernelsTests(ForwardKernelsFixture fx, ITestOutputHelper out
         Assert.Equal(1f, y[0x3F80]);
         Assert.Equal(-2f, y[0xC000]);
     }
+
+    // ---------------------------------------------------------------- RoPE, QKV split
+
+    /// <summary>The cos/sin tables [P, rotaryDim] as <c>Rope</c> builds them (f32 angle = p · inv_freq, cos/sin in double
+    /// rounded to f32, cat(freqs, freqs)); the comparison with <c>Rope.Apply</c> checks this layout too.</summary>
+    static (float[] Cos, float[] Sin) RopeTables(Rope rope, int positions)
+    {
+        int dim = rope.RotaryDim, half = dim / 2;
+        var cos = new float[positions * dim];
+        var sin = new float[positions * dim];
+        for (int p = 0; p < positions; p++)
+            for (int i = 0; i < half; i++)
+            {
+                float angle = p * rope.InvFreq[i];
+                cos[p * dim + i] = cos[p * dim + half + i] = (float)Math.Cos(angle);
+                sin[p * dim + i] = sin[p * dim + half + i] = (float)Math.Sin(angle);
+            }
+        return (cos, sin);
+    }
+
+    [Theory]
+    [InlineData(1, 1, 2, 1.0)]    // one head of dim 2
+    [InlineData(5, 3, 10, 1.0)]   // odd half (5 pairs)
+    [InlineData(4, 2, 10, 0.2)]   // partial rotary: 2 of 10 channels
+    [InlineData(7, 4, 16, 0.25)]  // NeoX's default rotary_pct
+    [InlineData(3, 2, 12, 0.5)]   // partial with an odd half (6 of 12)
+    public void Rope_matches_Rope_Apply(int m, int heads, int headDim, double rotaryPct)
+    {
+        var config = ModelConfig.Parse($$"""
+            {"model_type": "gpt_neox", "hidden_size": {{heads * headDim}}, "num_attention_heads": {{heads}},
+             "num_hidden_layers": 1, "vocab_size": 10, "rotary_pct": {{rotaryPct.ToString(System.Globalization.CultureInfo.InvariantCulture)}}}
+            """);
+        var rope = new Rope(config);
+        int rotaryDim = rope.RotaryDim;
+        var r = new Random(m * 100 + headDim);
+        var x = Random(m * heads * headDim, r);
+        var positions = new int[m];
+        for (int i = 0; i < m; i++) positions[i] = i == 0 ? 0 : 3 + i * 37 % 200; // 0 and positions far beyond it
+        var cpu = (float[])x.Clone();
+        rope.Apply(cpu, m, heads, headDim, positions);
+        var (cos, sin) = RopeTables(rope, 256);
+
+        using var xBuf = Acc.Allocate1D(x);
+        using var pBuf = Acc.Allocate1D(positions);
+        using var cBuf = Acc.Allocate1D(cos);
+        using var sBuf = Acc.Allocate1D(sin);
+        Fk.Rope(xBuf.View, m, heads, headDim, rotaryDim, pBuf.View, cBuf.View, sBuf.View);
+        Fk.Synchronize();
+        var device = xBuf.GetAsArray1D();
+        // the same products and one add/subtract each: equal up to fused multiply-add contraction
+        Close($"Rope m={m} heads={heads} headDim={headDim} rotaryDim={rotaryDim}", device, cpu, 1e-6);
+        if (rotaryDim < headDim) // channels past rotaryDim pass through untouched
+            for (int i = 0; i < m * heads; i++)
+                for (int c = rotaryDim; c < headDim; c++) Assert.Equal(x[i * headDim + c], device[i * headDim + c]);
+    }
+
+    [Fact]
+    public void Rope_position_beyond_the_tables_gives_NaN()
+    {
+        using var xBuf = Acc.Allocate1D(new float[] { 1, 2, 3, 4 });
+        using var pBuf = Acc.Allocate1D(new[] { 2 });
+        using var cBuf = Acc.Allocate1D(new float[] { 1, 1, 1, 1 }); // P = 2, rotaryDim 2
+        using var sBuf = Acc.Allocate1D(new float[] { 0, 0, 0, 0 });
+        Fk.Rope(xBuf.View, 1, 2, 2, 2, pBuf.View, cBuf.View, sBuf.View);
+        Fk.Synchronize();
+        Assert.All(xBuf.GetAsArray1D(), v => Assert.True(float.IsNaN(v), $"expected NaN, got {v}"));
+    }
+
+    [Theory]
+    [InlineData(1, 1, 1, false)]
+    [InlineData(3, 2, 5, false)]
+    [InlineData(1, 1, 1, true)]
+    [InlineData(4, 3, 7, true)]
+    public void SplitQkv_matches_CausalLM_ProjectQkv_layouts(int m, int heads, int headDim, bool neox)
+    {
+        int d = heads * headDim;
+        var fused = new float[m * 3 * d];
+        for (int i = 0; i < fused.Length; i++) fused[i] = i; // every value distinct: a wrong column shows
+        float[] q = new float[m * d], k = new float[m * d], v = new float[m * d];
+        // CausalLM.ProjectQkv's loops
+        for (int r = 0; r < m; r++)
+        {
+            var f = fused.AsSpan(r * 3 * d, 3 * d);
+            if (!neox)
+            {
+                f[..d].CopyTo(q.AsSpan(r * d, d));
+                f.Slice(d, d).CopyTo(k.AsSpan(r * d, d));
+                f.Slice(2 * d, d).CopyTo(v.AsSpan(r * d, d));
+            }
+            else
+                for (int h = 0; h < heads; h++)
+                {
+                    f.Slice(h * 3 * headDim, headDim).CopyTo(q.AsSpan(r * d + h * headDim, headDim));
+                    f.Slice(h * 3 * headDim + headDim, headDim).CopyTo(k.AsSpan(r * d + h * headDim, headDim));
+                    f.Slice(h * 3 * headDim + 2 * headDim, headDim).CopyTo(v.AsSpan(r * d + h * headDim, headDim));
+                }
+        }
+        using var fBuf = Acc.Allocate1D(fused);
+        using var qBuf = Acc.Allocate1D<float>(m * d);
+        using var kBuf = Acc.Allocate1D<float>(m * d);
+        using var vBuf = Acc.Allocate1D<float>(m * d);
+        Fk.SplitQkv(fBuf.View, m, heads, headDim, neox, qBuf.View, kBuf.View, vBuf.View);
+        Fk.Synchronize();
+        string what = $"SplitQkv m={m} heads={heads} headDim={headDim} neox={neox}";
+        Close(what + " q", qBuf.GetAsArray1D(), q, 0);
+        Close(what + " k", kBuf.GetAsArray1D(), k, 0);
+        Close(what + " v", vBuf.GetAsArray1D(), v, 0);
+    }
 }
