@@ -41,6 +41,9 @@ public sealed class ForwardKernels
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>? attentionSoftmax;
     Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>? attentionSoftmaxReference;
 
+    /// <summary>Threads per group of <see cref="AttentionSoftmax"/>: 256, or the accelerator's largest power of two below.</summary>
+    public int GroupSize => groupSize;
+
     public ForwardKernels(Accelerator accelerator)
     {
         this.accelerator = accelerator;
