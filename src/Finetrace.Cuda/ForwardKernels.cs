@@ -41,6 +41,9 @@ public sealed class ForwardKernels
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>? attentionSoftmax;
     Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>? attentionSoftmaxReference;
 
+    /// <summary>Threads per group of <see cref="AttentionSoftmax"/>: 256, or the accelerator's largest power of two below.</summary>
+    public int GroupSize => groupSize;
+
     public ForwardKernels(Accelerator accelerator)
     {
         this.accelerator = accelerator;
@@ -285,10 +288,11 @@ public sealed class ForwardKernels
 
     // The scalar forms of the operator structs in Tensors.Kernels (GeluTanhOp, GeluErfOp, SiluOp, SoftCapOp with its
     // TanhOp, ErfcOp), same constants and operation order. Where the CPU fuses a multiply-add (Vector256.FusedMultiplyAdd)
-    // these round the product first (ILGPU has no portable fma intrinsic); the difference is one rounding.
+    // these round the product first (ILGPU has no portable fma intrinsic); the difference is one rounding. exp is
+    // DeviceMath.Exp (PTX has no MathF.Exp), within 2 ulp of the CPU's Vector256.Exp.
 
     // x / (1 + exp(−x))
-    static float Silu(float x) => x / (1f + MathF.Exp(-x));
+    static float Silu(float x) => x / (1f + DeviceMath.Exp(-x));
 
     // x · sigmoid(2u), 2u = 2√(2/π)(x + 0.044715 x³)
     static float GeluTanh(float x)
@@ -296,7 +300,7 @@ public sealed class ForwardKernels
         const float c = 1.5957691216057308f; // 2·sqrt(2/π)
         float x2 = x * x;
         float twoU = x * (x2 * (c * 0.044715f) + c);
-        return x / (1f + MathF.Exp(-twoU));
+        return x / (1f + DeviceMath.Exp(-twoU));
     }
 
     // 0.5 · x · erfc(−x/√2), through erfc of |x|/√2 (no cancellation for negative x)
@@ -321,30 +325,10 @@ public sealed class ForwardKernels
         p = p * t + 0.37409196f;
         p = p * t + 1.00002368f;
         p = p * t + -1.26551223f;
-        return t * MathF.Exp(-z * z + p);
+        return t * DeviceMath.Exp(-z * z + p);
     }
 
-    // tanh u: Maclaurin series through u¹⁵ for |u| < 0.5, else sign(u)·(1 − 2/(exp(2|u|) + 1))
-    static float Tanh(float u)
-    {
-        float a = MathF.Abs(u);
-        if (a < 0.5f)
-        {
-            float u2 = u * u;
-            float p = -929569f / 638512875f;
-            p = p * u2 + 21844f / 6081075f;
-            p = p * u2 + -1382f / 155925f;
-            p = p * u2 + 62f / 2835f;
-            p = p * u2 + -17f / 315f;
-            p = p * u2 + 2f / 15f;
-            p = p * u2 + -1f / 3f;
-            return p * u2 * u + u;
-        }
-        float big = 1f - 2f / (MathF.Exp(a + a) + 1f);
-        return u < 0f ? -big : big; // NaN falls through as NaN
-    }
-
-    static float SoftCapValue(float x, float cap) => Tanh(x / cap) * cap;
+    static float SoftCapValue(float x, float cap) => DeviceMath.Tanh(x / cap) * cap;
 
     static float Act(float x, int kind) => kind == 0 ? Silu(x) : kind == 1 ? GeluTanh(x) : GeluErf(x);
 
@@ -502,7 +486,7 @@ public sealed class ForwardKernels
             return;
         }
         float sum = 0f;
-        for (int j = first; j <= last; j++) { float e = MathF.Exp(scores[o + j] - max); scores[o + j] = e; sum += e; }
+        for (int j = first; j <= last; j++) { float e = DeviceMath.Exp(scores[o + j] - max); scores[o + j] = e; sum += e; }
         float inv = 1f / sum;
         for (int j = 0; j < s.Nk; j++) scores[o + j] = j >= first && j <= last ? scores[o + j] * inv : 0f;
     }
@@ -542,7 +526,7 @@ public sealed class ForwardKernels
                 continue;
             }
             float sum = 0f;
-            for (int j = first + tid; j <= last; j += gs) { float e = MathF.Exp(scores[o + j] - max); scores[o + j] = e; sum += e; }
+            for (int j = first + tid; j <= last; j += gs) { float e = DeviceMath.Exp(scores[o + j] - max); scores[o + j] = e; sum += e; }
             float inv = 1f / GroupSum(sum, red);
             for (int j = tid; j < s.Nk; j += gs) scores[o + j] = j >= first && j <= last ? scores[o + j] * inv : 0f;
         }
