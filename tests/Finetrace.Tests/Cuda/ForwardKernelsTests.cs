@@ -58,6 +58,7 @@ public class ForwardKernelsTests(ForwardKernelsFixture fx, ITestOutputHelper out
     [InlineData(5, 33, false, false)]
     [InlineData(4, 257, true, true)]
     [InlineData(2, 64, false, true)]
+    [InlineData(3, 600, true, false)] // more columns than a group has threads
     public void LayerNorm_matches_Kernels_LayerNorm(int rows, int d, bool bias, bool inPlace)
     {
         var r = new Random(rows * 1000 + d);
@@ -66,16 +67,21 @@ public class ForwardKernelsTests(ForwardKernelsFixture fx, ITestOutputHelper out
         var cpu = new float[rows * d];
         Kernels.LayerNorm(x, w, b, rows, 1e-5f, cpu);
 
-        using var xBuf = Acc.Allocate1D(x);
-        using var wBuf = Acc.Allocate1D(w);
-        using var bBuf = Acc.Allocate1D<float>(d);
-        if (bias) bBuf.CopyFromCPU(b);
-        using var yBuf = Acc.Allocate1D<float>(rows * d);
-        var y = inPlace ? xBuf.View : yBuf.View;
-        // no bias: an empty view (ILGPU cannot allocate an empty buffer)
-        Fk.LayerNorm(xBuf.View, wBuf.View, bias ? bBuf.View : ArrayView<float>.Empty, rows, 1e-5f, y);
-        Fk.Synchronize();
-        Close($"LayerNorm {rows}x{d} bias={bias} inPlace={inPlace}", (inPlace ? xBuf : yBuf).GetAsArray1D(), cpu, 1e-5);
+        foreach (bool reference in new[] { false, true })
+        {
+            using var xBuf = Acc.Allocate1D(x);
+            using var wBuf = Acc.Allocate1D(w);
+            using var bBuf = Acc.Allocate1D<float>(d);
+            if (bias) bBuf.CopyFromCPU(b);
+            using var yBuf = Acc.Allocate1D<float>(rows * d);
+            var y = inPlace ? xBuf.View : yBuf.View;
+            // no bias: an empty view (ILGPU cannot allocate an empty buffer)
+            ArrayView<float> bView = bias ? bBuf.View : ArrayView<float>.Empty;
+            if (reference) Fk.LayerNormReference(xBuf.View, wBuf.View, bView, rows, 1e-5f, y);
+            else Fk.LayerNorm(xBuf.View, wBuf.View, bView, rows, 1e-5f, y);
+            Fk.Synchronize();
+            Close($"LayerNorm{(reference ? "Reference" : "")} {rows}x{d} bias={bias} inPlace={inPlace}", (inPlace ? xBuf : yBuf).GetAsArray1D(), cpu, 1e-5);
+        }
     }
 
     // ---------------------------------------------------------------- activations
