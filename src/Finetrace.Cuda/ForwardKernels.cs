@@ -10,11 +10,14 @@ namespace Finetrace.Cuda;
 /// on ILGPU's CPU accelerator (tests/Finetrace.Tests/Cuda/ForwardKernelsTests.cs). All calls are asynchronous on the
 /// accelerator's default stream. Kernels are compiled on first use, so a context that never runs a forward never
 /// compiles them.
-/// SIGNATURES FIXED BY THE LEAD (the device forward is written against them in parallel).
+/// SIGNATURES FIXED BY THE LEAD (the device forward is written against them in parallel); the two *Reference methods,
+/// <see cref="GroupSize"/> and <see cref="Synchronize"/> are additions.
 /// Element-wise kernels run one thread per element; <see cref="LayerNorm"/> and <see cref="AttentionSoftmax"/> one
 /// thread group per row with shared-memory reductions (their one-thread-per-row twins <see cref="LayerNormReference"/>
-/// and <see cref="AttentionSoftmaxReference"/> are the slow, obvious references they are tested against). Indices read from device buffers (token ids, positions) cannot be checked on the
-/// host without a copy: an out-of-range one turns the affected outputs into NaN instead of reading outside a buffer.
+/// and <see cref="AttentionSoftmaxReference"/> are the slow, obvious references they are tested against).
+/// Transcendentals go through <see cref="DeviceMath"/> (PTX has no MathF.Exp). Indices read from device buffers (token
+/// ids, positions) cannot be checked on the host without a copy: an out-of-range one turns the affected outputs into
+/// NaN instead of reading outside a buffer.
 /// </summary>
 public sealed class ForwardKernels
 {
@@ -42,7 +45,8 @@ public sealed class ForwardKernels
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>? attentionSoftmax;
     Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>? attentionSoftmaxReference;
 
-    /// <summary>Threads per group of <see cref="LayerNorm"/> and <see cref="AttentionSoftmax"/>: 256, or the accelerator's largest power of two below.</summary>
+    /// <summary>Threads per group of <see cref="LayerNorm"/> and <see cref="AttentionSoftmax"/>: 256, or the largest power
+    /// of two the accelerator allows below that (16 on ILGPU's default CPU accelerator).</summary>
     public int GroupSize => groupSize;
 
     public ForwardKernels(Accelerator accelerator)
