@@ -22,7 +22,7 @@ public sealed record CublasLookup(nint Handle, string? Path, IReadOnlyList<strin
 /// <summary>
 /// Finds and loads cuBLAS for <see cref="CublasNative"/>'s P/Invoke (a DllImport resolver on this assembly maps
 /// <see cref="ImportName"/> to the loaded library). Order: <see cref="EnvVar"/> alone when set (a file, or a folder
-/// holding one of <see cref="FileNames"/>); otherwise, per file name (newest major first), the system loader
+/// holding one of <see cref="FileNames"/>); otherwise, per file name (.12 first, as pip's PyTorch ships it), the system loader
 /// (LD_LIBRARY_PATH, ld.so.cache), then the folders of <see cref="SearchFolders"/>: LD_LIBRARY_PATH entries, the
 /// CUDA toolkit folders and pip's nvidia/cublas/lib in every site-packages found. From a folder, the libcublasLt
 /// of the same major is loaded first from the same folder, since libcublas needs it and pip's folders are not on the
@@ -32,7 +32,7 @@ public static class CublasLibrary
 {
     public const string ImportName = "finetrace-cublas";
     public const string EnvVar = "FINETRACE_CUBLAS";
-    public static readonly IReadOnlyList<string> FileNames = ["libcublas.so.12", "libcublas.so.11", "libcublas.so"];
+    public static readonly IReadOnlyList<string> FileNames = ["libcublas.so.12", "libcublas.so.13", "libcublas.so.11", "libcublas.so"];   // 12 first: what pip's PyTorch ships
 
     static readonly Lazy<CublasLookup> _lookup = new(() => Locate(Environment.GetEnvironmentVariable));
 
@@ -97,8 +97,8 @@ public static class CublasLibrary
 
     /// <summary>The folders searched after the system loader, in order, existing ones only, without duplicates:
     /// LD_LIBRARY_PATH entries, /usr/local/cuda/lib64, /usr/local/cuda-*/targets/x86_64-linux/lib and lib64, and
-    /// nvidia/cublas/lib under each site-packages/dist-packages of VIRTUAL_ENV, CONDA_PREFIX, ~/.local, /usr/local,
-    /// /usr and /opt/conda.</summary>
+    /// nvidia/cublas/lib (then nvidia/*/lib) under each site-packages/dist-packages of VIRTUAL_ENV, CONDA_PREFIX, the
+    /// prefix of every python3 on PATH, ~/.local, /usr/local, /usr and /opt/conda.</summary>
     public static IReadOnlyList<string> SearchFolders(Func<string, string?> env)
     {
         var patterns = new List<string>();
@@ -111,14 +111,19 @@ public static class CublasLibrary
         var roots = new List<string>();
         foreach (var var in new[] { "VIRTUAL_ENV", "CONDA_PREFIX" })
             if (env(var) is { Length: > 0 } root) roots.Add(root);
+        // a python3 on PATH (a venv's bin, conda's bin) marks a prefix whose site-packages may hold pip's cuBLAS
+        foreach (var dir in (env("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            if (File.Exists(Path.Combine(dir, "python3")) && Path.GetDirectoryName(dir.TrimEnd('/')) is { Length: > 0 } prefix)
+                roots.Add(prefix);
         if (env("HOME") is { Length: > 0 } home) roots.Add(Path.Combine(home, ".local"));
         roots.AddRange(["/usr/local", "/usr", "/opt/conda"]);
         foreach (var root in roots)
             foreach (var packages in new[] { "site-packages", "dist-packages" })
-            {
-                patterns.Add(Path.Combine(root, "lib", "python3*", packages, "nvidia", "cublas", "lib"));
-                patterns.Add(Path.Combine(root, "lib", "python3", packages, "nvidia", "cublas", "lib"));
-            }
+                foreach (var python in new[] { "python3*", "python3" })
+                {
+                    patterns.Add(Path.Combine(root, "lib", python, packages, "nvidia", "cublas", "lib"));
+                    patterns.Add(Path.Combine(root, "lib", python, packages, "nvidia", "*", "lib"));   // e.g. CUDA 13 wheels' nvidia/cu13/lib
+                }
 
         var folders = new List<string>();
         foreach (var pattern in patterns)
