@@ -67,7 +67,7 @@ public sealed class DeviceForwardBenchCommand : IBenchCommand
         model = r.Model, device = r.Device, device_kind = r.Kind == DeviceKind.Cuda ? "cuda" : "ilgpu-cpu",
         precision = r.Mode.ToString().ToLowerInvariant(), batch = r.Batch, context = r.Context, forwards = r.Forwards, logits,
         seconds_per_forward = Math.Round(r.Seconds, 6), tokens_per_s = Math.Round(r.TokensPerSecond, 1),
-        matmul_tflops = Math.Round(r.MatmulTflops, 4), tflops = Math.Round(r.Tflops, 4),
+        matmul_tflops = r.MatmulTflops, tflops = r.Tflops,
         matmul_flops_per_forward = r.MatmulFlops, attention_flops_per_forward = r.AttentionFlops,
         matmul_parameters = r.MatmulParameters, device_weight_bytes = r.DeviceWeightBytes,
         load_seconds = Math.Round(r.LoadSeconds, 3), all_seconds = r.AllSeconds.Select(s => Math.Round(s, 6)),
