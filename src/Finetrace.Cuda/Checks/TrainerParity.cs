@@ -97,11 +97,15 @@ public static class TrainerParity
         return new OneStepParity(c.Name, ctx.Name, errors, maxRel, cpu.Codes.Count, devCodes.Count, mismatches, lossRel, thRel, counters, tolerance, passed);
     }
 
+    /// <summary>The loss-curve setup: the default crosscoder with an 8-batch dead window (latents die and AuxK acts
+    /// mid-run), a 5-step warm-up and the threshold EMA from step 0.</summary>
+    public static TrainerParityCase LossCurveCase => new() { Name = "loss-curve", DeadTokens = 8 * 64, WarmupSteps = 5 };
+
     /// <summary><paramref name="steps"/> steps of both trainers on the same batches; passes when the device's loss is
     /// within <paramref name="tolerance"/> (relative) of the CPU's at every step.</summary>
     public static LossCurveParity LossCurve(DeviceContext ctx, int steps = 100, TrainerParityCase? c = null, double tolerance = 0.01)
     {
-        c ??= new TrainerParityCase { DeadTokens = 8 * 64 };
+        c ??= LossCurveCase;
         var data = Data(c, steps);
         var (cpu, mirror) = Trainers(c, data);
         int rowLen = c.Models * c.D;

@@ -36,7 +36,7 @@ public sealed class DeviceTrainer : ITrainingStepper
     readonly MemoryBuffer1D<float, Stride1D.Dense>[] p, g, m, v;
     readonly MemoryBuffer1D<float, Stride1D.Dense> normMean, normScale, cF;
     readonly MemoryBuffer1D<long, Stride1D.Dense> tokensSinceFired;
-    readonly MemoryBuffer1D<int, Stride1D.Dense> deadMask, deadCount, hist;
+    readonly MemoryBuffer1D<int, Stride1D.Dense> deadMask, deadCount;
     readonly MemoryBuffer1D<double, Stride1D.Dense> partial, sums;
     const int SumThreads = 1 << 14;
 
@@ -44,8 +44,7 @@ public sealed class DeviceTrainer : ITrainingStepper
     int cap = -1;
     MemoryBuffer1D<float, Stride1D.Dense> xRaw = null!, xin = null!, xhat = null!, delta = null!, deltaAux = null!, xaux = null!, pre = null!, rMean = null!;
     MemoryBuffer1D<double, Stride1D.Dense> rowSq = null!, colSum = null!, colSq = null!, numDen = null!;
-    MemoryBuffer1D<int, Stride1D.Dense> slot = null!, chunkSums = null!;
-    RowBuffers rows = null!;
+    DeviceTopK select = null!;
     DeviceCodes main = null!, aux = null!;
     readonly List<IDisposable> batchOwned = [];
 
@@ -102,7 +101,6 @@ public sealed class DeviceTrainer : ITrainingStepper
         tokensSinceFired.View.CopyFromCPU(host.TokensSinceFired);
         deadMask = Alloc<int>(F);
         deadCount = Alloc<int>(1);
-        hist = Alloc<int>(DictionaryDeviceKernels.RadixBins);
         partial = Alloc<double>(SumThreads);
         sums = Alloc<double>(1);
         acc.Synchronize();
@@ -137,17 +135,17 @@ public sealed class DeviceTrainer : ITrainingStepper
         deltaAux = Alloc<float>(n, batchOwned); xaux = Alloc<float>(n, batchOwned);
         xin = dict.SubtractDecoderBias ? Alloc<float>(n, batchOwned) : xRaw;
         pre = Alloc<float>((long)B * F, batchOwned);
-        slot = Alloc<int>((long)B * F, batchOwned);
         rMean = Alloc<float>(rowLen, batchOwned);
         rowSq = Alloc<double>((long)B * M, batchOwned);
         colSum = Alloc<double>(rowLen, batchOwned); colSq = Alloc<double>(rowLen, batchOwned);
         numDen = Alloc<double>(2L * B, batchOwned);
-        chunkSums = Alloc<int>((Math.Max(B, F) + 1023) / 1024 + 2, batchOwned);
-        rows = new RowBuffers(B, n2 => Alloc<int>(n2, batchOwned));
+        select = new DeviceTopK(acc, B, F);
+        batchOwned.Add(select);
         int kCap = Math.Min(F, Math.Max(dict.K, opt.KMax ?? 0));
         int kAuxCap = Math.Clamp(opt.TopKAux ?? D / 2, 1, F);
-        main = new DeviceCodes(B, F, (long)B * kCap, n2 => Alloc<int>(n2, batchOwned), n2 => Alloc<float>(n2, batchOwned));
-        aux = new DeviceCodes(B, F, (long)B * kAuxCap, n2 => Alloc<int>(n2, batchOwned), n2 => Alloc<float>(n2, batchOwned));
+        main = DeviceCodes.Allocate(acc, B, F, (long)B * kCap);
+        aux = DeviceCodes.Allocate(acc, B, F, (long)B * kAuxCap);
+        batchOwned.Add(main); batchOwned.Add(aux);
         cap = B;
     }
 
@@ -240,11 +238,11 @@ public sealed class DeviceTrainer : ITrainingStepper
         int nnz;
         if (dict.Sparsity == Sparsity.BatchTopK)
         {
-            (nnz, float minKept) = SelectBatch(preV, keys, (long)k * B, main);
+            (nnz, float minKept) = select.Batch(preV, cF.View, default, keys, (long)k * B, main);
             if (step > opt.ThresholdStartStep)
                 dict.Threshold = dict.Threshold < 0 ? minKept : opt.ThresholdBeta * dict.Threshold + (1 - opt.ThresholdBeta) * minKept;
         }
-        else nnz = SelectRows(preV, keys, k, main);
+        else nnz = select.Rows(preV, cF.View, default, keys, k, main);
         LastRows = B; LastNnz = nnz;
 
         // decode, loss
@@ -268,7 +266,7 @@ public sealed class DeviceTrainer : ITrainingStepper
         if (dead > 0 && opt.AuxKAlpha != 0)
         {
             int kAux = Math.Min(opt.TopKAux ?? D / 2, dead);
-            nnzAux = SelectRows(preV, keys with { Masked = 1 }, kAux, aux);
+            nnzAux = select.Rows(preV, cF.View, deadMask.View, keys with { Masked = 1 }, kAux, aux);
             ArrayView<float> xauxV = xaux.View.SubView(0, (long)B * rowLen);
             K.Decode(aux.View, WDec, BDec, xauxV, M, D, F, withBias: false);
             K.ResidualMean(x, xhatV, rMean.View, B, rowLen);
@@ -368,57 +366,6 @@ public sealed class DeviceTrainer : ITrainingStepper
         return norm;
     }
 
-    // Batch top-k of s = f·c over [B, F]: exact radix select of the kTotal-th largest key in two 16-bit passes (host
-    // reads the 65,536-bin histograms), then per-row counts, the batch's ties in flat order, CSR write and columns.
-    (int Nnz, float MinKept) SelectBatch(ArrayView<float> preV, KeyArgs keys, long kTotal, DeviceCodes codes)
-    {
-        var h = new int[DictionaryDeviceKernels.RadixBins];
-        hist.View.MemSetToZero();
-        K.RadixHistogram(preV, cF.View, deadMask.View, keys, hist.View, 0, 0);
-        hist.View.CopyToCPU(acc.DefaultStream, h);
-        acc.Synchronize();
-        long positives = 0;
-        foreach (int c in h) positives += c;
-        long kEff = Math.Min(kTotal, positives);
-        uint threshold = uint.MaxValue; int need = 0; float minKept = 0;
-        if (kEff > 0)
-        {
-            long cum = 0; int hb = 0;
-            for (int bin = h.Length - 1; bin >= 0; bin--) { if (cum + h[bin] >= kEff) { hb = bin; break; } cum += h[bin]; }
-            hist.View.MemSetToZero();
-            K.RadixHistogram(preV, cF.View, deadMask.View, keys, hist.View, 1, hb);
-            hist.View.CopyToCPU(acc.DefaultStream, h);
-            acc.Synchronize();
-            int lb = 0;
-            for (int bin = h.Length - 1; bin >= 0; bin--) { if (cum + h[bin] >= kEff) { lb = bin; break; } cum += h[bin]; }
-            threshold = ((uint)hb << 16) | (uint)lb;
-            need = (int)(kEff - cum);   // cum = keys above the threshold
-            minKept = BitConverter.UInt32BitsToSingle(threshold);
-        }
-        int B = keys.Rows;
-        var r = rows.View(B);
-        K.Fill(r.Threshold, unchecked((int)threshold));
-        K.RowCountAbove(preV, cF.View, deadMask.View, keys, r);
-        K.ExclusiveScan(r.Eq, r.EqPrefix, chunkSums.View, B);
-        K.BatchBudget(r, B, need);
-        K.ExclusiveScan(r.Count, codes.RowStart.View, chunkSums.View, B);
-        K.RowWrite(preV, cF.View, deadMask.View, keys, r, codes.View, slot.View);
-        K.BuildColumns(slot.View, codes.View, chunkSums.View, B, F);
-        return ((int)kEff, minKept);
-    }
-
-    // Per-token top-k of s (positive keys of allowed latents, ties to the lower latent), then CSR write and columns.
-    int SelectRows(ArrayView<float> preV, KeyArgs keys, int k, DeviceCodes codes)
-    {
-        int B = keys.Rows;
-        var r = rows.View(B);
-        K.RowTopK(preV, cF.View, deadMask.View, keys, r, Math.Min(k, F));
-        K.ExclusiveScan(r.Count, codes.RowStart.View, chunkSums.View, B);
-        K.RowWrite(preV, cF.View, deadMask.View, keys, r, codes.View, slot.View);
-        K.BuildColumns(slot.View, codes.View, chunkSums.View, B, F);
-        return DownloadInt(codes.RowStart.View, B);
-    }
-
     int DownloadInt(ArrayView<int> view, long at)
     {
         var one = new int[1];
@@ -429,29 +376,7 @@ public sealed class DeviceTrainer : ITrainingStepper
 
     /// <summary>The last step's selected code (main, not AuxK) as host <see cref="SparseCodes"/> (tests compare it with
     /// the CPU trainer's <see cref="DictionaryTrainer.Codes"/>).</summary>
-    public SparseCodes DownloadCodes()
-    {
-        var c = new SparseCodes(LastRows, F, LastNnz);
-        var rs = new int[LastRows + 1];
-        codes(main.RowStart.View, rs);
-        c.Reset(LastRows);
-        rs.CopyTo(c.RowStart, 0);
-        if (LastNnz > 0)
-        {
-            var idx = new int[LastNnz]; var val = new float[LastNnz];
-            codes(main.Index.View, idx);
-            ((ArrayView1D<float, Stride1D.Dense>)main.Value.View.SubView(0, LastNnz)).CopyToCPU(acc.DefaultStream, val);
-            acc.Synchronize();
-            idx.CopyTo(c.Index, 0); val.CopyTo(c.Value, 0);
-        }
-        return c;
-
-        void codes(ArrayView<int> src, int[] dst)
-        {
-            ((ArrayView1D<int, Stride1D.Dense>)src.SubView(0, dst.Length)).CopyToCPU(acc.DefaultStream, dst);
-            acc.Synchronize();
-        }
-    }
+    public SparseCodes DownloadCodes() => main.Download(LastRows);
 
     public void SyncToHost()
     {
@@ -494,37 +419,65 @@ public sealed class DeviceTrainer : ITrainingStepper
         foreach (var b in owned) b.Dispose();
         batchOwned.Clear(); owned.Clear();
     }
-
-    /// <summary>Per-row selection buffers.</summary>
-    sealed class RowBuffers(int b, Func<long, MemoryBuffer1D<int, Stride1D.Dense>> alloc)
-    {
-        readonly MemoryBuffer1D<int, Stride1D.Dense> threshold = alloc(b), gt = alloc(b), eq = alloc(b), eqPrefix = alloc(b + 1), budget = alloc(b), count = alloc(b);
-        public RowSelect View(int rows) => new()
-        {
-            Threshold = threshold.View.SubView(0, rows), Gt = gt.View.SubView(0, rows), Eq = eq.View.SubView(0, rows),
-            EqPrefix = eqPrefix.View.SubView(0, rows + 1), Budget = budget.View.SubView(0, rows), Count = count.View.SubView(0, rows),
-        };
-    }
 }
 
-/// <summary>Device buffers of one sparse code matrix [B, F] with room for <c>capacity</c> entries.</summary>
-sealed class DeviceCodes
+/// <summary>Device buffers of one sparse code matrix [B, F]: CSR rows, each entry's token and code gradient, and the
+/// per-latent column view.</summary>
+public sealed class DeviceCodes : IDisposable
 {
-    public MemoryBuffer1D<int, Stride1D.Dense> RowStart, Index, EntryRow, ColCount, ColStart, ColRow, ColEntry;
-    public MemoryBuffer1D<float, Stride1D.Dense> Value, GVal;
+    public MemoryBuffer1D<int, Stride1D.Dense> RowStart { get; }
+    public MemoryBuffer1D<int, Stride1D.Dense> Index { get; }
+    public MemoryBuffer1D<int, Stride1D.Dense> EntryRow { get; }
+    public MemoryBuffer1D<int, Stride1D.Dense> ColCount { get; }
+    public MemoryBuffer1D<int, Stride1D.Dense> ColStart { get; }
+    public MemoryBuffer1D<int, Stride1D.Dense> ColRow { get; }
+    public MemoryBuffer1D<int, Stride1D.Dense> ColEntry { get; }
+    public MemoryBuffer1D<float, Stride1D.Dense> Value { get; }
+    public MemoryBuffer1D<float, Stride1D.Dense> GVal { get; }
+    readonly Accelerator acc;
+    readonly int f;
 
-    public DeviceCodes(int rows, int f, long capacity, Func<long, MemoryBuffer1D<int, Stride1D.Dense>> ints, Func<long, MemoryBuffer1D<float, Stride1D.Dense>> floats)
+    DeviceCodes(Accelerator a, int rows, int f, long capacity)
     {
-        RowStart = ints(rows + 1); Index = ints(capacity); EntryRow = ints(capacity); ColCount = ints(f); ColStart = ints(f + 1);
-        ColRow = ints(capacity); ColEntry = ints(capacity);
-        Value = floats(capacity); GVal = floats(capacity);
+        acc = a; this.f = f;
+        long c = Math.Max(1, capacity);
+        RowStart = a.Allocate1D<int>(rows + 1); Index = a.Allocate1D<int>(c); EntryRow = a.Allocate1D<int>(c);
+        ColCount = a.Allocate1D<int>(Math.Max(1, f)); ColStart = a.Allocate1D<int>(f + 1); ColRow = a.Allocate1D<int>(c); ColEntry = a.Allocate1D<int>(c);
+        Value = a.Allocate1D<float>(c); GVal = a.Allocate1D<float>(c);
     }
+
+    /// <summary>Room for <paramref name="capacity"/> entries of a [rows, f] code.</summary>
+    public static DeviceCodes Allocate(Accelerator a, int rows, int f, long capacity) => new(a, rows, f, capacity);
 
     public CodesView View => new()
     {
         RowStart = RowStart.View, Index = Index.View, Value = Value.View, EntryRow = EntryRow.View, GVal = GVal.View,
         ColCount = ColCount.View, ColStart = ColStart.View, ColRow = ColRow.View, ColEntry = ColEntry.View,
     };
+
+    /// <summary>The first <paramref name="rows"/> rows as host <see cref="SparseCodes"/>.</summary>
+    public SparseCodes Download(int rows)
+    {
+        var rs = new int[rows + 1];
+        ((ArrayView1D<int, Stride1D.Dense>)RowStart.View.SubView(0, rows + 1)).CopyToCPU(acc.DefaultStream, rs);
+        acc.Synchronize();
+        int nnz = rs[rows];
+        var c = new SparseCodes(rows, f, nnz);
+        c.Reset(rows);
+        rs.CopyTo(c.RowStart, 0);
+        if (nnz > 0)
+        {
+            ((ArrayView1D<int, Stride1D.Dense>)Index.View.SubView(0, nnz)).CopyToCPU(acc.DefaultStream, c.Index.AsSpan(0, nnz));
+            ((ArrayView1D<float, Stride1D.Dense>)Value.View.SubView(0, nnz)).CopyToCPU(acc.DefaultStream, c.Value.AsSpan(0, nnz));
+            acc.Synchronize();
+        }
+        return c;
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in new IDisposable[] { RowStart, Index, EntryRow, ColCount, ColStart, ColRow, ColEntry, Value, GVal }) b.Dispose();
+    }
 }
 
 /// <summary><see cref="ITrainingDevice"/> over a <see cref="DeviceContext"/> (the CLI injects it into the training run).</summary>
