@@ -58,9 +58,25 @@ public class PtxCompileTests(ITestOutputHelper output)
         Assert.Contains("bar.sync", ptx["LayerNormGroupKernel"]);
     }
 
-    // DeviceKernels is not listed: its SwiGlu and SoftmaxRows call MathF.Exp, which has no PTX intrinsic without
-    // ILGPU.Algorithms ("The function 'ExpF' does not have an intrinsic implementation for this backend"); with
-    // DeviceMath.Exp in their place it can join this list.
+    /// <summary>Every kernel of the assembly, whichever class holds it (the trainer's, the forward's, the products'),
+    /// compiles to PTX: a new kernel class cannot slip past the per-class tests above.</summary>
+    [Fact]
+    public void Every_kernel_in_Finetrace_Cuda_compiles_to_PTX()
+    {
+        var types = typeof(DeviceContext).Assembly.GetTypes().Where(t => KernelMethods(t).Any()).ToList();
+        int total = 0;
+        foreach (var t in types)
+        {
+            var ptx = CompileToPtx(t);
+            output.WriteLine($"{t.Name}: {ptx.Count} kernels");
+            total += ptx.Count;
+        }
+        Assert.Contains(types, t => t.Name == "DictionaryDeviceKernels");
+        Assert.Contains(types, t => t.Name == "ForwardKernels");
+        Assert.Contains(types, t => t.Name == "DeviceKernels");
+        Assert.True(total >= 40, $"compiled only {total} kernels in {string.Join(", ", types.Select(t => t.Name))}");
+    }
+
     [Fact]
     public void IlgpuGemm_compiles_to_PTX()
     {
