@@ -23,12 +23,12 @@ def need_torch():
     try:
         import torch  # noqa: F401
     except ImportError:
-        print(json.dumps({"status": "error", "error": "PyTorch is not installed (python3 -c 'import torch' failed); "
+        print(json.dumps({"status": "error", "message": "PyTorch is not installed (python3 -c 'import torch' failed); "
                           "run this on the GPU machine, where python3 has torch"}))
         sys.exit(2)
     import torch
     if not torch.cuda.is_available():
-        print(json.dumps({"status": "error", "error": "torch.cuda.is_available() is False: no CUDA GPU visible"}))
+        print(json.dumps({"status": "error", "message": "torch.cuda.is_available() is False: no CUDA GPU visible"}))
         sys.exit(2)
     return torch
 

@@ -51,7 +51,7 @@ public sealed class GpuCheckCommand : ICliCommand
             if (step is null)
             {
                 string why = GpuCheckSuite.Planned.Contains(n) ? "not built: this build has no step for it yet" : "unknown check (see finetrace gpu-check list)";
-                Console.WriteLine(new JsonObject { ["status"] = why.StartsWith("not built") ? "not built" : "error", ["error"] = $"{n}: {why}" }.ToJsonString());
+                Console.WriteLine(new JsonObject { ["status"] = why.StartsWith("not built") ? "not built" : "error", ["message"] = $"{n}: {why}" }.ToJsonString());
                 return 3;
             }
             var kind = ParseDevice(r.GetValue(device)!);

@@ -1,3 +1,4 @@
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -13,7 +14,8 @@ namespace Finetrace.Cuda.Checks;
 /// <item><c>NAME.err</c>: its stderr (the last line names the error when it failed without JSON).</item>
 /// </list>
 /// plus <c>order.txt</c> (step names in run order) and <c>device.txt</c> (the GPU's name, from nvidia-smi). A failing,
-/// crashing or timed-out step becomes an entry with its status and error; it never stops the report. Benchmark step X
+/// crashing or timed-out step becomes an entry with its status and a <c>message</c> saying what went wrong (a check's
+/// <c>error</c> is its measured error); it never stops the report. Benchmark step X
 /// with a PyTorch peer named <c>torch-X</c> gains the peer's tokens/s, the ratio and the fraction of the card's bf16
 /// peak (from the peer's FLOP count, so both sides are counted alike).
 /// </summary>
@@ -54,7 +56,10 @@ public static class GpuCheckReport
     }
 
     /// <summary>The report as exactly one line of JSON (what the script prints and writes to $OUT/gpu-check.json).</summary>
-    public static string ToLine(JsonObject report) => report.ToJsonString(new JsonSerializerOptions { WriteIndented = false });
+    public static string ToLine(JsonObject report) => report.ToJsonString(LineOptions);
+
+    // Names and messages as written (quotes, '<', non-ASCII), not \uXXXX escapes: the line is read by people too.
+    static readonly JsonSerializerOptions LineOptions = new() { WriteIndented = false, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     static List<string> ReadOrder(string dir)
     {
@@ -76,7 +81,7 @@ public static class GpuCheckReport
         var meta = ParseObject(ReadText(Path.Combine(dir, name + ".meta")));
         string kind = meta?["kind"]?.GetValue<string>() ?? "bench";
         if (meta is null)
-            return (kind, new JsonObject { ["status"] = "error", ["error"] = "the step left no .meta file (the script was stopped before it finished?)" });
+            return (kind, new JsonObject { ["status"] = "error", ["message"] = "the step left no .meta file (the script was stopped before it finished?)" });
         if (meta["skipped"]?.GetValue<string>() is { } why)
             return (kind, new JsonObject { ["status"] = why.StartsWith("not built", StringComparison.Ordinal) ? "not built" : "skipped", ["detail"] = why });
 
@@ -87,17 +92,22 @@ public static class GpuCheckReport
         if (TimedOut(rc))
         {
             entry["status"] = "timeout";
-            entry["error"] = $"stopped after its {meta["limit_s"]?.ToString() ?? "?"} s limit" + LastLine(dir, name, prefix: "; last stderr: ");
+            entry["message"] = $"stopped after its {meta["limit_s"]?.ToString() ?? "?"} s limit" + LastLine(dir, name, prefix: "; last stderr: ");
+        }
+        else if (figures is null && rc == 0 && kind == "setup")
+        {
+            entry["status"] = "ok"; // a setup step (model synth) prints a sentence, not figures
+            if (ReadText(Path.Combine(dir, name + ".out"))?.Split('\n').LastOrDefault() is { } said) entry["detail"] = said.Trim();
         }
         else if (figures is null)
         {
             entry["status"] = "error";
-            entry["error"] = (rc == 0 ? "exited 0 but printed no JSON" : $"exit status {rc}") + LastLine(dir, name, prefix: ": ");
+            entry["message"] = (rc == 0 ? "exited 0 but printed no JSON" : $"exit status {rc}") + LastLine(dir, name, prefix: ": ");
         }
         else if (status is null) entry["status"] = rc == 0 ? "ok" : "error";
         else if (rc != 0 && status is "pass" or "ok") entry["status"] = "error"; // figures printed, then the process failed
-        if (rc != 0 && entry["status"]?.GetValue<string>() == "error" && entry["error"] is null)
-            entry["error"] = $"exit status {rc}" + LastLine(dir, name, prefix: ": ");
+        if (rc != 0 && entry["status"]?.GetValue<string>() == "error" && entry["message"] is null)
+            entry["message"] = $"exit status {rc}" + LastLine(dir, name, prefix: ": ");
         entry["rc"] = rc;
         if (meta["seconds"] is { } s) entry["seconds"] = s.DeepClone();
         return (kind, entry);
