@@ -50,26 +50,58 @@ public sealed class DeviceContext : IDisposable
         return new DeviceContext(context, accelerator, DeviceKind.IlgpuCpu, a => new IlgpuGemm(a, mode));
     }
 
-    /// <summary>The first CUDA GPU; throws <see cref="DeviceUnavailableException"/> when there is none.</summary>
+    /// <summary>Environment variable choosing the CUDA products: unset or "cublas" for cuBLAS, "ilgpu" for the
+    /// ILGPU reference kernel (slow; for checking cuBLAS against it or running without cuBLAS).</summary>
+    public const string GemmEnvVar = "FINETRACE_GEMM";
+
+    /// <summary>The first CUDA GPU with cuBLAS products (or ILGPU ones when FINETRACE_GEMM=ilgpu); throws
+    /// <see cref="DeviceUnavailableException"/> when there is no GPU or no cuBLAS library loads.</summary>
     public static DeviceContext CreateCuda(GemmMode mode)
     {
+        bool useCublas = UseCublas(Environment.GetEnvironmentVariable(GemmEnvVar));
         Context? context = null;
+        Accelerator? accelerator = null;
         try
         {
             context = Context.Create(b => b.Cuda());
             var devices = context.GetCudaDevices();
             if (devices.Count == 0) throw new DeviceUnavailableException(DeviceKind.Cuda, "the CUDA driver reports no GPU");
-            var accelerator = devices[0].CreateCudaAccelerator(context);
-            // TODO(gemm helper): cuBLAS products; the ILGPU kernel is the fallback until then.
-            return new DeviceContext(context, accelerator, DeviceKind.Cuda, a => new IlgpuGemm(a, mode));
+            accelerator = devices[0].CreateCudaAccelerator(context);
+            return new DeviceContext(context, accelerator, DeviceKind.Cuda,
+                a => useCublas ? new CublasGemm((CudaAccelerator)a, mode) : new IlgpuGemm(a, mode));
         }
-        catch (DeviceUnavailableException) { context?.Dispose(); throw; }
+        catch (DeviceUnavailableException) { accelerator?.Dispose(); context?.Dispose(); throw; }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
+            accelerator?.Dispose();
             context?.Dispose();
             throw new DeviceUnavailableException(DeviceKind.Cuda, e.Message);
         }
     }
+
+    /// <summary>Reads FINETRACE_GEMM: true for cuBLAS (unset, empty or "cublas"), false for "ilgpu".</summary>
+    public static bool UseCublas(string? value) => value?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "cublas" => true,
+        "ilgpu" => false,
+        _ => throw new ArgumentException($"{GemmEnvVar}={value}: expected cublas (the default) or ilgpu"),
+    };
+
+    /// <summary>A second products object of this context's kind (cuBLAS or the ILGPU kernel) in another mode, on the
+    /// same accelerator and stream; the caller disposes it. For checks and benchmarks that compare modes.</summary>
+    public IDeviceGemm CreateGemm(GemmMode mode) => Gemm switch
+    {
+        CublasGemm => new CublasGemm((CudaAccelerator)Accelerator, mode),
+        _ => new IlgpuGemm(Accelerator, mode),
+    };
+
+    /// <summary>What computes the products, for benchmark and check output.</summary>
+    public string GemmDescription => Gemm switch
+    {
+        CublasGemm c => $"cuBLAS {c.Version / 10000}.{c.Version / 100 % 100}.{c.Version % 100} ({c.LibraryPath})",
+        IlgpuGemm => "ILGPU reference kernel",
+        var g => g.GetType().Name,
+    };
 
     public static DeviceContext Create(DeviceKind kind, GemmMode mode) =>
         kind == DeviceKind.Cuda ? CreateCuda(mode) : CreateCpu(mode);

@@ -8,8 +8,10 @@ namespace Finetrace.Cuda;
 /// whichever accelerator runs them: the CPU accelerator in CI (so every kernel is tested against the CPU reference in
 /// Finetrace.Tensors / Finetrace.Dictionaries without a GPU) and the CUDA accelerator on a device machine.
 /// Each kernel body mirrors its CPU peer's float32 operation order, so differences are only summation order and
-/// exp/sqrt rounding. Row kernels run one thread per row for now (correct, simple); a group-per-row reduction is the
-/// planned speed-up on the GPU and does not change the interface.
+/// exp/sqrt rounding. The row kernels (<see cref="RmsNorm"/>, <see cref="SoftmaxRows"/>) run one thread group per
+/// row with a shared-memory tree reduction (coalesced loads, all of a group's threads on one row); the one-thread-
+/// per-row versions stay as their slow, obvious references (<see cref="RmsNormReference"/>,
+/// <see cref="SoftmaxRowsReference"/>) and are tested against them and the CPU peers.
 /// </summary>
 public sealed class DeviceKernels
 {
@@ -18,6 +20,15 @@ public sealed class DeviceKernels
     readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> swiGlu;
     readonly Action<Index1D, ArrayView<float>, int> softmaxRows;
     readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamScalars> adam;
+    readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float, float> rmsNormGroup;
+    readonly Action<KernelConfig, ArrayView<float>, int> softmaxRowsGroup;
+
+    /// <summary>Threads per row group: a power of two, at most <see cref="MaxRowGroup"/> and what the accelerator
+    /// allows.</summary>
+    public int RowGroupSize { get; }
+
+    /// <summary>The shared-memory size of the row reductions (the largest group they use).</summary>
+    public const int MaxRowGroup = 256;
 
     public DeviceKernels(Accelerator accelerator)
     {
@@ -26,6 +37,19 @@ public sealed class DeviceKernels
         swiGlu = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(SwiGluKernel);
         softmaxRows = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, int>(SoftmaxRowsKernel);
         adam = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamScalars>(AdamKernel);
+        rmsNormGroup = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float, float>(RmsNormGroupKernel);
+        softmaxRowsGroup = accelerator.LoadStreamKernel<ArrayView<float>, int>(SoftmaxRowsGroupKernel);
+        int g = 1;
+        while (g * 2 <= Math.Min(MaxRowGroup, accelerator.MaxNumThreadsPerGroup)) g *= 2;
+        RowGroupSize = g;
+    }
+
+    // Threads for a row of n values: enough to give each a few values, a power of two (the tree reduction halves it).
+    int GroupFor(int n)
+    {
+        int g = 1;
+        while (g < RowGroupSize && g * 4 < n) g *= 2;
+        return g;
     }
 
     /// <summary>y = x · 1/sqrt(mean(x²) + eps) · w, or · (1 + w) when <paramref name="onePlusW"/> (Gemma); as
@@ -35,6 +59,15 @@ public sealed class DeviceKernels
     {
         int d = checked((int)w.Length);
         CheckRows(xRD.Length, yRD.Length, rows, d, nameof(RmsNorm));
+        if (rows > 0 && d > 0) rmsNormGroup(new KernelConfig(rows, GroupFor(d)), xRD, w, yRD, d, eps, onePlusW ? 1f : 0f);
+    }
+
+    /// <summary><see cref="RmsNorm"/> with one thread per row summing in order: the slow, obvious reference.</summary>
+    // xRD: [rows, D]; w: [D]; yRD: [rows, D]
+    public void RmsNormReference(ArrayView<float> xRD, ArrayView<float> w, int rows, float eps, bool onePlusW, ArrayView<float> yRD)
+    {
+        int d = checked((int)w.Length);
+        CheckRows(xRD.Length, yRD.Length, rows, d, nameof(RmsNormReference));
         if (rows > 0) rmsNorm(rows, xRD, w, yRD, d, eps, onePlusW ? 1f : 0f);
     }
 
@@ -51,9 +84,22 @@ public sealed class DeviceKernels
     // xRN: [rows, n], in place
     public void SoftmaxRows(ArrayView<float> xRN, int rows, int n)
     {
-        if (rows < 0 || n < 0 || xRN.Length != (long)rows * n)
-            throw new ArgumentException($"SoftmaxRows: buffer has {xRN.Length} values, expected rows·n = {rows}·{n}");
+        CheckSoftmax(xRN.Length, rows, n, nameof(SoftmaxRows));
+        if (rows > 0 && n > 0) softmaxRowsGroup(new KernelConfig(rows, GroupFor(n)), xRN, n);
+    }
+
+    /// <summary><see cref="SoftmaxRows"/> with one thread per row: the slow, obvious reference.</summary>
+    // xRN: [rows, n], in place
+    public void SoftmaxRowsReference(ArrayView<float> xRN, int rows, int n)
+    {
+        CheckSoftmax(xRN.Length, rows, n, nameof(SoftmaxRowsReference));
         if (rows > 0 && n > 0) softmaxRows(rows, xRN, n);
+    }
+
+    static void CheckSoftmax(long length, int rows, int n, string name)
+    {
+        if (rows < 0 || n < 0 || length != (long)rows * n)
+            throw new ArgumentException($"{name}: buffer has {length} values, expected rows·n = {rows}·{n}");
     }
 
     /// <summary>One Adam step on one parameter tensor, in place, with the scalars of <see cref="AdamScalars.For"/>
@@ -84,6 +130,56 @@ public sealed class DeviceKernels
         for (int i = 0; i < d; i++) { float x = xRD[o + i]; ss += x * x; }
         float s = 1f / MathF.Sqrt(ss / d + eps);
         for (int i = 0; i < d; i++) yRD[o + i] = xRD[o + i] * s * (w[i] + one);
+    }
+
+    // xRD: [rows, D]; w: [D]; yRD: [rows, D]; one group per row (grid = rows, group = a power of two ≤ MaxRowGroup):
+    // each thread sums the squares of a strided slice, a shared-memory tree adds the slices, all threads scale.
+    static void RmsNormGroupKernel(ArrayView<float> xRD, ArrayView<float> w, ArrayView<float> yRD, int d, float eps, float one)
+    {
+        var partial = SharedMemory.Allocate<float>(MaxRowGroup);
+        int t = Group.IdxX, g = Group.DimX;
+        long o = (long)Grid.IdxX * d;
+        float ss = 0f;
+        for (int i = t; i < d; i += g) { float x = xRD[o + i]; ss += x * x; }
+        partial[t] = ss;
+        Group.Barrier();
+        for (int half = g / 2; half > 0; half /= 2)
+        {
+            if (t < half) partial[t] += partial[t + half];
+            Group.Barrier();
+        }
+        float s = 1f / MathF.Sqrt(partial[0] / d + eps);
+        for (int i = t; i < d; i += g) yRD[o + i] = xRD[o + i] * s * (w[i] + one);
+    }
+
+    // xRN: [rows, n], in place; one group per row: tree max, then exp and tree sum, then scale by 1/sum.
+    static void SoftmaxRowsGroupKernel(ArrayView<float> xRN, int n)
+    {
+        var partial = SharedMemory.Allocate<float>(MaxRowGroup);
+        int t = Group.IdxX, g = Group.DimX;
+        long o = (long)Grid.IdxX * n;
+        float max = float.NegativeInfinity;
+        for (int i = t; i < n; i += g) max = MathF.Max(max, xRN[o + i]);
+        partial[t] = max;
+        Group.Barrier();
+        for (int half = g / 2; half > 0; half /= 2)
+        {
+            if (t < half) partial[t] = MathF.Max(partial[t], partial[t + half]);
+            Group.Barrier();
+        }
+        max = partial[0];
+        Group.Barrier();   // everyone has read the max before the slots are reused for the sum
+        float sum = 0f;
+        for (int i = t; i < n; i += g) { float e = MathF.Exp(xRN[o + i] - max); xRN[o + i] = e; sum += e; }
+        partial[t] = sum;
+        Group.Barrier();
+        for (int half = g / 2; half > 0; half /= 2)
+        {
+            if (t < half) partial[t] += partial[t + half];
+            Group.Barrier();
+        }
+        float inv = 1f / partial[0];
+        for (int i = t; i < n; i += g) xRN[o + i] *= inv;
     }
 
     // gate: [n]; up: [n]; dst: [n]; one thread per element

@@ -82,6 +82,64 @@ public class DeviceKernelsTests(CpuAcceleratorFixture fx, ITestOutputHelper outp
         Close($"RmsNorm {rows}x{d} onePlusW={onePlusW}", yBuf.GetAsArray1D(), cpu, 4e-6);
     }
 
+    // Row widths around the group sizes (1, odd, just over a power of two, Gemma-2-2B's D) and row counts 1 … 19.
+    public static TheoryData<int, int> RowShapes => new()
+    {
+        { 1, 1 }, { 5, 1 }, { 1, 31 }, { 7, 31 }, { 3, 257 }, { 19, 257 }, { 1, 2304 }, { 6, 2304 },
+    };
+
+    [Theory]
+    [MemberData(nameof(RowShapes))]
+    public void RmsNorm_group_kernel_matches_reference_kernel_and_Kernels_RmsNorm(int rows, int d)
+    {
+        var r = new Random(rows * 7919 + d);
+        float[] x = Random(rows * d, r), w = Random(d, r, 1f);
+        foreach (bool onePlusW in new[] { false, true })
+        {
+            var cpu = new float[rows * d];
+            Kernels.RmsNorm(x, w, rows, 1e-6f, onePlusW, cpu);
+            using var xBuf = fx.Accelerator.Allocate1D(x);
+            using var wBuf = fx.Accelerator.Allocate1D(w);
+            using var group = fx.Accelerator.Allocate1D<float>(rows * d);
+            using var reference = fx.Accelerator.Allocate1D<float>(rows * d);
+            fx.Kernels.RmsNorm(xBuf.View, wBuf.View, rows, 1e-6f, onePlusW, group.View);
+            fx.Kernels.RmsNormReference(xBuf.View, wBuf.View, rows, 1e-6f, onePlusW, reference.View);
+            fx.Kernels.Synchronize();
+            // |y| ≤ |x|·s·(1+|w|) ≈ a few units: differences are summation order in Σx² (relative ~1e-7 · √D)
+            Close($"RmsNorm group vs reference {rows}x{d} onePlusW={onePlusW}", group.GetAsArray1D(), reference.GetAsArray1D(), 4e-6);
+            Close($"RmsNorm group vs Kernels.RmsNorm {rows}x{d} onePlusW={onePlusW}", group.GetAsArray1D(), cpu, 4e-6);
+            Close($"RmsNorm reference vs Kernels.RmsNorm {rows}x{d} onePlusW={onePlusW}", reference.GetAsArray1D(), cpu, 4e-6);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(RowShapes))]
+    public void SoftmaxRows_group_kernel_matches_reference_kernel_and_Kernels_Softmax(int rows, int n)
+    {
+        var r = new Random(rows * 104729 + n);
+        float[] x = Random(rows * n, r, 10f);
+        var cpu = (float[])x.Clone();
+        for (int i = 0; i < rows; i++) Kernels.Softmax(cpu.AsSpan(i * n, n));
+        using var group = fx.Accelerator.Allocate1D(x);
+        using var reference = fx.Accelerator.Allocate1D(x);
+        fx.Kernels.SoftmaxRows(group.View, rows, n);
+        fx.Kernels.SoftmaxRowsReference(reference.View, rows, n);
+        fx.Kernels.Synchronize();
+        var g = group.GetAsArray1D();
+        Close($"SoftmaxRows group vs reference {rows}x{n}", g, reference.GetAsArray1D(), 1e-6);
+        Close($"SoftmaxRows group vs Kernels.Softmax {rows}x{n}", g, cpu, 1e-6);
+        Close($"SoftmaxRows reference vs Kernels.Softmax {rows}x{n}", reference.GetAsArray1D(), cpu, 1e-6);
+        for (int i = 0; i < rows; i++) Assert.Equal(1.0, g.AsSpan(i * n, n).ToArray().Sum(v => (double)v), 5);
+    }
+
+    [Fact]
+    public void Row_groups_are_a_power_of_two_within_the_shared_memory()
+    {
+        int g = fx.Kernels.RowGroupSize;
+        output.WriteLine($"row group size {g} (accelerator allows {fx.Accelerator.MaxNumThreadsPerGroup})");
+        Assert.True(g >= 1 && g <= DeviceKernels.MaxRowGroup && (g & (g - 1)) == 0, $"row group size {g}");
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(7)]
@@ -167,5 +225,7 @@ public class DeviceKernelsTests(CpuAcceleratorFixture fx, ITestOutputHelper outp
         var e = Assert.Throws<ArgumentException>(() => fx.Kernels.RmsNorm(a.View, w.View, 2, 1e-6f, false, a.View));
         Assert.Contains("2·4", e.Message);
         Assert.Throws<ArgumentException>(() => fx.Kernels.SoftmaxRows(a.View, 4, 2));
+        Assert.Throws<ArgumentException>(() => fx.Kernels.SoftmaxRowsReference(a.View, 4, 2));
+        Assert.Contains("2·4", Assert.Throws<ArgumentException>(() => fx.Kernels.RmsNormReference(a.View, w.View, 2, 1e-6f, false, a.View)).Message);
     }
 }
