@@ -14,7 +14,7 @@ public sealed class CausalLM : IForwardModel
 {
     public ModelConfig Config { get; }
     public string Folder { get; }
-    readonly ShardedCheckpoint _ckpt;
+    readonly ModelWeights _weights;
     readonly Weight _embed;
     readonly Weight? _wpe;
     readonly Block[] _blocks;
@@ -57,66 +57,34 @@ public sealed class CausalLM : IForwardModel
         public required Linear Up, Down;
     }
 
-    CausalLM(string folder, ModelConfig config, ShardedCheckpoint ckpt, Dictionary<string, Weight> w)
+    CausalLM(ModelWeights weights)
     {
-        Folder = folder; Config = config; _ckpt = ckpt;
-        var c = config;
+        _weights = weights;
+        Folder = weights.Folder; Config = weights.Config;
+        var c = Config;
+        var w = weights.Parameters;
         float[] Vec(string name) => w[name].ToArray();
-        Norm MakeNorm(string prefix) => new(c.Norm, Vec(prefix + ".weight"), c.Norm == NormKind.LayerNorm ? Vec(prefix + ".bias") : null, c.NormEps);
-        Linear Lin(string prefix, bool bias, bool inOut = false) => new(w[prefix + ".weight"], bias ? Vec(prefix + ".bias") : null, inOut);
+        Norm MakeNorm(NormNames n) => new(c.Norm, Vec(n.Weight), n.Bias is null ? null : Vec(n.Bias), c.NormEps);
+        Linear Lin(ProjectionNames p) => new(w[p.Weight], p.Bias is null ? null : Vec(p.Bias), p.StoredInOut);
+        Linear? OptLin(ProjectionNames? p) => p is null ? null : Lin(p);
 
         _embed = w[ModelLayout.EmbedName(c)];
+        if (ModelLayout.PositionEmbedName(c) is { } wpe) _wpe = w[wpe];
+        var layout = ModelLayout.Blocks(c);
         _blocks = new Block[c.Layers];
-        switch (c.Arch)
+        for (int i = 0; i < c.Layers; i++)
         {
-            case Architecture.Gpt2:
-                _wpe = w["transformer.wpe.weight"];
-                for (int i = 0; i < c.Layers; i++)
-                {
-                    string p = $"transformer.h.{i}.";
-                    _blocks[i] = new Block
-                    {
-                        AttnIn = MakeNorm(p + "ln_1"), MlpIn = MakeNorm(p + "ln_2"),
-                        Qkv = Lin(p + "attn.c_attn", true, true), O = Lin(p + "attn.c_proj", true, true),
-                        Up = Lin(p + "mlp.c_fc", true, true), Down = Lin(p + "mlp.c_proj", true, true),
-                    };
-                }
-                _finalNorm = MakeNorm("transformer.ln_f");
-                break;
-            case Architecture.GptNeox:
-                for (int i = 0; i < c.Layers; i++)
-                {
-                    string p = $"gpt_neox.layers.{i}.";
-                    _blocks[i] = new Block
-                    {
-                        AttnIn = MakeNorm(p + "input_layernorm"), MlpIn = MakeNorm(p + "post_attention_layernorm"),
-                        Qkv = Lin(p + "attention.query_key_value", c.QkvBias), O = Lin(p + "attention.dense", c.OutBias),
-                        Up = Lin(p + "mlp.dense_h_to_4h", true), Down = Lin(p + "mlp.dense_4h_to_h", true),
-                    };
-                }
-                _finalNorm = MakeNorm("gpt_neox.final_layer_norm");
-                break;
-            default:
-                bool gemma = c.Arch == Architecture.Gemma2;
-                for (int i = 0; i < c.Layers; i++)
-                {
-                    string p = $"model.layers.{i}.";
-                    _blocks[i] = new Block
-                    {
-                        AttnIn = MakeNorm(p + "input_layernorm"),
-                        AttnOut = gemma ? MakeNorm(p + "post_attention_layernorm") : null,
-                        MlpIn = MakeNorm(gemma ? p + "pre_feedforward_layernorm" : p + "post_attention_layernorm"),
-                        MlpOut = gemma ? MakeNorm(p + "post_feedforward_layernorm") : null,
-                        Q = Lin(p + "self_attn.q_proj", c.QkvBias), K = Lin(p + "self_attn.k_proj", c.QkvBias),
-                        V = Lin(p + "self_attn.v_proj", c.QkvBias), O = Lin(p + "self_attn.o_proj", c.OutBias),
-                        QNorm = c.QkNorm ? Vec(p + "self_attn.q_norm.weight") : null,
-                        KNorm = c.QkNorm ? Vec(p + "self_attn.k_norm.weight") : null,
-                        Gate = Lin(p + "mlp.gate_proj", c.MlpBias), Up = Lin(p + "mlp.up_proj", c.MlpBias), Down = Lin(p + "mlp.down_proj", c.MlpBias),
-                    };
-                }
-                _finalNorm = MakeNorm("model.norm");
-                break;
+            var n = layout[i];
+            _blocks[i] = new Block
+            {
+                AttnIn = MakeNorm(n.AttnIn), AttnOut = n.AttnOut is null ? null : MakeNorm(n.AttnOut),
+                MlpIn = MakeNorm(n.MlpIn), MlpOut = n.MlpOut is null ? null : MakeNorm(n.MlpOut),
+                Q = OptLin(n.Q), K = OptLin(n.K), V = OptLin(n.V), Qkv = OptLin(n.Qkv), O = Lin(n.O),
+                QNorm = n.QNorm is null ? null : Vec(n.QNorm), KNorm = n.KNorm is null ? null : Vec(n.KNorm),
+                Gate = OptLin(n.Gate), Up = Lin(n.Up), Down = Lin(n.Down),
+            };
         }
+        _finalNorm = MakeNorm(ModelLayout.FinalNorm(c));
         _unembed = new Linear(w[ModelLayout.UnembedName(c)], null, false);
         if (c.Arch != Architecture.Gpt2) _rope = new Rope(c);
 
@@ -137,25 +105,11 @@ public sealed class CausalLM : IForwardModel
     /// weights.</summary>
     public static CausalLM Load(string folder, string? adapterFolder, Action<ModelConfig, Dictionary<string, Weight>>? editWeights)
     {
-        var config = ModelConfig.Load(folder);
-        var ckpt = new ShardedCheckpoint(folder);
-        try
-        {
-            var weights = ResolveWeights(config, ckpt, folder);
-            if (adapterFolder is not null) LoraAdapter.Load(adapterFolder).MergeInto(weights, config);
-            if (editWeights is not null)
-            {
-                var shapes = weights.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal);
-                editWeights(config, weights);
-                foreach (var (name, w) in weights)
-                    if (!shapes.TryGetValue(name, out var shape) || !shape.AsSpan().SequenceEqual(w.Shape))
-                        throw new ArgumentException($"{folder}: edited parameter '{name}' [{string.Join(", ", w.Shape)}] does not replace a parameter of the same shape");
-            }
-            return new CausalLM(folder, config, ckpt, weights);
-        }
+        var weights = ModelWeights.Load(folder, adapterFolder, editWeights);
+        try { return new CausalLM(weights); }
         catch
         {
-            ckpt.Dispose();
+            weights.Dispose();
             throw;
         }
     }
@@ -191,7 +145,7 @@ public sealed class CausalLM : IForwardModel
         return result;
     }
 
-    public void Dispose() => _ckpt.Dispose();
+    public void Dispose() => _weights.Dispose();
 
     // ---------------------------------------------------------------- forward pieces
 

@@ -42,7 +42,9 @@ public sealed class HookSet
         return this;
     }
 
-    internal void Fire(string name, Tensor activation, TokenBatch batch)
+    /// <summary>Runs the hooks registered under <paramref name="name"/> in order (a forward model calls this at each point;
+    /// public so that models outside this assembly, e.g. the device model, fire them the same way).</summary>
+    public void Fire(string name, Tensor activation, TokenBatch batch)
     {
         if (_hooks.TryGetValue(name, out var list))
             foreach (var fn in list) fn(activation, batch);

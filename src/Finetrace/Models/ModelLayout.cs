@@ -6,6 +6,20 @@ public sealed record ParameterSpec(string Name, int[] Shape, ParameterRole Role)
 /// <summary>What a parameter is, so synthetic checkpoints can initialise it sensibly.</summary>
 public enum ParameterRole { Matrix, Embedding, NormWeight, NormBias, Bias }
 
+/// <summary>A norm's parameter names; <see cref="Bias"/> only for LayerNorm.</summary>
+public sealed record NormNames(string Weight, string? Bias);
+
+/// <summary>A projection's parameter names. StoredInOut: GPT-2 Conv1D, weight [in, out] (y = x·W + b); otherwise
+/// nn.Linear, weight [out, in] (y = x·Wᵀ + b).</summary>
+public sealed record ProjectionNames(string Weight, string? Bias, bool StoredInOut);
+
+/// <summary>The parameters of one decoder block by role. Separate Q/K/V (llama family) or one fused Qkv (GPT-2
+/// columns [Q|K|V], NeoX per head [q_h|k_h|v_h]); Gate only in gated MLPs; AttnOut/MlpOut are Gemma 2's post norms;
+/// QNorm/KNorm Qwen3's per-head norms.</summary>
+public sealed record BlockNames(NormNames AttnIn, NormNames? AttnOut, NormNames MlpIn, NormNames? MlpOut,
+    ProjectionNames? Q, ProjectionNames? K, ProjectionNames? V, ProjectionNames? Qkv, ProjectionNames O,
+    string? QNorm, string? KNorm, ProjectionNames? Gate, ProjectionNames Up, ProjectionNames Down);
+
 /// <summary>
 /// The exact tensor names and shapes of each family's checkpoint (model-facts.md §4–7). The loader checks a
 /// checkpoint against this list; <c>model synth</c> writes it.
@@ -39,6 +53,63 @@ public static class ModelLayout
     /// <summary>The unembedding's name; for tied models the embedding's.</summary>
     public static string UnembedName(ModelConfig c) =>
         c.TiedEmbeddings ? EmbedName(c) : c.Arch == Architecture.GptNeox ? "embed_out.weight" : "lm_head.weight";
+
+    /// <summary>GPT-2's learned position table; null for rotary models.</summary>
+    public static string? PositionEmbedName(ModelConfig c) => c.Arch == Architecture.Gpt2 ? "transformer.wpe.weight" : null;
+
+    /// <summary>The final norm before the unembedding.</summary>
+    public static NormNames FinalNorm(ModelConfig c) => c.Arch switch
+    {
+        Architecture.Gpt2 => Norm(c, "transformer.ln_f"),
+        Architecture.GptNeox => Norm(c, "gpt_neox.final_layer_norm"),
+        _ => Norm(c, "model.norm"),
+    };
+
+    static NormNames Norm(ModelConfig c, string prefix) => new(prefix + ".weight", c.Norm == NormKind.LayerNorm ? prefix + ".bias" : null);
+
+    /// <summary>Every block's parameters by role (the names <see cref="Parameters"/> lists), as the forward uses them.</summary>
+    public static BlockNames[] Blocks(ModelConfig c)
+    {
+        var blocks = new BlockNames[c.Layers];
+        ProjectionNames Lin(string prefix, bool bias, bool inOut = false) => new(prefix + ".weight", bias ? prefix + ".bias" : null, inOut);
+        for (int i = 0; i < c.Layers; i++)
+        {
+            switch (c.Arch)
+            {
+                case Architecture.Gpt2:
+                {
+                    string p = $"transformer.h.{i}.";
+                    blocks[i] = new BlockNames(Norm(c, p + "ln_1"), null, Norm(c, p + "ln_2"), null,
+                        null, null, null, Lin(p + "attn.c_attn", true, true), Lin(p + "attn.c_proj", true, true),
+                        null, null, null, Lin(p + "mlp.c_fc", true, true), Lin(p + "mlp.c_proj", true, true));
+                    break;
+                }
+                case Architecture.GptNeox:
+                {
+                    string p = $"gpt_neox.layers.{i}.";
+                    blocks[i] = new BlockNames(Norm(c, p + "input_layernorm"), null, Norm(c, p + "post_attention_layernorm"), null,
+                        null, null, null, Lin(p + "attention.query_key_value", c.QkvBias), Lin(p + "attention.dense", c.OutBias),
+                        null, null, null, Lin(p + "mlp.dense_h_to_4h", true), Lin(p + "mlp.dense_4h_to_h", true));
+                    break;
+                }
+                default:
+                {
+                    bool gemma = c.Arch == Architecture.Gemma2;
+                    string p = $"model.layers.{i}.";
+                    blocks[i] = new BlockNames(
+                        Norm(c, p + "input_layernorm"), gemma ? Norm(c, p + "post_attention_layernorm") : null,
+                        Norm(c, gemma ? p + "pre_feedforward_layernorm" : p + "post_attention_layernorm"),
+                        gemma ? Norm(c, p + "post_feedforward_layernorm") : null,
+                        Lin(p + "self_attn.q_proj", c.QkvBias), Lin(p + "self_attn.k_proj", c.QkvBias), Lin(p + "self_attn.v_proj", c.QkvBias),
+                        null, Lin(p + "self_attn.o_proj", c.OutBias),
+                        c.QkNorm ? p + "self_attn.q_norm.weight" : null, c.QkNorm ? p + "self_attn.k_norm.weight" : null,
+                        Lin(p + "mlp.gate_proj", c.MlpBias), Lin(p + "mlp.up_proj", c.MlpBias), Lin(p + "mlp.down_proj", c.MlpBias));
+                    break;
+                }
+            }
+        }
+        return blocks;
+    }
 
     public static List<ParameterSpec> Parameters(ModelConfig c)
     {

@@ -74,6 +74,17 @@ public sealed class Rope
         _cos = cos; _sin = sin; _positions = n;
     }
 
+    /// <summary>Copies of the cos and sin tables <see cref="Apply"/> uses for positions 0..<paramref name="positions"/>−1
+    /// (HF's cat(freqs, freqs) layout), e.g. to upload once to a device.</summary>
+    // cosPR, sinPR: [positions, RotaryDim]
+    public (float[] CosPR, float[] SinPR) Tables(int positions)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(positions);
+        Ensure(positions);
+        int n = positions * RotaryDim;
+        return (_cos.AsSpan(0, n).ToArray(), _sin.AsSpan(0, n).ToArray());
+    }
+
     /// <summary>Rotates the first RotaryDim channels of every head in place: x' = x·cos + rotate_half(x)·sin.</summary>
     // xMHd: [m, heads · headDim] row-major; positions: [m]
     public void Apply(Span<float> xMHd, int m, int heads, int headDim, ReadOnlySpan<int> positions)

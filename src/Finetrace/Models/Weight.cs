@@ -72,6 +72,11 @@ public sealed unsafe class Weight
         ? new ReadOnlySpan<float>(_ptr, checked((int)Count))
         : throw new InvalidOperationException($"'{Name}' is {DType}, not F32");
 
+    /// <summary>The raw bf16 bit patterns without copying, when the weight is stored as BF16 (what a device uploads as is).</summary>
+    public ReadOnlySpan<ushort> Bf16Bits => DType == DType.BF16
+        ? new ReadOnlySpan<ushort>(_ptr, checked((int)Count))
+        : throw new InvalidOperationException($"'{Name}' is {DType}, not BF16");
+
     // rows [r0, r0 + count) of [Rows, Cols] widened into dst[count · Cols]
     public void ReadRows(int r0, int count, Span<float> dst)
     {
