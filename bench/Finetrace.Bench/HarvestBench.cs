@@ -11,7 +11,8 @@ namespace Finetrace.Bench;
 
 /// <summary>
 /// <c>finetrace bench harvest --base DIR --finetuned DIR [--data SPEC…] [--tokens N] [--context 512] [--vs-context 128]
-/// [--repeat 5] [--json]</c>: what a harvest costs beyond its forwards, and what a long context costs.
+/// [--repeat 5] [--device cpu|cuda|ilgpu-cpu] [--precision fp32|tf32|bf16] [--json]</c>: what a harvest costs beyond its
+/// forwards, and what a long context costs, on the chosen device (both sides of every ratio run on it).
 /// Each round runs, back to back (order reversed every other round, so drift in machine load favours no side):
 /// a pure forward pass over the harvest's own batches (tokenize and both forwards to the last stored layer, nothing
 /// kept), the full harvest (the same plus copies, drop rules, bf16 conversion, statistics and shard writes) at the
@@ -41,10 +42,17 @@ public sealed class HarvestBench : IBenchCommand
         var dtype = new Option<string>("--dtype") { Description = "Stored dtype", DefaultValueFactory = _ => "bf16" };
         var repeat = new Option<int>("--repeat") { Description = "Rounds (forward, harvest, short-context harvest); figures are medians of per-round ratios", DefaultValueFactory = _ => 5 };
         var json = BenchOptions.Json();
-        var cmd = new Command("harvest", "Harvest tokens/s against the pure forward tokens/s of the same models (store overhead bound 15%), and context 512 against 128 (bound 60%)");
+        var device = new DeviceOptions();
+        var cmd = new Command("harvest", "Harvest tokens/s against the pure forward tokens/s of the same models on the same device (store overhead bound 15%), and context 512 against 128 (bound 60%)");
         foreach (var o in new Option[] { baseDir, ft, data, layers, tokens, batch, context, vsContext, dtype, repeat, json }) cmd.Options.Add(o);
-        cmd.SetAction(r => Run(r.GetValue(baseDir)!, r.GetValue(ft)!, r.GetValue(data), r.GetValue(layers), r.GetValue(tokens), r.GetValue(batch),
-            r.GetValue(context), r.GetValue(vsContext), r.GetValue(dtype)!, r.GetValue(repeat), r.GetValue(json)));
+        device.AddTo(cmd);
+        cmd.SetAction(r =>
+        {
+            device.Resolve(r);   // a bad --device fails before any work
+            using var run = device.Open(r);
+            return Run(r.GetValue(baseDir)!, r.GetValue(ft)!, r.GetValue(data), r.GetValue(layers), r.GetValue(tokens), r.GetValue(batch),
+                r.GetValue(context), r.GetValue(vsContext), r.GetValue(dtype)!, r.GetValue(repeat), r.GetValue(json), run.Loader);
+        });
         return cmd;
     }
 
@@ -59,7 +67,7 @@ public sealed class HarvestBench : IBenchCommand
         return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
     }
 
-    static int Run(string baseDir, string ftDir, string[]? dataSpecs, int[]? layerArg, long tokens, int batch, int context, int vsContext, string dtype, int repeat, bool json)
+    static int Run(string baseDir, string ftDir, string[]? dataSpecs, int[]? layerArg, long tokens, int batch, int context, int vsContext, string dtype, int repeat, bool json, ForwardModelLoader loader)
     {
         if (tokens < 1 || batch < 1 || context < 1 || repeat < 1) throw new ArgumentException("--tokens, --batch, --context and --repeat must be positive");
         if (vsContext < 0 || vsContext >= context) throw new ArgumentException($"--vs-context must be 0 (off) or below --context {context}");
@@ -74,8 +82,8 @@ public sealed class HarvestBench : IBenchCommand
             var forwards = new List<RunFigures>(); var harvests = new List<RunFigures>(); var shorts = new List<RunFigures>();
             long fwdTokens = 0, hvTokens = 0, shortTokens = 0, samples = 0;
             string loadBefore = BenchSupport.LoadAverage();
-            using (var baseModel = CausalLM.Load(baseDir))
-            using (var ftModel = CausalLM.Load(ftDir))
+            using (var baseModel = loader.Load(baseDir, null))
+            using (var ftModel = loader.Load(ftDir, null))
             {
                 var encoder = ModelSampleEncoder.FromFolder(File.Exists(Path.Combine(ftDir, "tokenizer.json")) ? ftDir : baseDir);
                 RunFigures Forward()
@@ -113,7 +121,7 @@ public sealed class HarvestBench : IBenchCommand
                     var res = Harvester.Run(new HarvestOptions
                     {
                         BaseModel = baseDir, FineTunedModel = ftDir, Data = data, Layers = layers, Tokens = tokens, Out = store,
-                        ContextLength = ctx, BatchSize = batch, Dtype = dtype,
+                        ContextLength = ctx, BatchSize = batch, Dtype = dtype, Loader = loader,
                     }, baseModel, ftModel);
                     Directory.Delete(store, recursive: true);
                     if (ctx == context) { hvTokens = res.Tokens; samples = res.Samples; } else shortTokens = res.Tokens;
@@ -158,6 +166,7 @@ public sealed class HarvestBench : IBenchCommand
                 static object? J(double x) => double.IsNaN(x) ? null : x;
                 BenchSupport.PrintJson(new Dictionary<string, object?>
                 {
+                    ["device"] = loader.Device, ["precision"] = loader.Precision, ["hardware"] = loader.Hardware ?? "cpu",
                     ["harvest_tokens_per_s"] = hvRate, ["forward_tokens_per_s"] = fwdRate, ["overhead"] = overhead, ["overhead_in_run"] = inRun,
                     ["cpu_us_per_token_harvest"] = cpuHarvest * 1e6, ["cpu_us_per_token_forward"] = cpuForward * 1e6, ["cpu_overhead"] = cpuOverhead, ["bound"] = Bound,
                     ["context"] = context, ["tokens_per_sample"] = hvTokens / (double)Math.Max(1, samples), ["rounds"] = repeat,
@@ -173,6 +182,7 @@ public sealed class HarvestBench : IBenchCommand
             string PerRound(Func<int, double> f) => string.Join(" ", rounds.Select(r => $"{f(r):P0}"));
             var t = new Table().AddColumns("figure", "value");
             t.AddRow("models", Markup.Escape($"{baseDir} vs {ftDir}, layers {string.Join(",", layers)}, {dtype}"));
+            t.AddRow("device (forwards of both sides)", Markup.Escape(loader.Describe()));
             t.AddRow("tokens per run", $"{fwdTokens:N0} forward / {hvTokens:N0} harvest ({hvTokens / (double)Math.Max(1, samples):F0} per sample), batch {batch}, context {context}");
             t.AddRow("rounds (figures: medians of per-round ratios)", $"{repeat}; load average {loadBefore} before, {loadAfter} after");
             t.AddRow("pure forward (both models) tokens/s", $"{fwdRate:N0}");

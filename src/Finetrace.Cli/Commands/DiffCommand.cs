@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using Finetrace.Bench;
 using Finetrace.Diffing;
 using Finetrace.Models;
 using Finetrace.Pipeline;
@@ -27,9 +28,11 @@ public sealed class DiffCommand : ICliCommand
         var parts = new Option<int>("--parts") { Description = "Harvest parts of the emitted run (with --emit)", DefaultValueFactory = _ => 4 };
         var emitFile = new Option<string?>("--emit-file") { Description = "File the emitted script or manifests go to (with --emit; default: standard output)" };
         var scheduler = new SchedulerCli();
+        var device = new DeviceOptions();
         var cmd = new Command("diff", "The main job: harvest → dictionary → latent table → Latent Scaling → examples → causal → ADL → KL → diff mining → weight diff → " +
             "RESULTS/summary.json with findings checked against controls. Resumable; changing an option reruns only the stages that depend on it");
         foreach (var o in new Option[] { baseDir, ft, adapter, config, outDir, print, plan, json, stopAfter, harvestPart, emit, parts, emitFile }.Concat(scheduler.All)) cmd.Options.Add(o);
+        device.AddTo(cmd);
         cmd.SetAction(r =>
         {
             var cfg = r.GetValue(config) is { } path
@@ -43,6 +46,7 @@ public sealed class DiffCommand : ICliCommand
                 return 0;
             }
             if (b is null || f is null) throw new ArgumentException("give --base and --finetuned (and --out): finetrace diff --base DIR --finetuned DIR --out RESULTS");
+            var selection = device.Resolve(r);   // a bad --device / FINETRACE_DEVICE fails before any work
             if (r.GetValue(emit) is { } kind)
             {
                 string results = r.GetValue(outDir) ?? throw new ArgumentException("give --out RESULTS (the results folder the emitted jobs write; relative paths are read from --workdir)");
@@ -53,7 +57,7 @@ public sealed class DiffCommand : ICliCommand
                 if (r.GetValue(config) is { } c) argv.AddRange(["--config", c]);
                 argv.AddRange(["--out", results]);
                 var run = scheduler.Run(r, r.GetValue(parts), Pipeline.Emit.Shell.Join([.. argv, "--stop-after", "data"]),
-                    Pipeline.Emit.Shell.Join([.. argv, "--harvest-part", Pipeline.Emit.ScheduledRun.PartPlaceholder]), [Pipeline.Emit.Shell.Join(argv)]);
+                    Pipeline.Emit.Shell.Join([.. argv, "--harvest-part", Pipeline.Emit.ScheduledRun.PartPlaceholder, .. DeviceArgs(selection)]), [Pipeline.Emit.Shell.Join(argv)]);
                 return SchedulerCli.Write(kind, run, r.GetValue(emitFile));
             }
             cfg.Resolve(ModelConfig.Load(b));
@@ -65,7 +69,8 @@ public sealed class DiffCommand : ICliCommand
             }
             if (!estimate.Fits) throw new InvalidOperationException("the plan does not fit this machine:\n" + string.Join("\n", estimate.Problems) + "\n(finetrace diff --plan shows the estimates)");
             string o = r.GetValue(outDir) ?? throw new ArgumentException("give --out RESULTS (the results folder)");
-            var diffPlan = new DiffPlan(new ModelPairSpec(b, f, r.GetValue(adapter)), cfg, o);
+            using var deviceRun = device.Open(r);
+            var diffPlan = new DiffPlan(new ModelPairSpec(b, f, r.GetValue(adapter)), cfg, o) { HarvestLoader = deviceRun.Loader };
             if (r.GetValue(harvestPart) is { } hp)
                 return RunPartial(() => DiffPipeline.RunHarvest(diffPlan, Activations.Harvest.HarvestPart.Parse(hp), new StageProgressLine()));
             return r.GetValue(stopAfter) switch
@@ -78,6 +83,9 @@ public sealed class DiffCommand : ICliCommand
         });
         return cmd;
     }
+
+    /// <summary>The device flags the emitted harvest parts run with (none for the CPU: the nodes' default).</summary>
+    static string[] DeviceArgs(Cuda.DeviceSelection s) => s.IsCpu ? [] : ["--device", s.Device, "--precision", s.PrecisionName];
 
     internal static int Run(DiffPlan plan, bool json)
     {

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Finetrace.Activations;
 using Finetrace.Activations.Harvest;
+using Finetrace.Bench;
 using Finetrace.Models;
 using Finetrace.Text.Datasets;
 using Spectre.Console;
@@ -44,13 +45,16 @@ public sealed class HarvestCommand : ICliCommand
             Description = "Store only part i of n (0-based, e.g. 0/4 … 3/4) of this harvest, to run the parts on several machines; " +
                           "join them with `finetrace store merge` (the result equals the unsharded store byte for byte)",
         };
+        var device = new DeviceOptions();
         var cmd = new Command("harvest", "Run base and fine-tuned model on identical tokens and store their activations at one site per layer " +
                                          "(default the residual stream, blocks.{L}.hook_resid_post; --site for attention / MLP outputs) for dictionary training");
         foreach (var o in new Option[] { baseDir, baseAdapter, ft, adapter, data, layers, site, tokens, outDir, context, batch, dtype, dropBos, skipFirst, outlier, shard, part })
             cmd.Options.Add(o);
+        device.AddTo(cmd);
         cmd.SetAction(r =>
         {
             string b = r.GetValue(baseDir)!, f = r.GetValue(ft)!;
+            var selection = device.Resolve(r);   // a bad --device / FINETRACE_DEVICE fails before any work
             var opts = new HarvestOptions
             {
                 BaseModel = b, BaseAdapter = r.GetValue(baseAdapter), FineTunedModel = f, Adapter = r.GetValue(adapter),
@@ -63,7 +67,8 @@ public sealed class HarvestCommand : ICliCommand
                 Part = r.GetValue(part) is { } p ? ParsePart(p) : null,
             };
             CheckContext(opts.ContextLength, b, f);
-            return Run(opts);
+            using var run = device.Open(r);
+            return Run(opts with { Loader = run.Loader });
         });
         return cmd;
     }
@@ -114,6 +119,7 @@ public sealed class HarvestCommand : ICliCommand
     static int Run(HarvestOptions o)
     {
         HarvestResult? result = null;
+        if (!o.Loader.IsCpu) Console.Error.WriteLine($"harvest: forward on {o.Loader.Describe()}");
         bool done = TokenProgress.Run("harvest", o.Tokens, "the store is consistent (complete shards kept)", (task, cancel) =>
         {
             bool first = true;
@@ -127,7 +133,7 @@ public sealed class HarvestCommand : ICliCommand
         });
         if (!done) return 130;
         var res = result!;
-        AnsiConsole.MarkupLine($"stored {res.Tokens:N0} tokens from {res.Samples:N0} samples in {res.Seconds:F1} s " +
+        AnsiConsole.MarkupLine($"stored {res.Tokens:N0} tokens from {res.Samples:N0} samples in {res.Seconds:F1} s on {Markup.Escape(res.Device)} " +
             $"({(res.Tokens - res.ResumedTokens) / Math.Max(res.LoopSeconds, 1e-9):N0} tokens/s over {res.LoopSeconds:F1} s of batches, {res.ForwardSeconds:F1} s of it in forwards){(res.DroppedTokens > 0 ? $"; {res.DroppedTokens:N0} tokens dropped (BOS / first-n / outliers)" : "")}");
         foreach (var (name, skipped, toks) in res.Sources)
             AnsiConsole.MarkupLine($"  {Markup.Escape(name)}: {toks:N0} tokens; skipped samples: {Markup.Escape(skipped.ToString())}");

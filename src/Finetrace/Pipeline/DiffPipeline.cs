@@ -20,7 +20,13 @@ using Finetrace.Text.Tokenization;
 namespace Finetrace.Pipeline;
 
 /// <summary>What <c>finetrace diff</c> runs: two models (and adapters), a resolved config and the results folder.</summary>
-public sealed record DiffPlan(ModelPairSpec Models, DiffConfig Config, string Out);
+public sealed record DiffPlan(ModelPairSpec Models, DiffConfig Config, string Out)
+{
+    /// <summary>How the harvest stage loads and runs the two models (default: the CPU forward). Only the harvest — the
+    /// heavy loop — takes it; the analyses run on the CPU. Not part of the harvest's inputs hash: a finished store is
+    /// current whatever ran it, and an unfinished one resumes only on the device and precision it was begun with.</summary>
+    public ForwardModelLoader HarvestLoader { get; init; } = ForwardModelLoader.Cpu;
+}
 
 /// <summary>Progress of the pipeline: a stage starting, skipped as current, finished, or a step inside it
 /// (<see cref="Done"/> of <see cref="Total"/> units; Total 0 for a note).</summary>
@@ -164,7 +170,7 @@ public static class DiffPipeline
         {
             BaseModel = plan.Models.Base, BaseAdapter = plan.Models.BaseAdapter, FineTunedModel = plan.Models.FineTuned, Adapter = plan.Models.Adapter,
             Data = _sources, Layers = [C.Harvest.Layer], Tokens = C.Harvest.Tokens, Out = outDir, ContextLength = C.Harvest.Context,
-            BatchSize = C.Harvest.Batch, Dtype = C.Harvest.Dtype, DropBos = C.Harvest.DropBos, Part = part,
+            BatchSize = C.Harvest.Batch, Dtype = C.Harvest.Dtype, DropBos = C.Harvest.DropBos, Part = part, Loader = plan.HarvestLoader,
         };
 
         string HarvestHash() => Hash("harvest", _dataHash, C.Harvest, plan.Models.AddTo(new InputsHash()).ToString());
@@ -190,6 +196,7 @@ public static class DiffPipeline
                     return ["store"];
                 }
                 var o = HarvestOptionsFor(StoreDir, null);
+                Report("harvest", PipelineEventKind.Note, $"forward on {o.Loader.Describe()}");
                 Harvester.Run(o, p => Report("harvest", PipelineEventKind.Step, "harvest", Math.Min(p.Tokens, o.Tokens), o.Tokens, "tokens"), cancel);
                 return ["store"];
             }, "harvest");
@@ -242,8 +249,9 @@ public static class DiffPipeline
             ResultsFolder.WriteAllTextAtomic(marker, _harvestHash);
             Report(label, PipelineEventKind.Started, "running");
             var o = HarvestOptionsFor(dir, part);
+            Report(label, PipelineEventKind.Note, $"forward on {o.Loader.Describe()}");
             var res = Harvester.Run(o, p => Report(label, PipelineEventKind.Step, "harvest", p.Tokens, o.Tokens, "tokens"), cancel);
-            Report(label, PipelineEventKind.Finished, $"done ({res.Tokens:N0} tokens)");
+            Report(label, PipelineEventKind.Finished, $"done ({res.Tokens:N0} tokens on {res.Device})");
             Runs.Add(new StageRun(label, true));
         }
 

@@ -38,6 +38,25 @@ public sealed record HarvestOptions
     public bool CheckFreeSpace { get; init; } = true;
     /// <summary>Store only this part of the harvest (null = all of it); merge the parts with <see cref="StoreMerge"/>.</summary>
     public HarvestPart? Part { get; init; }
+    /// <summary>How the two models are loaded and run (default: the CPU forward, <see cref="CausalLM"/>). A device
+    /// other than the CPU is recorded in the store's settings (<see cref="Harvester.DeviceKey"/>,
+    /// <see cref="Harvester.PrecisionKey"/>), and a store is resumed only on the device and precision it was begun with.</summary>
+    public ForwardModelLoader Loader { get; init; } = ForwardModelLoader.Cpu;
+}
+
+/// <summary>The store in <see cref="Directory"/> was begun on another device or precision than this run's. Their
+/// activations differ in the last bits (bf16 products by about 1e-2 relative), and a resumed store must equal an
+/// uninterrupted one, so the run is refused rather than mixing the two.</summary>
+public sealed class StoreDeviceMismatchException(string dir, string storedDevice, string storedPrecision, string device, string precision)
+    : Exception($"{dir}: the store was harvested on {storedDevice} ({storedPrecision}) and this run uses {device} ({precision}); " +
+                "activations of different devices or precisions differ in their last bits, so they are not mixed in one store. " +
+                $"Resume it on {storedDevice} ({storedPrecision}), or write to another folder.")
+{
+    public string Directory { get; } = dir;
+    public string StoredDevice { get; } = storedDevice;
+    public string StoredPrecision { get; } = storedPrecision;
+    public string Device { get; } = device;
+    public string Precision { get; } = precision;
 }
 
 /// <summary>The data sources gave no token to store (empty files, or every sample skipped): <see cref="Sources"/> lists
@@ -55,32 +74,51 @@ public readonly record struct HarvestProgress(long Tokens, long Target, long Sam
 /// <param name="LoopSeconds">Time from the first batch to the last stored token (no model loading or hashing).</param>
 /// <param name="ForwardSeconds">Part of it spent in the two models' forwards.</param>
 /// <param name="LoopCpuSeconds">CPU time of the process (all threads) over the same span.</param>
+/// <param name="Device">What ran the forwards, e.g. "cpu (fp32)" or "cuda (bf16, NVIDIA H100 80GB HBM3)".</param>
 public sealed record HarvestResult(long Tokens, long Samples, long DroppedTokens, double Seconds, double LoopSeconds, double LoopCpuSeconds, double ForwardSeconds, bool Resumed, long ResumedTokens,
-    IReadOnlyList<(string Source, SkipCounts Skipped, long Tokens)> Sources);
+    IReadOnlyList<(string Source, SkipCounts Skipped, long Tokens)> Sources, string Device = "cpu (fp32)");
 
 /// <summary>
 /// Runs the base and the fine-tuned model on identical token ids, batch by batch, stopping each forward after the
 /// last requested layer, and writes blocks.{L}.hook_resid_post of both into an activation store with the token ids,
 /// per-token masks (BOS, template, user, assistant from the chat formatter) and source ids. Batches are fixed groups
 /// of samples (batch k = samples [kB, (k+1)B)), so a resumed run recomputes exactly the batches of an uninterrupted
-/// one and the store comes out byte-identical. Storing overlaps the next batch's forward.
+/// one and the store comes out byte-identical.
+/// <para>
+/// The models are <see cref="IForwardModel"/>s loaded by <see cref="HarvestOptions.Loader"/>: the CPU forward or a
+/// device model. What overlaps: while batch n+1 runs its two forwards (on the CPU's threads, or on the device), a
+/// background task copies batch n's kept tokens out of the captured activations into the store batch and appends it
+/// (bf16 conversion, statistics, shard writes). On the critical path besides the forwards are only the capture hooks —
+/// one copy of each captured layer into one of two reused host buffers (a device model brings exactly these layers
+/// back to the host when their hooks fire; nothing else of its activations is copied) — and the choice of kept tokens,
+/// which is made before the forward from the token ids alone, except with outlier dropping, where it needs the
+/// activations' norms and follows the forward. The two buffer sets (capture arrays and store batch) alternate, so batch
+/// n+1's capture never writes what batch n's store task still reads: the task of batch n is awaited after batch n+1's
+/// forwards and before batch n+2's.
+/// </para>
 /// </summary>
 public static class Harvester
 {
+    /// <summary>Settings keys of a store harvested on a device other than the CPU: the device ("cuda", "ilgpu-cpu") and the
+    /// matrix-product precision ("fp32", "tf32", "bf16"). A CPU store has neither (so stores from before devices resume).</summary>
+    public const string DeviceKey = "device", PrecisionKey = "precision";
+
     public static HarvestResult Run(HarvestOptions o, Action<HarvestProgress>? progress = null, CancellationToken cancel = default)
     {
         Validate(o);
-        using var baseModel = CausalLM.Load(o.BaseModel, o.BaseAdapter);
-        using var ftModel = CausalLM.Load(o.FineTunedModel, o.Adapter);
+        CheckDevice(o);
+        using var baseModel = o.Loader.Load(o.BaseModel, o.BaseAdapter);
+        using var ftModel = o.Loader.Load(o.FineTunedModel, o.Adapter);
         return Run(o, baseModel, ftModel, progress, cancel);
     }
 
     /// <summary>A harvest with models the caller loaded (from <see cref="HarvestOptions.BaseModel"/> and
-    /// <see cref="HarvestOptions.FineTunedModel"/> with their adapters; the folders are still read for hashes and the
-    /// tokenizer).</summary>
-    public static HarvestResult Run(HarvestOptions o, CausalLM baseModel, CausalLM ftModel, Action<HarvestProgress>? progress = null, CancellationToken cancel = default)
+    /// <see cref="HarvestOptions.FineTunedModel"/> with their adapters, by <see cref="HarvestOptions.Loader"/>, whose
+    /// device and precision the store records; the folders are still read for hashes and the tokenizer).</summary>
+    public static HarvestResult Run(HarvestOptions o, IForwardModel baseModel, IForwardModel ftModel, Action<HarvestProgress>? progress = null, CancellationToken cancel = default)
     {
         Validate(o);
+        CheckDevice(o);
         var sw = Stopwatch.StartNew();
         if (baseModel.Hidden != ftModel.Hidden)
             throw new InvalidOperationException($"the models' residual widths differ: base {baseModel.Hidden} ({o.BaseModel}), fine-tuned {ftModel.Hidden} ({o.FineTunedModel}); they cannot be diffed");
@@ -130,7 +168,10 @@ public static class Harvester
             int models = 2, nl = o.Layers.Length, d = width;
             long seq = 0;
             Task? storing = null;
-            var batchSamples = new List<EncodedSample>(o.BatchSize);
+            // Two alternating sets of capture arrays and store batches: batch n's store task reads one while batch n+1's
+            // forwards write the other.
+            var slots = new[] { new BatchBuffers(models * nl), new BatchBuffers(models * nl) };
+            int slotIndex = 0;
             using var samples = stream.Read().GetEnumerator();
             bool more = true;
             long stored = writer.Tokens;   // the writer's count is updated on the storing thread
@@ -141,7 +182,7 @@ public static class Harvester
             while (more && (o.Part is null ? stored < target : seq < endSample))
             {
                 cancel.ThrowIfCancellationRequested();
-                batchSamples.Clear();
+                var batchSamples = new List<EncodedSample>(o.BatchSize);   // the store task of this batch keeps it
                 long first = seq;
                 while (batchSamples.Count < o.BatchSize && (more = samples.MoveNext())) { batchSamples.Add(samples.Current); seq++; }
                 if (batchSamples.Count == 0) break;
@@ -150,23 +191,30 @@ public static class Harvester
                 if (seq <= resumeSeq) continue;
                 foreach (var s in batchSamples) vocab.Check(s.Ids);
 
-                var t0 = Stopwatch.GetTimestamp();
+                var slot = slots[slotIndex];
+                slotIndex ^= 1;
                 var rows = batchSamples.Select(s => s.Ids).ToList();
                 var tb = TokenBatch.RightPadded(rows);
-                var acts = new float[models * nl][];
-                Capture(baseModel, tb, o.Site, o.Layers, maxLayer, acts, 0);
-                Capture(ftModel, tb, o.Site, o.Layers, maxLayer, acts, nl);
+                int skipBefore = (int)Math.Max(0, resumeSeq - first);
+                // Which tokens are kept depends on the ids alone unless outliers are dropped: choose before the forward.
+                var keep = o.OutlierFactor > 0 ? null : Select(o, batchSamples, tb.Seq, null, d, skipBefore, ref dropped);
+                var t0 = Stopwatch.GetTimestamp();
+                Capture(baseModel, "base", tb, o.Site, o.Layers, maxLayer, slot.Acts, 0);
+                Capture(ftModel, "fine-tuned", tb, o.Site, o.Layers, maxLayer, slot.Acts, nl);
                 forwardSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                keep ??= Select(o, batchSamples, tb.Seq, slot.Acts, d, skipBefore, ref dropped);
 
-                storing?.GetAwaiter().GetResult();
-                var batch = BuildBatch(o, batchSamples, tb.Seq, acts, models, nl, d, skipBefore: (int)Math.Max(0, resumeSeq - first), ref dropped);
                 // Stop at the sequence that reaches the target, exactly where an uninterrupted run stops; a part stops
                 // at its last sample (it may keep no token, and still counts).
-                if (o.Part is null) TrimToTarget(batch, target - stored);
-                else TrimToSequences(batch, (int)Math.Min(batch.SequenceCount, endSample - Math.Max(first, resumeSeq)));
-                stored += batch.TokenCount;
-                bool last = batch.SequenceCount < batchSamples.Count - (int)Math.Max(0, resumeSeq - first);
-                storing = Task.Run(() => writer.Append(batch));
+                if (o.Part is null) keep.TrimToTarget(target - stored);
+                else keep.TrimToSequences((int)Math.Min(keep.SequenceCount, endSample - Math.Max(first, resumeSeq)));
+                stored += keep.TokenCount;
+                bool last = keep.SequenceCount < batchSamples.Count - skipBefore;
+
+                // The previous batch's store task is done with the other slot before the next forward writes it.
+                storing?.GetAwaiter().GetResult();
+                int seqLen = tb.Seq;
+                storing = Task.Run(() => writer.Append(Fill(keep, batchSamples, seqLen, slot, models, nl, d)));
                 if (last) break;
                 progress?.Invoke(new HarvestProgress(stored, target, seq, stored * writer.BytesPerToken, sw.Elapsed.TotalSeconds, writer.ResumeTokens));
             }
@@ -189,7 +237,24 @@ public static class Harvester
         }
         var srcTokens = writer.Manifest.SourceTokens();
         return new HarvestResult(writer.Tokens, writer.Sequences, dropped, sw.Elapsed.TotalSeconds, loopSeconds, loopCpuSeconds, forwardSeconds, writer.ResumeSequences > 0, writer.ResumeTokens,
-            o.Data.Select((s, i) => (s.Name, stream.Skipped[i], srcTokens[i])).ToList());
+            o.Data.Select((s, i) => (s.Name, stream.Skipped[i], srcTokens[i])).ToList(), o.Loader.Describe());
+    }
+
+    /// <summary>The device and precision a store was harvested with ("cpu", "fp32" when it records none).</summary>
+    public static (string Device, string Precision) DeviceOf(StoreSettings s) =>
+        (s.Options.GetValueOrDefault(DeviceKey) ?? ForwardModelLoader.CpuDevice, s.Options.GetValueOrDefault(PrecisionKey) ?? ForwardModelLoader.Cpu.Precision);
+
+    /// <summary>Refuses to resume a store begun on another device or precision (the settings check would refuse it
+    /// too, less plainly).</summary>
+    static void CheckDevice(HarvestOptions o)
+    {
+        string path = Path.Combine(Path.GetFullPath(o.Out), ActivationStoreWriter.ManifestFile);
+        if (!File.Exists(path)) return;
+        var m = StoreManifest.Load(path);
+        if (ActivationStoreWriter.IsEmpty(m)) return;
+        var (device, precision) = DeviceOf(m.Settings);
+        if (device != o.Loader.Device || precision != o.Loader.Precision)
+            throw new StoreDeviceMismatchException(Path.GetFullPath(o.Out), device, precision, o.Loader.Device, o.Loader.Precision);
     }
 
     static void Validate(HarvestOptions o)
@@ -210,26 +275,73 @@ public static class Harvester
         if (o.Data.Select(d => d.Name).Distinct().Count() != o.Data.Count) throw new SettingException(nameof(o.Data), null, "source names repeat; give each a name=… option");
     }
 
-    /// <summary>Runs one model to the last requested layer and keeps copies of the requested site's activations [B·T, width].</summary>
-    static void Capture(CausalLM model, TokenBatch tb, HookSite site, int[] layers, int maxLayer, float[][] acts, int slot)
+    /// <summary>The host arrays of one batch in flight: the captured activations ([models × layers], each [B·T, width],
+    /// grown as needed and reused) and the store batch they are copied into.</summary>
+    sealed class BatchBuffers(int arrays)
+    {
+        public readonly float[]?[] Acts = new float[arrays][];
+        public StoreBatch Batch = new();
+    }
+
+    /// <summary>Runs one model to the last requested layer and copies the requested site's activations [B·T, width]
+    /// into <paramref name="acts"/>[slot + l] (reused when large enough).</summary>
+    static void Capture(IForwardModel model, string which, TokenBatch tb, HookSite site, int[] layers, int maxLayer, float[]?[] acts, int slot)
     {
         var hooks = new HookSet();
+        var fired = new bool[layers.Length];
         for (int l = 0; l < layers.Length; l++)
         {
             int li = l;
-            hooks.On(HookSites.Name(site, layers[l]), (a, _) => acts[slot + li] = (float[])a.Data.Clone());
+            hooks.On(HookSites.Name(site, layers[l]), (a, _) =>
+            {
+                var buf = acts[slot + li];
+                if (buf is null || buf.Length < a.Length) acts[slot + li] = buf = GC.AllocateUninitializedArray<float>(a.Length);
+                a.Data.AsSpan().CopyTo(buf);
+                fired[li] = true;
+            });
         }
         model.Forward(tb, hooks, stopAfterLayer: maxLayer);
+        // A model that skipped a hook would leave the previous batch's activations in the buffer: never store those.
+        for (int l = 0; l < layers.Length; l++)
+            if (!fired[l])
+                throw new InvalidOperationException($"the {which} model ({model.Folder}) ran without reporting {HookSites.Name(site, layers[l])}; its forward does not support this hook site");
     }
 
-    /// <summary>Kept tokens of the batch's samples as a store batch. Drops BOS (when asked), the first n positions,
-    /// and outliers: tokens whose norm exceeds factor × the sample's median norm in any model and layer.</summary>
-    static StoreBatch BuildBatch(HarvestOptions o, List<EncodedSample> samples, int seqLen, float[][] acts, int models, int nl, int d, int skipBefore, ref long dropped)
+    /// <summary>The tokens a batch keeps: (sample, position) pairs, sequence by sequence, and each sequence's count;
+    /// the counts may be trimmed to the first sequences.</summary>
+    sealed class Selection(List<(int Sample, int Pos)> keep, List<int> seqLens)
+    {
+        public readonly List<(int Sample, int Pos)> Keep = keep;
+        public readonly List<int> SequenceLengths = seqLens;
+        public int SequenceCount = seqLens.Count, TokenCount = keep.Count;
+
+        /// <summary>Keeps the first <paramref name="count"/> sequences.</summary>
+        public void TrimToSequences(int count)
+        {
+            int tokens = 0;
+            for (int s = 0; s < count; s++) tokens += SequenceLengths[s];
+            SequenceCount = count;
+            TokenCount = tokens;
+        }
+
+        /// <summary>Keeps the first sequences up to the one that reaches <paramref name="room"/> tokens.</summary>
+        public void TrimToTarget(long room)
+        {
+            long tokens = 0;
+            for (int s = 0; s < SequenceCount; s++)
+            {
+                tokens += SequenceLengths[s];
+                if (tokens >= room) { SequenceCount = s + 1; TokenCount = (int)tokens; return; }
+            }
+        }
+    }
+
+    /// <summary>Kept tokens of the batch's samples. Drops BOS (when asked), the first n positions, and — given the
+    /// activations — outliers: tokens whose norm exceeds factor × the sample's median norm in any model and layer.</summary>
+    static Selection Select(HarvestOptions o, List<EncodedSample> samples, int seqLen, float[]?[]? acts, int d, int skipBefore, ref long dropped)
     {
         var keep = new List<(int Sample, int Pos)>();
         var seqLens = new List<int>();
-        var norms = new List<float>[acts.Length];
-        for (int i = 0; i < acts.Length; i++) norms[i] = [];
         for (int b = skipBefore; b < samples.Count; b++)
         {
             var s = samples[b];
@@ -239,9 +351,9 @@ public static class Harvester
             if (o.OutlierFactor > 0 && cand.Count > 0)
             {
                 var bad = new HashSet<int>();
-                for (int a = 0; a < acts.Length; a++)
+                foreach (var a in acts!)
                 {
-                    var n = cand.Select(p => System.Numerics.Tensors.TensorPrimitives.Norm(acts[a].AsSpan((b * seqLen + p) * d, d))).ToArray();
+                    var n = cand.Select(p => System.Numerics.Tensors.TensorPrimitives.Norm(a.AsSpan((b * seqLen + p) * d, d))).ToArray();
                     var sorted = (float[])n.Clone();
                     Array.Sort(sorted);
                     double median = sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : 0.5 * (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]);
@@ -253,18 +365,45 @@ public static class Harvester
             foreach (int p in cand) keep.Add((b, p));
             seqLens.Add(cand.Count);
         }
-        var batch = new StoreBatch(keep.Count, seqLens.Count, models, nl, d) { TokenCount = keep.Count, SequenceCount = seqLens.Count };
-        seqLens.CopyTo(batch.SequenceLengths);
-        for (int t = 0; t < keep.Count; t++)
+        return new Selection(keep, seqLens);
+    }
+
+    /// <summary>The selected tokens as a store batch (the slot's batch, grown as needed): ids, positions, sources,
+    /// masks and each model's and layer's activation rows. Runs on the store task.</summary>
+    static StoreBatch Fill(Selection sel, List<EncodedSample> samples, int seqLen, BatchBuffers slot, int models, int nl, int d)
+    {
+        int n = sel.TokenCount;
+        var batch = slot.Batch;
+        if (batch.Tokens.Length < n || batch.SequenceLengths.Length < sel.SequenceCount || batch.Activations.Length != models * nl)
         {
-            var (b, p) = keep[t];
+            int cap = Math.Max(n, batch.Tokens.Length), seqCap = Math.Max(sel.SequenceCount, batch.SequenceLengths.Length);
+            batch = slot.Batch = new StoreBatch
+            {
+                Tokens = new int[cap], Positions = new int[cap], Masks = new byte[cap], Sources = new ushort[cap], SequenceLengths = new int[seqCap],
+                Activations = Enumerable.Range(0, models * nl).Select(_ => GC.AllocateUninitializedArray<float>(cap * d)).ToArray(),
+            };
+        }
+        batch.TokenCount = n;
+        batch.SequenceCount = sel.SequenceCount;
+        for (int s = 0; s < sel.SequenceCount; s++) batch.SequenceLengths[s] = sel.SequenceLengths[s];
+        for (int t = 0; t < n; t++)
+        {
+            var (b, p) = sel.Keep[t];
             var s = samples[b];
             batch.Tokens[t] = s.Ids[p];
             batch.Positions[t] = p;
             batch.Sources[t] = (ushort)s.Source;
             batch.Masks[t] = (byte)MaskOf(s, p);
-            for (int a = 0; a < acts.Length; a++)
-                acts[a].AsSpan((b * seqLen + p) * d, d).CopyTo(batch.Activations[a].AsSpan(t * d, d));
+        }
+        for (int a = 0; a < models * nl; a++)
+        {
+            var src = slot.Acts[a]!;
+            var dst = batch.Activations[a];
+            for (int t = 0; t < n; t++)
+            {
+                var (b, p) = sel.Keep[t];
+                src.AsSpan((b * seqLen + p) * d, d).CopyTo(dst.AsSpan(t * d, d));
+            }
         }
         return batch;
     }
@@ -297,15 +436,6 @@ public static class Harvester
         return new PartPlan(kept.Count, (kept.Count + o.BatchSize - 1) / o.BatchSize, kept, stream);
     }
 
-    /// <summary>Keeps the first <paramref name="count"/> sequences.</summary>
-    static void TrimToSequences(StoreBatch b, int count)
-    {
-        int tokens = 0;
-        for (int s = 0; s < count; s++) tokens += b.SequenceLengths[s];
-        b.SequenceCount = count;
-        b.TokenCount = tokens;
-    }
-
     internal static TokenMask MaskOf(EncodedSample s, int p)
     {
         if (s.Roles is null) return p < s.BosTokens ? TokenMask.Bos : TokenMask.None;
@@ -318,17 +448,6 @@ public static class Harvester
             TokenRole.System => TokenMask.System,
             _ => TokenMask.Tool,
         };
-    }
-
-    /// <summary>Keeps the first sequences up to the one that reaches <paramref name="room"/> tokens.</summary>
-    static void TrimToTarget(StoreBatch b, long room)
-    {
-        long tokens = 0;
-        for (int s = 0; s < b.SequenceCount; s++)
-        {
-            tokens += b.SequenceLengths[s];
-            if (tokens >= room) { b.SequenceCount = s + 1; b.TokenCount = (int)tokens; return; }
-        }
     }
 
     /// <summary>Tokenizer and chat template: the fine-tuned model's, falling back to the base model's.</summary>
@@ -383,6 +502,11 @@ public static class Harvester
         s.Options["tokenizer_sha256"] = HashFile(Path.Combine(tokenizerDir, "tokenizer.json"));
         s.Options["chat_template_sha256"] = enc.Chat is null ? "none" : Convert.ToHexStringLower(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(enc.Chat.Template.Source)));
         if (templateDir is not null) s.Options["chat_template_from"] = Path.GetFullPath(templateDir);
+        if (!o.Loader.IsCpu)
+        {
+            s.Options[DeviceKey] = o.Loader.Device;
+            s.Options[PrecisionKey] = o.Loader.Precision;
+        }
         return s;
     }
 
@@ -423,7 +547,7 @@ public static class Harvester
         readonly Tokenizer? _a, _b;
         readonly HashSet<int> _seen = [];
 
-        public VocabCheck(HarvestOptions o, CausalLM baseModel, CausalLM ft)
+        public VocabCheck(HarvestOptions o, IForwardModel baseModel, IForwardModel ft)
         {
             _o = o;
             _vocab = Math.Min(baseModel.Config.Vocab, ft.Config.Vocab);
