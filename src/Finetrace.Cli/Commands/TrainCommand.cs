@@ -2,6 +2,8 @@ using Finetrace.Tensors;
 using System.CommandLine;
 using System.Diagnostics;
 using Finetrace.Activations;
+using Finetrace.Bench;
+using Finetrace.Cuda;
 using Finetrace.Dictionaries;
 using Spectre.Console;
 
@@ -65,14 +67,17 @@ public sealed class TrainCommand : ICliCommand
         var untied = new Option<bool>("--untied-designated") { Description = "Do not tie the designated latents' decoder rows (penalty multiplier only)" };
         var diffLambda = new Option<double>("--diff-lambda") { Description = "Diff-aware loss ‖e_base‖² + ‖e_ft‖² + 2λ⟨e_base, e_ft⟩ with λ in [−1, 0] (−1: only the difference is reconstructed; needs --loss mse and two models)", DefaultValueFactory = _ => 0 };
         var sourcesOpt = new Option<string?>("--sources") { Description = "Crosscoder over (model, layer) sources of the store, acausal, e.g. 0:2,1:2,0:3,1:3 (default: every model at --layer)" };
+        var device = new DeviceOptions();
         var cmd = new Command(kind, description);
         if (kind == "crosscoder") foreach (var o in new Option[] { sourcesOpt, dedicated, designated, designatedPenalty, untied, diffLambda }) cmd.Options.Add(o);
         foreach (var o in new Option[] { store, layer, outDir, recipeOpt, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, auxkK, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, overwrite, holdout, validateEvery, validationTokens })
             cmd.Options.Add(o);
         if (kind == "sae") cmd.Options.Add(model);
         if (kind == "diff-sae") { cmd.Options.Add(minuend); cmd.Options.Add(subtrahend); }
+        device.AddTo(cmd);
         cmd.SetAction(r =>
         {
+            var selection = TrainingDevice(device, r);   // a bad --device / --precision fails before any work
             var recipe = new TrainingRecipe
             {
                 Kind = kind switch { "crosscoder" => DictionaryKind.Crosscoder, "sae" => DictionaryKind.Sae, _ => DictionaryKind.DiffSae },
@@ -96,9 +101,13 @@ public sealed class TrainCommand : ICliCommand
             foreach (var w in recipe.Warnings()) Console.Error.WriteLine($"warning: {Worded(w, recipe)}");
             using var st = ActivationStore.Open(r.GetValue(store)!);
             using var setup = Prepare(recipe, st);
+            if (!selection.IsCpu) CheckDeviceRecipe(setup);
+            using var deviceRun = DeviceRun.Open(selection, r.GetValue(device.Device) is { } dv ? $"--device {dv}" : $"{DeviceOptions.EnvironmentVariable}={Environment.GetEnvironmentVariable(DeviceOptions.EnvironmentVariable)}");
+            var trainingDevice = deviceRun.Context is { } dc ? new DeviceTraining(dc) : null;
+            if (trainingDevice is not null) Console.Error.WriteLine($"training on {selection.Device} ({selection.PrecisionName}, {trainingDevice.Name})");
             string dir = r.GetValue(outDir)!;
             TrainingRun run;
-            try { run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume), r.GetValue(overwrite)); }
+            try { run = setup.Run(dir, r.GetValue(ckpt), r.GetValue(resume), r.GetValue(overwrite), trainingDevice); }
             catch (OutputFolderInUseException e)
             {
                 throw new ArgumentException($"--out {e.Directory} already holds {e.Found}: pass --resume to continue training it, --overwrite to replace it, or choose another --out", e);
@@ -111,6 +120,35 @@ public sealed class TrainCommand : ICliCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>--device / --precision for training: fp32 products unless --precision says tf32 (the device trainer keeps
+    /// fp32 parameters; its parity with the CPU is stated for fp32), bf16 refused.</summary>
+    static DeviceSelection TrainingDevice(DeviceOptions device, ParseResult r)
+    {
+        var selection = device.Resolve(r);
+        if (r.GetValue(device.Precision) is null) selection = selection with { Precision = GemmMode.Fp32 };
+        if (selection.Precision == GemmMode.Bf16)
+            throw new ArgumentException("--precision bf16: the device trainer computes its encoder product in fp32 or tf32 (parameters and Adam state stay fp32); use --precision fp32 (the default) or tf32");
+        return selection;
+    }
+
+    /// <summary>The device trainer's refusals (DeviceTrainingUnsupportedException), worded as the flags that chose them.</summary>
+    static void CheckDeviceRecipe(TrainingSetup setup)
+    {
+        try { DeviceTrainer.CheckSupported(setup.Dict, setup.Options); }
+        catch (DeviceTrainingUnsupportedException e)
+        {
+            string flag = e.Setting switch
+            {
+                nameof(TrainingRecipe.Activation) => $"--activation {e.Value?.ToString()?.ToLowerInvariant()} (or --l1)",
+                nameof(TrainingRecipe.CodeNormalization) => $"--code-norm {e.Value?.ToString()?.ToLowerInvariant()}",
+                nameof(TrainingRecipe.Variant) => "--dedicated / --designated / --diff-lambda",
+                nameof(TrainingRecipe.DictSize) => $"--dict-size {e.Value}",
+                _ => e.Setting,
+            };
+            throw new ArgumentException($"{flag} with --device: {e.Detail}", e);
+        }
     }
 
     /// <summary>The library's recipe errors, worded as the flags that set them.</summary>

@@ -347,12 +347,12 @@ public sealed class TrainingSetup(TrainingRecipe recipe, DictionaryInput input, 
     /// <summary>The held-out rows (in store order), or null when nothing is held out.</summary>
     public InputBatches? Validation { get; init; }
 
-    /// <summary>The training loop writing into <paramref name="outDir"/>.</summary>
-    public TrainingRun Run(string outDir, long checkpointEvery, bool resume, bool overwrite = false) =>
+    /// <summary>The training loop writing into <paramref name="outDir"/>; steps run on <paramref name="device"/> when given.</summary>
+    public TrainingRun Run(string outDir, long checkpointEvery, bool resume, bool overwrite = false, ITrainingDevice? device = null) =>
         new(outDir, Trainer, Source, new RunOptions
         {
             BatchSize = Recipe.Batch, Steps = Steps, CheckpointEvery = checkpointEvery, Resume = resume, Overwrite = overwrite,
-            Validation = Validation, ValidateEvery = Recipe.ValidateEvery, ValidationTokens = Recipe.ValidationTokens,
+            Validation = Validation, ValidateEvery = Recipe.ValidateEvery, ValidationTokens = Recipe.ValidationTokens, Device = device,
         });
 
     /// <summary>finetrace.json fields for the finished dictionary <paramref name="trained"/> (the run's, which after a

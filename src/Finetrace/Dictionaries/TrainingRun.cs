@@ -20,6 +20,9 @@ public sealed record RunOptions
     /// <summary>Validate every this many steps (0: only after the last step).</summary>
     public long ValidateEvery { get; init; }
     public long ValidationTokens { get; init; } = 20_000;
+    /// <summary>Run the steps on this device (null: on the CPU). Checkpoints, validation and the finished dictionary
+    /// read the host trainer after the device state is copied back, so either trainer can resume them.</summary>
+    public ITrainingDevice? Device { get; init; }
 }
 
 /// <summary>
@@ -78,26 +81,38 @@ public sealed class TrainingRun
         File.WriteAllLines(MetricsPath, keep);
     }
 
-    /// <summary>Runs until <see cref="RunOptions.Steps"/>; <paramref name="progress"/> sees every step's statistics.</summary>
+    /// <summary>Runs until <see cref="RunOptions.Steps"/>; <paramref name="progress"/> sees every step's statistics.
+    /// With <see cref="RunOptions.Device"/>, the steps run there and the next batch is read while the device computes.</summary>
     public void Run(Action<StepStats>? progress = null, CancellationToken cancel = default)
     {
         var tr = Trainer;
         int rowLen = tr.Dict.Models * tr.Dict.DModel;
-        var batch = Tensors.Tensor.Allocate((long)Options.BatchSize * rowLen, zeroed: false);
+        using var stepper = Options.Device?.Attach(tr);
+        var batch = stepper is null ? Tensors.Tensor.Allocate((long)Options.BatchSize * rowLen, zeroed: false) : [];
         using var log = new StreamWriter(MetricsPath, append: true);
         long lastSaved = tr.StepCount;
+        // the data cursor a checkpoint records: a device stepper reads one batch ahead of what it has consumed
+        long Position() => stepper?.ConsumedPosition ?? Source.Position;
+        void Save() { stepper?.SyncToHost(); TrainingCheckpoint.Save(CheckpointDir, tr, Position()); }
         while (tr.StepCount < Options.Steps)
         {
             if (cancel.IsCancellationRequested)
             {
                 log.Flush();
-                TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);   // so --resume continues from here
+                Save();   // so --resume continues from here
                 cancel.ThrowIfCancellationRequested();
             }
-            int got = Source.Next(batch, Options.BatchSize);
-            if (got < Options.BatchSize) throw new SourceExhaustedException(tr.StepCount, got, Options.BatchSize);
             StepStats st;
-            try { st = tr.Step(batch.AsSpan(0, Options.BatchSize * rowLen)); }
+            try
+            {
+                if (stepper is not null) st = stepper.StepFrom(Source, Options.BatchSize);
+                else
+                {
+                    int got = Source.Next(batch, Options.BatchSize);
+                    if (got < Options.BatchSize) throw new SourceExhaustedException(tr.StepCount, got, Options.BatchSize);
+                    st = tr.Step(batch.AsSpan(0, Options.BatchSize * rowLen));
+                }
+            }
             catch (TrainingDivergedException e)
             {
                 bool kept = TrainingCheckpoint.Exists(CheckpointDir);
@@ -106,6 +121,7 @@ public sealed class TrainingRun
             EvalReport? val = null;
             if (Options.Validation is { } vs && (tr.StepCount == Options.Steps || Options.ValidateEvery > 0 && tr.StepCount % Options.ValidateEvery == 0))
             {
+                stepper?.SyncToHost();
                 vs.Seek(0);
                 val = Evaluation.Run(tr.Dict, vs, Options.ValidationTokens);
                 LastValidation = val;
@@ -127,12 +143,12 @@ public sealed class TrainingRun
             if (Options.CheckpointEvery > 0 && tr.StepCount % Options.CheckpointEvery == 0 && tr.StepCount < Options.Steps)
             {
                 log.Flush();
-                TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);
+                Save();
                 lastSaved = tr.StepCount;
             }
         }
         log.Flush();
-        TrainingCheckpoint.Save(CheckpointDir, tr, Source.Position);
+        Save();
     }
 }
 

@@ -1,0 +1,104 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace Finetrace.Cuda;
+
+/// <summary>
+/// Top-k selection of sparse codes on the device, exactly as <c>Finetrace.Dictionaries.Selection</c> selects on the CPU:
+/// the key of entry (b, j) is s = f·c_j (or f) when s &gt; 0 (and latent j is allowed), ranked by value with ties to the
+/// lower flat index. <see cref="Batch"/>: the kTotal largest over [B, F] by an exact radix select (two 16-bit histogram
+/// passes read by the host, then per-row counts and the batch's ties taken in flat order); <see cref="Rows"/>: the k
+/// largest of each row (binary search on the key per row). Both write CSR codes (ascending latents per row) and the
+/// per-latent column view. One thread per row or entry: the obviously-correct version, not yet the fast one.
+/// </summary>
+public sealed class DeviceTopK : IDisposable
+{
+    readonly Accelerator acc;
+    readonly DictionaryDeviceKernels K;
+    readonly int f;
+    readonly MemoryBuffer1D<int, Stride1D.Dense> hist, slot, chunkSums, threshold, gt, eq, eqPrefix, budget, count;
+
+    /// <summary>Buffers for up to <paramref name="rows"/> rows of <paramref name="f"/> latents.</summary>
+    public DeviceTopK(Accelerator accelerator, int rows, int f)
+    {
+        acc = accelerator; this.f = f;
+        K = DictionaryDeviceKernels.For(acc);
+        hist = acc.Allocate1D<int>(DictionaryDeviceKernels.RadixBins);
+        slot = acc.Allocate1D<int>(Math.Max(1, (long)rows * f));
+        chunkSums = acc.Allocate1D<int>((Math.Max(rows, f) + 1023) / 1024 + 2);
+        threshold = acc.Allocate1D<int>(Math.Max(1, rows)); gt = acc.Allocate1D<int>(Math.Max(1, rows)); eq = acc.Allocate1D<int>(Math.Max(1, rows));
+        eqPrefix = acc.Allocate1D<int>(rows + 1); budget = acc.Allocate1D<int>(Math.Max(1, rows)); count = acc.Allocate1D<int>(Math.Max(1, rows));
+    }
+
+    RowSelect RowsView(int rows) => new()
+    {
+        Threshold = threshold.View.SubView(0, rows), Gt = gt.View.SubView(0, rows), Eq = eq.View.SubView(0, rows),
+        EqPrefix = eqPrefix.View.SubView(0, rows + 1), Budget = budget.View.SubView(0, rows), Count = count.View.SubView(0, rows),
+    };
+
+    /// <summary>Batch top-k: the <paramref name="kTotal"/> largest keys over the whole [B, F] matrix. Returns the number
+    /// selected and the smallest selected s (0 when none): what <c>Selection.BatchTopK</c> returns.</summary>
+    // fBF: [B, F]; cF: [F] (read when keys.Scaled); maskF: [F] (read when keys.Masked) → codes
+    public (int Nnz, float MinKept) Batch(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs keys, long kTotal, DeviceCodes codes)
+    {
+        if (maskF.Length == 0) maskF = hist.View;   // never read when not masked; kernels need a valid view
+        if (cF.Length == 0) cF = fBF;
+        var h = new int[DictionaryDeviceKernels.RadixBins];
+        hist.View.MemSetToZero();
+        K.RadixHistogram(fBF, cF, maskF, keys, hist.View, 0, 0);
+        hist.View.CopyToCPU(acc.DefaultStream, h);
+        acc.Synchronize();
+        long positives = 0;
+        foreach (int c in h) positives += c;
+        long kEff = Math.Min(kTotal, positives);
+        uint th = uint.MaxValue; int need = 0; float minKept = 0;
+        if (kEff > 0)
+        {
+            long cum = 0; int hb = 0;
+            for (int bin = h.Length - 1; bin >= 0; bin--) { if (cum + h[bin] >= kEff) { hb = bin; break; } cum += h[bin]; }
+            hist.View.MemSetToZero();
+            K.RadixHistogram(fBF, cF, maskF, keys, hist.View, 1, hb);
+            hist.View.CopyToCPU(acc.DefaultStream, h);
+            acc.Synchronize();
+            int lb = 0;
+            for (int bin = h.Length - 1; bin >= 0; bin--) { if (cum + h[bin] >= kEff) { lb = bin; break; } cum += h[bin]; }
+            th = ((uint)hb << 16) | (uint)lb;
+            need = (int)(kEff - cum);   // cum = keys above the threshold key; the rest are ties taken in flat order
+            minKept = BitConverter.UInt32BitsToSingle(th);
+        }
+        int B = keys.Rows;
+        var r = RowsView(B);
+        K.Fill(r.Threshold, unchecked((int)th));
+        K.RowCountAbove(fBF, cF, maskF, keys, r);
+        K.ExclusiveScan(r.Eq, r.EqPrefix, chunkSums.View, B);
+        K.BatchBudget(r, B, need);
+        K.ExclusiveScan(r.Count, codes.RowStart.View, chunkSums.View, B);
+        K.RowWrite(fBF, cF, maskF, keys, r, codes.View, slot.View);
+        K.BuildColumns(slot.View, codes.View, chunkSums.View, B, f);
+        return ((int)kEff, minKept);
+    }
+
+    /// <summary>Per-row top-k among the positive keys (of allowed latents), ties to the lower latent, as
+    /// <c>Selection.TopKPerRow</c>. Returns the number of entries selected.</summary>
+    // fBF: [B, F]; cF: [F]; maskF: [F] → codes
+    public int Rows(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs keys, int k, DeviceCodes codes)
+    {
+        if (maskF.Length == 0) maskF = hist.View;
+        if (cF.Length == 0) cF = fBF;
+        int B = keys.Rows;
+        var r = RowsView(B);
+        K.RowTopK(fBF, cF, maskF, keys, r, Math.Min(k, f));
+        K.ExclusiveScan(r.Count, codes.RowStart.View, chunkSums.View, B);
+        K.RowWrite(fBF, cF, maskF, keys, r, codes.View, slot.View);
+        K.BuildColumns(slot.View, codes.View, chunkSums.View, B, f);
+        var one = new int[1];
+        codes.RowStart.View.SubView(B, 1).CopyToCPU(acc.DefaultStream, one);
+        acc.Synchronize();
+        return one[0];
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in new[] { hist, slot, chunkSums, threshold, gt, eq, eqPrefix, budget, count }) b.Dispose();
+    }
+}
