@@ -6,7 +6,7 @@ using Finetrace.Cuda.Checks;
 namespace Finetrace.Cli.Commands;
 
 /// <summary>
-/// <c>finetrace gpu-check list | run NAME | report</c>: the pieces scripts/gpu-check drives on the GPU machine, where
+/// <c>finetrace gpu-check list | has | run NAME | add-tokenizer | report</c>: the pieces scripts/gpu-check drives on the GPU machine, where
 /// this CLI runs as a self-contained, trimmed publish (no .NET there). <c>list</c> says which checks and benchmarks
 /// this build has; <c>run</c> runs one device check and prints one JSON line (status, measured error, tolerance);
 /// <c>report</c> turns the script's steps folder into the one-line JSON report. Users run <c>scripts/gpu-check</c>.
@@ -62,6 +62,17 @@ public sealed class GpuCheckCommand : ICliCommand
             return result["status"]?.GetValue<string>() == "pass" ? 0 : 1;
         });
         cmd.Subcommands.Add(run);
+
+        var model = new Option<string>("--model") { Description = "A checkpoint folder without a tokenizer (from finetrace model synth)", Required = true };
+        var addTok = new Command("add-tokenizer", "Give a synthetic checkpoint a small trained BPE tokenizer (≤ 512 tokens) so text can be harvested with it");
+        addTok.Options.Add(model);
+        addTok.SetAction(r =>
+        {
+            GpuCheckSuite.AddTokenizer(r.GetValue(model)!);
+            Console.WriteLine($"tokenizer written to {r.GetValue(model)}");
+            return 0;
+        });
+        cmd.Subcommands.Add(addTok);
 
         var steps = new Option<string>("--steps") { Description = "The steps folder scripts/gpu-check wrote", Required = true };
         var output = new Option<string?>("--out") { Description = "Also write the report here" };
