@@ -11,7 +11,8 @@ namespace Finetrace.Cuda;
 /// exp/sqrt rounding. The row kernels (<see cref="RmsNorm"/>, <see cref="SoftmaxRows"/>) run one thread group per
 /// row with a shared-memory tree reduction (coalesced loads, all of a group's threads on one row); the one-thread-
 /// per-row versions stay as their slow, obvious references (<see cref="RmsNormReference"/>,
-/// <see cref="SoftmaxRowsReference"/>) and are tested against them and the CPU peers.
+/// <see cref="SoftmaxRowsReference"/>) and are tested against them and the CPU peers. exp is <see cref="DeviceMath.Exp"/>
+/// (ILGPU's PTX backend has no MathF.Exp); every kernel here is compiled to sm_90 PTX by a test without a GPU.
 /// </summary>
 public sealed class DeviceKernels
 {
@@ -170,7 +171,7 @@ public sealed class DeviceKernels
         max = partial[0];
         Group.Barrier();   // everyone has read the max before the slots are reused for the sum
         float sum = 0f;
-        for (int i = t; i < n; i += g) { float e = MathF.Exp(xRN[o + i] - max); xRN[o + i] = e; sum += e; }
+        for (int i = t; i < n; i += g) { float e = DeviceMath.Exp(xRN[o + i] - max); xRN[o + i] = e; sum += e; }
         partial[t] = sum;
         Group.Barrier();
         for (int half = g / 2; half > 0; half /= 2)
@@ -186,7 +187,7 @@ public sealed class DeviceKernels
     static void SwiGluKernel(Index1D i, ArrayView<float> gate, ArrayView<float> up, ArrayView<float> dst)
     {
         float g = gate[i];
-        dst[i] = g / (1f + MathF.Exp(-g)) * up[i];
+        dst[i] = g / (1f + DeviceMath.Exp(-g)) * up[i];
     }
 
     // xRN: [rows, n], in place; one thread per row
@@ -196,7 +197,7 @@ public sealed class DeviceKernels
         float max = xRN[o];
         for (int i = 1; i < n; i++) max = MathF.Max(max, xRN[o + i]);
         float sum = 0f;
-        for (int i = 0; i < n; i++) { float e = MathF.Exp(xRN[o + i] - max); xRN[o + i] = e; sum += e; }
+        for (int i = 0; i < n; i++) { float e = DeviceMath.Exp(xRN[o + i] - max); xRN[o + i] = e; sum += e; }
         float inv = 1f / sum;
         for (int i = 0; i < n; i++) xRN[o + i] *= inv;
     }

@@ -22,7 +22,7 @@ public sealed record CublasLookup(nint Handle, string? Path, IReadOnlyList<strin
 /// <summary>
 /// Finds and loads cuBLAS for <see cref="CublasNative"/>'s P/Invoke (a DllImport resolver on this assembly maps
 /// <see cref="ImportName"/> to the loaded library). Order: <see cref="EnvVar"/> alone when set (a file, or a folder
-/// holding one of <see cref="FileNames"/>); otherwise, per file name (newest major first), the system loader
+/// holding one of <see cref="FileNames"/>); otherwise, per file name (.12 first, as pip's PyTorch ships it), the system loader
 /// (LD_LIBRARY_PATH, ld.so.cache), then the folders of <see cref="SearchFolders"/>: LD_LIBRARY_PATH entries, the
 /// CUDA toolkit folders and pip's nvidia/cublas/lib in every site-packages found. From a folder, the libcublasLt
 /// of the same major is loaded first from the same folder, since libcublas needs it and pip's folders are not on the
@@ -32,7 +32,7 @@ public static class CublasLibrary
 {
     public const string ImportName = "finetrace-cublas";
     public const string EnvVar = "FINETRACE_CUBLAS";
-    public static readonly IReadOnlyList<string> FileNames = ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so"];
+    public static readonly IReadOnlyList<string> FileNames = ["libcublas.so.12", "libcublas.so.13", "libcublas.so.11", "libcublas.so"];   // 12 first: what pip's PyTorch ships
 
     static readonly Lazy<CublasLookup> _lookup = new(() => Locate(Environment.GetEnvironmentVariable));
 

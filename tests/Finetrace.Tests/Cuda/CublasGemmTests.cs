@@ -126,7 +126,7 @@ public sealed class CublasGemmTests(ITestOutputHelper output)
         try
         {
             var empty = CublasLibrary.Locate(v => v == CublasLibrary.EnvVar ? dir : null);
-            Assert.Contains("holds none of libcublas.so.13, libcublas.so.12", empty.Describe());
+            Assert.Contains("holds none of libcublas.so.12, libcublas.so.13", empty.Describe());
         }
         finally { Directory.Delete(dir, true); }
     }

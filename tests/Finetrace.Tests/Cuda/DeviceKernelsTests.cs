@@ -132,6 +132,46 @@ public class DeviceKernelsTests(CpuAcceleratorFixture fx, ITestOutputHelper outp
         for (int i = 0; i < rows; i++) Assert.Equal(1.0, g.AsSpan(i * n, n).ToArray().Sum(v => (double)v), 5);
     }
 
+    [Theory]
+    [InlineData(3, 2304)]
+    [InlineData(2, 257)]
+    [InlineData(2, 31)]
+    public void Row_kernels_with_GPU_sized_groups_match_the_references(int rows, int d)
+    {
+        // A CPU device of 8 warps × 32 threads allows 256-thread groups: the 8-step trees a GPU runs.
+        using var context = Context.Create(b => b.CPU(new CPUDevice(32, 8, 1)));
+        using var acc = context.CreateCPUAccelerator(0);
+        var kernels = new DeviceKernels(acc);
+        Assert.Equal(DeviceKernels.MaxRowGroup, kernels.RowGroupSize);
+        var r = new Random(rows * 31 + d);
+        float[] x = Random(rows * d, r, 10f), w = Random(d, r, 1f);
+        var cpuNorm = new float[rows * d];
+        Kernels.RmsNorm(x, w, rows, 1e-6f, true, cpuNorm);
+        var cpuSoftmax = (float[])x.Clone();
+        for (int i = 0; i < rows; i++) Kernels.Softmax(cpuSoftmax.AsSpan(i * d, d));
+        using var xBuf = acc.Allocate1D(x);
+        using var wBuf = acc.Allocate1D(w);
+        using var yBuf = acc.Allocate1D<float>(rows * d);
+        using var sBuf = acc.Allocate1D(x);
+        kernels.RmsNorm(xBuf.View, wBuf.View, rows, 1e-6f, true, yBuf.View);
+        kernels.SoftmaxRows(sBuf.View, rows, d);
+        acc.Synchronize();
+        // |x| ≤ 10 here: RmsNorm outputs stay a few units, so the same absolute tolerance as above
+        Close($"RmsNorm 256-thread groups {rows}x{d}", yBuf.GetAsArray1D(), cpuNorm, 4e-6);
+        Close($"SoftmaxRows 256-thread groups {rows}x{d}", sBuf.GetAsArray1D(), cpuSoftmax, 1e-6);
+    }
+
+    [Fact]
+    public void DeviceKernels_compile_to_PTX()
+    {
+        // The CPU accelerator runs any .NET code; the PTX backend rejects what has no intrinsic (e.g. MathF.Exp).
+        var ptx = PtxCompileTests.CompileToPtx(typeof(DeviceKernels));
+        output.WriteLine(string.Join(", ", ptx.Keys.Order()));
+        Assert.Equal(6, ptx.Count);
+        Assert.Contains("bar.sync", ptx["RmsNormGroupKernel"]);
+        Assert.Contains("bar.sync", ptx["SoftmaxRowsGroupKernel"]);
+    }
+
     [Fact]
     public void Row_groups_are_a_power_of_two_within_the_shared_memory()
     {
