@@ -10,11 +10,14 @@ namespace Finetrace.Cuda;
 /// on ILGPU's CPU accelerator (tests/Finetrace.Tests/Cuda/ForwardKernelsTests.cs). All calls are asynchronous on the
 /// accelerator's default stream. Kernels are compiled on first use, so a context that never runs a forward never
 /// compiles them.
-/// SIGNATURES FIXED BY THE LEAD (the device forward is written against them in parallel).
-/// Element-wise kernels run one thread per element; <see cref="AttentionSoftmax"/> one thread group per score row with
-/// shared-memory reductions (its one-thread-per-row twin <see cref="AttentionSoftmaxReference"/> is the slow, obvious
-/// reference it is tested against). Indices read from device buffers (token ids, positions) cannot be checked on the
-/// host without a copy: an out-of-range one turns the affected outputs into NaN instead of reading outside a buffer.
+/// SIGNATURES FIXED BY THE LEAD (the device forward is written against them in parallel); the two *Reference methods,
+/// <see cref="GroupSize"/> and <see cref="Synchronize"/> are additions.
+/// Element-wise kernels run one thread per element; <see cref="LayerNorm"/> and <see cref="AttentionSoftmax"/> one
+/// thread group per row with shared-memory reductions (their one-thread-per-row twins <see cref="LayerNormReference"/>
+/// and <see cref="AttentionSoftmaxReference"/> are the slow, obvious references they are tested against).
+/// Transcendentals go through <see cref="DeviceMath"/> (PTX has no MathF.Exp). Indices read from device buffers (token
+/// ids, positions) cannot be checked on the host without a copy: an out-of-range one turns the affected outputs into
+/// NaN instead of reading outside a buffer.
 /// </summary>
 public sealed class ForwardKernels
 {
@@ -24,7 +27,8 @@ public sealed class ForwardKernels
     const int MaxGroupSize = 256;
     readonly int groupSize;
 
-    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float, int>? layerNorm;
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, LayerNormShape>? layerNorm;
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, LayerNormShape>? layerNormReference;
     Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, RopeShape>? rope;
     Action<Index1D, ArrayView<float>, int>? activation;
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>? gatedActivation;
@@ -41,7 +45,8 @@ public sealed class ForwardKernels
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>? attentionSoftmax;
     Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, AttentionShape>? attentionSoftmaxReference;
 
-    /// <summary>Threads per group of <see cref="AttentionSoftmax"/>: 256, or the accelerator's largest power of two below.</summary>
+    /// <summary>Threads per group of <see cref="LayerNorm"/> and <see cref="AttentionSoftmax"/>: 256, or the largest power
+    /// of two the accelerator allows below that (16 on ILGPU's default CPU accelerator).</summary>
     public int GroupSize => groupSize;
 
     public ForwardKernels(Accelerator accelerator)
@@ -56,14 +61,21 @@ public sealed class ForwardKernels
     // xRD: [rows, D]; w, b: [D]; yRD: [rows, D] (may alias xRD)
     public void LayerNorm(ArrayView<float> xRD, ArrayView<float> w, ArrayView<float> b, int rows, float eps, ArrayView<float> yRD)
     {
-        int d = checked((int)w.Length);
-        if (rows < 0 || d == 0 || xRD.Length != (long)rows * d || yRD.Length != (long)rows * d)
-            throw new ArgumentException($"LayerNorm: x has {xRD.Length} values and y {yRD.Length}; expected rows·D = {rows}·{d} (D = weight length, > 0)");
-        if (b.Length != 0 && b.Length != d)
-            throw new ArgumentException($"LayerNorm: bias has {b.Length} values, weight has {d} (an empty bias means none)");
+        var shape = CheckLayerNorm(nameof(LayerNorm), xRD.Length, w.Length, b.Length, rows, eps, yRD.Length);
         if (rows == 0) return;
-        layerNorm ??= accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float, int>(LayerNormKernel);
-        layerNorm(rows, xRD, w, b, yRD, d, eps, b.Length != 0 ? 1 : 0);
+        layerNorm ??= accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, LayerNormShape>(LayerNormGroupKernel);
+        layerNorm(new KernelConfig(Math.Min(rows, 1 << 20), groupSize), xRD, w, b, yRD, shape);
+    }
+
+    /// <summary>The slow, obvious twin of <see cref="LayerNorm"/>: one thread per row with sequential sums (the reference
+    /// the group-per-row kernel is tested against). An empty <paramref name="b"/> means no bias, as on the CPU.</summary>
+    // xRD: [rows, D]; w, b: [D]; yRD: [rows, D] (may alias xRD)
+    public void LayerNormReference(ArrayView<float> xRD, ArrayView<float> w, ArrayView<float> b, int rows, float eps, ArrayView<float> yRD)
+    {
+        var shape = CheckLayerNorm(nameof(LayerNormReference), xRD.Length, w.Length, b.Length, rows, eps, yRD.Length);
+        if (rows == 0) return;
+        layerNormReference ??= accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, LayerNormShape>(LayerNormRowKernel);
+        layerNormReference(rows, xRD, w, b, yRD, shape);
     }
 
     /// <summary>Rotary embedding in place over the first rotaryDim channels of every head, rotate-half layout, as
@@ -256,6 +268,15 @@ public sealed class ForwardKernels
 
     // ---------------------------------------------------------------- argument checks
 
+    static LayerNormShape CheckLayerNorm(string op, long x, long w, long b, int rows, float eps, long y)
+    {
+        if (rows < 0 || w == 0 || x != rows * w || y != rows * w)
+            throw new ArgumentException($"{op}: x has {x} values and y {y}; expected rows·D = {rows}·{w} (D = weight length, > 0)");
+        if (b != 0 && b != w)
+            throw new ArgumentException($"{op}: bias has {b} values, weight has {w} (an empty bias means none)");
+        return new LayerNormShape { Rows = rows, D = checked((int)w), Eps = eps, HasBias = b != 0 ? 1 : 0 };
+    }
+
     static int ActKind(HiddenAct act, string op) => act switch
     {
         HiddenAct.Silu => 0,
@@ -334,20 +355,45 @@ public sealed class ForwardKernels
 
     // ---------------------------------------------------------------- kernel bodies
 
-    // xRD: [rows, D]; w, b: [D]; yRD: [rows, D]; one thread per row: mean, biased variance, then (x − mean)·rstd·w + b
-    static void LayerNormKernel(Index1D row, ArrayView<float> xRD, ArrayView<float> w, ArrayView<float> b, ArrayView<float> yRD, int d, float eps, int hasBias)
+    // xRD: [rows, D]; w, b: [D]; yRD: [rows, D]; one thread per row: mean, biased variance (two passes, as the CPU),
+    // then (x − mean)·rstd·w + b
+    static void LayerNormRowKernel(Index1D row, ArrayView<float> xRD, ArrayView<float> w, ArrayView<float> b, ArrayView<float> yRD, LayerNormShape s)
     {
+        int d = s.D;
         long o = (long)row.X * d;
         float sum = 0f;
         for (int i = 0; i < d; i++) sum += xRD[o + i];
         float mean = sum / d;
         float ss = 0f;
         for (int i = 0; i < d; i++) { float a = xRD[o + i] - mean; ss += a * a; }
-        float rstd = 1f / MathF.Sqrt(ss / d + eps);
+        float rstd = 1f / MathF.Sqrt(ss / d + s.Eps);
         for (int i = 0; i < d; i++)
         {
             float y = (xRD[o + i] - mean) * rstd * w[i];
-            yRD[o + i] = hasBias != 0 ? y + b[i] : y;
+            yRD[o + i] = s.HasBias != 0 ? y + b[i] : y;
+        }
+    }
+
+    // xRD: [rows, D]; w, b: [D]; yRD: [rows, D]; one group per row (groups stride over rows), the two sums reduced
+    // through shared memory. y may alias x: every thread writes only the elements it read, after both reductions.
+    static void LayerNormGroupKernel(ArrayView<float> xRD, ArrayView<float> w, ArrayView<float> b, ArrayView<float> yRD, LayerNormShape s)
+    {
+        var red = SharedMemory.Allocate<float>(MaxGroupSize);
+        int tid = Group.IdxX, gs = Group.DimX, d = s.D;
+        for (int row = Grid.IdxX; row < s.Rows; row += Grid.DimX)
+        {
+            long o = (long)row * d;
+            float sum = 0f;
+            for (int i = tid; i < d; i += gs) sum += xRD[o + i];
+            float mean = GroupSum(sum, red) / d;
+            float ss = 0f;
+            for (int i = tid; i < d; i += gs) { float a = xRD[o + i] - mean; ss += a * a; }
+            float rstd = 1f / MathF.Sqrt(GroupSum(ss, red) / d + s.Eps);
+            for (int i = tid; i < d; i += gs)
+            {
+                float y = (xRD[o + i] - mean) * rstd * w[i];
+                yRD[o + i] = s.HasBias != 0 ? y + b[i] : y;
+            }
         }
     }
 
@@ -578,6 +624,15 @@ public sealed class ForwardKernels
         Group.Barrier();
         return r;
     }
+}
+
+/// <summary>The sizes of one <see cref="ForwardKernels.LayerNorm"/> call (HasBias 0: no bias).</summary>
+public readonly struct LayerNormShape
+{
+    public int Rows { get; init; }
+    public int D { get; init; }
+    public float Eps { get; init; }
+    public int HasBias { get; init; }
 }
 
 /// <summary>The sizes of one <see cref="ForwardKernels.Rope"/> call (Positions = rows of the cos/sin tables).</summary>

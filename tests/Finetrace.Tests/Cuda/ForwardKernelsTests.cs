@@ -4,6 +4,7 @@ using Finetrace.Models;
 using Finetrace.Tensors;
 using ILGPU;
 using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
 using Xunit.Abstractions;
 
 namespace Finetrace.Tests.Cuda;
@@ -58,6 +59,7 @@ public class ForwardKernelsTests(ForwardKernelsFixture fx, ITestOutputHelper out
     [InlineData(5, 33, false, false)]
     [InlineData(4, 257, true, true)]
     [InlineData(2, 64, false, true)]
+    [InlineData(3, 600, true, false)] // more columns than a group has threads
     public void LayerNorm_matches_Kernels_LayerNorm(int rows, int d, bool bias, bool inPlace)
     {
         var r = new Random(rows * 1000 + d);
@@ -66,16 +68,21 @@ public class ForwardKernelsTests(ForwardKernelsFixture fx, ITestOutputHelper out
         var cpu = new float[rows * d];
         Kernels.LayerNorm(x, w, b, rows, 1e-5f, cpu);
 
-        using var xBuf = Acc.Allocate1D(x);
-        using var wBuf = Acc.Allocate1D(w);
-        using var bBuf = Acc.Allocate1D<float>(d);
-        if (bias) bBuf.CopyFromCPU(b);
-        using var yBuf = Acc.Allocate1D<float>(rows * d);
-        var y = inPlace ? xBuf.View : yBuf.View;
-        // no bias: an empty view (ILGPU cannot allocate an empty buffer)
-        Fk.LayerNorm(xBuf.View, wBuf.View, bias ? bBuf.View : ArrayView<float>.Empty, rows, 1e-5f, y);
-        Fk.Synchronize();
-        Close($"LayerNorm {rows}x{d} bias={bias} inPlace={inPlace}", (inPlace ? xBuf : yBuf).GetAsArray1D(), cpu, 1e-5);
+        foreach (bool reference in new[] { false, true })
+        {
+            using var xBuf = Acc.Allocate1D(x);
+            using var wBuf = Acc.Allocate1D(w);
+            using var bBuf = Acc.Allocate1D<float>(d);
+            if (bias) bBuf.CopyFromCPU(b);
+            using var yBuf = Acc.Allocate1D<float>(rows * d);
+            var y = inPlace ? xBuf.View : yBuf.View;
+            // no bias: an empty view (ILGPU cannot allocate an empty buffer)
+            ArrayView<float> bView = bias ? bBuf.View : ArrayView<float>.Empty;
+            if (reference) Fk.LayerNormReference(xBuf.View, wBuf.View, bView, rows, 1e-5f, y);
+            else Fk.LayerNorm(xBuf.View, wBuf.View, bView, rows, 1e-5f, y);
+            Fk.Synchronize();
+            Close($"LayerNorm{(reference ? "Reference" : "")} {rows}x{d} bias={bias} inPlace={inPlace}", (inPlace ? xBuf : yBuf).GetAsArray1D(), cpu, 1e-5);
+        }
     }
 
     // ---------------------------------------------------------------- activations
@@ -672,5 +679,60 @@ public class ForwardKernelsTests(ForwardKernelsFixture fx, ITestOutputHelper out
         Rejects("AttentionSoftmax", "1·1·2·4", () => Fk.AttentionSoftmax(a.View, 1, 1, 2, 4, 0, i3.View, i3.View, i3.View, 0, 1f, 0f));
         Rejects("AttentionSoftmax", "need", () => Fk.AttentionSoftmax(a.View, 6, 1, 1, 1, 0, i3.View, i3.View, i3.View, 0, 1f, 0f));
         Rejects("AttentionSoftmaxReference", "window -1", () => Fk.AttentionSoftmaxReference(a.View, 1, 1, 2, 3, 0, i3.View, i3.View, i3.View, -1, 1f, 0f));
+    }
+
+    [Fact]
+    public void Group_kernels_with_GPU_sized_256_thread_groups_match_the_CPU()
+    {
+        // The default CPU accelerator offers 16 threads per group; a CPU device of 8 warps of 32 threads (one
+        // multiprocessor, so 256 threads in all) offers GPU-sized groups, so the 256-thread tree reductions the GPU runs
+        // (8 halving steps) are exercised here too. Few rows: every barrier synchronises 256 OS threads.
+        using var context = Context.Create(b => b.CPU(new CPUDevice(32, 8, 1)));
+        using var acc = context.CreateCPUAccelerator(0);
+        var fk = new ForwardKernels(acc);
+        output.WriteLine($"CPU device of 8 warps × 32: group size {fk.GroupSize}");
+        Assert.Equal(256, fk.GroupSize);
+
+        var r = new Random(8);
+        int rows = 2, d = 700;
+        float[] x = Random(rows * d, r), w = Random(d, r), b = Random(d, r);
+        var cpu = new float[rows * d];
+        Kernels.LayerNorm(x, w, b, rows, 1e-5f, cpu);
+        using var xBuf = acc.Allocate1D(x);
+        using var wBuf = acc.Allocate1D(w);
+        using var bBuf = acc.Allocate1D(b);
+        fk.LayerNorm(xBuf.View, wBuf.View, bBuf.View, rows, 1e-5f, xBuf.View);
+        acc.Synchronize();
+        Close($"LayerNorm {rows}x{d}, 256-thread groups", xBuf.GetAsArray1D(), cpu, 1e-5);
+
+        var c = new AttentionCase("256-thread groups", 1, 1, 2, 600, 598, 8, 400, 0.35f, 0, [3], [599], [599]);
+        var (q, k, v) = AttentionInputs(c, 9);
+        var (_, cpuO) = RunAttention(c, q, k, v, reference: true); // AttendGroup's outputs
+        var scores = new float[c.Heads * c.Nq * c.Nk];
+        for (int h = 0; h < c.Heads; h++)
+            for (int i = 0; i < c.Nq; i++)
+                for (int j = 0; j < c.Nk; j++)
+                {
+                    float sum = 0f;
+                    for (int dd = 0; dd < c.Hd; dd++) sum += q[i * c.Heads * c.Hd + h * c.Hd + dd] * k[j * c.Hd + dd];
+                    scores[(h * c.Nq + i) * c.Nk + j] = sum;
+                }
+        using var sBuf = acc.Allocate1D(scores);
+        using var kf = acc.Allocate1D(c.KeyFirst);
+        using var kl = acc.Allocate1D(c.KeyLast);
+        using var qe = acc.Allocate1D(c.QueryEnd);
+        fk.AttentionSoftmax(sBuf.View, 1, c.Heads, c.Nq, c.Nk, c.QOffset, kf.View, kl.View, qe.View, c.Window, c.Scale, c.Softcap);
+        acc.Synchronize();
+        var p = sBuf.GetAsArray1D();
+        var o = new float[cpuO.Length];
+        for (int h = 0; h < c.Heads; h++)
+            for (int i = 0; i < c.Nq; i++)
+                for (int dd = 0; dd < c.Hd; dd++)
+                {
+                    double a = 0;
+                    for (int j = 0; j < c.Nk; j++) a += p[(h * c.Nq + i) * c.Nk + j] * (double)v[j * c.Hd + dd];
+                    o[i * c.Heads * c.Hd + h * c.Hd + dd] = (float)a;
+                }
+        Close("AttentionSoftmax 600 keys, window 400, 256-thread groups", o, cpuO, 1e-5);
     }
 }
