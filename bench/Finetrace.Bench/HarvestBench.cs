@@ -60,6 +60,14 @@ public sealed class HarvestBench : IBenchCommand
     /// over its own forwards − 1.</summary>
     readonly record struct RunFigures(double TokensPerSecond, double CpuPerToken, double InRunOverhead);
 
+    /// <summary>The forward a harvest runs, nothing kept: a device model runs it through its capture path with nothing
+    /// to capture (so no residual or logits come back to the host), the CPU forward as is.</summary>
+    static void PureForward(IForwardModel model, TokenBatch tb, int maxLayer)
+    {
+        if (model is IActivationCapture capture) capture.Capture(tb, [], maxLayer, (_, _) => throw new InvalidOperationException("nothing to capture"));
+        else model.Forward(tb, null, maxLayer);
+    }
+
     static double Median(IEnumerable<double> xs)
     {
         var a = xs.Where(x => !double.IsNaN(x)).Order().ToArray();
@@ -100,8 +108,8 @@ public sealed class HarvestBench : IBenchCommand
                         rows.Add(s.Ids);
                         if (rows.Count < batch) continue;
                         var tb = TokenBatch.RightPadded(rows);
-                        baseModel.Forward(tb, null, maxLayer);
-                        ftModel.Forward(tb, null, maxLayer);
+                        PureForward(baseModel, tb, maxLayer);
+                        PureForward(ftModel, tb, maxLayer);
                         foreach (var r in rows) if (n < tokens) n += r.Length;   // stored: whole samples up to the target
                         rows.Clear();
                         if (n >= tokens) break;
@@ -109,8 +117,8 @@ public sealed class HarvestBench : IBenchCommand
                     if (rows.Count > 0 && n < tokens)
                     {
                         var tb = TokenBatch.RightPadded(rows);
-                        baseModel.Forward(tb, null, maxLayer);
-                        ftModel.Forward(tb, null, maxLayer);
+                        PureForward(baseModel, tb, maxLayer);
+                        PureForward(ftModel, tb, maxLayer);
                         foreach (var r in rows) n += r.Length;
                     }
                     fwdTokens = n;

@@ -20,7 +20,7 @@ namespace Finetrace.Cuda;
 /// buffers [rows, heads, seq, seq] are capped at <see cref="MaxScoreFloats"/>; longer batches run in row chunks.</para>
 /// One forward at a time per instance (the workspace is reused).
 /// </summary>
-public sealed class DeviceModel : IForwardModel
+public sealed partial class DeviceModel : IForwardModel
 {
     /// <summary>Cap on the attention scores buffer (floats; 1 GiB); rows beyond it run in chunks.</summary>
     public const long MaxScoreFloats = 1L << 28;
@@ -286,6 +286,7 @@ public sealed class DeviceModel : IForwardModel
     /// tensor [Batch, Seq, width], runs the hooks, copies the (possibly edited) values back. No listener: no copy.</summary>
     void Fire(HookSet? hooks, string name, ArrayView<float> view, int width, TokenBatch batch)
     {
+        if (_capture is not null) CaptureAt(name, view);   // the harvest's copies (DeviceModel.Capture.cs)
         if (hooks is null || !hooks.Has(name)) return;
         var t = new Tensor(batch.Batch, batch.Seq, width);
         _staging.ToHost(view, t.Data);

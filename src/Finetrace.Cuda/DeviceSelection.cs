@@ -77,7 +77,7 @@ public sealed record DeviceSelection(DeviceKind? Kind, GemmMode Precision)
     /// null, otherwise the device forward on that context (its device, precision and hardware name recorded).</summary>
     public static ForwardModelLoader Loader(DeviceContext? context) => context is null
         ? ForwardModelLoader.Cpu
-        : new ForwardModelLoader(DeviceName(context.Kind), Name(context.Mode), (folder, adapter) => DeviceForward.Load(context, folder, adapter))
+        : new ForwardModelLoader(DeviceName(context.Kind), Name(context.Mode), (folder, adapter) => DeviceModel.Load(context, folder, adapter))
         {
             Hardware = context.Kind == DeviceKind.Cuda ? context.Name : "ILGPU CPU accelerator",
         };

@@ -88,9 +88,10 @@ public sealed record HarvestResult(long Tokens, long Samples, long DroppedTokens
 /// The models are <see cref="IForwardModel"/>s loaded by <see cref="HarvestOptions.Loader"/>: the CPU forward or a
 /// device model. What overlaps: while batch n+1 runs its two forwards (on the CPU's threads, or on the device), a
 /// background task copies batch n's kept tokens out of the captured activations into the store batch and appends it
-/// (bf16 conversion, statistics, shard writes). On the critical path besides the forwards are only the capture hooks —
-/// one copy of each captured layer into one of two reused host buffers (a device model brings exactly these layers
-/// back to the host when their hooks fire; nothing else of its activations is copied) — and the choice of kept tokens,
+/// (bf16 conversion, statistics, shard writes). On the critical path besides the forwards are only the captures — one
+/// copy of each captured layer into one of two reused host arrays: a device model (<see cref="IActivationCapture"/>)
+/// brings exactly these layers back, device → page-locked staging → the array, and nothing else (no copy back to the
+/// device, no final residual, no logits); the CPU forward is copied from its hooks — and the choice of kept tokens,
 /// which is made before the forward from the token ids alone, except with outlier dropping, where it needs the
 /// activations' norms and follows the forward. The two buffer sets (capture arrays and store batch) alternate, so batch
 /// n+1's capture never writes what batch n's store task still reads: the task of batch n is awaited after batch n+1's
@@ -284,19 +285,30 @@ public static class Harvester
     }
 
     /// <summary>Runs one model to the last requested layer and copies the requested site's activations [B·T, width]
-    /// into <paramref name="acts"/>[slot + l] (reused when large enough).</summary>
+    /// into <paramref name="acts"/>[slot + l] (reused when large enough): through <see cref="IActivationCapture"/> when
+    /// the model offers it (a device model: one copy of each captured layer, nothing else), else through hooks.</summary>
     static void Capture(IForwardModel model, string which, TokenBatch tb, HookSite site, int[] layers, int maxLayer, float[]?[] acts, int slot)
     {
+        float[] Buffer(int l, int n)
+        {
+            var buf = acts[slot + l];
+            if (buf is null || buf.Length < n) acts[slot + l] = buf = GC.AllocateUninitializedArray<float>(n);
+            return buf;
+        }
+        var names = layers.Select(l => HookSites.Name(site, l)).ToArray();
+        if (model is IActivationCapture capture)
+        {
+            capture.Capture(tb, names, maxLayer, Buffer);
+            return;
+        }
         var hooks = new HookSet();
         var fired = new bool[layers.Length];
         for (int l = 0; l < layers.Length; l++)
         {
             int li = l;
-            hooks.On(HookSites.Name(site, layers[l]), (a, _) =>
+            hooks.On(names[l], (a, _) =>
             {
-                var buf = acts[slot + li];
-                if (buf is null || buf.Length < a.Length) acts[slot + li] = buf = GC.AllocateUninitializedArray<float>(a.Length);
-                a.Data.AsSpan().CopyTo(buf);
+                a.Data.AsSpan().CopyTo(Buffer(li, a.Length));
                 fired[li] = true;
             });
         }
@@ -304,7 +316,7 @@ public static class Harvester
         // A model that skipped a hook would leave the previous batch's activations in the buffer: never store those.
         for (int l = 0; l < layers.Length; l++)
             if (!fired[l])
-                throw new InvalidOperationException($"the {which} model ({model.Folder}) ran without reporting {HookSites.Name(site, layers[l])}; its forward does not support this hook site");
+                throw new InvalidOperationException($"the {which} model ({model.Folder}) ran without reporting {names[l]}; its forward does not support this hook site");
     }
 
     /// <summary>The tokens a batch keeps: (sample, position) pairs, sequence by sequence, and each sequence's count;
