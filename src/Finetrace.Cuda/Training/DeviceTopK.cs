@@ -6,10 +6,10 @@ namespace Finetrace.Cuda;
 /// <summary>
 /// Top-k selection of sparse codes on the device, exactly as <c>Finetrace.Dictionaries.Selection</c> selects on the CPU:
 /// the key of entry (b, j) is s = f·c_j (or f) when s &gt; 0 (and latent j is allowed), ranked by value with ties to the
-/// lower flat index. <see cref="Batch"/>: the kTotal largest over [B, F] by an exact radix select (two 16-bit histogram
-/// passes read by the host, then per-row counts and the batch's ties taken in flat order); <see cref="Rows"/>: the k
+/// lower flat index. <see cref="Batch"/>: the kTotal largest over [B, F] by an exact radix select (four 8-bit passes,
+/// each a shared-memory histogram per group read by the host, then per-row counts and the batch's ties taken in flat order); <see cref="Rows"/>: the k
 /// largest of each row (binary search on the key per row). Both write CSR codes (ascending latents per row) and the
-/// per-latent column view. One thread per row or entry: the obviously-correct version, not yet the fast one.
+/// per-latent column view. Row kernels run one group per row (the thread-per-row twins stay as references).
 /// </summary>
 public sealed class DeviceTopK : IDisposable
 {
@@ -23,7 +23,7 @@ public sealed class DeviceTopK : IDisposable
     {
         acc = accelerator; this.f = f;
         K = DictionaryDeviceKernels.For(acc);
-        hist = acc.Allocate1D<int>(DictionaryDeviceKernels.RadixBins);
+        hist = acc.Allocate1D<int>(256);
         slot = acc.Allocate1D<int>(Math.Max(1, (long)rows * f));
         chunkSums = acc.Allocate1D<int>((Math.Max(rows, f) + 1023) / 1024 + 2);
         threshold = acc.Allocate1D<int>(Math.Max(1, rows)); gt = acc.Allocate1D<int>(Math.Max(1, rows)); eq = acc.Allocate1D<int>(Math.Max(1, rows));
@@ -43,26 +43,31 @@ public sealed class DeviceTopK : IDisposable
     {
         if (maskF.Length == 0) maskF = hist.View;   // never read when not masked; kernels need a valid view
         if (cF.Length == 0) cF = fBF;
-        var h = new int[DictionaryDeviceKernels.RadixBins];
-        hist.View.MemSetToZero();
-        K.RadixHistogram(fBF, cF, maskF, keys, hist.View, 0, 0);
-        hist.View.CopyToCPU(acc.DefaultStream, h);
-        acc.Synchronize();
-        long positives = 0;
-        foreach (int c in h) positives += c;
-        long kEff = Math.Min(kTotal, positives);
+        // four 8-bit passes from the top byte: each narrows the prefix of the kTotal-th largest key
+        var h = new int[256];
+        long positives = -1, cum = 0, kEff = 0;
+        uint prefix = 0;
+        for (int pass = 0; pass < 4; pass++)
+        {
+            hist.View.SubView(0, 256).MemSetToZero();
+            K.RadixHistogram8(fBF, cF, maskF, keys, hist.View, new RadixPass(24 - 8 * pass, 32 - 8 * pass, (int)prefix));
+            hist.View.SubView(0, 256).CopyToCPU(acc.DefaultStream, h);
+            acc.Synchronize();
+            if (pass == 0)
+            {
+                positives = 0;
+                foreach (int c in h) positives += c;
+                kEff = Math.Min(kTotal, positives);
+                if (kEff == 0) break;
+            }
+            int bin = 0;
+            for (int x = 255; x >= 0; x--) { if (cum + h[x] >= kEff) { bin = x; break; } cum += h[x]; }
+            prefix = (prefix << 8) | (uint)bin;
+        }
         uint th = uint.MaxValue; int need = 0; float minKept = 0;
         if (kEff > 0)
         {
-            long cum = 0; int hb = 0;
-            for (int bin = h.Length - 1; bin >= 0; bin--) { if (cum + h[bin] >= kEff) { hb = bin; break; } cum += h[bin]; }
-            hist.View.MemSetToZero();
-            K.RadixHistogram(fBF, cF, maskF, keys, hist.View, 1, hb);
-            hist.View.CopyToCPU(acc.DefaultStream, h);
-            acc.Synchronize();
-            int lb = 0;
-            for (int bin = h.Length - 1; bin >= 0; bin--) { if (cum + h[bin] >= kEff) { lb = bin; break; } cum += h[bin]; }
-            th = ((uint)hb << 16) | (uint)lb;
+            th = prefix;
             need = (int)(kEff - cum);   // cum = keys above the threshold key; the rest are ties taken in flat order
             minKept = BitConverter.UInt32BitsToSingle(th);
         }

@@ -59,6 +59,20 @@ public sealed class DeviceTrainer : ITrainingStepper
     public int LastNnz { get; private set; }
     public long? ConsumedPosition { get; private set; }
 
+    /// <summary>When set (benchmarks), seconds spent per phase are added here; each phase boundary then synchronises the
+    /// device, which costs a little throughput.</summary>
+    public Dictionary<string, double>? PhaseSeconds { get; set; }
+    readonly System.Diagnostics.Stopwatch clock = System.Diagnostics.Stopwatch.StartNew();
+    double mark;
+    void Phase(string name)
+    {
+        if (PhaseSeconds is null) return;
+        acc.Synchronize();
+        double now = clock.Elapsed.TotalSeconds;
+        PhaseSeconds[name] = PhaseSeconds.GetValueOrDefault(name) + (now - mark);
+        mark = now;
+    }
+
     /// <summary>Throws <see cref="DeviceTrainingUnsupportedException"/> for a recipe the device trainer does not run.</summary>
     public static void CheckSupported(SparseDictionary d, TrainerOptions o)
     {
@@ -210,6 +224,7 @@ public sealed class DeviceTrainer : ITrainingStepper
     StepStats StepOnDevice(int B)
     {
         long step = Host.StepCount;
+        if (PhaseSeconds is not null) { acc.Synchronize(); mark = clock.Elapsed.TotalSeconds; }
         ArrayView<float> x = xRaw.View.SubView(0, (long)B * rowLen);
         ArrayView<float> xinV = xin.View.SubView(0, (long)B * rowLen);
         ArrayView<float> preV = pre.View.SubView(0, (long)B * F);
@@ -230,10 +245,12 @@ public sealed class DeviceTrainer : ITrainingStepper
         for (int mm = 0; mm < M; mm++)
             ctx.Gemm.Sgemm(false, true, B, F, D, 1f, xinV.SubView(mm * D), rowLen, WEnc.SubView((long)mm * F * D, (long)F * D), D, mm == 0 ? 0f : 1f, preV, F);
         K.AddBiasRelu(preV, BEnc, F);
+        Phase("encode (GEMM)");
 
         bool scaled = dict.CodeNormalization != CodeNormalization.None;
         if (scaled) K.CodeNorm(WDec, cF.View, new CodeNormArgs { Models = M, F = F, D = D, Mode = (int)dict.CodeNormalization, AlphaSae = dict.AlphaSae, AlphaCc = dict.AlphaCc });
         int k = Host.CurrentK(step);
+        Phase("code norms");
         var keys = new KeyArgs { Rows = B, F = F, Scaled = scaled ? 1 : 0, Masked = 0 };
         int nnz;
         if (dict.Sparsity == Sparsity.BatchTopK)
@@ -244,6 +261,7 @@ public sealed class DeviceTrainer : ITrainingStepper
         }
         else nnz = select.Rows(preV, cF.View, default, keys, k, main);
         LastRows = B; LastNnz = nnz;
+        Phase("select");
 
         // decode, loss
         ArrayView<float> xhatV = xhat.View.SubView(0, (long)B * rowLen);
@@ -252,6 +270,7 @@ public sealed class DeviceTrainer : ITrainingStepper
         K.ReconLoss(x, xhatV, deltaV, rowSq.View, new LossArgs { Rows = B * M, D = D, B = B, Models = M, Loss = (int)opt.Loss });
         K.ColumnMoments(x, colSum.View, colSq.View, B, rowLen);
         var (reconLoss, sqSum, fve) = ReconTerm(B);
+        Phase("decode, loss");
 
         // dead latents: age all, reset the fired ones, count the dead
         K.Age(tokensSinceFired.View, B);
@@ -283,6 +302,7 @@ public sealed class DeviceTrainer : ITrainingStepper
             K.AuxDelta(x, xhatV, xauxV, deltaAuxV, gAux);
             auxLoss = double.IsFinite(ratio) ? ratio : 0; auxPre = num;
         }
+        Phase("dead, auxk");
         double mu = opt.SparsityCoef * (opt.SparsityWarmupSteps > 0 ? Math.Min(1.0, (double)step / opt.SparsityWarmupSteps) : 1.0);
         double totalPrecise = reconLoss + opt.AuxKAlpha * auxLoss + mu * 0;
         var stats = new StepStats
@@ -296,13 +316,16 @@ public sealed class DeviceTrainer : ITrainingStepper
         // backward: code gradients (active entries only), weight gradients, bias gradients
         K.CodeGrad(main.View, WDec, deltaV, main.GVal.View, nnz, M, D, F);
         if (auxActive) K.CodeGrad(aux.View, WDec, deltaAuxV, aux.GVal.View, nnzAux, M, D, F);
+        Phase("code grad");
         K.WeightGrads(main.View, aux.View, deltaV, deltaAuxV, xinV, g[2].View, g[0].View, new WeightGradArgs { Models = M, F = F, D = D, WithAux = auxActive ? 1 : 0 });
         K.EncoderBiasGrad(main.View, aux.View, g[1].View, auxActive);
         K.DecoderBiasGrad(deltaV, g[1].View, WEnc, g[3].View, new BiasGradArgs { Rows = B, RowLen = rowLen, D = D, F = F, Sae = dict.SubtractDecoderBias ? 1 : 0 });
+        Phase("weight grads");
 
         // post-process: projection, clip; Adam; renormalise
         if (opt.UnitNormDecoder) K.ProjectDecoderGrad(WDec, g[2].View, M * F, D);
         float norm = ClipGradients();
+        Phase("clip");
         double lr = Host.CurrentLr;
         var adam = Host.Optimizer;
         adam.Step++;
@@ -310,6 +333,7 @@ public sealed class DeviceTrainer : ITrainingStepper
         for (int i = 0; i < p.Length; i++) ctx.Kernels.Adam(p[i].View, g[i].View, m[i].View, v[i].View, s);
         Host.StepCount++;
         if (opt.UnitNormDecoder) K.NormalizeRows(WDec, M * F, D);
+        Phase("adam");
         return stats with { GradNorm = norm, Lr = lr };
     }
 

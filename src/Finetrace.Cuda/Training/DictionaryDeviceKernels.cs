@@ -14,15 +14,18 @@ namespace Finetrace.Cuda;
 /// </summary>
 public sealed class DictionaryDeviceKernels
 {
-    /// <summary>Bins of one 16-bit radix pass of the batch top-k selection.</summary>
-    public const int RadixBins = 1 << 16;
-
     readonly Accelerator acc;
+    /// <summary>Largest group the row and histogram kernels use (shared arrays are sized for it).</summary>
+    const int MaxGroup = 256;
+    readonly int group;
+    readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, ArrayView<int>, RadixPass> radix8;
+    readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect> rowCountAboveGroup;
+    readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, int> rowTopKGroup;
+    readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, CodesView, ArrayView<int>> rowWriteGroup;
     readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> normalize;
     readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> subtractBias;
     readonly Action<Index1D, ArrayView<float>, ArrayView<float>, int> addBiasRelu;
     readonly Action<Index1D, ArrayView<float>, ArrayView<float>, CodeNormArgs> codeNorm;
-    readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, ArrayView<int>, int, int> radixHist;
     readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect> rowCountAbove;
     readonly Action<Index1D, RowSelect, int> batchBudget;
     readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, int> rowTopK;
@@ -60,11 +63,17 @@ public sealed class DictionaryDeviceKernels
     public DictionaryDeviceKernels(Accelerator accelerator)
     {
         acc = accelerator;
+        int g = 1;
+        while (g * 2 <= Math.Min(MaxGroup, acc.MaxNumThreadsPerGroup)) g *= 2;
+        group = g;
+        radix8 = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, ArrayView<int>, RadixPass>(Radix8Kernel);
+        rowCountAboveGroup = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect>(RowCountAboveGroupKernel);
+        rowTopKGroup = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, int>(RowTopKGroupKernel);
+        rowWriteGroup = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, CodesView, ArrayView<int>>(RowWriteGroupKernel);
         normalize = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(NormalizeKernel);
         subtractBias = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(SubtractBiasKernel);
         addBiasRelu = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(AddBiasReluKernel);
         codeNorm = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, CodeNormArgs>(CodeNormKernel);
-        radixHist = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, ArrayView<int>, int, int>(RadixHistKernel);
         rowCountAbove = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect>(RowCountAboveKernel);
         batchBudget = acc.LoadAutoGroupedStreamKernel<Index1D, RowSelect, int>(BatchBudgetKernel);
         rowTopK = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, int>(RowTopKKernel);
@@ -116,26 +125,45 @@ public sealed class DictionaryDeviceKernels
     // wDecMFD: [M, F, D] → cF: [F]
     public void CodeNorm(ArrayView<float> wDecMFD, ArrayView<float> cF, CodeNormArgs a) => codeNorm(a.F, wDecMFD, cF, a);
 
-    /// <summary>Histogram of 16 bits of the positive selection keys: pass 0 counts key &gt;&gt; 16, pass 1 counts
-    /// key &amp; 0xFFFF among keys whose high half is <paramref name="high"/>.</summary>
-    // fBF: [B, F]; cF: [F]; maskF: [F] → hist: [RadixBins] (+=)
-    public void RadixHistogram(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, ArrayView<int> hist, int pass, int high)
-    { if (fBF.Length > 0) radixHist(checked((int)((long)k.Rows * k.F)), fBF, cF, maskF, k, hist, pass, high); }
+    /// <summary>8 bits of the positive selection keys whose higher bits equal p.Prefix: bin (key &gt;&gt; p.Shift) &amp; 255,
+    /// counted in shared memory per group and added to <paramref name="hist"/> [256] (one pass of the radix select).</summary>
+    public void RadixHistogram8(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, ArrayView<int> hist, RadixPass p)
+    {
+        long n = (long)k.Rows * k.F;
+        if (n == 0) return;
+        int groups = (int)Math.Min((n + group - 1) / group, 2048);   // grid-stride beyond
+        radix8(new KernelConfig(groups, group), fBF, cF, maskF, k, hist, p with { N = n });
+    }
 
-    /// <summary>Per row: keys above the row threshold (gt) and equal to it (eq).</summary>
+    /// <summary>Per row: keys above the row threshold (gt) and equal to it (eq); one group per row.</summary>
     public void RowCountAbove(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, RowSelect r)
+    { if (k.Rows > 0) rowCountAboveGroup(new KernelConfig(k.Rows, group), fBF, cF, maskF, k, r); }
+
+    /// <summary>The one-thread-per-row twin of <see cref="RowCountAbove"/> (reference).</summary>
+    public void RowCountAboveReference(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, RowSelect r)
     { if (k.Rows > 0) rowCountAbove(k.Rows, fBF, cF, maskF, k, r); }
 
     /// <summary>Batch selection: row b takes its ties in flat order while the batch's <paramref name="need"/> lasts
     /// (eqPrefix = exclusive scan of eq); count = gt + budget.</summary>
     public void BatchBudget(RowSelect r, int rows, int need) { if (rows > 0) batchBudget(rows, r, need); }
 
-    /// <summary>Per-row top-k: threshold key, tie budget and count of each row (ties to the lower latent).</summary>
+    /// <summary>Per-row top-k: threshold key, tie budget and count of each row (ties to the lower latent); one group
+    /// per row, the binary search's counts reduced in shared memory.</summary>
     public void RowTopK(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, RowSelect r, int kk)
+    { if (k.Rows > 0) rowTopKGroup(new KernelConfig(k.Rows, group), fBF, cF, maskF, k, r, kk); }
+
+    /// <summary>The one-thread-per-row twin of <see cref="RowTopK"/> (reference).</summary>
+    public void RowTopKReference(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, RowSelect r, int kk)
     { if (k.Rows > 0) rowTopK(k.Rows, fBF, cF, maskF, k, r, kk); }
 
-    /// <summary>Writes each row's selected entries (ascending latent) at rowStart[b]; slotBF[b, j] = entry or −1.</summary>
+    /// <summary>Writes each row's selected entries (ascending latent) at rowStart[b]; slotBF[b, j] = entry or −1. One
+    /// group per row: each thread owns a contiguous run of latents, the ties and entries before it come from shared
+    /// prefix sums, so the order (and which ties are taken) is the sequential one.</summary>
     public void RowWrite(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, RowSelect r, CodesView codes, ArrayView<int> slotBF)
+    { if (k.Rows > 0) rowWriteGroup(new KernelConfig(k.Rows, group), fBF, cF, maskF, k, r, codes, slotBF); }
+
+    /// <summary>The one-thread-per-row twin of <see cref="RowWrite"/> (reference).</summary>
+    public void RowWriteReference(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, RowSelect r, CodesView codes, ArrayView<int> slotBF)
     { if (k.Rows > 0) rowWrite(k.Rows, fBF, cF, maskF, k, r, codes, slotBF); }
 
     /// <summary>outStart[0..n] = exclusive prefix sums of count[0..n−1] (outStart[n] = total). chunkSums needs
@@ -294,16 +322,6 @@ public sealed class DictionaryDeviceKernels
         return Interop.FloatAsInt(s);
     }
 
-    // one thread per entry of [B, F]
-    static void RadixHistKernel(Index1D idx, ArrayView<float> f, ArrayView<float> c, ArrayView<int> mask, KeyArgs k, ArrayView<int> hist, int pass, int high)
-    {
-        long flat = idx.X;
-        uint key = Key(f, c, mask, k, flat, (int)(flat % k.F));
-        if (key == 0u) return;
-        if (pass == 0) Atomic.Add(ref hist[(int)(key >> 16)], 1);
-        else if ((int)(key >> 16) == high) Atomic.Add(ref hist[(int)(key & 0xFFFFu)], 1);
-    }
-
     // one thread per row: keys above (gt) and equal to (eq) the row's threshold key
     static void RowCountAboveKernel(Index1D b, ArrayView<float> f, ArrayView<float> c, ArrayView<int> mask, KeyArgs k, RowSelect r)
     {
@@ -361,6 +379,130 @@ public sealed class DictionaryDeviceKernels
             uint key = Key(f, c, mask, k, o + j, j);
             bool take = key != 0u && (key > t || (key == t && budget > 0));
             if (take && key == t) budget--;
+            if (take)
+            {
+                codes.Index[e] = j; codes.Value[e] = f[o + j]; codes.EntryRow[e] = b;
+                slot[o + j] = e;
+                e++;
+            }
+            else slot[o + j] = -1;
+        }
+    }
+
+    // ---- group kernels (explicitly grouped; shared arrays sized MaxGroup + 1)
+
+    // sum of v over the group (every thread gets it); s: shared [MaxGroup + 1]
+    static int GroupSum(ArrayView<int> s, int v)
+    {
+        s[Group.IdxX] = v;
+        Group.Barrier();
+        if (Group.IdxX == 0) { int t = 0; for (int i = 0; i < Group.DimX; i++) t += s[i]; s[MaxGroup] = t; }
+        Group.Barrier();
+        int r = s[MaxGroup];
+        Group.Barrier();
+        return r;
+    }
+
+    // exclusive prefix of v over the group's threads (thread order); s: shared [MaxGroup + 1]
+    static int GroupExclusive(ArrayView<int> s, int v)
+    {
+        s[Group.IdxX] = v;
+        Group.Barrier();
+        if (Group.IdxX == 0) { int t = 0; for (int i = 0; i < Group.DimX; i++) { int x = s[i]; s[i] = t; t += x; } }
+        Group.Barrier();
+        int r = s[Group.IdxX];
+        Group.Barrier();
+        return r;
+    }
+
+    // grid-stride over [B, F]; one shared 256-bin histogram per group
+    static void Radix8Kernel(ArrayView<float> f, ArrayView<float> c, ArrayView<int> mask, KeyArgs k, ArrayView<int> hist, RadixPass p)
+    {
+        var local = SharedMemory.Allocate<int>(256);
+        for (int i = Group.IdxX; i < 256; i += Group.DimX) local[i] = 0;
+        Group.Barrier();
+        long stride = (long)Grid.DimX * Group.DimX;
+        for (long e = (long)Grid.IdxX * Group.DimX + Group.IdxX; e < p.N; e += stride)
+        {
+            uint key = Key(f, c, mask, k, e, (int)(e % k.F));
+            if (key == 0u) continue;
+            if (p.PrefixShift < 32 && (key >> p.PrefixShift) != (uint)p.Prefix) continue;
+            Atomic.Add(ref local[(int)((key >> p.Shift) & 0xFFu)], 1);
+        }
+        Group.Barrier();
+        for (int i = Group.IdxX; i < 256; i += Group.DimX) { int v = local[i]; if (v != 0) Atomic.Add(ref hist[i], v); }
+    }
+
+    static void RowCountAboveGroupKernel(ArrayView<float> f, ArrayView<float> c, ArrayView<int> mask, KeyArgs k, RowSelect r)
+    {
+        var s = SharedMemory.Allocate<int>(MaxGroup + 1);
+        int b = Grid.IdxX;
+        uint t = (uint)r.Threshold[b];
+        int gt = 0, eq = 0;
+        long o = (long)b * k.F;
+        for (int j = Group.IdxX; j < k.F; j += Group.DimX)
+        {
+            uint key = Key(f, c, mask, k, o + j, j);
+            if (key == 0u) continue;
+            if (key > t) gt++; else if (key == t) eq++;
+        }
+        gt = GroupSum(s, gt);
+        eq = GroupSum(s, eq);
+        if (Group.IdxX == 0) { r.Gt[b] = gt; r.Eq[b] = eq; }
+    }
+
+    static void RowTopKGroupKernel(ArrayView<float> f, ArrayView<float> c, ArrayView<int> mask, KeyArgs k, RowSelect r, int kk)
+    {
+        var s = SharedMemory.Allocate<int>(MaxGroup + 1);
+        int b = Grid.IdxX;
+        long o = (long)b * k.F;
+        int n = 0;
+        for (int j = Group.IdxX; j < k.F; j += Group.DimX) if (Key(f, c, mask, k, o + j, j) != 0u) n++;
+        int positives = GroupSum(s, n);
+        int want = positives < kk ? positives : kk;
+        if (want == 0)   // the same for every thread of the group
+        {
+            if (Group.IdxX == 0) { r.Threshold[b] = -1; r.Budget[b] = 0; r.Count[b] = 0; }
+            return;
+        }
+        uint lo = 1u, hi = 0x7F800000u;
+        while (lo < hi)   // every thread runs the same iterations (lo, hi come from group sums)
+        {
+            uint mid = lo + (hi - lo + 1u) / 2u;
+            int m = 0;
+            for (int j = Group.IdxX; j < k.F; j += Group.DimX) if (Key(f, c, mask, k, o + j, j) >= mid) m++;
+            if (GroupSum(s, m) >= want) lo = mid; else hi = mid - 1u;
+        }
+        int g = 0;
+        for (int j = Group.IdxX; j < k.F; j += Group.DimX) if (Key(f, c, mask, k, o + j, j) > lo) g++;
+        int gt = GroupSum(s, g);
+        if (Group.IdxX == 0) { r.Threshold[b] = (int)lo; r.Budget[b] = want - gt; r.Count[b] = want; }
+    }
+
+    static void RowWriteGroupKernel(ArrayView<float> f, ArrayView<float> c, ArrayView<int> mask, KeyArgs k, RowSelect r, CodesView codes, ArrayView<int> slot)
+    {
+        var s = SharedMemory.Allocate<int>(MaxGroup + 1);
+        int b = Grid.IdxX;
+        uint t = (uint)r.Threshold[b];
+        long o = (long)b * k.F;
+        int chunk = (k.F + Group.DimX - 1) / Group.DimX;
+        int lo = Group.IdxX * chunk, hi = lo + chunk < k.F ? lo + chunk : k.F;
+        int gt = 0, eq = 0;
+        for (int j = lo; j < hi; j++)
+        {
+            uint key = Key(f, c, mask, k, o + j, j);
+            if (key == 0u) continue;
+            if (key > t) gt++; else if (key == t) eq++;
+        }
+        int tiesBefore = GroupExclusive(s, eq);
+        int left = r.Budget[b] - tiesBefore;
+        int taken = left < 0 ? 0 : (left > eq ? eq : left);
+        int e = codes.RowStart[b] + GroupExclusive(s, gt + taken);
+        for (int j = lo; j < hi; j++)
+        {
+            uint key = Key(f, c, mask, k, o + j, j);
+            bool take = key != 0u && (key > t || (key == t && taken > 0));
+            if (take && key == t) taken--;
             if (take)
             {
                 codes.Index[e] = j; codes.Value[e] = f[o + j]; codes.EntryRow[e] = b;
@@ -593,6 +735,13 @@ public sealed class DictionaryDeviceKernels
     }
 
     static void ScaleKernel(Index1D i, ArrayView<float> x, float s) => x[i] = x[i] * s;
+}
+
+/// <summary>One 8-bit pass of the radix select: bins (key &gt;&gt; Shift) &amp; 255 of keys whose bits above PrefixShift
+/// equal Prefix (PrefixShift 32: every key); N = entries (set by the launcher).</summary>
+public readonly record struct RadixPass(int Shift, int PrefixShift, int Prefix)
+{
+    public long N { get; init; }
 }
 
 /// <summary>Shape and mode of the code-normalisation kernel.</summary>

@@ -115,4 +115,25 @@ public class DeviceTrainingRunTests(CpuDeviceFixture fx, ITestOutputHelper outpu
             Assert.True(cuda.Stderr.Trim().Split('\n').Length <= 2, cuda.ToString());
         }
     }
+
+    [Fact]
+    public void Bench_device_train_prints_one_json_line_and_refuses_cuda_without_a_gpu()
+    {
+        var r = CliProcess.Run(["bench", "device-train", "--device", "ilgpu-cpu", "--width", "16", "--dict-size", "64", "--batch", "32", "--k", "4", "--steps", "1", "--warmup", "1", "--json"], timeoutMs: 300_000);
+        Assert.Equal(0, r.ExitCode);
+        var line = Assert.Single(r.Stdout.Trim().Split('\n'));
+        var o = System.Text.Json.JsonDocument.Parse(line).RootElement;
+        Assert.Equal("device-train", o.GetProperty("bench").GetString());
+        Assert.Equal(64, o.GetProperty("dict_size").GetInt32());
+        Assert.True(o.GetProperty("tokens_per_s").GetDouble() > 0);
+        Assert.Equal(4.0, o.GetProperty("l0").GetDouble());   // k·B entries over B tokens
+        if (!CudaDevice.Available)
+        {
+            var cuda = CliProcess.Run(["bench", "device-train", "--json"]);
+            Assert.NotEqual(0, cuda.ExitCode);
+            Assert.Equal("", cuda.Stdout.Trim());
+            Assert.Contains("--device cuda: no usable CUDA GPU", cuda.Stderr);
+            Assert.Single(cuda.Stderr.Trim().Split('\n'));
+        }
+    }
 }
