@@ -46,6 +46,11 @@ public sealed partial class DeviceModel : IForwardModel
     /// logits — at 32×1024 tokens and a 256k vocabulary the copy alone would be 34 GB.</summary>
     public bool LogitsToHost { get; set; } = true;
 
+    /// <summary>Whether a hook's tensor is copied back to the device after the hook ran, so that edits flow on (true,
+    /// as <see cref="CausalLM"/>). A caller whose hooks only read (a harvest) sets false and saves one host → device copy
+    /// per listened hook.</summary>
+    public bool CopyHookEditsBack { get; set; } = true;
+
     readonly Accelerator _acc;
     readonly DeviceMatrix _embed;          // stored dtype
     readonly MemoryBuffer1D<float, Stride1D.Dense>? _wpe; // GPT-2 [P, D]
@@ -282,16 +287,16 @@ public sealed partial class DeviceModel : IForwardModel
         if (_wpe is not null) Context.Forward.AddPositions(ws.Positions.View.SubView(0, batch.Count), _wpe.View, Hidden, hMD);
     }
 
-    /// <summary>Fires <paramref name="name"/> on the device view [m, width] when someone listens: copies it to a host
-    /// tensor [Batch, Seq, width], runs the hooks, copies the (possibly edited) values back. No listener: no copy.</summary>
+    /// <summary>Fires <paramref name="name"/> on the device view [m, width] when someone listens: copies it into a
+    /// page-locked host tensor [Batch, Seq, width] (valid during the hook call: hooks copy what they keep), runs the
+    /// hooks, copies the (possibly edited) values back unless <see cref="CopyHookEditsBack"/> is off. No listener: no copy.</summary>
     void Fire(HookSet? hooks, string name, ArrayView<float> view, int width, TokenBatch batch)
     {
         if (_capture is not null) CaptureAt(name, view);   // the harvest's copies (DeviceModel.Capture.cs)
         if (hooks is null || !hooks.Has(name)) return;
-        var t = new Tensor(batch.Batch, batch.Seq, width);
-        _staging.ToHost(view, t.Data);
+        var t = _staging.Borrow(view, batch.Batch, batch.Seq, width);
         hooks.Fire(name, t, batch);
-        _staging.ToDevice(t.Data, view);
+        if (CopyHookEditsBack) _staging.Return(t, view);
     }
 
     string SiteName(HookSite site, int layer) => _siteNames[(int)site][layer];

@@ -1,4 +1,5 @@
 using Finetrace.Models;
+using Finetrace.Tensors;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -98,21 +99,32 @@ sealed class PinnedStaging(Accelerator accelerator) : IDisposable
     /// <summary>Copies the device view into <paramref name="dst"/> (waits for the stream: the host reads the values).</summary>
     public void ToHost(ArrayView<float> src, Span<float> dst)
     {
+        var p = Fill(src);
+        p.Span.CopyTo(dst);
+    }
+
+    /// <summary>A tensor of <paramref name="shape"/> whose data IS the page-locked buffer of that length, filled from the
+    /// device view (no host copy). Valid until the next use of a buffer of the same length: for hooks, which copy
+    /// what they keep (as with <c>CausalLM</c>'s residual tensors, which later blocks overwrite).</summary>
+    public Tensor Borrow(ArrayView<float> src, params int[] shape) => new(Fill(src).GetArray(), shape);
+
+    /// <summary>Copies a tensor from <see cref="Borrow"/> back into the device view (asynchronous, stream-ordered
+    /// before later kernels; the next <see cref="Borrow"/> of the same length is ordered after it).</summary>
+    public void Return(Tensor borrowed, ArrayView<float> dst)
+    {
+        var p = For(dst.Length);
+        if (!ReferenceEquals(p.GetArray(), borrowed.Data)) throw new ArgumentException("not a tensor borrowed from this staging for that length");
+        ArrayView1D<float, Stride1D.Dense> view = dst;
+        view.CopyFromPageLockedAsync(accelerator.DefaultStream, p);
+    }
+
+    PageLockedArray1D<float> Fill(ArrayView<float> src)
+    {
         var p = For(src.Length);
         ArrayView1D<float, Stride1D.Dense> view = src;
         view.CopyToPageLockedAsync(accelerator.DefaultStream, p);
         accelerator.DefaultStream.Synchronize();
-        p.Span.CopyTo(dst);
-    }
-
-    /// <summary>Copies <paramref name="src"/> back into the device view (the copy itself is asynchronous, ordered before later kernels on the stream).</summary>
-    public void ToDevice(ReadOnlySpan<float> src, ArrayView<float> dst)
-    {
-        var p = For(dst.Length);
-        accelerator.DefaultStream.Synchronize(); // an earlier copy may still be reading this buffer
-        src.CopyTo(p.Span);
-        ArrayView1D<float, Stride1D.Dense> view = dst;
-        view.CopyFromPageLockedAsync(accelerator.DefaultStream, p);
+        return p;
     }
 
     public void Dispose()

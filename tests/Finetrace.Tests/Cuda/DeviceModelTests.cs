@@ -132,6 +132,18 @@ public sealed class DeviceModelTests(DeviceContextsFixture fx, ITestOutputHelper
         hooks.Capture(HookNames.Logits, steered);
         cpu.Forward(RightPadded(), hooks);
         Assert.True(ForwardParity.Measure("logits", plain!, steered[HookNames.Logits], RightPadded()).NormRelative > 1e-2);
+
+        // with CopyHookEditsBack off (read-only hooks, a harvest) the hooks still see the activations but edits stay on
+        // the host: the logits are the unedited ones
+        using var dev = DeviceModel.Load(ctx, dir);
+        dev.CopyHookEditsBack = false;
+        var seen = new Dictionary<string, Tensor>();
+        var readOnly = new HookSet();
+        Edits(readOnly);
+        readOnly.Capture(HookNames.ResidPost(0), seen);
+        var (_, devLogits) = dev.Forward(RightPadded(), readOnly);
+        Assert.True(ForwardParity.Measure("logits", plain!, devLogits!, RightPadded()).NormRelative <= 1e-5);
+        Assert.True(seen.ContainsKey(HookNames.ResidPost(0)));
     }
 
     [SharedFact]
