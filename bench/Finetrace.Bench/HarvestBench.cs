@@ -38,20 +38,21 @@ public sealed class HarvestBench : IBenchCommand
         var tokens = new Option<long>("--tokens") { Description = "Tokens per run", DefaultValueFactory = _ => 20_000 };
         var batch = new Option<int>("--batch") { Description = "Samples per batch", DefaultValueFactory = _ => 16 };
         var context = new Option<int>("--context") { Description = "Context length (harvest's default)", DefaultValueFactory = _ => 512 };
+        var fill = new Option<bool>("--fill-context") { Description = "Generated samples longer than --context, so every batch is --batch × --context tokens (e.g. 32 × 1024 on a device); default: samples of about 450 tokens" };
         var vsContext = new Option<int>("--vs-context") { Description = "Also harvest at this shorter context in each round and compare tokens/s (0 = off)", DefaultValueFactory = _ => 128 };
         var dtype = new Option<string>("--dtype") { Description = "Stored dtype", DefaultValueFactory = _ => "bf16" };
         var repeat = new Option<int>("--repeat") { Description = "Rounds (forward, harvest, short-context harvest); figures are medians of per-round ratios", DefaultValueFactory = _ => 5 };
         var json = BenchOptions.Json();
         var device = new DeviceOptions();
         var cmd = new Command("harvest", "Harvest tokens/s against the pure forward tokens/s of the same models on the same device (store overhead bound 15%), and context 512 against 128 (bound 60%)");
-        foreach (var o in new Option[] { baseDir, ft, data, layers, tokens, batch, context, vsContext, dtype, repeat, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { baseDir, ft, data, layers, tokens, batch, context, fill, vsContext, dtype, repeat, json }) cmd.Options.Add(o);
         device.AddTo(cmd);
         cmd.SetAction(r =>
         {
             device.Resolve(r);   // a bad --device fails before any work
             using var run = device.Open(r);
             return Run(r.GetValue(baseDir)!, r.GetValue(ft)!, r.GetValue(data), r.GetValue(layers), r.GetValue(tokens), r.GetValue(batch),
-                r.GetValue(context), r.GetValue(vsContext), r.GetValue(dtype)!, r.GetValue(repeat), r.GetValue(json), run.Loader);
+                r.GetValue(context), r.GetValue(vsContext), r.GetValue(dtype)!, r.GetValue(repeat), r.GetValue(json), run.Loader, r.GetValue(fill));
         });
         return cmd;
     }
@@ -75,14 +76,14 @@ public sealed class HarvestBench : IBenchCommand
         return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
     }
 
-    static int Run(string baseDir, string ftDir, string[]? dataSpecs, int[]? layerArg, long tokens, int batch, int context, int vsContext, string dtype, int repeat, bool json, ForwardModelLoader loader)
+    static int Run(string baseDir, string ftDir, string[]? dataSpecs, int[]? layerArg, long tokens, int batch, int context, int vsContext, string dtype, int repeat, bool json, ForwardModelLoader loader, bool fillContext = false)
     {
         if (tokens < 1 || batch < 1 || context < 1 || repeat < 1) throw new ArgumentException("--tokens, --batch, --context and --repeat must be positive");
         if (vsContext < 0 || vsContext >= context) throw new ArgumentException($"--vs-context must be 0 (off) or below --context {context}");
         var tmp = Directory.CreateTempSubdirectory("finetrace-bench-harvest-").FullName;
         try
         {
-            var data = dataSpecs is { Length: > 0 } ? dataSpecs.Select(DataSourceSpec.Parse).ToList() : [DataSourceSpec.Parse(GenerateText(tmp, tokens))];
+            var data = dataSpecs is { Length: > 0 } ? dataSpecs.Select(DataSourceSpec.Parse).ToList() : [DataSourceSpec.Parse(GenerateText(tmp, tokens, fillContext ? context : 0, vsContext > 0 ? vsContext : context))];
             int nLayers = ModelConfig.Load(baseDir).Layers;
             int[] layers = layerArg is { Length: > 0 } ? layerArg : [nLayers / 2];
             int maxLayer = layers.Max();
@@ -177,7 +178,7 @@ public sealed class HarvestBench : IBenchCommand
                     ["device"] = loader.Device, ["precision"] = loader.Precision, ["hardware"] = loader.Hardware ?? "cpu",
                     ["harvest_tokens_per_s"] = hvRate, ["forward_tokens_per_s"] = fwdRate, ["overhead"] = overhead, ["overhead_in_run"] = inRun,
                     ["cpu_us_per_token_harvest"] = cpuHarvest * 1e6, ["cpu_us_per_token_forward"] = cpuForward * 1e6, ["cpu_overhead"] = cpuOverhead, ["bound"] = Bound,
-                    ["context"] = context, ["tokens_per_sample"] = hvTokens / (double)Math.Max(1, samples), ["rounds"] = repeat,
+                    ["context"] = context, ["batch"] = batch, ["fill_context"] = fillContext, ["tokens_per_sample"] = hvTokens / (double)Math.Max(1, samples), ["rounds"] = repeat,
                     ["short_context"] = vsContext, ["short_context_harvest_tokens_per_s"] = J(shortRate),
                     ["long_vs_short_context"] = J(longVsShort), ["cpu_long_vs_short_context"] = J(cpuLongVsShort), ["long_context_bound"] = LongContextBound,
                     ["overhead_per_round"] = rounds.Select(r => forwards[r].TokensPerSecond / harvests[r].TokensPerSecond - 1).ToArray(),
@@ -219,16 +220,20 @@ public sealed class HarvestBench : IBenchCommand
     /// <summary>Story-like samples of about 450 tokens each (as long as the stories harvests meet, so that a context of
     /// 512 costs what it costs in a real harvest), blank-line separated: <paramref name="tokens"/> / 100 of them, enough for
     /// the target even at a short context of 100 tokens per sample.</summary>
-    static string GenerateText(string dir, long tokens)
+    /// <param name="fillContext">&gt; 0: samples of enough episodes to pass that many tokens (an episode is about 55
+    /// tokens with the tiny models' tokenizers and about 40 with a large vocabulary's; twice that is written), and enough
+    /// of them for the target even when every sample is cut to <paramref name="shortestContext"/>.</param>
+    static string GenerateText(string dir, long tokens, int fillContext = 0, int shortestContext = 0)
     {
         string[] names = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max"], things = ["ball", "cake", "dog", "kite", "tree"], places = ["park", "forest", "lake", "garden"];
         var rng = new Random(3);
         string path = Path.Combine(dir, "bench.txt");
         using var w = new StreamWriter(path);
-        for (long i = 0; i < tokens / 100 + 4; i++)
+        int episodes = fillContext > 0 ? Math.Max(8, fillContext / 20 + 2) : 8;
+        for (long i = 0; i < (fillContext > 0 ? tokens / Math.Max(1, shortestContext) + 64 : tokens / 100 + 4); i++)
         {
             // ~55 tokens per episode, 8 episodes per sample
-            for (int e = 0; e < 8; e++)
+            for (int e = 0; e < episodes; e++)
             {
                 string n = names[rng.Next(names.Length)], t = things[rng.Next(things.Length)], p = places[rng.Next(places.Length)];
                 w.Write($"{(e == 0 ? "Once upon a time" : "The next day")}, {n} went to the {p} with a {t}. {n} played with the {t} all day and was very happy. ");

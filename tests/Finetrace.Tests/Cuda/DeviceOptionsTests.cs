@@ -113,6 +113,23 @@ public class DeviceOptionsTests
         Assert.DoesNotContain("   at ", bad.Stderr);
     }
 
+    [SharedFact]
+    public void DiffEmit_PassesAChosenDeviceToTheHarvestParts()
+    {
+        string[] args = ["diff", "--base", Shared.Path("models", "stories260K"), "--finetuned", Shared.Path("models", "stories260K-zog"),
+                         "--out", "RESULTS", "--emit", "slurm", "--parts", "2"];
+        var env = new Dictionary<string, string?> { ["FINETRACE_DEVICE"] = null };
+        var cuda = CliProcess.Run([.. args, "--device", "cuda", "--precision", "tf32"], env);   // emitting opens no device
+        Assert.Equal(0, cuda.ExitCode);
+        var partLine = cuda.Stdout.Split('\n').Single(l => l.Contains("--harvest-part"));
+        Assert.Contains("--device cuda --precision tf32", partLine);
+        Assert.DoesNotContain(cuda.Stdout.Split('\n'), l => l.Contains("--stop-after data") && l.Contains("--device"));
+
+        var cpu = CliProcess.Run(args, env);
+        Assert.Equal(0, cpu.ExitCode);
+        Assert.DoesNotContain("--device", cpu.Stdout);
+    }
+
     [Fact]
     public void Help_OfHarvestAndDiff_ShowsTheDeviceOptions()
     {
