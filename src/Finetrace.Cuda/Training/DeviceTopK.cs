@@ -18,10 +18,16 @@ public sealed class DeviceTopK : IDisposable
     readonly int f;
     readonly MemoryBuffer1D<int, Stride1D.Dense> hist, slot, chunkSums, threshold, gt, eq, eqPrefix, budget, count;
 
-    /// <summary>Buffers for up to <paramref name="rows"/> rows of <paramref name="f"/> latents.</summary>
-    public DeviceTopK(Accelerator accelerator, int rows, int f)
+    /// <summary>Whether the group-per-row kernels (and shared-memory histograms) run; otherwise their thread-per-row
+    /// twins. Both select exactly the same entries.</summary>
+    public bool Grouped { get; }
+
+    /// <summary>Buffers for up to <paramref name="rows"/> rows of <paramref name="f"/> latents. <paramref name="grouped"/>:
+    /// default on a GPU; off on ILGPU's CPU accelerator, where each group barrier costs a thread hand-off.</summary>
+    public DeviceTopK(Accelerator accelerator, int rows, int f, bool? grouped = null)
     {
         acc = accelerator; this.f = f;
+        Grouped = grouped ?? accelerator.AcceleratorType == AcceleratorType.Cuda;
         K = DictionaryDeviceKernels.For(acc);
         hist = acc.Allocate1D<int>(256);
         slot = acc.Allocate1D<int>(Math.Max(1, (long)rows * f));
@@ -50,7 +56,8 @@ public sealed class DeviceTopK : IDisposable
         for (int pass = 0; pass < 4; pass++)
         {
             hist.View.SubView(0, 256).MemSetToZero();
-            K.RadixHistogram8(fBF, cF, maskF, keys, hist.View, new RadixPass(24 - 8 * pass, 32 - 8 * pass, (int)prefix));
+            var rp = new RadixPass(24 - 8 * pass, 32 - 8 * pass, (int)prefix);
+            if (Grouped) K.RadixHistogram8(fBF, cF, maskF, keys, hist.View, rp); else K.RadixHistogram8Reference(fBF, cF, maskF, keys, hist.View, rp);
             hist.View.SubView(0, 256).CopyToCPU(acc.DefaultStream, h);
             acc.Synchronize();
             if (pass == 0)
@@ -74,11 +81,11 @@ public sealed class DeviceTopK : IDisposable
         int B = keys.Rows;
         var r = RowsView(B);
         K.Fill(r.Threshold, unchecked((int)th));
-        K.RowCountAbove(fBF, cF, maskF, keys, r);
+        if (Grouped) K.RowCountAbove(fBF, cF, maskF, keys, r); else K.RowCountAboveReference(fBF, cF, maskF, keys, r);
         K.ExclusiveScan(r.Eq, r.EqPrefix, chunkSums.View, B);
         K.BatchBudget(r, B, need);
         K.ExclusiveScan(r.Count, codes.RowStart.View, chunkSums.View, B);
-        K.RowWrite(fBF, cF, maskF, keys, r, codes.View, slot.View);
+        if (Grouped) K.RowWrite(fBF, cF, maskF, keys, r, codes.View, slot.View); else K.RowWriteReference(fBF, cF, maskF, keys, r, codes.View, slot.View);
         K.BuildColumns(slot.View, codes.View, chunkSums.View, B, f);
         return ((int)kEff, minKept);
     }
@@ -92,9 +99,9 @@ public sealed class DeviceTopK : IDisposable
         if (cF.Length == 0) cF = fBF;
         int B = keys.Rows;
         var r = RowsView(B);
-        K.RowTopK(fBF, cF, maskF, keys, r, Math.Min(k, f));
+        if (Grouped) K.RowTopK(fBF, cF, maskF, keys, r, Math.Min(k, f)); else K.RowTopKReference(fBF, cF, maskF, keys, r, Math.Min(k, f));
         K.ExclusiveScan(r.Count, codes.RowStart.View, chunkSums.View, B);
-        K.RowWrite(fBF, cF, maskF, keys, r, codes.View, slot.View);
+        if (Grouped) K.RowWrite(fBF, cF, maskF, keys, r, codes.View, slot.View); else K.RowWriteReference(fBF, cF, maskF, keys, r, codes.View, slot.View);
         K.BuildColumns(slot.View, codes.View, chunkSums.View, B, f);
         var one = new int[1];
         codes.RowStart.View.SubView(B, 1).CopyToCPU(acc.DefaultStream, one);

@@ -19,6 +19,7 @@ public sealed class DictionaryDeviceKernels
     const int MaxGroup = 256;
     readonly int group;
     readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, ArrayView<int>, RadixPass> radix8;
+    readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, ArrayView<int>, RadixPass> radix8Reference;
     readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect> rowCountAboveGroup;
     readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, int> rowTopKGroup;
     readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, CodesView, ArrayView<int>> rowWriteGroup;
@@ -67,6 +68,7 @@ public sealed class DictionaryDeviceKernels
         while (g * 2 <= Math.Min(MaxGroup, acc.MaxNumThreadsPerGroup)) g *= 2;
         group = g;
         radix8 = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, ArrayView<int>, RadixPass>(Radix8Kernel);
+        radix8Reference = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, ArrayView<int>, RadixPass>(Radix8ReferenceKernel);
         rowCountAboveGroup = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect>(RowCountAboveGroupKernel);
         rowTopKGroup = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, int>(RowTopKGroupKernel);
         rowWriteGroup = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, KeyArgs, RowSelect, CodesView, ArrayView<int>>(RowWriteGroupKernel);
@@ -133,6 +135,13 @@ public sealed class DictionaryDeviceKernels
         if (n == 0) return;
         int groups = (int)Math.Min((n + group - 1) / group, 2048);   // grid-stride beyond
         radix8(new KernelConfig(groups, group), fBF, cF, maskF, k, hist, p with { N = n });
+    }
+
+    /// <summary>The one-thread-per-entry twin of <see cref="RadixHistogram8"/> (global atomics; reference).</summary>
+    public void RadixHistogram8Reference(ArrayView<float> fBF, ArrayView<float> cF, ArrayView<int> maskF, KeyArgs k, ArrayView<int> hist, RadixPass p)
+    {
+        long n = (long)k.Rows * k.F;
+        if (n > 0) radix8Reference(checked((int)n), fBF, cF, maskF, k, hist, p with { N = n });
     }
 
     /// <summary>Per row: keys above the row threshold (gt) and equal to it (eq); one group per row.</summary>
@@ -431,6 +440,15 @@ public sealed class DictionaryDeviceKernels
         }
         Group.Barrier();
         for (int i = Group.IdxX; i < 256; i += Group.DimX) { int v = local[i]; if (v != 0) Atomic.Add(ref hist[i], v); }
+    }
+
+    static void Radix8ReferenceKernel(Index1D idx, ArrayView<float> f, ArrayView<float> c, ArrayView<int> mask, KeyArgs k, ArrayView<int> hist, RadixPass p)
+    {
+        long e = idx.X;
+        uint key = Key(f, c, mask, k, e, (int)(e % k.F));
+        if (key == 0u) return;
+        if (p.PrefixShift < 32 && (key >> p.PrefixShift) != (uint)p.Prefix) return;
+        Atomic.Add(ref hist[(int)((key >> p.Shift) & 0xFFu)], 1);
     }
 
     static void RowCountAboveGroupKernel(ArrayView<float> f, ArrayView<float> c, ArrayView<int> mask, KeyArgs k, RowSelect r)

@@ -56,14 +56,15 @@ public class DeviceTrainerTests(CpuDeviceFixture fx, ITestOutputHelper output) :
         Assert.True(r.Passed, $"{name}: max norm-relative {r.MaxNormRelative:G3}, selection mismatches {r.SelectionMismatches}, loss rel {r.LossRelative:G3}");
     }
 
-    // 40 steps here (ILGPU's CPU accelerator pays milliseconds per kernel launch on a loaded machine); the [CudaFact]
+    // 25 steps here (ILGPU's CPU accelerator pays milliseconds per kernel launch on a loaded machine; latents die from
+    // step 8, so AuxK acts for most of them); the [CudaFact]
     // below and scripts/gpu-check run the 100 steps.
     [Fact]
     public void Loss_curve_stays_within_one_percent_of_the_CPU_at_every_step()
     {
-        var r = TrainerParity.LossCurve(fx.Ctx, 40, TrainerParity.LossCurveCase);
+        var r = TrainerParity.LossCurve(fx.Ctx, 25, TrainerParity.LossCurveCase);
         output.WriteLine($"worst relative loss difference {r.MaxRelative:G3} at step {r.WorstStep}; loss {r.CpuLoss[0]:G4} → {r.CpuLoss[^1]:G4} (cpu), {r.DeviceLoss[^1]:G4} (device)");
-        Assert.True(r.CpuLoss[^1] < 0.8 * r.CpuLoss[0], $"the run does not learn (loss {r.CpuLoss[0]} → {r.CpuLoss[^1]}): the curve would test nothing");
+        Assert.True(r.CpuLoss[^1] < 0.9 * r.CpuLoss[0], $"the run does not learn (loss {r.CpuLoss[0]} → {r.CpuLoss[^1]}): the curve would test nothing");
         Assert.True(r.Passed, $"loss differs by {r.MaxRelative:G3} at step {r.WorstStep} (cpu {r.CpuLoss[r.WorstStep]}, device {r.DeviceLoss[r.WorstStep]})");
     }
 
@@ -106,7 +107,7 @@ public class DeviceTrainerTests(CpuDeviceFixture fx, ITestOutputHelper output) :
     [InlineData(16, 40, 40)]   // k·B beyond the positive entries: every positive entry
     public void Batch_top_k_selects_exactly_the_CPU_entries_with_ties_to_the_lower_index(int b, int f, int k)
     {
-        foreach (bool scaled in new[] { false, true })
+        foreach (var (scaled, grouped) in new[] { (false, false), (true, false), (false, true), (true, true) })
         {
             var (x, c, _) = TiedActivations(b, f, b * 1000 + f + k);
             var cpu = new SparseCodes(0, f);
@@ -114,11 +115,11 @@ public class DeviceTrainerTests(CpuDeviceFixture fx, ITestOutputHelper output) :
             var acc = fx.Ctx.Accelerator;
             using var xd = acc.Allocate1D(x);
             using var cd = acc.Allocate1D(c);
-            using var sel = new DeviceTopK(acc, b, f);
+            using var sel = new DeviceTopK(acc, b, f, grouped);
             using var codes = DeviceCodes.Allocate(acc, b, f, (long)b * f);
             var (nnz, min) = sel.Batch(xd.View, cd.View, default, new KeyArgs { Rows = b, F = f, Scaled = scaled ? 1 : 0 }, (long)k * b, codes);
             var dev = codes.Download(b);
-            output.WriteLine($"B={b} F={f} k={k} scaled={scaled}: cpu {cpu.Count} entries (min {cpuMin}), device {nnz} (min {min})");
+            output.WriteLine($"B={b} F={f} k={k} scaled={scaled} grouped={grouped}: cpu {cpu.Count} entries (min {cpuMin}), device {nnz} (min {min})");
             Assert.Equal(cpu.Count, nnz);
             Assert.Equal(cpuMin, min);
             Assert.Equal(cpu.RowStart.AsSpan(0, b + 1).ToArray(), dev.RowStart.AsSpan(0, b + 1).ToArray());
@@ -133,7 +134,7 @@ public class DeviceTrainerTests(CpuDeviceFixture fx, ITestOutputHelper output) :
     [InlineData(20, 130, 200)]   // k > F
     public void Per_row_top_k_selects_exactly_the_CPU_entries_with_and_without_a_mask(int b, int f, int k)
     {
-        foreach (bool masked in new[] { false, true })
+        foreach (var (masked, grouped) in new[] { (false, false), (true, false), (false, true), (true, true) })
         {
             var (x, c, allowed) = TiedActivations(b, f, b * 77 + f + k);
             var cpu = new SparseCodes(0, f);
@@ -142,11 +143,11 @@ public class DeviceTrainerTests(CpuDeviceFixture fx, ITestOutputHelper output) :
             using var xd = acc.Allocate1D(x);
             using var cd = acc.Allocate1D(c);
             using var md = acc.Allocate1D(allowed.Select(a => a ? 1 : 0).ToArray());
-            using var sel = new DeviceTopK(acc, b, f);
+            using var sel = new DeviceTopK(acc, b, f, grouped);
             using var codes = DeviceCodes.Allocate(acc, b, f, (long)b * f);
             int nnz = sel.Rows(xd.View, cd.View, md.View, new KeyArgs { Rows = b, F = f, Scaled = 1, Masked = masked ? 1 : 0 }, k, codes);
             var dev = codes.Download(b);
-            output.WriteLine($"B={b} F={f} k={k} masked={masked}: cpu {cpu.Count} entries, device {nnz}");
+            output.WriteLine($"B={b} F={f} k={k} masked={masked} grouped={grouped}: cpu {cpu.Count} entries, device {nnz}");
             Assert.Equal(cpu.Count, nnz);
             Assert.Equal(cpu.RowStart.AsSpan(0, b + 1).ToArray(), dev.RowStart.AsSpan(0, b + 1).ToArray());
             Assert.Equal(cpu.Index.AsSpan(0, cpu.Count).ToArray(), dev.Index.AsSpan(0, nnz).ToArray());
