@@ -38,7 +38,12 @@ public static class GpuCheckReport
             (kind switch { "check" => checks, "torch" => torch, "setup" => setup, _ => benches })[name] = entry;
         }
         foreach (var (name, node) in benches)
+        {
             if (torch[$"torch-{name}"] is JsonObject peer && node is JsonObject ours) AddPeer(ours, peer);
+            // A benchmark that states its own bound (bench harvest: store overhead ≤ 15%) gets the verdict beside it.
+            if (node is JsonObject b && Number(b, "overhead") is { } overhead && Number(b, "bound") is { } bound)
+                b["within_bound"] = overhead <= bound;
+        }
 
         string device = ReadText(Path.Combine(stepsDir, "device.txt"))
             ?? checks.Select(c => (c.Value as JsonObject)?["device"]?.GetValue<string>()).FirstOrDefault(d => d is not null)

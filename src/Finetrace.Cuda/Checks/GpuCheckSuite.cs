@@ -29,6 +29,7 @@ public static class GpuCheckSuite
     public static readonly string[] Planned =
     [
         "device-kernels",
+        "forward-kernels-parity",
         "gemm-parity",
         "forward-parity-fp32", "forward-parity-tf32", "forward-parity-bf16",
         "trainer-parity-1step",
@@ -41,6 +42,8 @@ public static class GpuCheckSuite
     [
         new("device-kernels", "DeviceKernels (RMSNorm, SwiGLU, softmax) and the device float32 GEMM against their CPU peers",
             c => DeviceKernelsCheck.Run(c.Device, c.Tiny)),
+        new("forward-kernels-parity", "Every ForwardKernels kernel (LayerNorm, activations, embedding, RoPE, QKV split, attention softmax, ...) vs its CPU peer at model-like widths",
+            c => ForwardKernels(c)),
         new("gemm-parity", "Device products (cuBLAS on a GPU) in fp32, tf32 and bf16, every transpose, single and strided-batched, vs Tensors.Gemm",
             c => Gemm(c)),
         new("forward-parity-fp32", "DeviceModel vs CausalLM on every parity architecture, fp32 products (≤ 1e-5 norm-relative)",
@@ -73,6 +76,21 @@ public static class GpuCheckSuite
 
     /// <summary>JSON has no NaN or ∞: such an error is written as a string (and fails its check).</summary>
     static JsonNode Finite(double x) => double.IsFinite(x) ? JsonValue.Create(x) : JsonValue.Create(x.ToString())!;
+
+    static JsonObject ForwardKernels(GpuCheckStepContext c)
+    {
+        using var ctx = DeviceContext.Create(c.Device, GemmMode.Fp32);
+        var r = ForwardKernelsParity.Run(ctx);
+        // exact cases have bound 0: their ratio is 0 when exact, ∞ otherwise (never 0/0)
+        static double Ratio(KernelParityCase k) => k.Tolerance > 0 ? Key(k.MaxAbsDiff / k.Tolerance) : (k.MaxAbsDiff == 0 ? 0 : double.PositiveInfinity);
+        var w = r.Cases.MaxBy(Ratio)!;
+        var o = Verdict(r.Passed, Ratio(w), 1.0, "worst max-abs-diff / its bound over all kernels (copies and adds exact, the rest ≤ 1e-5)");
+        o["device"] = r.Device;
+        o["cases"] = r.Cases.Count;
+        o["closest_to_bound"] = $"{w.Kernel} {w.Shape}: {w.MaxAbsDiff:G3} (bound {w.Tolerance:G3})";
+        o["failures"] = new JsonArray(r.Cases.Where(x => !x.Passed).Take(8).Select(f => (JsonNode)$"{f.Kernel} {f.Shape}: {f.MaxAbsDiff:G3} > {f.Tolerance:G3}").ToArray());
+        return o;
+    }
 
     static JsonObject Gemm(GpuCheckStepContext c)
     {

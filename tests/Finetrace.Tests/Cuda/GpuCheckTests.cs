@@ -35,6 +35,9 @@ public sealed class GpuCheckTests
         Step(dir, "forward-x", """{"kind":"bench","rc":0,"seconds":9,"limit_s":90}""", "{\"tokens_per_s\":200.0}\n");
         Step(dir, "torch-forward-x", """{"kind":"torch","rc":0,"seconds":9,"limit_s":90}""",
              "{\"status\":\"ok\",\"tokens_per_s\":100.0,\"flops_per_token\":1e9,\"peak_bf16_tflops\":1000}\n");
+        Step(dir, "harvest", """{"kind":"bench","rc":0,"seconds":30,"limit_s":150}""",
+             "{\"harvest_tokens_per_s\":90.0,\"forward_tokens_per_s\":100.0,\"overhead\":0.111,\"bound\":0.15}\n");
+        Step(dir, "harvest-slow", """{"kind":"bench","rc":0,"seconds":30,"limit_s":150}""", "{\"overhead\":0.25,\"bound\":0.15}\n");
         Step(dir, "crashed", """{"kind":"bench","rc":139,"seconds":1,"limit_s":90}""", "", "warming up\nSegmentation fault (core dumped)\n");
         File.AppendAllText(dir.File("order.txt"), "cut-short\n"); // listed, but the script died before its .meta
 
@@ -60,6 +63,9 @@ public sealed class GpuCheckTests
         Assert.Equal(2.0, benches["forward-x"]!["ratio_vs_torch"]!.GetValue<double>(), 12);
         // 200 tokens/s × 1e9 FLOPs per token against a 1000 TFLOP/s peak
         Assert.Equal(2e-4, benches["forward-x"]!["fraction_of_peak"]!.GetValue<double>(), 12);
+        Assert.True(benches["harvest"]!["within_bound"]!.GetValue<bool>());
+        Assert.False(benches["harvest-slow"]!["within_bound"]!.GetValue<bool>());
+        Assert.Null(benches["forward-x"]!["within_bound"]);
         Assert.Equal("error", Status(benches["crashed"]));
         Assert.Contains("exit status 139", benches["crashed"]!["message"]!.GetValue<string>());
         Assert.Contains("Segmentation fault", benches["crashed"]!["message"]!.GetValue<string>());
