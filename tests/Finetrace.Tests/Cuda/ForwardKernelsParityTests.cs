@@ -12,7 +12,7 @@ public class ForwardKernelsParityTests(ITestOutputHelper output)
     // The CPU-accelerator run is ForwardKernelsTests.ForwardKernelsParity_passes_on_the_CPU_accelerator (it shares that
     // class's context, whose kernels are already compiled).
 
-    public static void Report(ForwardKernelsParityResult result, ITestOutputHelper output)
+    internal static void Report(ForwardKernelsParityResult result, ITestOutputHelper output)
     {
         foreach (var c in result.Cases)
             output.WriteLine($"{(c.Passed ? "ok  " : "FAIL")} {c.Kernel} [{c.Shape}]: {c.MaxAbsDiff:G3} (tolerance {c.Tolerance:G3})");
