@@ -68,6 +68,12 @@ public sealed class TrainCommand : ICliCommand
         var diffLambda = new Option<double>("--diff-lambda") { Description = "Diff-aware loss ‖e_base‖² + ‖e_ft‖² + 2λ⟨e_base, e_ft⟩ with λ in [−1, 0] (−1: only the difference is reconstructed; needs --loss mse and two models)", DefaultValueFactory = _ => 0 };
         var sourcesOpt = new Option<string?>("--sources") { Description = "Crosscoder over (model, layer) sources of the store, acausal, e.g. 0:2,1:2,0:3,1:3 (default: every model at --layer)" };
         var device = new DeviceOptions();
+        // The shared wording speaks of the forward and defaults cuda to bf16; training keeps fp32 parameters.
+        device.Device.Description = "Where training runs: cpu (the default and the reference), cuda (the first NVIDIA GPU: BatchTopK/TopK " +
+            "dictionaries; other recipes are refused) or ilgpu-cpu (the device code on ILGPU's CPU accelerator: slow, for checking). " +
+            "Default: $FINETRACE_DEVICE when set, else cpu";
+        device.Precision.Description = "Encoder-product precision on a device: fp32 (the default; within 1e-5 of the CPU step) or tf32 " +
+            "(tensor cores, fp32 accumulation); bf16 is refused (parameters and Adam state stay fp32)";
         var cmd = new Command(kind, description);
         if (kind == "crosscoder") foreach (var o in new Option[] { sourcesOpt, dedicated, designated, designatedPenalty, untied, diffLambda }) cmd.Options.Add(o);
         foreach (var o in new Option[] { store, layer, outDir, recipeOpt, k, l1, activation, dictSize, expansion, tokens, batch, lr, warmup, decay, loss, codeNorm, sqrtL1, l1Warmup, kMax, kAnneal, auxk, deadTokens, auxkK, thresholdStart, clip, normInit, targetRms, filter, seed, ckpt, resume, overwrite, holdout, validateEvery, validationTokens })
