@@ -31,27 +31,10 @@ public sealed class DeviceForwardBenchCommand : IBenchCommand
 
     static int Run(string dir, string deviceText, string precisionText, int batch, int context, int forwards, bool logits, bool json)
     {
-        var kind = deviceText.ToLowerInvariant() switch
-        {
-            "cuda" => DeviceKind.Cuda,
-            "ilgpu-cpu" => DeviceKind.IlgpuCpu,
-            _ => throw new ArgumentException($"--device {deviceText}: expected cuda or ilgpu-cpu"),
-        };
-        var mode = precisionText.ToLowerInvariant() switch
-        {
-            "bf16" => GemmMode.Bf16,
-            "tf32" => GemmMode.Tf32,
-            "fp32" => GemmMode.Fp32,
-            _ => throw new ArgumentException($"--precision {precisionText}: expected bf16, tf32 or fp32"),
-        };
+        var kind = BenchDevice.Kind(deviceText);
+        var mode = BenchDevice.Mode(precisionText, "--precision", [GemmMode.Bf16, GemmMode.Tf32, GemmMode.Fp32]);
         if (batch <= 0 || context <= 0 || forwards <= 0) throw new ArgumentException("--batch, --context and --forwards must be positive");
-        DeviceContext ctx;
-        try { ctx = DeviceContext.Create(kind, mode); }
-        catch (DeviceUnavailableException e)
-        {
-            Console.Error.WriteLine($"finetrace: error: --device {deviceText}: no usable CUDA GPU ({e.Detail}); --device ilgpu-cpu runs the same kernels on the CPU");
-            return 1;
-        }
+        if (BenchDevice.TryOpen(kind, mode, deviceText) is not { } ctx) return 1;
         using (ctx)
         {
             var progress = json ? null : new Progress<string>(s => Console.Error.WriteLine(s));
@@ -64,7 +47,7 @@ public sealed class DeviceForwardBenchCommand : IBenchCommand
 
     static void PrintJson(DeviceForwardBenchResult r, bool logits) => BenchSupport.PrintJson(new
     {
-        model = r.Model, device = r.Device, device_kind = r.Kind == DeviceKind.Cuda ? "cuda" : "ilgpu-cpu",
+        model = r.Model, device = r.Device, device_kind = DeviceSelection.DeviceName(r.Kind),
         precision = r.Mode.ToString().ToLowerInvariant(), batch = r.Batch, context = r.Context, forwards = r.Forwards, logits,
         seconds_per_forward = Math.Round(r.Seconds, 6), tokens_per_s = Math.Round(r.TokensPerSecond, 1),
         matmul_tflops = r.MatmulTflops, tflops = r.Tflops,

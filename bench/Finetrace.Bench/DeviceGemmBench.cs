@@ -71,25 +71,16 @@ public sealed class DeviceGemmBench : IBenchCommand
     {
         var modes = new List<GemmMode>();
         foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-            modes.Add(part.ToLowerInvariant() switch
-            {
-                "fp32" => GemmMode.Fp32,
-                "tf32" => GemmMode.Tf32,
-                "bf16" => GemmMode.Bf16,
-                _ => throw new ArgumentException($"--modes {text}: unknown mode '{part}' (expected fp32, tf32 or bf16)"),
-            });
+            modes.Add(DeviceSelection.TryParsePrecision(part, out var mode)
+                ? mode
+                : throw new ArgumentException($"--modes {text}: unknown mode '{part}' (expected fp32, tf32 or bf16)"));
         if (modes.Count == 0) throw new ArgumentException($"--modes {text}: no modes");
         return modes.Distinct().ToList();
     }
 
     static int Run(string deviceText, string modesText, int? m, string[]? shapeTexts, double seconds, string? peakText, bool json)
     {
-        var kind = deviceText.ToLowerInvariant() switch
-        {
-            "cuda" => DeviceKind.Cuda,
-            "ilgpu-cpu" => DeviceKind.IlgpuCpu,
-            _ => throw new ArgumentException($"--device {deviceText}: expected cuda or ilgpu-cpu (the CPU products are timed by 'finetrace bench gemm')"),
-        };
+        var kind = BenchDevice.Kind(deviceText, " (the CPU products are timed by 'finetrace bench gemm')");
         var modes = ParseModes(modesText);
         if (m is { } mm && mm <= 0) throw new ArgumentException($"--m {mm}: expected a positive number of tokens");
         if (!(seconds > 0)) throw new ArgumentException($"--seconds {seconds}: expected a positive number");
@@ -238,7 +229,7 @@ public sealed class DeviceGemmBench : IBenchCommand
         BenchSupport.PrintJson(new
         {
             device = ctx.Name,
-            device_kind = kind == DeviceKind.Cuda ? "cuda" : "ilgpu-cpu",
+            device_kind = DeviceSelection.DeviceName(kind),
             gemm = ctx.GemmDescription,
             peak_source = peak?.Source,
             main_shape = results[0].Shape.Name,

@@ -34,27 +34,11 @@ public sealed class DeviceTrainBenchCommand : IBenchCommand
 
     static int Run(string deviceText, string precisionText, int models, int width, int dictSize, int k, int batch, int steps, int warmup, bool phases, bool json)
     {
-        var kind = deviceText.ToLowerInvariant() switch
-        {
-            "cuda" => DeviceKind.Cuda,
-            "ilgpu-cpu" => DeviceKind.IlgpuCpu,
-            _ => throw new ArgumentException($"--device {deviceText}: expected cuda or ilgpu-cpu"),
-        };
-        var mode = precisionText.ToLowerInvariant() switch
-        {
-            "fp32" => GemmMode.Fp32,
-            "tf32" => GemmMode.Tf32,
-            _ => throw new ArgumentException($"--precision {precisionText}: expected fp32 or tf32 (the trainer keeps fp32 parameters)"),
-        };
+        var kind = BenchDevice.Kind(deviceText);
+        var mode = BenchDevice.Mode(precisionText, "--precision", [GemmMode.Fp32, GemmMode.Tf32], " (the trainer keeps fp32 parameters)");
         if (models < 1 || width < 1 || dictSize < 1 || k < 1 || k > dictSize || batch < 1 || steps < 1 || warmup < 0)
             throw new ArgumentException("--models, --width, --dict-size, --batch, --steps and --k must be positive (k ≤ dict size), --warmup ≥ 0");
-        DeviceContext ctx;
-        try { ctx = DeviceContext.Create(kind, mode); }
-        catch (DeviceUnavailableException e)
-        {
-            Console.Error.WriteLine($"finetrace: error: --device {deviceText}: no usable CUDA GPU ({e.Detail}); --device ilgpu-cpu runs the same kernels on the CPU");
-            return 1;
-        }
+        if (BenchDevice.TryOpen(kind, mode, deviceText) is not { } ctx) return 1;
         using (ctx)
         {
             var progress = json ? null : new Progress<string>(s => Console.Error.WriteLine(s));
@@ -62,7 +46,7 @@ public sealed class DeviceTrainBenchCommand : IBenchCommand
             if (json)
                 BenchSupport.PrintJson(new
                 {
-                    bench = "device-train", device = r.Device, device_kind = r.Kind == DeviceKind.Cuda ? "cuda" : "ilgpu-cpu",
+                    bench = "device-train", device = r.Device, device_kind = DeviceSelection.DeviceName(r.Kind),
                     precision = r.Mode.ToString().ToLowerInvariant(), kind = "batchtopk-crosscoder", models = r.Models, d = r.D, dict_size = r.DictSize, k = r.K,
                     batch = r.Batch, warmup_steps = r.WarmupSteps, steps = r.Steps, seconds_per_step = Math.Round(r.SecondsPerStep, 6),
                     tokens_per_s = Math.Round(r.TokensPerSecond, 1), loss_first = r.LossFirst, loss_last = r.LossLast, l0 = r.L0, dead_fraction = r.DeadFraction,

@@ -21,18 +21,7 @@ import sys
 import time
 
 
-def need_torch():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print(json.dumps({"status": "error", "message": "PyTorch is not installed (python3 -c 'import torch' failed); "
-                          "run this on the GPU machine, where python3 has torch"}))
-        sys.exit(2)
-    import torch
-    if not torch.cuda.is_available():
-        print(json.dumps({"status": "error", "message": "torch.cuda.is_available() is False: no CUDA GPU visible"}))
-        sys.exit(2)
-    return torch
+from torch_common import need_torch  # noqa: E402  (beside this script)
 
 
 def main():

@@ -580,50 +580,29 @@ public sealed class ForwardKernels
 
     // Tree reductions over the group (Group.DimX a power of two ≤ MaxGroupSize); every thread gets the result. The
     // closing barrier keeps the next reduction from overwriting red[0] before all have read it.
-    static float GroupSum(float v, ArrayView<float> red)
+    static float GroupSum(float v, ArrayView<float> red) => GroupReduce<float, SumOp>(v, red);
+    static float GroupMax(float v, ArrayView<float> red) => GroupReduce<float, MaxOp>(v, red);
+    static int GroupOr(int v, ArrayView<int> red) => GroupReduce<int, OrOp>(v, red);
+
+    static T GroupReduce<T, TOp>(T v, ArrayView<T> red) where T : unmanaged where TOp : struct, IGroupOp<T>
     {
         int tid = Group.IdxX;
         red[tid] = v;
         Group.Barrier();
         for (int stride = Group.DimX / 2; stride > 0; stride /= 2)
         {
-            if (tid < stride) red[tid] = red[tid] + red[tid + stride];
+            if (tid < stride) red[tid] = default(TOp).Apply(red[tid], red[tid + stride]);
             Group.Barrier();
         }
-        float r = red[0];
+        T r = red[0];
         Group.Barrier();
         return r;
     }
 
-    static float GroupMax(float v, ArrayView<float> red)
-    {
-        int tid = Group.IdxX;
-        red[tid] = v;
-        Group.Barrier();
-        for (int stride = Group.DimX / 2; stride > 0; stride /= 2)
-        {
-            if (tid < stride) red[tid] = MathF.Max(red[tid], red[tid + stride]);
-            Group.Barrier();
-        }
-        float r = red[0];
-        Group.Barrier();
-        return r;
-    }
-
-    static int GroupOr(int v, ArrayView<int> red)
-    {
-        int tid = Group.IdxX;
-        red[tid] = v;
-        Group.Barrier();
-        for (int stride = Group.DimX / 2; stride > 0; stride /= 2)
-        {
-            if (tid < stride) red[tid] = red[tid] | red[tid + stride];
-            Group.Barrier();
-        }
-        int r = red[0];
-        Group.Barrier();
-        return r;
-    }
+    interface IGroupOp<T> { T Apply(T a, T b); }
+    readonly struct SumOp : IGroupOp<float> { public float Apply(float a, float b) => a + b; }
+    readonly struct MaxOp : IGroupOp<float> { public float Apply(float a, float b) => MathF.Max(a, b); }
+    readonly struct OrOp : IGroupOp<int> { public int Apply(int a, int b) => a | b; }
 }
 
 /// <summary>The sizes of one <see cref="ForwardKernels.LayerNorm"/> call (HasBias 0: no bias).</summary>
